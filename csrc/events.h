@@ -1,0 +1,158 @@
+/* events.h — the one definition of memtrace's wire format.
+ *
+ * Included by the shim (preload.c, recorder.c, transport.c) and by the
+ * collector's C helpers (native.c). The Python side mirrors it in exactly one
+ * module, src/tracer/_format.py; change both together and bump the version.
+ *
+ * Transport (per traced process):
+ *   The shim creates a memfd holding one mt_shm: a header, an event ring and a
+ *   metadata byte ring. It connects to the collector's Unix socket, sends an
+ *   mt_hello with the memfd attached (SCM_RIGHTS) and closes the socket. From
+ *   then on nothing crosses a file descriptor: events are written into shared
+ *   memory, so the hot path makes no system call, and whatever was committed
+ *   before the target died (SIGKILL, _exit, a crash) is already in the
+ *   collector's mapping.
+ *
+ * Event ring (a bounded multi-producer single-consumer queue):
+ *   A producer claims slot positions with one atomic fetch-add on `head`, waits
+ *   until slot[pos % n].seq == (uint32)pos (the slot is free for this lap),
+ *   fills it, then publishes it by storing seq = (uint32)(pos + 1) with release
+ *   order. The consumer reads slot[tail % n] while seq == (uint32)(tail + 1),
+ *   then frees it for the next lap with seq = (uint32)(tail + n). The claim
+ *   order is the order events happened in: a free is claimed before the real
+ *   free runs, an allocation after the real malloc returned, so an address is
+ *   never seen reused before it was seen freed.
+ *
+ * Event (32 bytes, little-endian, native alignment):
+ *
+ *    0       8       16      20      24  26 27 28      32
+ *    +-------+-------+-------+-------+---+--+--+-------+
+ *    | addr  | size  | stack |  tid  |lib|kd|fl|  seq  |
+ *    +-------+-------+-------+-------+---+--+--+-------+
+ *
+ *   stack: interned Python stack node id, 0 when the thread had no Python frame.
+ *   lib:   id of the shared object that called the hooked function (0 unknown).
+ *
+ * Metadata ring: records of [u16 type][u16 length of payload][payload], each
+ * padded to 4 bytes, written under a spin lock (rare: once per new code
+ * object, stack node, library or thread) and read by the collector.
+ */
+#ifndef MT_EVENTS_H
+#define MT_EVENTS_H
+
+#include <stdint.h>
+
+#define MT_WIRE_VERSION 1
+#define MT_SHM_MAGIC "MTSHM001"
+#define MT_HELLO_MAGIC 0x4d54484cu /* "MTHL" */
+
+/* Event kinds. Allocation kinds first: the collector uses kind <= MT_LAST_ALLOC. */
+enum mt_kind {
+    MT_NONE = 0,          /* a claimed slot whose call failed: skip */
+    MT_MALLOC = 1,
+    MT_CALLOC = 2,
+    MT_REALLOC = 3,       /* the new block of a realloc (its old block: a MT_FREE before) */
+    MT_REALLOCARRAY = 4,
+    MT_POSIX_MEMALIGN = 5,
+    MT_ALIGNED_ALLOC = 6,
+    MT_MEMALIGN = 7,
+    MT_VALLOC = 8,
+    MT_PVALLOC = 9,
+    MT_LAST_ALLOC = 9,
+    MT_FREE = 10,
+    MT_MMAP = 11,         /* a new mapping [addr, addr + size) */
+    MT_MUNMAP = 12,       /* unmap [addr, addr + size): may cut or span mappings */
+    MT_MREMAP = 13,       /* the new mapping of an mremap (old one: a MT_MUNMAP just before) */
+    MT_KIND_COUNT = 14
+};
+
+/* Event flags. */
+#define MT_FLAG_NUMPY 0x01    /* NumPy array data (its data-memory handler made this call) */
+#define MT_FLAG_ANON 0x02     /* mmap: anonymous mapping (not file-backed) */
+#define MT_FLAG_REMAP 0x04    /* free/munmap half of a realloc/mremap pair */
+#define MT_FLAG_SHARED 0x08   /* mmap: MAP_SHARED */
+
+typedef struct mt_event {
+    uint64_t addr;
+    uint64_t size;
+    uint32_t stack;
+    uint32_t tid;
+    uint16_t lib;
+    uint8_t kind;
+    uint8_t flags;
+    uint32_t seq;
+} mt_event;
+
+/* Metadata record types. Payload layouts (little-endian, packed):
+ *   CODE:   u32 code_id, i32 firstlineno, u16 file_len, u16 name_len, file, name
+ *   NODE:   u32 node_id, u32 parent_id, u32 code_id, i32 line
+ *   LIB:    u16 lib_id, u16 pad, u32 pad, u64 base, path bytes
+ *   THREAD: u32 tid, name bytes
+ *   TEXT:   u16 key, bytes   (key: MT_TEXT_*)
+ */
+enum mt_meta_type {
+    MT_META_CODE = 1,
+    MT_META_NODE = 2,
+    MT_META_LIB = 3,
+    MT_META_THREAD = 4,
+    MT_META_TEXT = 5
+};
+
+enum mt_text_key {
+    MT_TEXT_PYTHON_VERSION = 1, /* e.g. "3.11.7": frames are being recorded */
+    MT_TEXT_FRAMES_OFF = 2,     /* why this Python process has no frames */
+    MT_TEXT_NUMPY = 3,          /* NumPy version whose data handler is labelled */
+    MT_TEXT_WARNING = 4
+};
+
+/* Process states (mt_shm_header.state). */
+enum mt_state {
+    MT_STATE_RUNNING = 0,
+    MT_STATE_EXITED = 1,   /* exit() ran the shim's destructor */
+    MT_STATE_DISABLED = 2  /* the shim stopped tracing (collector gone) */
+};
+
+#define MT_CACHELINE 64
+
+typedef struct mt_shm_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t header_size;
+    uint32_t ring_slots;     /* a power of two */
+    uint32_t meta_bytes;     /* a power of two */
+    uint64_t ring_offset;    /* from the start of the mapping */
+    uint64_t meta_offset;
+    uint32_t pid;
+    uint32_t ppid;
+    uint32_t state;          /* mt_state */
+    uint32_t pad0;
+    char pad1[MT_CACHELINE - 56];
+    /* Producers. */
+    uint64_t head;           /* next event position to claim */
+    char pad2[MT_CACHELINE - 8];
+    /* Consumer. */
+    uint64_t tail;           /* next event position to read */
+    uint64_t heartbeat;      /* bumped by the collector on every drain */
+    char pad3[MT_CACHELINE - 16];
+    /* Metadata ring. */
+    uint64_t meta_head;      /* bytes committed */
+    uint64_t meta_tail;      /* bytes consumed */
+    uint32_t meta_lock;
+    uint32_t pad4;
+    /* Counters the shim keeps for the report. */
+    uint64_t dropped;        /* events not recorded (stream lost) */
+    uint64_t unattributed;   /* events whose stack could not be interned (tables full) */
+    uint64_t reentrant;      /* calls made by the shim itself or from a signal handler inside a hook */
+    char pad5[MT_CACHELINE - 48];
+} mt_shm_header;
+
+/* First message on the socket, with the memfd attached. */
+typedef struct mt_hello {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t pid;
+    uint32_t ppid;
+    uint64_t shm_size;
+} mt_hello;
+
+#endif /* MT_EVENTS_H */

@@ -1,0 +1,482 @@
+/* native.c — draining the shared-memory stream and aggregating events.
+ *
+ * The aggregator keeps, per traced process: the live malloc-family blocks
+ * (address -> size, site), the live mappings (sorted address ranges, since
+ * munmap may cut or span them), and per-site totals. The heap peak is exact
+ * at event granularity: every site changed since the last peak is marked
+ * dirty, and when the heap reaches a new maximum the dirty sites' live bytes
+ * are copied into their peak column — each change is folded at most once,
+ * so the cost stays O(1) amortised per event.
+ */
+#include "native.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Small growable arrays and hashing ------------------------------------ */
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 64;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(*p, n * elem);
+    if (q == NULL)
+        return -1;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* ---- Live blocks: open addressing, linear probing, backward-shift delete --- */
+
+typedef struct block {
+    uint64_t addr; /* 0 = empty */
+    uint64_t size;
+    uint32_t site;
+} block;
+
+typedef struct blocks {
+    block *slots;
+    size_t cap; /* power of two */
+    size_t count;
+} blocks;
+
+static int blocks_rehash(blocks *b, size_t cap) {
+    block *old = b->slots;
+    size_t old_cap = b->cap;
+    b->slots = calloc(cap, sizeof(block));
+    if (b->slots == NULL) {
+        b->slots = old;
+        return -1;
+    }
+    b->cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].addr == 0)
+            continue;
+        size_t j = mix64(old[i].addr) & (cap - 1);
+        while (b->slots[j].addr)
+            j = (j + 1) & (cap - 1);
+        b->slots[j] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+static int blocks_put(blocks *b, uint64_t addr, uint64_t size, uint32_t site, block *replaced) {
+    if ((b->count + 1) * 2 > b->cap && blocks_rehash(b, b->cap ? b->cap * 2 : 1024) < 0)
+        return -1;
+    size_t j = mix64(addr) & (b->cap - 1);
+    while (b->slots[j].addr && b->slots[j].addr != addr)
+        j = (j + 1) & (b->cap - 1);
+    if (b->slots[j].addr == addr) {
+        *replaced = b->slots[j]; /* an address allocated twice: its free was never seen */
+    } else {
+        replaced->addr = 0;
+        b->count++;
+    }
+    b->slots[j].addr = addr;
+    b->slots[j].size = size;
+    b->slots[j].site = site;
+    return 0;
+}
+
+static int blocks_take(blocks *b, uint64_t addr, block *out) {
+    if (b->cap == 0)
+        return 0;
+    size_t mask = b->cap - 1;
+    size_t j = mix64(addr) & mask;
+    while (b->slots[j].addr != addr) {
+        if (b->slots[j].addr == 0)
+            return 0;
+        j = (j + 1) & mask;
+    }
+    *out = b->slots[j];
+    /* Backward-shift deletion keeps probe chains intact without tombstones. */
+    size_t hole = j;
+    for (size_t k = (j + 1) & mask; b->slots[k].addr; k = (k + 1) & mask) {
+        size_t home = mix64(b->slots[k].addr) & mask;
+        if (((k - home) & mask) >= ((k - hole) & mask)) {
+            b->slots[hole] = b->slots[k];
+            hole = k;
+        }
+    }
+    b->slots[hole].addr = 0;
+    b->count--;
+    return 1;
+}
+
+/* ---- Mappings: sorted, non-overlapping ranges ------------------------------ */
+
+typedef struct mapping {
+    uint64_t start, end;
+    uint32_t site;
+    uint32_t flags;
+} mapping;
+
+/* ---- The aggregator --------------------------------------------------------- */
+
+struct mt_agg {
+    uint64_t page;
+    mt_totals t;
+    mt_site *sites;
+    size_t n_sites, sites_cap;
+    uint32_t *site_index; /* hash of site keys -> site + 1 */
+    size_t site_index_cap;
+    uint32_t *dirty;
+    size_t n_dirty, dirty_cap;
+    blocks live;
+    mapping *maps;
+    size_t n_maps, maps_cap;
+    uint8_t remap_flags; /* flags of the mapping an mremap just moved */
+};
+
+mt_agg *mt_agg_new(uint64_t page_size) {
+    mt_agg *a = calloc(1, sizeof *a);
+    if (a)
+        a->page = page_size ? page_size : 4096;
+    return a;
+}
+
+void mt_agg_free(mt_agg *a) {
+    if (a == NULL)
+        return;
+    free(a->sites);
+    free(a->site_index);
+    free(a->dirty);
+    free(a->live.slots);
+    free(a->maps);
+    free(a);
+}
+
+static uint64_t site_hash(uint32_t stack, uint32_t tid, uint16_t lib, uint8_t kind, uint8_t flags) {
+    return mix64(((uint64_t)stack << 32 | tid) ^ mix64((uint64_t)lib << 16 | kind << 8 | flags));
+}
+
+static int site_index_rebuild(mt_agg *a, size_t cap) {
+    uint32_t *idx = calloc(cap, sizeof *idx);
+    if (idx == NULL)
+        return -1;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        mt_site *s = &a->sites[i];
+        size_t j = site_hash(s->stack, s->tid, s->lib, s->kind, s->flags) & (cap - 1);
+        while (idx[j])
+            j = (j + 1) & (cap - 1);
+        idx[j] = (uint32_t)i + 1;
+    }
+    free(a->site_index);
+    a->site_index = idx;
+    a->site_index_cap = cap;
+    return 0;
+}
+
+/* Index of the site for an event, created on first sight; -1 on no memory. */
+static int64_t site_of(mt_agg *a, const mt_event *e, uint8_t kind, uint8_t flags) {
+    uint32_t tid = e->stack ? 0 : e->tid;
+    if ((a->n_sites + 1) * 2 > a->site_index_cap &&
+        site_index_rebuild(a, a->site_index_cap ? a->site_index_cap * 2 : 1024) < 0)
+        return -1;
+    size_t mask = a->site_index_cap - 1;
+    size_t j = site_hash(e->stack, tid, e->lib, kind, flags) & mask;
+    for (; a->site_index[j]; j = (j + 1) & mask) {
+        mt_site *s = &a->sites[a->site_index[j] - 1];
+        if (s->stack == e->stack && s->tid == tid && s->lib == e->lib && s->kind == kind &&
+            s->flags == flags)
+            return a->site_index[j] - 1;
+    }
+    if (grow((void **)&a->sites, &a->sites_cap, a->n_sites + 1, sizeof(mt_site)) < 0)
+        return -1;
+    mt_site *s = &a->sites[a->n_sites];
+    memset(s, 0, sizeof *s);
+    s->stack = e->stack;
+    s->tid = tid;
+    s->lib = e->lib;
+    s->kind = kind;
+    s->flags = flags;
+    a->site_index[j] = (uint32_t)a->n_sites + 1;
+    return (int64_t)a->n_sites++;
+}
+
+static void touch(mt_agg *a, uint32_t site) {
+    mt_site *s = &a->sites[site];
+    if (s->dirty)
+        return;
+    if (grow((void **)&a->dirty, &a->dirty_cap, a->n_dirty + 1, sizeof(uint32_t)) < 0)
+        return; /* out of memory: the peak column of this site may lag */
+    s->dirty = 1;
+    a->dirty[a->n_dirty++] = site;
+}
+
+static void change(mt_agg *a, uint32_t site, int64_t bytes, int64_t count, int heap) {
+    mt_site *s = &a->sites[site];
+    s->live_bytes += bytes;
+    s->live_count += count;
+    touch(a, site);
+    if (heap)
+        a->t.heap += bytes;
+}
+
+static void maybe_peak(mt_agg *a, double t) {
+    if (a->t.heap <= a->t.peak_heap)
+        return;
+    a->t.peak_heap = a->t.heap;
+    a->t.peak_time = t;
+    a->t.peak_event = a->t.n_events;
+    for (size_t i = 0; i < a->n_dirty; i++) {
+        mt_site *s = &a->sites[a->dirty[i]];
+        s->peak_bytes = s->live_bytes;
+        s->peak_count = s->live_count;
+        s->dirty = 0;
+    }
+    a->n_dirty = 0;
+}
+
+static int is_heap_mapping(uint32_t flags) {
+    return (flags & MT_FLAG_ANON) != 0;
+}
+
+/* Remove [start, end) from the mappings, crediting the sites. */
+static int unmap_range(mt_agg *a, uint64_t start, uint64_t end, uint8_t *first_flags) {
+    /* First mapping that ends after start. */
+    size_t lo = 0, hi = a->n_maps;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a->maps[mid].end <= start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int found = 0;
+    size_t i = lo;
+    while (i < a->n_maps && a->maps[i].start < end) {
+        mapping *m = &a->maps[i];
+        if (!found && first_flags)
+            *first_flags = (uint8_t)m->flags;
+        found = 1;
+        uint64_t cut_start = m->start > start ? m->start : start;
+        uint64_t cut_end = m->end < end ? m->end : end;
+        int64_t bytes = (int64_t)(cut_end - cut_start);
+        int whole = cut_start == m->start && cut_end == m->end;
+        change(a, m->site, -bytes, whole ? -1 : 0, is_heap_mapping(m->flags));
+        if (!is_heap_mapping(m->flags))
+            a->t.mapped_file -= bytes;
+        if (whole) {
+            memmove(m, m + 1, (a->n_maps - i - 1) * sizeof *m);
+            a->n_maps--;
+            continue;
+        }
+        if (cut_start > m->start && cut_end < m->end) { /* a hole in the middle: split */
+            if (grow((void **)&a->maps, &a->maps_cap, a->n_maps + 1, sizeof(mapping)) < 0)
+                return -1;
+            m = &a->maps[i];
+            memmove(m + 2, m + 1, (a->n_maps - i - 1) * sizeof *m);
+            a->n_maps++;
+            m[1] = m[0];
+            m[1].start = cut_end;
+            m[0].end = cut_start;
+            a->sites[m->site].live_count++; /* one mapping became two */
+            return found;
+        }
+        if (cut_start == m->start)
+            m->start = cut_end;
+        else
+            m->end = cut_start;
+        i++;
+    }
+    return found;
+}
+
+static int map_range(mt_agg *a, uint64_t start, uint64_t end, uint32_t site, uint8_t flags) {
+    unmap_range(a, start, end, NULL); /* MAP_FIXED over an existing mapping replaces it */
+    if (grow((void **)&a->maps, &a->maps_cap, a->n_maps + 1, sizeof(mapping)) < 0)
+        return -1;
+    size_t lo = 0, hi = a->n_maps;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a->maps[mid].start < start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    memmove(&a->maps[lo + 1], &a->maps[lo], (a->n_maps - lo) * sizeof(mapping));
+    a->maps[lo] = (mapping){start, end, site, flags};
+    a->n_maps++;
+    int64_t bytes = (int64_t)(end - start);
+    change(a, site, bytes, 1, is_heap_mapping(flags));
+    if (!is_heap_mapping(flags))
+        a->t.mapped_file += bytes;
+    return 0;
+}
+
+static uint64_t page_up(const mt_agg *a, uint64_t n) {
+    return (n + a->page - 1) & ~(a->page - 1);
+}
+
+int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
+    for (size_t i = 0; i < n; i++) {
+        const mt_event *e = &events[i];
+        a->t.n_events++;
+        uint8_t kind = e->kind;
+        if (kind >= MT_MALLOC && kind <= MT_LAST_ALLOC) {
+            int64_t s = site_of(a, e, kind, e->flags & MT_FLAG_NUMPY);
+            if (s < 0)
+                return -1;
+            block old;
+            if (blocks_put(&a->live, e->addr, e->size, (uint32_t)s, &old) < 0)
+                return -1;
+            if (old.addr)
+                change(a, old.site, -(int64_t)old.size, -1, 1);
+            mt_site *site = &a->sites[s];
+            site->alloc_bytes += e->size;
+            site->n_allocs++;
+            a->t.total_allocated += e->size;
+            a->t.n_allocations++;
+            change(a, (uint32_t)s, (int64_t)e->size, 1, 1);
+            maybe_peak(a, t);
+        } else if (kind == MT_FREE) {
+            block old;
+            if (blocks_take(&a->live, e->addr, &old)) {
+                change(a, old.site, -(int64_t)old.size, -1, 1);
+                a->t.n_frees++;
+            } else {
+                a->t.unknown_frees++;
+            }
+        } else if (kind == MT_MMAP || kind == MT_MREMAP) {
+            uint8_t flags = kind == MT_MREMAP ? a->remap_flags : e->flags;
+            flags &= MT_FLAG_ANON | MT_FLAG_SHARED;
+            int64_t s = site_of(a, e, kind, flags);
+            if (s < 0)
+                return -1;
+            uint64_t len = page_up(a, e->size);
+            mt_site *site = &a->sites[s];
+            site->alloc_bytes += len;
+            site->n_allocs++;
+            if (is_heap_mapping(flags)) {
+                a->t.total_allocated += len;
+                a->t.n_allocations++;
+            }
+            if (map_range(a, e->addr, e->addr + len, (uint32_t)s, flags) < 0)
+                return -1;
+            maybe_peak(a, t);
+        } else if (kind == MT_MUNMAP) {
+            uint8_t flags = MT_FLAG_ANON;
+            if (unmap_range(a, e->addr, e->addr + page_up(a, e->size), &flags) < 0)
+                return -1;
+            if (e->flags & MT_FLAG_REMAP)
+                a->remap_flags = flags;
+        }
+    }
+    return 0;
+}
+
+void mt_agg_totals(const mt_agg *a, mt_totals *out) {
+    *out = a->t;
+    out->n_sites = a->n_sites;
+    out->live_blocks = a->live.count;
+    out->live_mappings = a->n_maps;
+}
+
+size_t mt_agg_sites(const mt_agg *a, mt_site *out, size_t max) {
+    size_t n = a->n_sites < max ? a->n_sites : max;
+    memcpy(out, a->sites, n * sizeof(mt_site));
+    for (size_t i = 0; i < n; i++) {
+        /* A site changed since the last peak still holds its peak value. */
+        out[i].dirty = 0;
+    }
+    return a->n_sites;
+}
+
+/* ---- Shared-memory stream --------------------------------------------------- */
+
+int mt_shm_check(const void *shm, size_t size) {
+    const mt_shm_header *h = shm;
+    if (size < sizeof *h || memcmp(h->magic, MT_SHM_MAGIC, 8) != 0 ||
+        h->version != MT_WIRE_VERSION)
+        return -1;
+    if (h->ring_slots == 0 || (h->ring_slots & (h->ring_slots - 1)) || h->meta_bytes == 0 ||
+        (h->meta_bytes & (h->meta_bytes - 1)))
+        return -1;
+    if (h->ring_offset + (uint64_t)h->ring_slots * sizeof(mt_event) > size ||
+        h->meta_offset + h->meta_bytes > size)
+        return -1;
+    return 0;
+}
+
+static size_t drain(void *shm, mt_event *out, size_t max, int dead, uint64_t *lost) {
+    mt_shm_header *h = shm;
+    mt_event *ring = (mt_event *)((char *)shm + h->ring_offset);
+    uint64_t mask = h->ring_slots - 1;
+    uint64_t pos = h->tail;
+    uint64_t head = __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+    size_t n = 0;
+    while (n < max) {
+        mt_event *slot = &ring[pos & mask];
+        uint32_t seq = __atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE);
+        if (seq != (uint32_t)(pos + 1)) {
+            if (!dead || pos >= head)
+                break;
+            (*lost)++; /* claimed by a thread that never filled it */
+        } else {
+            out[n] = *slot;
+            if (out[n].kind != MT_NONE)
+                n++;
+        }
+        __atomic_store_n(&slot->seq, (uint32_t)(pos + h->ring_slots), __ATOMIC_RELEASE);
+        pos++;
+    }
+    __atomic_store_n(&h->tail, pos, __ATOMIC_RELEASE);
+    h->heartbeat++;
+    return n;
+}
+
+size_t mt_ring_drain(void *shm, mt_event *out, size_t max) {
+    return drain(shm, out, max, 0, NULL);
+}
+
+size_t mt_ring_drain_dead(void *shm, mt_event *out, size_t max, uint64_t *lost) {
+    return drain(shm, out, max, 1, lost);
+}
+
+size_t mt_meta_drain(void *shm, uint8_t *out, size_t max) {
+    mt_shm_header *h = shm;
+    const uint8_t *ring = (const uint8_t *)shm + h->meta_offset;
+    uint64_t mask = h->meta_bytes - 1;
+    uint64_t tail = h->meta_tail;
+    uint64_t head = __atomic_load_n(&h->meta_head, __ATOMIC_ACQUIRE);
+    size_t n = (size_t)(head - tail);
+    if (n > max)
+        n = max & ~(size_t)3; /* records are 4-byte aligned; the reader re-frames them */
+    for (size_t i = 0; i < n; i++)
+        out[i] = ring[(tail + i) & mask];
+    __atomic_store_n(&h->meta_tail, tail + n, __ATOMIC_RELEASE);
+    return n;
+}
+
+uint64_t mt_shm_counter(const void *shm, int which) {
+    const mt_shm_header *h = shm;
+    switch (which) {
+    case 0:
+        return __atomic_load_n(&h->dropped, __ATOMIC_RELAXED);
+    case 1:
+        return __atomic_load_n(&h->unattributed, __ATOMIC_RELAXED);
+    case 2:
+        return __atomic_load_n(&h->reentrant, __ATOMIC_RELAXED);
+    case 3:
+        return __atomic_load_n(&h->state, __ATOMIC_RELAXED);
+    case 4:
+        return __atomic_load_n(&h->head, __ATOMIC_RELAXED);
+    case 5:
+        return __atomic_load_n(&h->tail, __ATOMIC_RELAXED);
+    }
+    return 0;
+}

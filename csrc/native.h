@@ -1,0 +1,71 @@
+/* native.h — the collector's C hot loops, exposed to Python through cffi
+ * (src/tracer/_build_ffi.py reads the declarations between the CDEF markers).
+ *
+ * Draining a process's shared-memory stream and aggregating its events: the
+ * collector never handles events one by one in Python.
+ */
+#ifndef MT_NATIVE_H
+#define MT_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "events.h"
+
+/* CDEF-BEGIN */
+/* One allocation site: everything the reports need, per distinct
+ * (stack, thread bucket, caller library, kind, flags). */
+typedef struct mt_site {
+    uint32_t stack;        /* Python stack node, 0 = none */
+    uint32_t tid;          /* thread, kept only for stack == 0 (native buckets) */
+    uint16_t lib;
+    uint8_t kind;
+    uint8_t flags;         /* MT_FLAG_NUMPY | MT_FLAG_ANON | MT_FLAG_SHARED */
+    uint32_t dirty;        /* internal: changed since the last heap peak */
+    uint64_t alloc_bytes;  /* total allocated here */
+    uint64_t n_allocs;
+    int64_t live_bytes;    /* live now (at exit once the stream ended) */
+    int64_t live_count;
+    int64_t peak_bytes;    /* live at the process's heap peak */
+    int64_t peak_count;
+} mt_site;
+
+typedef struct mt_totals {
+    int64_t heap;             /* live malloc-family bytes + live anonymous mmaps */
+    int64_t peak_heap;
+    double peak_time;         /* seconds, time of the batch that reached the peak */
+    uint64_t peak_event;      /* index of the event that reached the peak */
+    uint64_t total_allocated; /* bytes of every heap allocation */
+    uint64_t n_allocations;
+    uint64_t n_frees;
+    uint64_t unknown_frees;   /* frees of blocks never seen allocated */
+    uint64_t n_events;
+    int64_t mapped_file;      /* live file-backed mappings made by the program */
+    uint64_t n_sites;
+    uint64_t live_blocks;
+    uint64_t live_mappings;
+} mt_totals;
+
+typedef struct mt_agg mt_agg;
+
+mt_agg *mt_agg_new(uint64_t page_size);
+void mt_agg_free(mt_agg *agg);
+/* Feed a batch of events in stream order; t = seconds since the run started. */
+int mt_agg_feed(mt_agg *agg, const mt_event *events, size_t n, double t);
+void mt_agg_totals(const mt_agg *agg, mt_totals *out);
+/* Copy up to max sites into out; returns the number of sites. */
+size_t mt_agg_sites(const mt_agg *agg, mt_site *out, size_t max);
+
+/* Shared-memory stream (the mapping the shim created, see events.h). */
+int mt_shm_check(const void *shm, size_t size);
+/* Copy committed events into out, free their slots; returns how many. */
+size_t mt_ring_drain(void *shm, mt_event *out, size_t max);
+/* After the process died: like mt_ring_drain, but slots claimed and never
+ * filled (a thread killed mid-record) are skipped and counted in *lost. */
+size_t mt_ring_drain_dead(void *shm, mt_event *out, size_t max, uint64_t *lost);
+/* Copy committed metadata bytes into out; returns how many. */
+size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
+uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail */
+/* CDEF-END */
+
+#endif /* MT_NATIVE_H */

@@ -1,0 +1,352 @@
+/* preload.c — the interposed malloc and mmap families (LD_PRELOAD front end).
+ *
+ * Each hook: resolve the real function on first use, pass straight through
+ * when not tracing or when called from inside another hook (the reentrancy
+ * guard), otherwise call the real function and record the event. The real
+ * function's result and errno are always what the caller gets.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "hooks.h"
+#include "recorder.h"
+#include "transport.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define CALLER __builtin_return_address(0)
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define DECLARE_REAL(name, ret, params) static ret(*real_##name) params;
+MT_FOR_EACH_HOOK(DECLARE_REAL)
+
+/* ---- Bootstrap arena ------------------------------------------------------
+ * dlsym() calls calloc() before the real one is resolved (via _dlerror_run);
+ * without this, resolving calloc would recurse into itself. Blocks from here
+ * are never freed: free() and realloc() recognise them. */
+static char boot_arena[1 << 16] __attribute__((aligned(64)));
+static size_t boot_used;
+
+static void *boot_alloc(size_t size) {
+    size = (size + 15) & ~(size_t)15;
+    size_t at = __atomic_fetch_add(&boot_used, size, __ATOMIC_RELAXED);
+    if (at + size > sizeof boot_arena)
+        return NULL;
+    return boot_arena + at; /* static storage: already zero, so fine for calloc */
+}
+
+static int is_boot(const void *p) {
+    return (const char *)p >= boot_arena && (const char *)p < boot_arena + sizeof boot_arena;
+}
+
+/* ---- Initialisation ------------------------------------------------------- */
+
+enum { INIT_NONE, INIT_RESOLVING, INIT_DONE };
+static int init_state;
+
+static void after_fork_child(void) {
+    mt_self.in_hook++;
+    mt_recorder_after_fork_child();
+    mt_self.in_hook--;
+}
+
+static void missing(const char *name) {
+    static const char prefix[] = "memtrace: the real ";
+    static const char suffix[] = " was not found; cannot run this program under memtrace\n";
+    (void)!write(2, prefix, sizeof prefix - 1);
+    (void)!write(2, name, strlen(name));
+    (void)!write(2, suffix, sizeof suffix - 1);
+    _exit(127);
+}
+
+/* Resolve every real function in one place, then start recording. Hooks may
+ * run before the shim's constructor (other libraries' constructors allocate),
+ * so every hook calls this lazily. */
+static void ensure_init(void) {
+    if (LIKELY(__atomic_load_n(&init_state, __ATOMIC_ACQUIRE) == INIT_DONE))
+        return;
+    int expected = INIT_NONE;
+    if (!__atomic_compare_exchange_n(&init_state, &expected, INIT_RESOLVING, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(&init_state, __ATOMIC_ACQUIRE) != INIT_DONE)
+            __builtin_ia32_pause();
+        return;
+    }
+    mt_self.in_hook++;
+#define RESOLVE(name, ret, params)                                                  \
+    real_##name = (ret(*) params)dlsym(RTLD_NEXT, #name);                           \
+    if (real_##name == NULL)                                                        \
+        missing(#name);
+    MT_FOR_EACH_HOOK(RESOLVE)
+#undef RESOLVE
+    __atomic_store_n(&init_state, INIT_DONE, __ATOMIC_RELEASE);
+    /* A setuid or otherwise secure-execution program never reads our
+     * environment (the loader already refuses most of LD_PRELOAD there). */
+    if (!getauxval(AT_SECURE)) {
+        mt_recorder_init();
+        pthread_atfork(NULL, NULL, after_fork_child);
+    }
+    mt_self.in_hook--;
+}
+
+__attribute__((constructor)) static void shim_constructor(void) {
+    ensure_init();
+}
+
+/* exit() ran: the stream ended cleanly (_exit and signals skip this). */
+__attribute__((destructor)) static void shim_destructor(void) {
+    mt_transport_mark_exit();
+}
+
+/* True when the call must go straight to the real function. */
+#define PASS_THROUGH (mt_self.in_hook || mt_stream == NULL)
+
+/* ---- malloc family --------------------------------------------------------- */
+
+EXPORT void *malloc(size_t size) {
+    if (UNLIKELY(real_malloc == NULL)) {
+        if (mt_self.in_hook)
+            return boot_alloc(size);
+        ensure_init();
+    }
+    if (PASS_THROUGH)
+        return real_malloc(size);
+    mt_self.in_hook++;
+    void *p = real_malloc(size);
+    if (p) {
+        int saved = errno;
+        mt_record_alloc(MT_MALLOC, 0, p, size, CALLER);
+        errno = saved;
+    }
+    mt_self.in_hook--;
+    return p;
+}
+
+EXPORT void *calloc(size_t n, size_t size) {
+    size_t total;
+    if (UNLIKELY(real_calloc == NULL)) {
+        if (mt_self.in_hook)
+            return __builtin_mul_overflow(n, size, &total) ? NULL : boot_alloc(total);
+        ensure_init();
+    }
+    if (PASS_THROUGH)
+        return real_calloc(n, size);
+    mt_self.in_hook++;
+    void *p = real_calloc(n, size);
+    if (p) {
+        int saved = errno;
+        mt_record_alloc(MT_CALLOC, 0, p, n * size, CALLER);
+        errno = saved;
+    }
+    mt_self.in_hook--;
+    return p;
+}
+
+EXPORT void free(void *p) {
+    if (p == NULL || UNLIKELY(is_boot(p)))
+        return;
+    if (UNLIKELY(real_free == NULL)) {
+        if (mt_self.in_hook)
+            return; /* cannot happen with a sane loader: nothing to free yet */
+        ensure_init();
+    }
+    if (PASS_THROUGH) {
+        real_free(p);
+        return;
+    }
+    mt_self.in_hook++;
+    int saved = errno;
+    mt_commit_free(mt_claim(1), MT_FREE, 0, p, 0);
+    errno = saved;
+    real_free(p);
+    mt_self.in_hook--;
+}
+
+/* realloc of a bootstrap block: move it to the real heap. */
+static void *boot_realloc(void *p, size_t size) {
+    void *n = malloc(size);
+    size_t room = (size_t)(boot_arena + sizeof boot_arena - (char *)p);
+    if (n)
+        memcpy(n, p, size < room ? size : room);
+    return n;
+}
+
+/* realloc and reallocarray: the old block's free and the new block are one
+ * pair of slots claimed before the real call. */
+static void *record_realloc(uint8_t kind, void *p, size_t size, void *n, uint64_t pos,
+                            void *caller) {
+    int saved = errno;
+    int freed = p != NULL && (n != NULL || size == 0);
+    mt_commit_free(pos, freed ? MT_FREE : MT_NONE, MT_FLAG_REMAP, p, 0);
+    mt_commit_alloc(pos + 1, n ? kind : MT_NONE, 0, n, size, caller);
+    errno = saved;
+    return n;
+}
+
+EXPORT void *realloc(void *p, size_t size) {
+    if (UNLIKELY(is_boot(p)))
+        return boot_realloc(p, size);
+    if (UNLIKELY(real_realloc == NULL)) {
+        if (mt_self.in_hook)
+            return boot_alloc(size);
+        ensure_init();
+    }
+    if (PASS_THROUGH)
+        return real_realloc(p, size);
+    mt_self.in_hook++;
+    uint64_t pos = mt_claim(2);
+    void *n = record_realloc(MT_REALLOC, p, size, real_realloc(p, size), pos, CALLER);
+    mt_self.in_hook--;
+    return n;
+}
+
+EXPORT void *reallocarray(void *p, size_t count, size_t size) {
+    size_t total;
+    if (UNLIKELY(is_boot(p)))
+        return __builtin_mul_overflow(count, size, &total) ? NULL : boot_realloc(p, total);
+    if (UNLIKELY(real_reallocarray == NULL))
+        ensure_init();
+    if (PASS_THROUGH)
+        return real_reallocarray(p, count, size);
+    mt_self.in_hook++;
+    uint64_t pos = mt_claim(2);
+    void *n = real_reallocarray(p, count, size);
+    /* An overflowing product failed like a realloc of a non-zero size. */
+    n = record_realloc(MT_REALLOCARRAY, p, __builtin_mul_overflow(count, size, &total) ? 1 : total,
+                       n, pos, CALLER);
+    mt_self.in_hook--;
+    return n;
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t size) {
+    if (UNLIKELY(real_posix_memalign == NULL))
+        ensure_init();
+    if (PASS_THROUGH)
+        return real_posix_memalign(out, align, size);
+    mt_self.in_hook++;
+    int ret = real_posix_memalign(out, align, size);
+    if (ret == 0) {
+        int saved = errno;
+        mt_record_alloc(MT_POSIX_MEMALIGN, 0, *out, size, CALLER);
+        errno = saved;
+    }
+    mt_self.in_hook--;
+    return ret;
+}
+
+/* aligned_alloc, memalign, valloc, pvalloc: same shape, one body. */
+#define ALIGNED_HOOK(name, kind, params, args, size)                               \
+    EXPORT void *name params {                                                     \
+        if (UNLIKELY(real_##name == NULL))                                         \
+            ensure_init();                                                         \
+        if (PASS_THROUGH)                                                          \
+            return real_##name args;                                               \
+        mt_self.in_hook++;                                                         \
+        void *p = real_##name args;                                                \
+        if (p) {                                                                   \
+            int saved = errno;                                                     \
+            mt_record_alloc(kind, 0, p, size, CALLER);                             \
+            errno = saved;                                                         \
+        }                                                                          \
+        mt_self.in_hook--;                                                         \
+        return p;                                                                  \
+    }
+
+ALIGNED_HOOK(aligned_alloc, MT_ALIGNED_ALLOC, (size_t align, size_t size), (align, size), size)
+ALIGNED_HOOK(memalign, MT_MEMALIGN, (size_t align, size_t size), (align, size), size)
+ALIGNED_HOOK(valloc, MT_VALLOC, (size_t size), (size), size)
+ALIGNED_HOOK(pvalloc, MT_PVALLOC, (size_t size), (size), size)
+
+/* ---- mmap family ----------------------------------------------------------- */
+
+static uint8_t mmap_flags(int flags) {
+    return (uint8_t)(((flags & MAP_ANONYMOUS) ? MT_FLAG_ANON : 0) |
+                     ((flags & MAP_SHARED) ? MT_FLAG_SHARED : 0));
+}
+
+static void *do_mmap(void *(*real)(void *, size_t, int, int, int, off_t), void *addr, size_t len,
+                     int prot, int flags, int fd, off_t off, void *caller) {
+    if (UNLIKELY(real == NULL)) /* only while resolving, on the resolving thread */
+        return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+    if (PASS_THROUGH)
+        return real(addr, len, prot, flags, fd, off);
+    mt_self.in_hook++;
+    void *p = real(addr, len, prot, flags, fd, off);
+    if (p != MAP_FAILED) {
+        int saved = errno;
+        mt_record_alloc(MT_MMAP, mmap_flags(flags), p, len, caller);
+        errno = saved;
+    }
+    mt_self.in_hook--;
+    return p;
+}
+
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    if (UNLIKELY(real_mmap == NULL) && !mt_self.in_hook)
+        ensure_init();
+    return do_mmap(real_mmap, addr, len, prot, flags, fd, off, CALLER);
+}
+
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    if (UNLIKELY(real_mmap64 == NULL) && !mt_self.in_hook)
+        ensure_init();
+    return do_mmap(real_mmap64, addr, len, prot, flags, fd, off, CALLER);
+}
+
+EXPORT int munmap(void *addr, size_t len) {
+    if (UNLIKELY(real_munmap == NULL)) {
+        if (mt_self.in_hook)
+            return (int)syscall(SYS_munmap, addr, len);
+        ensure_init();
+    }
+    if (PASS_THROUGH)
+        return real_munmap(addr, len);
+    mt_self.in_hook++;
+    uint64_t pos = mt_claim(1);
+    int ret = real_munmap(addr, len);
+    int saved = errno;
+    mt_commit_free(pos, ret == 0 ? MT_MUNMAP : MT_NONE, 0, addr, len);
+    errno = saved;
+    mt_self.in_hook--;
+    return ret;
+}
+
+EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
+    void *want = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        want = va_arg(ap, void *);
+        va_end(ap);
+    }
+    if (UNLIKELY(real_mremap == NULL))
+        ensure_init();
+    if (PASS_THROUGH)
+        return real_mremap(old, old_size, new_size, flags, want);
+    mt_self.in_hook++;
+    uint64_t pos = mt_claim(2);
+    void *p = real_mremap(old, old_size, new_size, flags, want);
+    int saved = errno;
+    int ok = p != MAP_FAILED;
+#ifdef MREMAP_DONTUNMAP
+    int unmapped = ok && !(flags & MREMAP_DONTUNMAP);
+#else
+    int unmapped = ok;
+#endif
+    mt_commit_free(pos, unmapped ? MT_MUNMAP : MT_NONE, MT_FLAG_REMAP, old, old_size);
+    mt_commit_alloc(pos + 1, ok ? MT_MREMAP : MT_NONE, 0, p, new_size, CALLER);
+    errno = saved;
+    mt_self.in_hook--;
+    return p;
+}

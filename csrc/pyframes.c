@@ -1,0 +1,266 @@
+/* pyframes.c — the frame reader for the CPython it is built against.
+ *
+ * A CPython extension (tracer._pyframes) that the bootstrap loads inside the
+ * traced interpreter. It hands the shim (found with dlsym, see shim_api.h)
+ * functions that read the calling thread's own frame chain at allocation
+ * time: the cost follows allocations, not Python calls, and there is no
+ * profile hook. Every reader function runs inside malloc, possibly without
+ * the GIL: it only reads memory that the calling thread owns (its frames,
+ * and the code objects they keep alive), never allocates, never blocks.
+ *
+ * It also labels NumPy array data: NumPy's default data-memory handler
+ * (NEP 49) gets wrappers that raise the shim's "NumPy data" flag around the
+ * original functions, for every thread and every context.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#if PY_VERSION_HEX >= 0x030B0000
+#define Py_BUILD_CORE 1
+#include <internal/pycore_frame.h>
+#undef Py_BUILD_CORE
+#else
+#include <frameobject.h>
+#endif
+
+#include <dlfcn.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "shim_api.h"
+
+/* ---- Frame reading --------------------------------------------------------- */
+
+static int walk(void **frame, void **code, int32_t *lasti, int max) {
+    /* The calling thread's own state, by thread-specific key: right even when
+     * this thread released the GIL, and NULL for threads without Python. */
+    PyThreadState *ts = PyGILState_GetThisThreadState();
+    if (ts == NULL)
+        return 0;
+    int n = 0;
+#if PY_VERSION_HEX >= 0x030B0000
+#if PY_VERSION_HEX >= 0x030D0000
+    _PyInterpreterFrame *f = ts->current_frame;
+#else
+    _PyInterpreterFrame *f = ts->cframe ? ts->cframe->current_frame : NULL;
+#endif
+    for (; f != NULL && n < max; f = f->previous) {
+#if PY_VERSION_HEX >= 0x030C0000
+        if (f->owner == FRAME_OWNED_BY_CSTACK)
+            continue;
+#endif
+        if (_PyFrame_IsIncomplete(f))
+            continue;
+#if PY_VERSION_HEX >= 0x030D0000
+        PyCodeObject *co = _PyFrame_GetCode(f);
+#else
+        PyCodeObject *co = f->f_code;
+#endif
+        frame[n] = f;
+        code[n] = co;
+        lasti[n] = _PyInterpreterFrame_LASTI(f) * (int32_t)sizeof(_Py_CODEUNIT);
+        n++;
+    }
+#else
+    for (PyFrameObject *f = ts->frame; f != NULL && n < max; f = f->f_back) {
+        frame[n] = f;
+        code[n] = f->f_code;
+#if PY_VERSION_HEX >= 0x030A0000
+        lasti[n] = f->f_lasti * (int32_t)sizeof(_Py_CODEUNIT);
+#else
+        lasti[n] = f->f_lasti;
+#endif
+        n++;
+    }
+#endif
+    return n;
+}
+
+/* UTF-8 of a str without allocating (PyUnicode_AsUTF8 may allocate). */
+static size_t utf8_of(PyObject *s, char *out, size_t cap) {
+    if (s == NULL || !PyUnicode_Check(s))
+        return 0;
+#if PY_VERSION_HEX < 0x030C0000
+    if (!PyUnicode_IS_READY(s))
+        return 0;
+#endif
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(s);
+    size_t n = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        char buf[4];
+        size_t k;
+        if (c < 0x80) {
+            buf[0] = (char)c;
+            k = 1;
+        } else if (c < 0x800) {
+            buf[0] = (char)(0xC0 | (c >> 6));
+            buf[1] = (char)(0x80 | (c & 0x3F));
+            k = 2;
+        } else if (c < 0x10000) {
+            if (c >= 0xD800 && c <= 0xDFFF) /* lone surrogate: not valid UTF-8 */
+                c = 0xFFFD;
+            buf[0] = (char)(0xE0 | (c >> 12));
+            buf[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+            buf[2] = (char)(0x80 | (c & 0x3F));
+            k = 3;
+        } else {
+            buf[0] = (char)(0xF0 | (c >> 18));
+            buf[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+            buf[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+            buf[3] = (char)(0x80 | (c & 0x3F));
+            k = 4;
+        }
+        if (n + k > cap)
+            break;
+        memcpy(out + n, buf, k);
+        n += k;
+    }
+    return n;
+}
+
+static int describe(void *code, char *file, size_t *file_len, char *name, size_t *name_len,
+                    int32_t *firstlineno) {
+    PyCodeObject *co = (PyCodeObject *)code;
+    *file_len = utf8_of(co->co_filename, file, *file_len);
+#if PY_VERSION_HEX >= 0x030B0000
+    *name_len = utf8_of(co->co_qualname, name, *name_len);
+#else
+    *name_len = utf8_of(co->co_name, name, *name_len);
+#endif
+    *firstlineno = co->co_firstlineno;
+    return 0;
+}
+
+static uintptr_t identity(void *code) {
+    PyCodeObject *co = (PyCodeObject *)code;
+    return (uintptr_t)co->co_name ^ ((uintptr_t)co->co_filename << 7) ^
+           (uintptr_t)co->co_firstlineno;
+}
+
+static int32_t line(void *code, int32_t lasti) {
+    return PyCode_Addr2Line((PyCodeObject *)code, lasti);
+}
+
+static const mt_python_reader reader = {walk, describe, identity, line};
+
+static void *shim_symbol(const char *name) {
+    return dlsym(RTLD_DEFAULT, name);
+}
+
+/* install() -> bool: start recording Python frames (False: no shim here). */
+static PyObject *install(PyObject *self, PyObject *args) {
+    mt_set_python_reader_fn set = (mt_set_python_reader_fn)shim_symbol(MT_SYM_SET_PYTHON_READER);
+    if (set == NULL)
+        Py_RETURN_FALSE;
+    set(&reader);
+    Py_RETURN_TRUE;
+}
+
+/* uninstall(): stop reading frames (called at interpreter exit, before thread
+ * states are torn down). */
+static PyObject *uninstall(PyObject *self, PyObject *args) {
+    mt_set_python_reader_fn set = (mt_set_python_reader_fn)shim_symbol(MT_SYM_SET_PYTHON_READER);
+    if (set)
+        set(NULL);
+    Py_RETURN_NONE;
+}
+
+/* meta_text(key, text): send a note about this process to the collector. */
+static PyObject *meta_text(PyObject *self, PyObject *args) {
+    int key;
+    const char *text;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "is#", &key, &text, &len))
+        return NULL;
+    mt_meta_text_fn fn = (mt_meta_text_fn)shim_symbol(MT_SYM_META_TEXT);
+    if (fn)
+        fn((uint16_t)key, text, (size_t)len);
+    Py_RETURN_NONE;
+}
+
+/* ---- NumPy data labelling -------------------------------------------------- */
+
+/* NumPy's PyDataMem_Handler, version 1 (numpy/ndarraytypes.h). */
+typedef struct {
+    void *ctx;
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
+    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
+    void (*free)(void *ctx, void *ptr, size_t size);
+} np_allocator;
+
+typedef struct {
+    char name[127];
+    uint8_t version;
+    np_allocator allocator;
+} np_handler;
+
+/* Slot of PyDataMem_DefaultHandler in NumPy's C-API table (stable ABI, 1.22+). */
+#define NP_API_DEFAULT_HANDLER 306
+
+static np_allocator numpy_original;
+static mt_numpy_data_fn numpy_flag;
+
+static void *np_malloc(void *ctx, size_t size) {
+    numpy_flag(1);
+    void *p = numpy_original.malloc(ctx, size);
+    numpy_flag(0);
+    return p;
+}
+
+static void *np_calloc(void *ctx, size_t n, size_t size) {
+    numpy_flag(1);
+    void *p = numpy_original.calloc(ctx, n, size);
+    numpy_flag(0);
+    return p;
+}
+
+static void *np_realloc(void *ctx, void *ptr, size_t size) {
+    numpy_flag(1);
+    void *p = numpy_original.realloc(ctx, ptr, size);
+    numpy_flag(0);
+    return p;
+}
+
+/* label_numpy(api_capsule) -> str|None: wrap NumPy's default data handler;
+ * returns None on success or the reason it could not. */
+static PyObject *label_numpy(PyObject *self, PyObject *capsule) {
+    numpy_flag = (mt_numpy_data_fn)shim_symbol(MT_SYM_NUMPY_DATA);
+    if (numpy_flag == NULL)
+        return PyUnicode_FromString("the memtrace shim is not loaded");
+    void **api = (void **)PyCapsule_GetPointer(capsule, NULL);
+    if (api == NULL) {
+        PyErr_Clear();
+        return PyUnicode_FromString("NumPy's C-API capsule is unreadable");
+    }
+    PyObject *handler_capsule = *(PyObject **)api[NP_API_DEFAULT_HANDLER];
+    if (handler_capsule == NULL || !PyCapsule_IsValid(handler_capsule, "mem_handler"))
+        return PyUnicode_FromString("NumPy has no default data-memory handler");
+    np_handler *h = (np_handler *)PyCapsule_GetPointer(handler_capsule, "mem_handler");
+    if (h->version != 1)
+        return PyUnicode_FromFormat("unknown NumPy handler version %d", (int)h->version);
+    if (h->allocator.malloc == np_malloc)
+        Py_RETURN_NONE; /* already done (numpy imported twice in subinterpreters) */
+    numpy_original = h->allocator;
+    h->allocator.calloc = np_calloc;
+    h->allocator.realloc = np_realloc;
+    h->allocator.malloc = np_malloc;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"install", install, METH_NOARGS, "Start recording Python frames."},
+    {"uninstall", uninstall, METH_NOARGS, "Stop recording Python frames."},
+    {"meta_text", meta_text, METH_VARARGS, "Send a note about this process."},
+    {"label_numpy", label_numpy, METH_O, "Label NumPy array data."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pyframes", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__pyframes(void) {
+    return PyModule_Create(&module);
+}

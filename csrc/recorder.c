@@ -1,0 +1,432 @@
+/* recorder.c — events from hooked calls: thread ids, Python stacks, callers.
+ *
+ * Hot path (an allocation on a thread whose Python stack did not change since
+ * its last allocation): a walk of the thread's frame chain compared with the
+ * thread's cached copy, a lookup of the caller's return address, one atomic
+ * fetch-add to claim a ring slot, 32 bytes written. No lock, no system call,
+ * no allocation. Everything else (a new stack node, code object, library or
+ * thread) is rare and may take a spin lock or make a system call.
+ */
+#define _GNU_SOURCE
+#include "recorder.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "shim_api.h"
+#include "transport.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+MT_TLS mt_thread mt_self;
+
+/* ---- Python stacks ------------------------------------------------------ */
+
+/* The registered frame reader (NULL: native-only) and a generation bumped on
+ * every change, so per-thread caches built with an old reader are dropped. */
+static const mt_python_reader *py_reader;
+static uint32_t py_reader_gen = 1;
+
+/* A thread's last captured stack, innermost first. Two of them: the one being
+ * captured is compared against the previous one, then they swap. */
+typedef struct frames {
+    uint32_t gen;
+    int depth;
+    void *frame[MT_MAX_FRAMES];
+    void *code[MT_MAX_FRAMES];
+    int32_t lasti[MT_MAX_FRAMES];
+    uint32_t node[MT_MAX_FRAMES];
+} frames;
+
+static MT_TLS frames stack_cache[2];
+static MT_TLS int stack_cur;
+
+/* Interning tables: open addressing, insert-only, lock-free. A slot is
+ * claimed by CAS on its tag; its id is published last (release), so a reader
+ * that sees a matching tag waits for the id, then checks the full key. */
+#define NODE_BITS 19
+#define CODE_BITS 16
+#define CALLER_BITS 16
+#define MAX_LIBS 4096
+
+typedef struct node_slot {
+    uint64_t tag;
+    uint32_t parent;
+    uint32_t code;
+    int32_t lasti;
+    uint32_t id;
+} node_slot;
+
+typedef struct code_slot {
+    uint64_t tag;
+    uintptr_t code;
+    uintptr_t identity;
+    uint32_t id;
+    uint32_t pad;
+} code_slot;
+
+typedef struct caller_slot {
+    uintptr_t addr;
+    uint32_t lib; /* lib id + 1 once published */
+    uint32_t pad;
+} caller_slot;
+
+/* Owned; re-made in a forked child (ids restart in the child's stream). */
+static node_slot *nodes;
+static code_slot *codes;
+static caller_slot *callers;
+static uint32_t next_node = 1, next_code = 1;
+
+/* Libraries by load address. Protected by lib_lock (taken only on a caller
+ * address never seen before). */
+static uintptr_t lib_base[MAX_LIBS];
+static uint32_t n_libs;
+static int lib_lock;
+
+static char exe_path[512];
+
+static inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint32_t wait_id(const uint32_t *id) {
+    uint32_t v;
+    while ((v = __atomic_load_n(id, __ATOMIC_ACQUIRE)) == 0)
+        __builtin_ia32_pause();
+    return v;
+}
+
+static uint32_t intern_code(const mt_python_reader *r, void *code) {
+    uintptr_t identity = r->identity(code);
+    uint64_t tag = mix64((uintptr_t)code ^ (identity << 1)) | 1;
+    uint64_t mask = (1u << CODE_BITS) - 1;
+    for (uint64_t i = tag, n = 0; n <= mask; i++, n++) {
+        code_slot *s = &codes[i & mask];
+        uint64_t t = __atomic_load_n(&s->tag, __ATOMIC_ACQUIRE);
+        if (t == 0) {
+            if (!__atomic_compare_exchange_n(&s->tag, &t, tag, 0, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_ACQUIRE)) {
+                if (t != tag) /* someone else took it for another key */
+                    continue;
+            } else {
+                s->code = (uintptr_t)code;
+                s->identity = identity;
+                uint32_t id = __atomic_fetch_add(&next_code, 1, __ATOMIC_RELAXED);
+                char file[1024], name[256];
+                size_t file_len = sizeof file, name_len = sizeof name;
+                int32_t first = 0;
+                if (r->describe(code, file, &file_len, name, &name_len, &first) != 0) {
+                    file_len = name_len = 0;
+                }
+                struct {
+                    uint32_t id;
+                    int32_t first;
+                    uint16_t file_len, name_len;
+                } head = {id, first, (uint16_t)file_len, (uint16_t)name_len};
+                char text[sizeof file + sizeof name];
+                memcpy(text, file, file_len);
+                memcpy(text + file_len, name, name_len);
+                mt_meta_write(mt_stream, MT_META_CODE, &head, sizeof head, text,
+                              file_len + name_len);
+                __atomic_store_n(&s->id, id, __ATOMIC_RELEASE);
+                return id;
+            }
+        }
+        if (t == tag) {
+            uint32_t id = wait_id(&s->id);
+            if (s->code == (uintptr_t)code && s->identity == identity)
+                return id;
+        }
+    }
+    return 0; /* table full */
+}
+
+static uint32_t intern_node(const mt_python_reader *r, uint32_t parent, void *code,
+                            int32_t lasti) {
+    uint32_t code_id = intern_code(r, code);
+    if (code_id == 0)
+        return 0;
+    uint64_t tag = mix64(((uint64_t)parent << 32 | code_id) ^ mix64((uint32_t)lasti)) | 1;
+    uint64_t mask = (1u << NODE_BITS) - 1;
+    for (uint64_t i = tag, n = 0; n <= mask / 4 * 3; i++, n++) {
+        node_slot *s = &nodes[i & mask];
+        uint64_t t = __atomic_load_n(&s->tag, __ATOMIC_ACQUIRE);
+        if (t == 0) {
+            if (!__atomic_compare_exchange_n(&s->tag, &t, tag, 0, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_ACQUIRE)) {
+                if (t != tag)
+                    continue;
+            } else {
+                s->parent = parent;
+                s->code = code_id;
+                s->lasti = lasti;
+                uint32_t id = __atomic_fetch_add(&next_node, 1, __ATOMIC_RELAXED);
+                struct {
+                    uint32_t id, parent, code;
+                    int32_t line;
+                } rec = {id, parent, code_id, r->line(code, lasti)};
+                mt_meta_write(mt_stream, MT_META_NODE, &rec, sizeof rec, NULL, 0);
+                __atomic_store_n(&s->id, id, __ATOMIC_RELEASE);
+                return id;
+            }
+        }
+        if (t == tag) {
+            uint32_t id = wait_id(&s->id);
+            if (s->parent == parent && s->code == code_id && s->lasti == lasti)
+                return id;
+        }
+    }
+    return 0;
+}
+
+static int same_frame(const frames *a, int i, const frames *b, int j) {
+    return a->frame[i] == b->frame[j] && a->code[i] == b->code[j] && a->lasti[i] == b->lasti[j];
+}
+
+/* The calling thread's Python stack as a node id (0: no Python frame). */
+static uint32_t current_stack(void) {
+    const mt_python_reader *r = __atomic_load_n(&py_reader, __ATOMIC_ACQUIRE);
+    if (r == NULL)
+        return 0;
+    uint32_t gen = __atomic_load_n(&py_reader_gen, __ATOMIC_RELAXED);
+    frames *prev = &stack_cache[stack_cur];
+    frames *cur = &stack_cache[stack_cur ^ 1];
+    int depth = r->walk(cur->frame, cur->code, cur->lasti, MT_MAX_FRAMES);
+    cur->gen = gen;
+    cur->depth = depth;
+    stack_cur ^= 1;
+    if (depth == 0)
+        return 0;
+    int prev_depth = prev->gen == gen ? prev->depth : 0;
+
+    /* Reuse the node ids of the outermost frames that did not change. */
+    int same = 0;
+    while (same < depth && same < prev_depth &&
+           same_frame(cur, depth - 1 - same, prev, prev_depth - 1 - same)) {
+        cur->node[depth - 1 - same] = prev->node[prev_depth - 1 - same];
+        same++;
+    }
+    uint32_t parent = same ? cur->node[depth - same] : 0;
+    for (int i = depth - 1 - same; i >= 0; i--) {
+        parent = intern_node(r, parent, cur->code[i], cur->lasti[i]);
+        if (parent == 0) {
+            cur->depth = 0; /* do not cache a half-interned stack */
+            __atomic_fetch_add(&mt_stream->unattributed, 1, __ATOMIC_RELAXED);
+            return 0;
+        }
+        cur->node[i] = parent;
+    }
+    return cur->node[0];
+}
+
+/* ---- Callers' shared objects -------------------------------------------- */
+
+static void lib_name(const Dl_info *info, const char **name, size_t *len) {
+    const char *fname = info->dli_fname;
+    if (fname == NULL || fname[0] == '\0' || strchr(fname, '/') == NULL) {
+        /* The main executable's link map has no path. */
+        if (exe_path[0] == '\0') {
+            ssize_t n = readlink("/proc/self/exe", exe_path, sizeof exe_path - 1);
+            exe_path[n > 0 ? n : 0] = '\0';
+        }
+        fname = exe_path[0] ? exe_path : (fname ? fname : "?");
+    }
+    *name = fname;
+    *len = strlen(fname);
+}
+
+static uint16_t lib_for_base(uintptr_t base, const Dl_info *info) {
+    while (__atomic_exchange_n(&lib_lock, 1, __ATOMIC_ACQUIRE))
+        __builtin_ia32_pause();
+    uint32_t id = 0;
+    for (uint32_t i = 0; i < n_libs; i++)
+        if (lib_base[i] == base) {
+            id = i + 1;
+            break;
+        }
+    if (id == 0 && n_libs < MAX_LIBS - 1) {
+        lib_base[n_libs++] = base;
+        id = n_libs;
+        const char *name;
+        size_t len;
+        lib_name(info, &name, &len);
+        struct {
+            uint16_t id, pad;
+            uint32_t pad2;
+            uint64_t base;
+        } rec = {(uint16_t)id, 0, 0, base};
+        mt_meta_write(mt_stream, MT_META_LIB, &rec, sizeof rec, name, len);
+    }
+    __atomic_store_n(&lib_lock, 0, __ATOMIC_RELEASE);
+    return (uint16_t)id;
+}
+
+static uint16_t caller_lib(void *caller) {
+    uintptr_t addr = (uintptr_t)caller;
+    if (addr == 0)
+        return 0;
+    uint64_t mask = (1u << CALLER_BITS) - 1;
+    for (uint64_t i = mix64(addr), n = 0; n <= mask / 4 * 3; i++, n++) {
+        caller_slot *s = &callers[i & mask];
+        uintptr_t a = __atomic_load_n(&s->addr, __ATOMIC_ACQUIRE);
+        if (a == addr)
+            return (uint16_t)(wait_id(&s->lib) - 1);
+        if (a != 0)
+            continue;
+        if (!__atomic_compare_exchange_n(&s->addr, &a, addr, 0, __ATOMIC_ACQ_REL,
+                                          __ATOMIC_ACQUIRE)) {
+            if (a == addr)
+                return (uint16_t)(wait_id(&s->lib) - 1);
+            continue;
+        }
+        Dl_info info;
+        uint16_t lib = 0;
+        if (dladdr(caller, &info) && info.dli_fbase)
+            lib = lib_for_base((uintptr_t)info.dli_fbase, &info);
+        __atomic_store_n(&s->lib, (uint32_t)lib + 1, __ATOMIC_RELEASE);
+        return lib;
+    }
+    return 0;
+}
+
+/* ---- Threads ------------------------------------------------------------- */
+
+static void first_event_of_thread(void) {
+    mt_self.tid = (uint32_t)syscall(SYS_gettid);
+    char name[17] = {0};
+    prctl(PR_GET_NAME, name, 0, 0, 0);
+    if (mt_stream)
+        mt_meta_write(mt_stream, MT_META_THREAD, &mt_self.tid, 4, name, strlen(name));
+}
+
+/* ---- Recording ----------------------------------------------------------- */
+
+static inline void fill(mt_event *e, uint8_t kind, uint8_t flags, void *addr, size_t size,
+                        uint32_t stack, uint16_t lib) {
+    e->addr = (uint64_t)(uintptr_t)addr;
+    e->size = size;
+    e->stack = stack;
+    e->tid = mt_self.tid;
+    e->lib = lib;
+    e->kind = kind;
+    e->flags = flags;
+}
+
+uint64_t mt_claim(uint32_t n) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return UINT64_MAX;
+    if (__builtin_expect(mt_self.tid == 0, 0))
+        first_event_of_thread();
+    return mt_ring_claim(h, n);
+}
+
+void mt_commit_free(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size) {
+    mt_shm_header *h = mt_stream;
+    if (pos == UINT64_MAX || h == NULL)
+        return;
+    mt_event *e = mt_ring_slot(h, pos);
+    if (e == NULL)
+        return;
+    fill(e, kind, flags, addr, size, 0, 0);
+    mt_ring_commit(e, pos);
+}
+
+void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size,
+                     void *caller) {
+    mt_shm_header *h = mt_stream;
+    if (pos == UINT64_MAX || h == NULL)
+        return;
+    uint32_t stack = 0;
+    uint16_t lib = 0;
+    if (kind != MT_NONE) {
+        if (mt_self.numpy_data)
+            flags |= MT_FLAG_NUMPY;
+        stack = current_stack();
+        lib = caller_lib(caller);
+    }
+    mt_event *e = mt_ring_slot(h, pos);
+    if (e == NULL)
+        return;
+    fill(e, kind, flags, addr, size, stack, lib);
+    mt_ring_commit(e, pos);
+}
+
+void mt_record_alloc(uint8_t kind, uint8_t flags, void *addr, size_t size, void *caller) {
+    mt_commit_alloc(mt_claim(1), kind, flags, addr, size, caller);
+}
+
+/* ---- Set-up and fork ----------------------------------------------------- */
+
+static int make_tables(void) {
+    nodes = mt_sys_mmap(sizeof(node_slot) << NODE_BITS);
+    codes = mt_sys_mmap(sizeof(code_slot) << CODE_BITS);
+    callers = mt_sys_mmap(sizeof(caller_slot) << CALLER_BITS);
+    return nodes && codes && callers ? MT_OK : MT_ERR;
+}
+
+static void drop_tables(void) {
+    if (nodes)
+        mt_sys_munmap(nodes, sizeof(node_slot) << NODE_BITS);
+    if (codes)
+        mt_sys_munmap(codes, sizeof(code_slot) << CODE_BITS);
+    if (callers)
+        mt_sys_munmap(callers, sizeof(caller_slot) << CALLER_BITS);
+    nodes = NULL;
+    codes = NULL;
+    callers = NULL;
+}
+
+void mt_recorder_init(void) {
+    if (make_tables() != MT_OK || mt_transport_open() != MT_OK) {
+        drop_tables();
+        return;
+    }
+}
+
+void mt_recorder_after_fork_child(void) {
+    /* Only this thread exists now; another may have died holding a lock or
+     * half-way through an insert, so start from clean tables and locks. */
+    drop_tables();
+    n_libs = 0;
+    lib_lock = 0;
+    next_node = next_code = 1;
+    stack_cache[0].depth = stack_cache[1].depth = 0;
+    mt_self.tid = 0;
+    if (make_tables() != MT_OK) {
+        drop_tables();
+        mt_stream = NULL;
+        return;
+    }
+    mt_transport_after_fork_child();
+}
+
+/* ---- Exported to the bootstrap (see shim_api.h) -------------------------- */
+
+EXPORT void mt_set_python_reader(const mt_python_reader *reader) {
+    __atomic_fetch_add(&py_reader_gen, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&py_reader, reader, __ATOMIC_RELEASE);
+}
+
+EXPORT void mt_numpy_data(int on) {
+    mt_self.numpy_data += on ? 1 : -1;
+}
+
+EXPORT void mt_meta_text(uint16_t key, const char *text, size_t len) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return;
+    mt_self.in_hook++;
+    mt_meta_write(h, MT_META_TEXT, &key, sizeof key, text, len);
+    mt_self.in_hook--;
+}

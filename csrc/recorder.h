@@ -1,0 +1,44 @@
+/* recorder.h — the shim's back end: turns hooked calls into events.
+ *
+ * preload.c (the front end) calls these with the reentrancy guard held.
+ */
+#ifndef MT_RECORDER_H
+#define MT_RECORDER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "events.h"
+
+#define MT_TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* Per-thread state, all initial-exec TLS so that touching it never calls
+ * __tls_get_addr (which may call malloc). */
+typedef struct mt_thread {
+    int in_hook;        /* reentrancy guard: >0 while inside a hook */
+    int numpy_data;     /* >0 while NumPy's data-memory handler is allocating */
+    uint32_t tid;       /* cached gettid(), 0 until the thread's first event */
+} mt_thread;
+
+extern MT_TLS mt_thread mt_self;
+
+/* Set up the recorder once the real allocator is known (idempotent). */
+void mt_recorder_init(void);
+
+/* Record an allocation (kind <= MT_LAST_ALLOC or MT_MMAP/MT_MREMAP) made by `caller`. */
+void mt_record_alloc(uint8_t kind, uint8_t flags, void *addr, size_t size, void *caller);
+
+/* Calls whose event must be placed in the stream before the real call runs
+ * (free, munmap: so the address cannot be handed out again before the
+ * collector sees it released) claim their slots first, then fill them.
+ * mt_claim returns UINT64_MAX when not tracing; the commit functions accept
+ * it and do nothing. A call that failed is committed as MT_NONE. */
+uint64_t mt_claim(uint32_t n);
+void mt_commit_free(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size);
+void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size,
+                     void *caller);
+
+/* fork handlers. */
+void mt_recorder_after_fork_child(void);
+
+#endif /* MT_RECORDER_H */

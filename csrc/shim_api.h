@@ -1,0 +1,44 @@
+/* shim_api.h — what the shim exports to code running inside the target.
+ *
+ * The per-interpreter frame reader (pyframes.c, a CPython extension the
+ * bootstrap loads) finds these with dlsym(RTLD_DEFAULT, ...), so the shim
+ * itself stays independent of any Python version and works native-only
+ * when nobody registers a reader.
+ */
+#ifndef MT_SHIM_API_H
+#define MT_SHIM_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Cap on the Python frames recorded per stack: the innermost ones are kept. */
+#define MT_MAX_FRAMES 128
+
+/* Called by the shim from inside allocation hooks, on the allocating thread,
+ * without the GIL. None of them may allocate, take a lock or call back into
+ * Python. */
+typedef struct mt_python_reader {
+    /* Fill frame/code/lasti with the calling thread's Python frames, innermost
+     * first; return how many (0 when the thread runs no Python). */
+    int (*walk)(void **frame, void **code, int32_t *lasti, int max);
+    /* Describe a code object: UTF-8 file and function names (truncated to fit,
+     * lengths returned), first line, and two identities that change when the
+     * address is reused by another code object. Return 0 on success. */
+    int (*describe)(void *code, char *file, size_t *file_len, char *name, size_t *name_len,
+                    int32_t *firstlineno);
+    /* Identity of a code object besides its address (e.g. its name's address). */
+    uintptr_t (*identity)(void *code);
+    /* Line of an instruction offset in a code object. */
+    int32_t (*line)(void *code, int32_t lasti);
+} mt_python_reader;
+
+typedef void (*mt_set_python_reader_fn)(const mt_python_reader *reader);
+typedef void (*mt_numpy_data_fn)(int on);
+typedef void (*mt_meta_text_fn)(uint16_t key, const char *text, size_t len);
+
+/* Exported names (dlsym). */
+#define MT_SYM_SET_PYTHON_READER "mt_set_python_reader"
+#define MT_SYM_NUMPY_DATA "mt_numpy_data"
+#define MT_SYM_META_TEXT "mt_meta_text"
+
+#endif /* MT_SHIM_API_H */

@@ -1,0 +1,275 @@
+/* transport.c — shared-memory stream from the shim to the collector.
+ *
+ * Everything here runs inside the traced process with the reentrancy guard
+ * held: it never allocates, never uses stdio, and saves errno where a system
+ * call could change it (the callers do that around the hook).
+ */
+#define _GNU_SOURCE
+#include "transport.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MT_DEFAULT_RING_SLOTS (1u << 18) /* 8 MiB of events */
+#define MT_META_BYTES (1u << 20)
+#define MT_SPINS_BEFORE_SLEEP 2000
+#define MT_LIVENESS_CHECK_NS (200 * 1000 * 1000LL)
+
+mt_shm_header *mt_stream;
+
+/* Read once from the environment at first init and reused after fork, so a
+ * program that edits its environment cannot cut its children off. */
+static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static pid_t collector_pid;
+static uint32_t ring_slots = MT_DEFAULT_RING_SLOTS;
+static size_t stream_size;
+
+void *mt_sys_mmap(size_t len) {
+    void *p = (void *)syscall(SYS_mmap, NULL, len, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void mt_sys_munmap(void *p, size_t len) {
+    syscall(SYS_munmap, p, len);
+}
+
+static int read_config(void) {
+    const char *path = getenv("MEMTRACE_SOCKET");
+    if (path == NULL || path[0] == '\0' || strlen(path) >= sizeof(socket_path))
+        return MT_ERR;
+    strcpy(socket_path, path);
+    const char *pid = getenv("MEMTRACE_COLLECTOR_PID");
+    collector_pid = pid ? (pid_t)strtol(pid, NULL, 10) : 0;
+    const char *slots = getenv("MEMTRACE_RING_SLOTS");
+    if (slots) {
+        unsigned long n = strtoul(slots, NULL, 10);
+        if (n >= 64 && n <= (1ul << 26) && (n & (n - 1)) == 0)
+            ring_slots = (uint32_t)n;
+    }
+    return MT_OK;
+}
+
+static int send_hello(int memfd) {
+    int ret = MT_ERR;
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return MT_ERR;
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strcpy(addr.sun_path, socket_path);
+    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
+        goto error;
+
+    mt_hello hello = {MT_HELLO_MAGIC, MT_WIRE_VERSION, (uint32_t)getpid(), (uint32_t)getppid(),
+                      stream_size};
+    struct iovec iov = {&hello, sizeof hello};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &memfd, sizeof(int));
+    ssize_t n;
+    do {
+        n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof hello)
+        goto error;
+    ret = MT_OK;
+error:
+    close(sock);
+    return ret;
+}
+
+static int open_stream(void) {
+    int ret = MT_ERR;
+    uint32_t header = sizeof(mt_shm_header);
+    stream_size = header + (size_t)ring_slots * sizeof(mt_event) + MT_META_BYTES;
+    int fd = (int)syscall(SYS_memfd_create, "memtrace", MFD_CLOEXEC);
+    if (fd < 0)
+        return MT_ERR;
+    if (ftruncate(fd, (off_t)stream_size) < 0)
+        goto error;
+    mt_shm_header *h = (mt_shm_header *)syscall(SYS_mmap, NULL, stream_size,
+                                                PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if ((void *)h == MAP_FAILED)
+        goto error;
+    memcpy(h->magic, MT_SHM_MAGIC, 8);
+    h->version = MT_WIRE_VERSION;
+    h->header_size = header;
+    h->ring_slots = ring_slots;
+    h->meta_bytes = MT_META_BYTES;
+    h->ring_offset = header;
+    h->meta_offset = header + (uint64_t)ring_slots * sizeof(mt_event);
+    h->pid = (uint32_t)getpid();
+    h->ppid = (uint32_t)getppid();
+    mt_event *ring = (mt_event *)((char *)h + h->ring_offset);
+    for (uint32_t i = 0; i < ring_slots; i++)
+        ring[i].seq = i; /* free for lap 0 */
+    if (send_hello(fd) != MT_OK) {
+        mt_sys_munmap(h, stream_size);
+        goto error;
+    }
+    __atomic_store_n(&mt_stream, h, __ATOMIC_RELEASE);
+    ret = MT_OK;
+error:
+    close(fd);
+    return ret;
+}
+
+int mt_transport_open(void) {
+    if (read_config() != MT_OK)
+        return MT_ERR;
+    return open_stream();
+}
+
+void mt_transport_after_fork_child(void) {
+    mt_shm_header *parent = mt_stream;
+    mt_stream = NULL;
+    if (parent == NULL)
+        return;
+    /* The parent's ring is shared memory: the child must never write to it. */
+    mt_sys_munmap(parent, stream_size);
+    open_stream();
+}
+
+void mt_transport_mark_exit(void) {
+    mt_shm_header *h = mt_stream;
+    if (h)
+        __atomic_store_n(&h->state, MT_STATE_EXITED, __ATOMIC_RELEASE);
+}
+
+uint64_t mt_ring_claim(mt_shm_header *h, uint32_t n) {
+    if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED) {
+        __atomic_fetch_add(&h->dropped, n, __ATOMIC_RELAXED);
+        return UINT64_MAX;
+    }
+    return __atomic_fetch_add(&h->head, n, __ATOMIC_RELAXED);
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The ring is full: the collector is behind. Block (backpressure, never
+ * silent loss) until it catches up; give up only if it is gone. */
+static int wait_for_slot(mt_shm_header *h, mt_event *slot, uint32_t want) {
+    int saved = errno;
+    int64_t next_check = now_ns() + MT_LIVENESS_CHECK_NS;
+    uint64_t beat = __atomic_load_n(&h->heartbeat, __ATOMIC_RELAXED);
+    for (unsigned spins = 0;; spins++) {
+        if (__atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE) == want)
+            break;
+        if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED) {
+            errno = saved;
+            return MT_ERR;
+        }
+        if (spins < MT_SPINS_BEFORE_SLEEP) {
+            __builtin_ia32_pause();
+            continue;
+        }
+        struct timespec pause = {0, 50 * 1000};
+        nanosleep(&pause, NULL);
+        int64_t t = now_ns();
+        if (t < next_check)
+            continue;
+        next_check = t + MT_LIVENESS_CHECK_NS;
+        uint64_t b = __atomic_load_n(&h->heartbeat, __ATOMIC_RELAXED);
+        if (b != beat) {
+            beat = b;
+            continue;
+        }
+        if (collector_pid > 0 && kill(collector_pid, 0) < 0 && errno == ESRCH) {
+            __atomic_store_n(&h->state, MT_STATE_DISABLED, __ATOMIC_RELEASE);
+            errno = saved;
+            return MT_ERR;
+        }
+    }
+    errno = saved;
+    return MT_OK;
+}
+
+mt_event *mt_ring_slot(mt_shm_header *h, uint64_t pos) {
+    mt_event *ring = (mt_event *)((char *)h + h->ring_offset);
+    mt_event *slot = &ring[pos & (h->ring_slots - 1)];
+    uint32_t want = (uint32_t)pos;
+    if (__atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE) != want &&
+        wait_for_slot(h, slot, want) != MT_OK) {
+        __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    return slot;
+}
+
+void mt_ring_commit(mt_event *slot, uint64_t pos) {
+    __atomic_store_n(&slot->seq, (uint32_t)(pos + 1), __ATOMIC_RELEASE);
+}
+
+static void meta_lock(mt_shm_header *h) {
+    while (__atomic_exchange_n(&h->meta_lock, 1, __ATOMIC_ACQUIRE))
+        __builtin_ia32_pause();
+}
+
+static void meta_unlock(mt_shm_header *h) {
+    __atomic_store_n(&h->meta_lock, 0, __ATOMIC_RELEASE);
+}
+
+static void meta_copy(mt_shm_header *h, uint64_t at, const void *src, size_t len) {
+    char *ring = (char *)h + h->meta_offset;
+    uint64_t mask = h->meta_bytes - 1;
+    size_t first = h->meta_bytes - (size_t)(at & mask);
+    if (first > len)
+        first = len;
+    memcpy(ring + (at & mask), src, first);
+    memcpy(ring, (const char *)src + first, len - first);
+}
+
+void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, const void *b,
+                   size_t blen) {
+    size_t payload = alen + blen;
+    if (payload > 0xffff - 4)
+        payload = blen = 0xffff - 4 - alen;
+    size_t total = (4 + payload + 3) & ~(size_t)3;
+    uint16_t head[2] = {type, (uint16_t)payload};
+    static const char zeros[4];
+    meta_lock(h);
+    uint64_t at = h->meta_head;
+    /* Wait for room; same liveness rule as the event ring. */
+    while (at + total - __atomic_load_n(&h->meta_tail, __ATOMIC_ACQUIRE) > h->meta_bytes) {
+        if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED ||
+            (collector_pid > 0 && kill(collector_pid, 0) < 0 && errno == ESRCH)) {
+            __atomic_store_n(&h->state, MT_STATE_DISABLED, __ATOMIC_RELEASE);
+            meta_unlock(h);
+            return;
+        }
+        struct timespec pause = {0, 100 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    meta_copy(h, at, head, 4);
+    meta_copy(h, at + 4, a, alen);
+    meta_copy(h, at + 4 + alen, b, blen);
+    meta_copy(h, at + 4 + payload, zeros, total - 4 - payload);
+    __atomic_store_n(&h->meta_head, at + total, __ATOMIC_RELEASE);
+    meta_unlock(h);
+}

@@ -1,0 +1,82 @@
+"""The wire and capture formats, on the Python side.
+
+Mirrors csrc/events.h (kinds, flags, metadata records) — the C header is the
+definition; the event record's NumPy dtype is derived from the compiled cffi
+module, so its layout cannot drift. The capture file layout is documented in
+docs/capture-format.md.
+"""
+import struct
+
+import numpy as np
+
+from tracer._native import ffi
+
+# ---- csrc/events.h -------------------------------------------------------
+KIND_NAMES = {
+    0: "none", 1: "malloc", 2: "calloc", 3: "realloc", 4: "reallocarray",
+    5: "posix_memalign", 6: "aligned_alloc", 7: "memalign", 8: "valloc", 9: "pvalloc",
+    10: "free", 11: "mmap", 12: "munmap", 13: "mremap",
+}
+LAST_ALLOC = 9
+MMAP, MUNMAP, MREMAP = 11, 12, 13
+FLAG_NUMPY, FLAG_ANON, FLAG_REMAP, FLAG_SHARED = 0x01, 0x02, 0x04, 0x08
+
+META_CODE, META_NODE, META_LIB, META_THREAD, META_TEXT = 1, 2, 3, 4, 5
+TEXT_PYTHON_VERSION, TEXT_FRAMES_OFF, TEXT_NUMPY, TEXT_WARNING = 1, 2, 3, 4
+
+STATE_RUNNING, STATE_EXITED, STATE_DISABLED = 0, 1, 2
+
+
+def _dtype(ctype: str, fields) -> np.dtype:
+    """A NumPy dtype with the exact offsets and size cffi computed for ctype."""
+    return np.dtype({
+        "names": [name for name, _ in fields],
+        "formats": [fmt for _, fmt in fields],
+        "offsets": [ffi.offsetof(ctype, name) for name, _ in fields],
+        "itemsize": ffi.sizeof(ctype),
+    })
+
+
+EVENT_DTYPE = _dtype("mt_event", [
+    ("addr", "<u8"), ("size", "<u8"), ("stack", "<u4"), ("tid", "<u4"),
+    ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"), ("seq", "<u4")])
+
+SITE_DTYPE = _dtype("mt_site", [
+    ("stack", "<u4"), ("tid", "<u4"), ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"),
+    ("dirty", "<u4"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"), ("live_bytes", "<i8"),
+    ("live_count", "<i8"), ("peak_bytes", "<i8"), ("peak_count", "<i8")])
+
+TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
+
+# ---- capture file (docs/capture-format.md) -------------------------------
+MAGIC = b"MTRACE\x00\n"
+FORMAT_VERSION = 1
+FILE_HEADER = struct.Struct("<8sII")      # magic, format version, reserved
+CHUNK_HEADER = struct.Struct("<IIQ")      # type, stream id, payload length
+EVENTS_HEADER = struct.Struct("<dQ")      # seconds since start, index of first event
+MAX_CHUNK = 1 << 30                       # larger lengths mean a corrupt file
+
+CHUNK_INFO = 1         # JSON: the run (command, start time, memtrace version, page size)
+CHUNK_PROCESS = 2      # JSON: a traced process's stream (pid, ppid, argv, exe, t)
+CHUNK_EVENTS = 3       # EVENTS_HEADER + mt_event records
+CHUNK_META = 4         # bytes of the stream's metadata ring (csrc/events.h)
+CHUNK_RSS = 5          # float64 seconds, uint64 RSS bytes pairs
+CHUNK_AGGREGATE = 6    # u32 JSON length, JSON totals, mt_site records
+CHUNK_PROCESS_END = 7  # JSON: how the process ended
+CHUNK_END = 8          # JSON: how the run ended; the last chunk of a complete capture
+
+CHUNK_NAMES = {1: "info", 2: "process", 3: "events", 4: "meta", 5: "rss", 6: "aggregate",
+               7: "process_end", 8: "end"}
+
+RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<u8")])
+
+
+def iter_meta(data: bytes):
+    """Yield (type, payload) for each record of a metadata byte stream."""
+    pos, end = 0, len(data)
+    while pos + 4 <= end:
+        rtype, length = struct.unpack_from("<HH", data, pos)
+        if pos + 4 + length > end:
+            return  # cut short: the process died mid-record
+        yield rtype, data[pos + 4:pos + 4 + length]
+        pos += (4 + length + 3) & ~3

@@ -1,0 +1,45 @@
+"""Python face of the C aggregator (csrc/native.c): batches in, totals and sites out."""
+import json
+import os
+
+import numpy as np
+
+from tracer import _format as fmt
+from tracer._native import ffi, lib
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Aggregator:
+    """Live blocks, mappings, per-site totals and the exact heap peak of one stream."""
+
+    def __init__(self):
+        agg = lib.mt_agg_new(PAGE_SIZE)
+        if agg == ffi.NULL:
+            raise MemoryError("memtrace: cannot allocate the aggregator")
+        self._agg = ffi.gc(agg, lib.mt_agg_free)
+
+    def feed(self, events: np.ndarray, t: float) -> None:
+        """Feed a contiguous array of EVENT_DTYPE records, in stream order."""
+        if len(events) == 0:
+            return
+        ptr = ffi.cast("mt_event *", ffi.from_buffer(events))
+        if lib.mt_agg_feed(self._agg, ptr, len(events), t) != 0:
+            raise MemoryError("memtrace: the aggregator ran out of memory")
+
+    def totals(self) -> dict:
+        out = ffi.new("mt_totals *")
+        lib.mt_agg_totals(self._agg, out)
+        return {name: getattr(out, name) for name in fmt.TOTALS_FIELDS}
+
+    def sites(self) -> np.ndarray:
+        n = lib.mt_agg_sites(self._agg, ffi.NULL, 0)
+        sites = np.zeros(n, dtype=fmt.SITE_DTYPE)
+        if n:
+            lib.mt_agg_sites(self._agg, ffi.cast("mt_site *", ffi.from_buffer(sites)), n)
+        return sites
+
+    def chunk_payload(self, extra: dict) -> list:
+        """The aggregate chunk: u32 JSON length, JSON (totals + extra), site records."""
+        head = json.dumps({**self.totals(), **extra}, separators=(",", ":")).encode()
+        return [len(head).to_bytes(4, "little"), head, self.sites().tobytes()]

@@ -1,0 +1,123 @@
+"""memtrace bootstrap: runs first in every traced Python (its folder leads PYTHONPATH).
+
+It switches on the frame reader built for this interpreter (tracer._pyframes),
+labels NumPy array data once NumPy's core module loads, tells the collector
+which Python this is — or why it gets no frames — and then steps aside: it
+takes its folder off sys.path and imports the sitecustomize that would have
+run without it.
+"""
+import os
+import sys
+
+# Keep in step with csrc/events.h (mt_text_key).
+_TEXT_PYTHON_VERSION, _TEXT_FRAMES_OFF, _TEXT_NUMPY, _TEXT_WARNING = 1, 2, 3, 4
+_NUMPY_CORE = ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath")
+
+
+def _note_without_reader(key, text):
+    """Send a note through the shim directly (when the reader cannot load)."""
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None).mt_meta_text
+    except (ImportError, OSError, AttributeError):
+        return
+    data = text.encode("utf-8", "replace")
+    fn.argtypes = (ctypes.c_uint16, ctypes.c_char_p, ctypes.c_size_t)
+    fn(key, data, len(data))
+
+
+def _load_reader():
+    """The frame reader module, or the reason it cannot be used here."""
+    path = os.environ.get("MEMTRACE_PYFRAMES", "")
+    if not path:
+        return "MEMTRACE_PYFRAMES is not set"
+    import importlib.machinery
+    import importlib.util
+    if not any(path.endswith(sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES):
+        here = "%d.%d" % sys.version_info[:2]
+        return ("memtrace's frame reader was built for another Python (%s); this is CPython %s: "
+                "install memtrace into this Python for Python frames" % (os.path.basename(path), here))
+    try:
+        loader = importlib.machinery.ExtensionFileLoader("_pyframes", path)
+        spec = importlib.util.spec_from_file_location("_pyframes", path, loader=loader)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except Exception as exc:  # any failure means native-only, never a broken program
+        return "the frame reader did not load: %s" % (exc,)
+    return module
+
+
+class _NumpyWatch:
+    """Meta-path finder that labels NumPy data as soon as NumPy's core loads."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in _NUMPY_CORE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        original = spec.loader.exec_module
+        reader = self.reader
+
+        def exec_module(module):
+            original(module)
+            _label_numpy(reader, module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _label_numpy(reader, core):
+    capsule = getattr(core, "_ARRAY_API", None)
+    why = reader.label_numpy(capsule) if capsule is not None else "NumPy has no C-API capsule"
+    if why:
+        reader.meta_text(_TEXT_WARNING, "NumPy array data is not labelled: " + why)
+    else:
+        reader.meta_text(_TEXT_NUMPY, "labelled")
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _NumpyWatch)]
+
+
+def _start():
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    reader = _load_reader()
+    if isinstance(reader, str):
+        _note_without_reader(_TEXT_FRAMES_OFF, reader)
+        return
+    if not reader.install():
+        return  # no shim in this process (e.g. an untraced child kept PYTHONPATH)
+    import atexit
+    # Frames stop being read before the interpreter tears thread states down.
+    atexit.register(reader.uninstall)
+    reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
+    core = next((sys.modules[m] for m in _NUMPY_CORE if m in sys.modules), None)
+    if core is not None:
+        _label_numpy(reader, core)
+    else:
+        sys.meta_path.insert(0, _NumpyWatch(reader))
+
+
+def _chain():
+    """Run the sitecustomize this one shadows, if there is one."""
+    me = sys.modules.pop("sitecustomize", None)
+    try:
+        import sitecustomize  # noqa: F401  (the next one on sys.path)
+    except ImportError as exc:
+        # importlib expects a module under this name once this file has run.
+        sys.modules["sitecustomize"] = me
+        if exc.name != "sitecustomize":
+            raise
+
+
+try:
+    _start()
+finally:
+    _chain()

@@ -1,0 +1,159 @@
+"""Capture files: appended as the run goes, readable after any crash.
+
+A capture is a file header followed by chunks, each `type, stream, length,
+payload` (see docs/capture-format.md and _format.py). The writer appends
+chunks as they arrive and never rewrites earlier bytes, so a capture cut off
+at any point reads up to its last complete chunk.
+"""
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from tracer import _format as fmt
+from tracer.errors import CaptureError
+
+
+class CaptureWriter:
+    """Appends chunks to a new capture file (0600, never follows a symlink or clobbers)."""
+
+    def __init__(self, path: str, overwrite: bool = False):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags |= os.O_TRUNC if overwrite else os.O_EXCL
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise CaptureError(f"{path} already exists (use -f to overwrite it)") from None
+        except OSError as exc:
+            raise CaptureError(f"cannot create {path}: {exc.strerror}") from None
+        self.path = path
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._file.write(fmt.FILE_HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, 0))
+
+    def chunk(self, ctype: int, stream: int, *parts) -> None:
+        length = sum(len(memoryview(p).cast("B")) for p in parts)
+        self._file.write(fmt.CHUNK_HEADER.pack(ctype, stream, length))
+        for p in parts:
+            self._file.write(p)
+
+    def json_chunk(self, ctype: int, stream: int, obj) -> None:
+        self.chunk(ctype, stream, json.dumps(obj, separators=(",", ":")).encode())
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class StreamData:
+    """Everything a capture holds about one traced process's stream."""
+
+    stream: int
+    info: dict = field(default_factory=dict)
+    meta: bytearray = field(default_factory=bytearray)
+    event_chunks: List[tuple] = field(default_factory=list)  # (offset, count, t)
+    rss: List[np.ndarray] = field(default_factory=list)
+    totals: Optional[dict] = None
+    sites: Optional[np.ndarray] = None
+    end: Optional[dict] = None
+
+
+@dataclass
+class Capture:
+    path: str
+    info: dict
+    streams: Dict[int, StreamData]
+    end: Optional[dict]
+    truncated_at: Optional[int] = None  # byte offset where a cut-short capture ends
+
+    def events(self, stream: int):
+        """Yield (t, events array) for each events chunk of a stream, in order."""
+        with open(self.path, "rb") as f:
+            for offset, count, t in self.streams[stream].event_chunks:
+                f.seek(offset)
+                data = f.read(count * fmt.EVENT_DTYPE.itemsize)
+                yield t, np.frombuffer(data, dtype=fmt.EVENT_DTYPE)
+
+
+def read_capture(path: str) -> Capture:
+    """Index a capture: small chunks are loaded, event chunks only located."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise CaptureError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(fmt.FILE_HEADER.size)
+        if len(head) < fmt.FILE_HEADER.size or head[:8] != fmt.MAGIC:
+            raise CaptureError(f"{path} is not a memtrace capture")
+        _, version, _ = fmt.FILE_HEADER.unpack(head)
+        if version != fmt.FORMAT_VERSION:
+            raise CaptureError(f"{path} was written in capture format {version}; "
+                               f"this memtrace reads format {fmt.FORMAT_VERSION}")
+        info, end, streams, truncated = {}, None, {}, None
+        pos = fmt.FILE_HEADER.size
+        while pos < size:
+            header = f.read(fmt.CHUNK_HEADER.size)
+            if len(header) < fmt.CHUNK_HEADER.size:
+                truncated = pos
+                break
+            ctype, sid, length = fmt.CHUNK_HEADER.unpack(header)
+            body_at = pos + fmt.CHUNK_HEADER.size
+            if length > fmt.MAX_CHUNK or ctype not in fmt.CHUNK_NAMES:
+                raise CaptureError(f"{path} is corrupt at byte {pos} "
+                                   f"(chunk type {ctype}, length {length})")
+            if body_at + length > size:
+                truncated = pos
+                break
+            stream = streams.get(sid)
+            if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
+                stream = streams[sid] = StreamData(sid)
+            if ctype == fmt.CHUNK_EVENTS:
+                t, _first = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
+                count = (length - fmt.EVENTS_HEADER.size) // fmt.EVENT_DTYPE.itemsize
+                stream.event_chunks.append((body_at + fmt.EVENTS_HEADER.size, count, t))
+                f.seek(body_at + length)
+            else:
+                body = f.read(length)
+                _load_chunk(path, pos, ctype, body, stream)
+                if ctype == fmt.CHUNK_INFO:
+                    info = _json(path, pos, body)
+                elif ctype == fmt.CHUNK_END:
+                    end = _json(path, pos, body)
+            pos = body_at + length
+    return Capture(path, info, streams, end, truncated)
+
+
+def _json(path, pos, body):
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise CaptureError(f"{path} is corrupt at byte {pos} (bad JSON chunk)") from None
+    if not isinstance(value, dict):
+        raise CaptureError(f"{path} is corrupt at byte {pos} (bad JSON chunk)")
+    return value
+
+
+def _load_chunk(path, pos, ctype, body, stream):
+    if ctype == fmt.CHUNK_PROCESS:
+        stream.info = _json(path, pos, body)
+    elif ctype == fmt.CHUNK_META:
+        stream.meta += body
+    elif ctype == fmt.CHUNK_RSS:
+        usable = len(body) - len(body) % fmt.RSS_DTYPE.itemsize
+        stream.rss.append(np.frombuffer(body[:usable], dtype=fmt.RSS_DTYPE))
+    elif ctype == fmt.CHUNK_AGGREGATE:
+        if len(body) < 4:
+            raise CaptureError(f"{path} is corrupt at byte {pos} (short aggregate)")
+        n = int.from_bytes(body[:4], "little")
+        stream.totals = _json(path, pos, body[4:4 + n])
+        sites = body[4 + n:]
+        if len(sites) % fmt.SITE_DTYPE.itemsize:
+            raise CaptureError(f"{path} is corrupt at byte {pos} (bad aggregate)")
+        stream.sites = np.frombuffer(sites, dtype=fmt.SITE_DTYPE)
+    elif ctype == fmt.CHUNK_PROCESS_END:
+        stream.end = _json(path, pos, body)

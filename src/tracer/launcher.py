@@ -1,0 +1,210 @@
+"""`memtrace run`: start a program under the shim, collect, write the capture.
+
+The target keeps its stdin, stdout and stderr; memtrace exits with its exit
+code (128 + N when signal N killed it, as shells do).
+"""
+import importlib.util
+import os
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+from tracer import __version__
+from tracer import _format as fmt
+from tracer.aggregate import PAGE_SIZE
+from tracer.capture import CaptureWriter
+from tracer.collector import Collector
+from tracer.errors import MemtraceError
+
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class RunOptions:
+    argv: List[str]
+    output: Optional[str] = None
+    force: bool = False
+    quiet: bool = False
+    no_report: bool = False
+    sample_interval: float = 0.01
+
+
+@dataclass
+class RunResult:
+    capture: str
+    exit_code: Optional[int]
+    signal: Optional[int]
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signal if self.signal else (self.exit_code or 0)
+
+
+def _component(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        raise MemtraceError(f"{name} is missing: memtrace is not built (run `pip install .`)")
+    return spec.origin
+
+
+def shim_path() -> str:
+    return _component("tracer._preload")
+
+
+def resolve_program(name: str) -> str:
+    path = shutil.which(name) if os.sep not in name else name
+    if path is None or not os.path.exists(path):
+        raise MemtraceError(f"cannot find program '{name}'", exit_code=127)
+    if not os.access(path, os.X_OK) or os.path.isdir(path):
+        raise MemtraceError(f"'{name}' is not an executable program", exit_code=126)
+    return os.path.abspath(path)
+
+
+def _elf_interp(path: str) -> Optional[bool]:
+    """True if the ELF file asks for a dynamic loader, False if static, None if not ELF."""
+    try:
+        with open(path, "rb") as f:
+            ident = f.read(64)
+            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:
+                return None
+            phoff, = struct.unpack_from("<Q", ident, 32)
+            phentsize, phnum = struct.unpack_from("<HH", ident, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return None
+    for i in range(phnum):
+        ptype, = struct.unpack_from("<I", table, i * phentsize)
+        if ptype == 3:  # PT_INTERP
+            return True
+    return False
+
+
+def check_traceable(path: str, depth: int = 0) -> None:
+    """Refuse, in one line, programs the loader will not preload the shim into."""
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_ISUID | stat.S_ISGID):
+        raise MemtraceError(f"{path} is setuid/setgid: the loader ignores LD_PRELOAD for it, "
+                            "so memtrace cannot trace it")
+    interp = _elf_interp(path)
+    if interp is False:
+        raise MemtraceError(f"{path} is statically linked: LD_PRELOAD cannot hook its "
+                            "allocator, so memtrace cannot trace it")
+    if interp is None and depth == 0:
+        try:
+            with open(path, "rb") as f:
+                first = f.readline(256)
+        except OSError:
+            return
+        if first.startswith(b"#!"):
+            words = first[2:].split()
+            if words:
+                interpreter = words[0].decode(errors="replace")
+                if os.path.basename(interpreter) == "env" and len(words) > 1:
+                    interpreter = shutil.which(words[1].decode(errors="replace")) or ""
+                if os.path.exists(interpreter):
+                    check_traceable(interpreter, depth + 1)
+
+
+def program_label(argv: List[str]) -> str:
+    """The <program> part of the default capture name: the script for Python runs."""
+    base = os.path.basename(argv[0])
+    if base.startswith("python"):
+        args = argv[1:]
+        for i, arg in enumerate(args):
+            if arg == "-m" and i + 1 < len(args):
+                return args[i + 1].split(".")[-1]
+            if arg == "-c":
+                return "c"
+            if not arg.startswith("-"):
+                return os.path.splitext(os.path.basename(arg))[0] or base
+    return base
+
+
+def target_env(socket_path: str) -> dict:
+    env = dict(os.environ)
+    preload = env.get("LD_PRELOAD", "")
+    env["LD_PRELOAD"] = shim_path() + (":" + preload if preload else "")
+    env["MEMTRACE_SOCKET"] = socket_path
+    env["MEMTRACE_COLLECTOR_PID"] = str(os.getpid())
+    pythonpath = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = BOOTSTRAP_DIR + (os.pathsep + pythonpath if pythonpath else "")
+    try:
+        env["MEMTRACE_PYFRAMES"] = _component("tracer._pyframes")
+    except MemtraceError:
+        env.pop("MEMTRACE_PYFRAMES", None)
+    return env
+
+
+class _Reaper:
+    """Waits for the main target without blocking the collector loop."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.status = None
+        self.max_rss = 0
+
+    def done(self) -> bool:
+        if self.status is None:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.status = status
+                self.max_rss = usage.ru_maxrss * 1024
+        return self.status is not None
+
+
+def run(opts: RunOptions) -> RunResult:
+    program = resolve_program(opts.argv[0])
+    check_traceable(program)
+    env_probe = shim_path()  # fail before starting anything if memtrace is not built
+    del env_probe
+    writer = CaptureWriter(opts.output, opts.force) if opts.output else None
+    t0 = time.monotonic()
+    collector = Collector(writer, t0, opts.sample_interval)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
+    try:
+        try:
+            proc = subprocess.Popen(opts.argv, executable=program, env=target_env(collector.socket_path))
+        except OSError as exc:
+            raise MemtraceError(f"cannot start {opts.argv[0]}: {exc.strerror}", exit_code=126) from None
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to the target too
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+        if writer is None:
+            path = f"memtrace-{program_label(opts.argv)}-{proc.pid}.mtrace"
+            try:
+                writer = CaptureWriter(path, opts.force)
+            except MemtraceError:
+                proc.kill()
+                proc.wait()
+                raise
+            collector.writer = writer
+        writer.json_chunk(fmt.CHUNK_INFO, 0, {
+            "command": opts.argv, "program": program, "memtrace_version": __version__,
+            "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,
+            "sample_interval": opts.sample_interval, "cwd": os.getcwd(),
+            "python": sys.version.split()[0]})
+        reaper = _Reaper(proc.pid)
+        collector.run(reaper.done)
+        status = reaper.status
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        writer.json_chunk(fmt.CHUNK_END, 0, {
+            "exit_code": code, "signal": sig, "duration": time.monotonic() - t0,
+            "main_pid": proc.pid, "main_max_rss": reaper.max_rss,
+            "refused_connections": collector.refused})
+        return RunResult(writer.path, code, sig)
+    finally:
+        collector.close()
+        if writer is not None:
+            writer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

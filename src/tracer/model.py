@@ -1,0 +1,198 @@
+"""The model every report reads: processes, their sites, stacks, libraries, threads.
+
+Built from a capture alone. Aggregates written by the collector are used as
+they are; a stream that never got its final aggregate (the collector itself
+was killed) is rebuilt by replaying its events through the C aggregator.
+"""
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tracer import _format as fmt
+from tracer.aggregate import Aggregator
+from tracer.capture import Capture, StreamData, read_capture
+
+MAX_STACK_DEPTH = 4096  # guards against cyclic parent links in a corrupt capture
+
+
+@dataclass
+class Frame:
+    file: str
+    line: int
+    function: str
+
+
+@dataclass
+class Process:
+    sid: int
+    pid: int
+    ppid: int
+    argv: List[str]
+    exe: Optional[str]
+    python: Optional[str]
+    frames_off: Optional[str]
+    numpy: Optional[str]
+    warnings: List[str]
+    totals: dict
+    sites: np.ndarray
+    codes: Dict[int, Tuple[str, str, int]]
+    nodes: Dict[int, Tuple[int, int, int]]
+    libs: Dict[int, str]
+    threads: Dict[int, str]
+    rss: np.ndarray
+    end: dict
+    t_start: float
+    replayed: bool = False
+
+    @property
+    def peak_rss(self) -> int:
+        peak = int(self.rss["rss"].max()) if len(self.rss) else 0
+        return max(peak, int(self.totals.get("rss_peak", 0)))
+
+    def frame(self, node: int) -> Optional[Frame]:
+        entry = self.nodes.get(node)
+        if entry is None:
+            return None
+        _parent, code, line = entry
+        file, name, _first = self.codes.get(code, ("<unknown>", "<unknown>", 0))
+        return Frame(file, line, name)
+
+    def stack(self, node: int) -> List[Frame]:
+        """Frames from innermost to outermost."""
+        frames, seen = [], set()
+        while node and node not in seen and len(frames) < MAX_STACK_DEPTH:
+            seen.add(node)
+            entry = self.nodes.get(node)
+            if entry is None:
+                frames.append(Frame("<unknown>", 0, "<stack lost>"))
+                break
+            frames.append(self.frame(node))
+            node = entry[0]
+        return frames
+
+    def thread_name(self, tid: int) -> str:
+        name = self.threads.get(tid, "?")
+        return f"{name} (main)" if tid == self.pid else f"{name} (tid {tid})"
+
+    def lib_name(self, lib: int) -> str:
+        return self.libs.get(lib, "<unknown>") if lib else "<unknown>"
+
+
+@dataclass
+class Model:
+    capture: Capture
+    processes: List[Process] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def command(self) -> List[str]:
+        return list(self.capture.info.get("command", []))
+
+    @property
+    def end(self) -> dict:
+        return self.capture.end or {}
+
+
+def _parse_meta(data: bytes):
+    codes, nodes, libs, threads, texts = {}, {}, {}, {}, []
+    for rtype, payload in fmt.iter_meta(bytes(data)):
+        if rtype == fmt.META_CODE and len(payload) >= 12:
+            cid, first, flen, nlen = struct.unpack_from("<IiHH", payload)
+            file = payload[12:12 + flen].decode("utf-8", "replace")
+            name = payload[12 + flen:12 + flen + nlen].decode("utf-8", "replace")
+            codes[cid] = (file, name, first)
+        elif rtype == fmt.META_NODE and len(payload) >= 16:
+            nid, parent, code, line = struct.unpack_from("<IIIi", payload)
+            nodes[nid] = (parent, code, line)
+        elif rtype == fmt.META_LIB and len(payload) >= 16:
+            lid, = struct.unpack_from("<H", payload)
+            libs[lid] = payload[16:].decode("utf-8", "replace")
+        elif rtype == fmt.META_THREAD and len(payload) >= 4:
+            tid, = struct.unpack_from("<I", payload)
+            threads[tid] = payload[4:].decode("utf-8", "replace")
+        elif rtype == fmt.META_TEXT and len(payload) >= 2:
+            key, = struct.unpack_from("<H", payload)
+            texts.append((key, payload[2:].decode("utf-8", "replace")))
+    return codes, nodes, libs, threads, texts
+
+
+def _replay(capture: Capture, sd: StreamData):
+    agg = Aggregator()
+    for t, events in capture.events(sd.stream):
+        agg.feed(np.ascontiguousarray(events), t)
+    totals = agg.totals()
+    totals.update({"rss_peak": 0, "dropped": 0, "unattributed": 0, "lost": 0})
+    return totals, agg.sites()
+
+
+def build_model(capture: Capture) -> Model:
+    model = Model(capture)
+    if capture.truncated_at is not None or capture.end is None:
+        model.warnings.append("the capture is incomplete (the run was cut short); "
+                              "numbers cover what was recorded up to its end")
+    for sid in sorted(capture.streams):
+        sd = capture.streams[sid]
+        if not sd.info:
+            continue  # chunks of a stream whose announcement was lost
+        replayed = sd.totals is None or sd.end is None
+        if replayed:
+            totals, sites = _replay(capture, sd)
+        else:
+            totals, sites = sd.totals, sd.sites
+        codes, nodes, libs, threads, texts = _parse_meta(sd.meta)
+        text = {}
+        warnings = []
+        for key, value in texts:
+            if key == fmt.TEXT_WARNING:
+                warnings.append(value)
+            else:
+                text[key] = value
+        rss = np.concatenate(sd.rss) if sd.rss else np.zeros(0, dtype=fmt.RSS_DTYPE)
+        model.processes.append(Process(
+            sid=sid, pid=int(sd.info.get("pid", 0)), ppid=int(sd.info.get("ppid", 0)),
+            argv=[str(a) for a in sd.info.get("argv", [])], exe=sd.info.get("exe"),
+            python=text.get(fmt.TEXT_PYTHON_VERSION), frames_off=text.get(fmt.TEXT_FRAMES_OFF),
+            numpy=text.get(fmt.TEXT_NUMPY), warnings=warnings, totals=totals, sites=sites,
+            codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss, end=sd.end or {},
+            t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed))
+    return model
+
+
+def load(path: str) -> Model:
+    return build_model(read_capture(path))
+
+
+# ---- views shared by the reports ------------------------------------------
+
+def heap_mask(sites: np.ndarray) -> np.ndarray:
+    """Sites that count towards the heap: malloc family and anonymous mappings."""
+    kind = sites["kind"]
+    malloc_family = (kind >= 1) & (kind <= fmt.LAST_ALLOC)
+    anon_map = ((kind == fmt.MMAP) | (kind == fmt.MREMAP)) & ((sites["flags"] & fmt.FLAG_ANON) != 0)
+    return malloc_family | anon_map
+
+
+def allocator_name(kind: int, flags: int) -> str:
+    name = fmt.KIND_NAMES.get(int(kind), "?")
+    return name
+
+
+def native_bucket(proc: Process, tid: int) -> Frame:
+    """Where allocations made with no Python frame on the stack are filed."""
+    return Frame("<native>", 0, f"[no Python frame] thread {proc.thread_name(tid)}")
+
+
+def site_frame(proc: Process, site) -> Frame:
+    stack = int(site["stack"])
+    if stack == 0:
+        return native_bucket(proc, int(site["tid"]))
+    return proc.frame(stack) or Frame("<unknown>", 0, "<stack lost>")
+
+
+def display_path(path: str, cwd: Optional[str]) -> str:
+    if cwd and path.startswith(cwd + os.sep):
+        return path[len(cwd) + 1:]
+    return path

@@ -1,0 +1,1 @@
+"""Reports made from a capture's model: one module per output kind."""

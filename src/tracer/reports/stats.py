@@ -1,0 +1,57 @@
+"""`memtrace stats --json`: the capture's numbers as one JSON document."""
+import json
+
+from tracer.model import Model
+from tracer.reports import tables
+
+FORMAT_VERSION = 1
+
+
+def stats(model: Model) -> dict:
+    t = tables.totals(model)
+    end = model.end
+    processes = []
+    for proc in model.processes:
+        tot = proc.totals
+        processes.append({
+            "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv, "exe": proc.exe,
+            "python": proc.python, "frames": proc.python is not None,
+            "frames_off_reason": proc.frames_off,
+            "peak_heap_bytes": int(tot.get("peak_heap", 0)),
+            "peak_heap_time": float(tot.get("peak_time", 0.0)),
+            "peak_rss_bytes": max(proc.peak_rss, int(end.get("main_max_rss", 0))
+                                  if proc.pid == end.get("main_pid") else 0),
+            "total_allocated_bytes": int(tot.get("total_allocated", 0)),
+            "n_allocations": int(tot.get("n_allocations", 0)),
+            "n_frees": int(tot.get("n_frees", 0)),
+            "live_at_exit_bytes": int(tot.get("heap", 0)),
+            "unknown_frees": int(tot.get("unknown_frees", 0)),
+            "dropped_events": int(tot.get("dropped", 0)),
+            "end": tables.process_end(model, proc),
+            "warnings": proc.warnings,
+        })
+    return {
+        "format_version": FORMAT_VERSION,
+        "command": model.command,
+        "exit_code": end.get("exit_code"),
+        "signal": end.get("signal"),
+        "complete": not model.warnings,
+        "warnings": model.warnings,
+        "dropped_events": t["dropped"],
+        "peak_heap_bytes": t["peak_heap"],
+        "total_allocated_bytes": t["total_allocated"],
+        "n_allocations": t["n_allocations"],
+        "live_at_exit_bytes": t["heap"],
+        "numpy_bytes": t["numpy_bytes"],
+        "processes": processes,
+        "by_line": tables.by_line(model),
+        "by_library": tables.by_library(model),
+    }
+
+
+def render(model: Model, out) -> None:
+    # ensure_ascii keeps every string from the target as a JSON escape, never raw
+    # control bytes; "<" and ">" are escaped too so the JSON can sit inside HTML.
+    text = json.dumps(stats(model), indent=1, ensure_ascii=True)
+    out.write(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    out.write("\n")

@@ -1,0 +1,97 @@
+"""`memtrace summary`: the terminal report (also printed at the end of a run)."""
+import re
+
+from tracer.model import Model, display_path
+from tracer.reports import tables
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+TOP = 10
+
+
+def clean(text) -> str:
+    """Strings from the traced program never reach the terminal as control codes."""
+    return _CONTROL.sub("?", str(text))
+
+
+def human(n: float) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def describe_end(model: Model) -> str:
+    end = model.end
+    if not end:
+        return "the capture is incomplete: the run was cut short"
+    if end.get("signal"):
+        return f"killed by signal {end['signal']} after {end.get('duration', 0):.2f} s"
+    return f"exited with code {end.get('exit_code')} after {end.get('duration', 0):.2f} s"
+
+
+def native_only_note(model: Model):
+    """One line when the main process was traced without Python frames."""
+    main = next((p for p in model.processes if p.pid == model.end.get("main_pid")), None)
+    if main is None and model.processes:
+        main = model.processes[0]
+    if main is None or main.python is not None:
+        return None
+    name = clean(main.argv[0] if main.argv else main.exe or "?")
+    exe = (main.exe or "").rsplit("/", 1)[-1]
+    if main.frames_off:
+        return f"native-only trace of {name}: {clean(main.frames_off)}"
+    if exe.startswith("python"):
+        return (f"native-only trace of {name}: the memtrace bootstrap did not run in it "
+                "(python -S, -I or -E ignore it)")
+    return f"native-only trace of {name}: not a Python program (allocations are attributed to libraries)"
+
+
+def render(model: Model, out, top: int = TOP) -> None:
+    w = out.write
+    t = tables.totals(model)
+    cwd = model.capture.info.get("cwd")
+    command = " ".join(clean(a) for a in model.command)
+    w(f"memtrace: {command} — {describe_end(model)}\n")
+    for warning in model.warnings:
+        w(f"  warning: {clean(warning)}\n")
+    note = native_only_note(model)
+    if note:
+        w(f"  {note}\n")
+    peak_proc = max(model.processes, key=lambda p: p.totals.get("peak_heap", 0), default=None)
+    when = f" at {peak_proc.totals.get('peak_time', 0):.2f} s in pid {peak_proc.pid}" if peak_proc else ""
+    w(f"  peak heap {human(t['peak_heap'])}{when} · total allocated {human(t['total_allocated'])} "
+      f"in {t['n_allocations']:,} allocations · live at exit {human(t['heap'])}\n")
+    if t["total_allocated"]:
+        share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
+        w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
+    if t["dropped"]:
+        w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
+    lines = tables.by_line(model)
+    w("  top lines by memory held at peak:\n")
+    for row in lines[:top]:
+        where = f"{clean(display_path(row['file'], cwd))}:{row['line']}"
+        detail = ", ".join(f"{k} {human(v)}" for k, v in sorted(row["allocators"].items(),
+                                                                 key=lambda kv: -kv[1]))
+        numpy = f", NumPy {human(row['numpy_bytes'])}" if row["numpy_bytes"] else ""
+        w(f"    {human(row['peak_bytes']):>10}  {where}  {clean(row['function'])}  "
+          f"({detail}{numpy})\n")
+    w("  top native libraries by bytes allocated:\n")
+    for row in tables.by_library(model)[:5]:
+        w(f"    {human(row['allocated_bytes']):>10}  {clean(row['library'])}  "
+          f"({row['n_allocations']:,} allocations)\n")
+    leaks = sorted((r for r in lines if r["live_at_exit_bytes"] > 0),
+                   key=lambda r: -r["live_at_exit_bytes"])
+    if leaks:
+        w("  still live at exit:\n")
+        for row in leaks[:5]:
+            where = f"{clean(display_path(row['file'], cwd))}:{row['line']}"
+            w(f"    {human(row['live_at_exit_bytes']):>10}  {where}  {clean(row['function'])}\n")
+    if len(model.processes) > 1:
+        w(f"  processes: {len(model.processes)}\n")
+        for proc in model.processes:
+            end = tables.process_end(model, proc)
+            w(f"    pid {proc.pid} (parent {proc.ppid}) {clean(' '.join(proc.argv))[:60]}: "
+              f"peak heap {human(proc.totals.get('peak_heap', 0))}, peak RSS {human(proc.peak_rss)}, "
+              f"{end}\n")
