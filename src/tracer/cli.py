@@ -66,11 +66,11 @@ class SummaryCommand:
         p.add_argument("-n", "--top", type=int, default=10, help="rows per table (default 10)")
 
     def run(self, args) -> int:
-        from tracer.model import load
         from tracer.reports import summary
 
-        summary.render(load(args.capture), sys.stdout, top=args.top)
-        return 0
+        model = _load(args.capture)
+        summary.render(model, sys.stdout, top=args.top)
+        return _incomplete_status(model)
 
 
 class StatsCommand:
@@ -80,14 +80,37 @@ class StatsCommand:
 
     def prepare_parser(self, p):
         p.add_argument("--json", action="store_true", help="JSON output (the only format so far)")
+        p.add_argument("--pid", type=int, help="only this process (and its streams)")
         p.add_argument("capture")
 
     def run(self, args) -> int:
-        from tracer.model import load
         from tracer.reports import stats
 
-        stats.render(load(args.capture), sys.stdout)
-        return 0
+        model = _load(args.capture)
+        if args.pid is not None:
+            model.processes = [p for p in model.processes if p.pid == args.pid]
+            if not model.processes:
+                raise MemtraceError(f"{args.capture} has no process {args.pid}")
+        stats.render(model, sys.stdout)
+        return _incomplete_status(model)
+
+
+INCOMPLETE_CAPTURE_STATUS = 3
+
+
+def _load(path):
+    """Load a capture; a cut-short one still loads, with one warning line."""
+    from tracer.model import load
+
+    model = load(path)
+    for warning in model.warnings:
+        sys.stderr.write(f"memtrace: warning: {path}: {warning}\n")
+    return model
+
+
+def _incomplete_status(model) -> int:
+    """Reports made from an incomplete capture exit non-zero, after printing."""
+    return INCOMPLETE_CAPTURE_STATUS if model.warnings else 0
 
 
 _COMMANDS = [RunCommand, SummaryCommand, StatsCommand]

@@ -32,7 +32,7 @@ def by_line(model: Model) -> List[dict]:
                     "file": frame.file, "line": frame.line, "function": frame.function,
                     "allocated_bytes": 0, "n_allocations": 0, "peak_bytes": 0,
                     "live_at_exit_bytes": 0, "numpy_bytes": 0, "allocators": defaultdict(int),
-                    "numpy_allocators": defaultdict(int)}
+                    "numpy_allocators": defaultdict(int), "libraries": defaultdict(int)}
             size = int(site["alloc_bytes"])
             row["allocated_bytes"] += size
             row["n_allocations"] += int(site["n_allocs"])
@@ -43,10 +43,12 @@ def by_line(model: Model) -> List[dict]:
                 row["numpy_bytes"] += size
                 row["numpy_allocators"][name] += size
             row["allocators"][name] += size
+            row["libraries"][proc.lib_name(int(site["lib"])).rsplit("/", 1)[-1]] += size
     out = []
     for row in rows.values():
         row["allocators"] = dict(row["allocators"])
         row["numpy_allocators"] = dict(row["numpy_allocators"])
+        row["libraries"] = dict(row["libraries"])
         out.append(row)
     out.sort(key=lambda r: (-r["peak_bytes"], -r["allocated_bytes"], r["file"], r["line"]))
     return out
