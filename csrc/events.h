@@ -102,7 +102,8 @@ enum mt_text_key {
     MT_TEXT_PYTHON_VERSION = 1, /* e.g. "3.11.7": frames are being recorded */
     MT_TEXT_FRAMES_OFF = 2,     /* why this Python process has no frames */
     MT_TEXT_NUMPY = 3,          /* NumPy version whose data handler is labelled */
-    MT_TEXT_WARNING = 4
+    MT_TEXT_WARNING = 4,
+    MT_TEXT_LIBRARY_PATHS = 5   /* newline-separated folders of the stdlib and installed packages */
 };
 
 /* Process states (mt_shm_header.state). */

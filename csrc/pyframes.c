@@ -205,23 +205,23 @@ static np_allocator numpy_original;
 static mt_numpy_data_fn numpy_flag;
 
 static void *np_malloc(void *ctx, size_t size) {
-    numpy_flag(1);
+    numpy_flag(1, (void *)numpy_original.malloc);
     void *p = numpy_original.malloc(ctx, size);
-    numpy_flag(0);
+    numpy_flag(0, NULL);
     return p;
 }
 
 static void *np_calloc(void *ctx, size_t n, size_t size) {
-    numpy_flag(1);
+    numpy_flag(1, (void *)numpy_original.calloc);
     void *p = numpy_original.calloc(ctx, n, size);
-    numpy_flag(0);
+    numpy_flag(0, NULL);
     return p;
 }
 
 static void *np_realloc(void *ctx, void *ptr, size_t size) {
-    numpy_flag(1);
+    numpy_flag(1, (void *)numpy_original.realloc);
     void *p = numpy_original.realloc(ctx, ptr, size);
-    numpy_flag(0);
+    numpy_flag(0, NULL);
     return p;
 }
 

@@ -350,8 +350,10 @@ void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size
     uint32_t stack = 0;
     uint16_t lib = 0;
     if (kind != MT_NONE) {
-        if (mt_self.numpy_data)
+        if (mt_self.numpy_data) {
             flags |= MT_FLAG_NUMPY;
+            caller = mt_self.numpy_caller;
+        }
         stack = current_stack();
         lib = caller_lib(caller);
     }
@@ -418,8 +420,9 @@ EXPORT void mt_set_python_reader(const mt_python_reader *reader) {
     __atomic_store_n(&py_reader, reader, __ATOMIC_RELEASE);
 }
 
-EXPORT void mt_numpy_data(int on) {
+EXPORT void mt_numpy_data(int on, void *handler) {
     mt_self.numpy_data += on ? 1 : -1;
+    mt_self.numpy_caller = handler;
 }
 
 EXPORT void mt_meta_text(uint16_t key, const char *text, size_t len) {

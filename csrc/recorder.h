@@ -17,6 +17,7 @@
 typedef struct mt_thread {
     int in_hook;        /* reentrancy guard: >0 while inside a hook */
     int numpy_data;     /* >0 while NumPy's data-memory handler is allocating */
+    void *numpy_caller; /* the handler's address, reported as the caller */
     uint32_t tid;       /* cached gettid(), 0 until the thread's first event */
 } mt_thread;
 

@@ -33,7 +33,9 @@ typedef struct mt_python_reader {
 } mt_python_reader;
 
 typedef void (*mt_set_python_reader_fn)(const mt_python_reader *reader);
-typedef void (*mt_numpy_data_fn)(int on);
+/* on: raise (1) or lower (0) the flag; handler: an address inside NumPy's own
+ * handler, named as the caller (its functions may tail-call malloc). */
+typedef void (*mt_numpy_data_fn)(int on, void *handler);
 typedef void (*mt_meta_text_fn)(uint16_t key, const char *text, size_t len);
 
 /* Exported names (dlsym). */

@@ -30,10 +30,10 @@ def memtrace(*args, timeout=180, **kw) -> subprocess.CompletedProcess:
                           timeout=timeout, **kw)
 
 
-def lines_of(stats: dict, filename: str) -> dict:
-    """by_line rows of one file, keyed by line number (rows of one line merged)."""
+def lines_of(stats: dict, filename: str, key: str = "by_line") -> dict:
+    """by_line (or by_user_line) rows of one file, keyed by line number."""
     rows = {}
-    for row in stats["by_line"]:
+    for row in stats[key]:
         if row["file"].endswith(filename):
             assert row["line"] not in rows, f"line {row['line']} listed twice"
             rows[row["line"]] = row

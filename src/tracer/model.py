@@ -43,6 +43,7 @@ class Process:
     libs: Dict[int, str]
     threads: Dict[int, str]
     rss: np.ndarray
+    library_paths: Tuple[str, ...]
     end: dict
     t_start: float
     replayed: bool = False
@@ -72,6 +73,19 @@ class Process:
             frames.append(self.frame(node))
             node = entry[0]
         return frames
+
+    def is_library(self, file: str) -> bool:
+        """Code of the stdlib, of installed packages or of the import machinery."""
+        return file.startswith("<frozen") or any(
+            file.startswith(p.rstrip("/") + "/") for p in self.library_paths)
+
+    def user_frame(self, node: int) -> Optional[Frame]:
+        """The innermost frame in the user's own code (else the innermost frame)."""
+        frames = self.stack(node)
+        for frame in frames:
+            if not self.is_library(frame.file):
+                return frame
+        return frames[0] if frames else None
 
     def thread_name(self, tid: int) -> str:
         name = self.threads.get(tid, "?")
@@ -156,7 +170,9 @@ def build_model(capture: Capture) -> Model:
             argv=[str(a) for a in sd.info.get("argv", [])], exe=sd.info.get("exe"),
             python=text.get(fmt.TEXT_PYTHON_VERSION), frames_off=text.get(fmt.TEXT_FRAMES_OFF),
             numpy=text.get(fmt.TEXT_NUMPY), warnings=warnings, totals=totals, sites=sites,
-            codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss, end=sd.end or {},
+            codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss,
+            library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
+            end=sd.end or {},
             t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed))
     return model
 
@@ -185,11 +201,13 @@ def native_bucket(proc: Process, tid: int) -> Frame:
     return Frame("<native>", 0, f"[no Python frame] thread {proc.thread_name(tid)}")
 
 
-def site_frame(proc: Process, site) -> Frame:
+def site_frame(proc: Process, site, user_code: bool = False) -> Frame:
+    """The frame a site is filed under: innermost, or innermost in user code."""
     stack = int(site["stack"])
     if stack == 0:
         return native_bucket(proc, int(site["tid"]))
-    return proc.frame(stack) or Frame("<unknown>", 0, "<stack lost>")
+    frame = proc.user_frame(stack) if user_code else proc.frame(stack)
+    return frame or Frame("<unknown>", 0, "<stack lost>")
 
 
 def display_path(path: str, cwd: Optional[str]) -> str:

@@ -10,7 +10,7 @@ import os
 import sys
 
 # Keep in step with csrc/events.h (mt_text_key).
-_TEXT_PYTHON_VERSION, _TEXT_FRAMES_OFF, _TEXT_NUMPY, _TEXT_WARNING = 1, 2, 3, 4
+_TEXT_PYTHON_VERSION, _TEXT_FRAMES_OFF, _TEXT_NUMPY, _TEXT_WARNING, _TEXT_LIBRARY_PATHS = 1, 2, 3, 4, 5
 _NUMPY_CORE = ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath")
 
 
@@ -85,6 +85,14 @@ def _label_numpy(reader, core):
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _NumpyWatch)]
 
 
+def _library_paths():
+    """Folders whose code is not the user's: the stdlib and installed packages."""
+    paths = {os.path.join(p, "lib") for p in
+             (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    paths.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return sorted(paths)
+
+
 def _start():
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
@@ -98,6 +106,7 @@ def _start():
     # Frames stop being read before the interpreter tears thread states down.
     atexit.register(reader.uninstall)
     reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
+    reader.meta_text(_TEXT_LIBRARY_PATHS, "\n".join(_library_paths()))
     core = next((sys.modules[m] for m in _NUMPY_CORE if m in sys.modules), None)
     if core is not None:
         _label_numpy(reader, core)

@@ -45,6 +45,7 @@ def stats(model: Model) -> dict:
         "numpy_bytes": t["numpy_bytes"],
         "processes": processes,
         "by_line": tables.by_line(model),
+        "by_user_line": tables.by_line(model, user_code=True),
         "by_library": tables.by_library(model),
     }
 

@@ -68,8 +68,8 @@ def render(model: Model, out, top: int = TOP) -> None:
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
     if t["dropped"]:
         w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
-    lines = tables.by_line(model)
-    w("  top lines by memory held at peak:\n")
+    lines = tables.by_line(model, user_code=True)
+    w("  top lines of your code by memory held at peak (innermost frames: `memtrace stats`):\n")
     for row in lines[:top]:
         where = f"{clean(display_path(row['file'], cwd))}:{row['line']}"
         detail = ", ".join(f"{k} {human(v)}" for k, v in sorted(row["allocators"].items(),

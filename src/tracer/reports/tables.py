@@ -18,13 +18,18 @@ def totals(model: Model) -> dict:
     return out
 
 
-def by_line(model: Model) -> List[dict]:
-    """Heap allocations grouped by innermost Python line (native buckets apart)."""
+def by_line(model: Model, user_code: bool = False) -> List[dict]:
+    """Heap allocations grouped by innermost Python line (native buckets apart);
+    with user_code, by the innermost line of the user's own code instead."""
     rows: Dict[tuple, dict] = {}
     for proc in model.processes:
         sites = proc.sites[heap_mask(proc.sites)]
+        frames = {}
         for site in sites:
-            frame = site_frame(proc, site)
+            key = (int(site["stack"]), int(site["tid"]) if not site["stack"] else 0)
+            frame = frames.get(key)
+            if frame is None:
+                frame = frames[key] = site_frame(proc, site, user_code)
             key = (frame.file, frame.line, frame.function)
             row = rows.get(key)
             if row is None:
