@@ -15,13 +15,14 @@
  *
  * Event ring (a bounded multi-producer single-consumer queue):
  *   A producer claims slot positions with one atomic fetch-add on `head`, waits
- *   until slot[pos % n].seq == (uint32)pos (the slot is free for this lap),
- *   fills it, then publishes it by storing seq = (uint32)(pos + 1) with release
- *   order. The consumer reads slot[tail % n] while seq == (uint32)(tail + 1),
- *   then frees it for the next lap with seq = (uint32)(tail + n). The claim
- *   order is the order events happened in: a free is claimed before the real
- *   free runs, an allocation after the real malloc returned, so an address is
- *   never seen reused before it was seen freed.
+ *   until the slot is free for this lap (pos - tail < ring_slots), fills it,
+ *   then publishes it by storing seq = (uint32)(pos + 1) with release order.
+ *   The consumer reads slot[tail % n] while its seq == (uint32)(tail + 1) and
+ *   then advances `tail` once per batch; it never writes to the slots, so ring
+ *   cache lines only move from producers to the consumer. The claim order is
+ *   the order events happened in: a free is claimed before the real free
+ *   runs, an allocation after the real malloc returned, so an address is never
+ *   seen reused before it was seen freed.
  *
  * Event (32 bytes, little-endian, native alignment):
  *

@@ -431,7 +431,6 @@ static size_t drain(void *shm, mt_event *out, size_t max, int dead, uint64_t *lo
             if (out[n].kind != MT_NONE)
                 n++;
         }
-        __atomic_store_n(&slot->seq, (uint32_t)(pos + h->ring_slots), __ATOMIC_RELEASE);
         pos++;
     }
     __atomic_store_n(&h->tail, pos, __ATOMIC_RELEASE);
@@ -479,4 +478,128 @@ uint64_t mt_shm_counter(const void *shm, int which) {
         return __atomic_load_n(&h->tail, __ATOMIC_RELAXED);
     }
     return 0;
+}
+
+/* ---- Capture encoding ---------------------------------------------------------
+ * Per event: a header byte, then only what changed. Header bits 0-3: kind;
+ * bit 4: a flags byte follows; bit 5: the thread id changed (varint);
+ * bit 6: the stack changed (varint); bit 7: the library changed (varint).
+ * Then the address as a zigzag varint delta from the previous event's, and
+ * for everything but a free the size as a varint. State starts at zero in
+ * every batch, so each events chunk decodes on its own. */
+
+#define H_FLAGS 0x10
+#define H_TID 0x20
+#define H_STACK 0x40
+#define H_LIB 0x80
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v) {
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static const uint8_t *get_varint(const uint8_t *p, const uint8_t *end, uint64_t *v) {
+    uint64_t x = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (p >= end)
+            return NULL;
+        uint8_t b = *p++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return p;
+        }
+    }
+    return NULL; /* more than 10 bytes: malformed */
+}
+
+size_t mt_encode(const mt_event *events, size_t n, uint8_t *out) {
+    uint8_t *p = out;
+    uint64_t addr = 0;
+    uint32_t tid = 0, stack = 0;
+    uint16_t lib = 0;
+    for (size_t i = 0; i < n; i++) {
+        const mt_event *e = &events[i];
+        int is_free = e->kind == MT_FREE;
+        uint8_t h = e->kind & 0x0f;
+        if (e->flags)
+            h |= H_FLAGS;
+        if (e->tid != tid)
+            h |= H_TID;
+        if (!is_free && e->stack != stack)
+            h |= H_STACK;
+        if (!is_free && e->lib != lib)
+            h |= H_LIB;
+        *p++ = h;
+        if (h & H_FLAGS)
+            *p++ = e->flags;
+        if (h & H_TID)
+            p = put_varint(p, tid = e->tid);
+        if (h & H_STACK)
+            p = put_varint(p, stack = e->stack);
+        if (h & H_LIB)
+            p = put_varint(p, lib = e->lib);
+        int64_t delta = (int64_t)(e->addr - addr);
+        p = put_varint(p, ((uint64_t)delta << 1) ^ (uint64_t)(delta >> 63));
+        addr = e->addr;
+        if (!is_free)
+            p = put_varint(p, e->size);
+    }
+    return (size_t)(p - out);
+}
+
+int64_t mt_decode(const uint8_t *in, size_t len, mt_event *out, size_t max) {
+    const uint8_t *p = in, *end = in + len;
+    uint64_t addr = 0, v;
+    uint32_t tid = 0, stack = 0;
+    uint16_t lib = 0;
+    size_t n = 0;
+    while (p < end) {
+        if (n >= max)
+            return -1;
+        uint8_t h = *p++;
+        mt_event *e = &out[n];
+        memset(e, 0, sizeof *e);
+        e->kind = h & 0x0f;
+        if (e->kind == MT_NONE || e->kind >= MT_KIND_COUNT)
+            return -1;
+        if (h & H_FLAGS) {
+            if (p >= end)
+                return -1;
+            e->flags = *p++;
+        }
+        if (h & H_TID) {
+            if (!(p = get_varint(p, end, &v)) || v > UINT32_MAX)
+                return -1;
+            tid = (uint32_t)v;
+        }
+        if (h & H_STACK) {
+            if (!(p = get_varint(p, end, &v)) || v > UINT32_MAX)
+                return -1;
+            stack = (uint32_t)v;
+        }
+        if (h & H_LIB) {
+            if (!(p = get_varint(p, end, &v)) || v > UINT16_MAX)
+                return -1;
+            lib = (uint16_t)v;
+        }
+        if (!(p = get_varint(p, end, &v)))
+            return -1;
+        addr += (uint64_t)((int64_t)(v >> 1) ^ -(int64_t)(v & 1));
+        e->addr = addr;
+        e->tid = tid;
+        if (e->kind != MT_FREE) {
+            if (!(p = get_varint(p, end, &v)))
+                return -1;
+            e->size = v;
+            e->stack = stack;
+            e->lib = lib;
+        }
+        n++;
+    }
+    return (int64_t)n;
 }

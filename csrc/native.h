@@ -66,6 +66,14 @@ size_t mt_ring_drain_dead(void *shm, mt_event *out, size_t max, uint64_t *lost);
 /* Copy committed metadata bytes into out; returns how many. */
 size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
 uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail */
+
+/* Compact encoding of event batches for the capture file (docs/capture-format.md).
+ * mt_encode writes at most n * MT_ENCODED_MAX bytes and returns how many;
+ * mt_decode returns the number of events decoded, or -1 if the bytes are
+ * malformed (never reads past len, never writes past max). */
+#define MT_ENCODED_MAX 40
+size_t mt_encode(const mt_event *events, size_t n, uint8_t *out);
+int64_t mt_decode(const uint8_t *in, size_t len, mt_event *out, size_t max);
 /* CDEF-END */
 
 #endif /* MT_NATIVE_H */

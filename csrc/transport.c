@@ -32,6 +32,13 @@ static pid_t collector_pid;
 static uint32_t ring_slots = MT_DEFAULT_RING_SLOTS;
 static size_t stream_size;
 
+/* A recent value of h->tail, private to this process: re-reading the shared
+ * tail (a cache line the collector writes on every drain) only when the ring
+ * looks full keeps it off the hot path. Any value read from tail is a lower
+ * bound of the current one, so a stale copy only makes the check stricter. */
+static uint64_t tail_seen;
+
+
 void *mt_sys_mmap(size_t len) {
     void *p = (void *)syscall(SYS_mmap, NULL, len, PROT_READ | PROT_WRITE,
                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -122,9 +129,8 @@ static int open_stream(void) {
     h->meta_offset = header + (uint64_t)ring_slots * sizeof(mt_event);
     h->pid = (uint32_t)getpid();
     h->ppid = (uint32_t)getppid();
-    mt_event *ring = (mt_event *)((char *)h + h->ring_offset);
-    for (uint32_t i = 0; i < ring_slots; i++)
-        ring[i].seq = i; /* free for lap 0 */
+    /* Slots start with seq 0, which no position's commit value (pos + 1) equals
+     * on the first lap. */
     if (send_hello(fd) != MT_OK) {
         mt_sys_munmap(h, stream_size);
         goto error;
@@ -145,6 +151,7 @@ int mt_transport_open(void) {
 void mt_transport_after_fork_child(void) {
     mt_shm_header *parent = mt_stream;
     mt_stream = NULL;
+    tail_seen = 0;
     if (parent == NULL)
         return;
     /* The parent's ring is shared memory: the child must never write to it. */
@@ -174,12 +181,12 @@ static int64_t now_ns(void) {
 
 /* The ring is full: the collector is behind. Block (backpressure, never
  * silent loss) until it catches up; give up only if it is gone. */
-static int wait_for_slot(mt_shm_header *h, mt_event *slot, uint32_t want) {
+static int wait_for_room(mt_shm_header *h, uint64_t pos) {
     int saved = errno;
     int64_t next_check = now_ns() + MT_LIVENESS_CHECK_NS;
     uint64_t beat = __atomic_load_n(&h->heartbeat, __ATOMIC_RELAXED);
     for (unsigned spins = 0;; spins++) {
-        if (__atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE) == want)
+        if (pos - __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE) < h->ring_slots)
             break;
         if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED) {
             errno = saved;
@@ -212,14 +219,19 @@ static int wait_for_slot(mt_shm_header *h, mt_event *slot, uint32_t want) {
 
 mt_event *mt_ring_slot(mt_shm_header *h, uint64_t pos) {
     mt_event *ring = (mt_event *)((char *)h + h->ring_offset);
-    mt_event *slot = &ring[pos & (h->ring_slots - 1)];
-    uint32_t want = (uint32_t)pos;
-    if (__atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE) != want &&
-        wait_for_slot(h, slot, want) != MT_OK) {
-        __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
-        return NULL;
+    /* The slot is free once the collector's tail has passed its previous lap.
+     * The collector never writes to slots: each cache line of the ring is
+     * written by producers only, and read by the collector. */
+    if (pos - __atomic_load_n(&tail_seen, __ATOMIC_RELAXED) >= h->ring_slots) {
+        uint64_t tail = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE);
+        if (pos - tail >= h->ring_slots && wait_for_room(h, pos) != MT_OK) {
+            __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
+            return NULL;
+        }
+        __atomic_store_n(&tail_seen, __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE),
+                         __ATOMIC_RELAXED);
     }
-    return slot;
+    return &ring[pos & (h->ring_slots - 1)];
 }
 
 void mt_ring_commit(mt_event *slot, uint64_t pos) {

@@ -53,12 +53,12 @@ MAGIC = b"MTRACE\x00\n"
 FORMAT_VERSION = 1
 FILE_HEADER = struct.Struct("<8sII")      # magic, format version, reserved
 CHUNK_HEADER = struct.Struct("<IIQ")      # type, stream id, payload length
-EVENTS_HEADER = struct.Struct("<dQ")      # seconds since start, index of first event
+EVENTS_HEADER = struct.Struct("<dQQ")     # seconds since start, index of first event, count
 MAX_CHUNK = 1 << 30                       # larger lengths mean a corrupt file
 
 CHUNK_INFO = 1         # JSON: the run (command, start time, memtrace version, page size)
 CHUNK_PROCESS = 2      # JSON: a traced process's stream (pid, ppid, argv, exe, t)
-CHUNK_EVENTS = 3       # EVENTS_HEADER + mt_event records
+CHUNK_EVENTS = 3       # EVENTS_HEADER + events encoded by mt_encode (csrc/native.c)
 CHUNK_META = 4         # bytes of the stream's metadata ring (csrc/events.h)
 CHUNK_RSS = 5          # float64 seconds, uint64 RSS bytes pairs
 CHUNK_AGGREGATE = 6    # u32 JSON length, JSON totals, mt_site records

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tracer import _format as fmt
+from tracer._native import ffi, lib
 from tracer.errors import CaptureError
 
 
@@ -55,7 +56,7 @@ class StreamData:
     stream: int
     info: dict = field(default_factory=dict)
     meta: bytearray = field(default_factory=bytearray)
-    event_chunks: List[tuple] = field(default_factory=list)  # (offset, count, t)
+    event_chunks: List[tuple] = field(default_factory=list)  # (offset, length, count, t)
     rss: List[np.ndarray] = field(default_factory=list)
     totals: Optional[dict] = None
     sites: Optional[np.ndarray] = None
@@ -73,10 +74,10 @@ class Capture:
     def events(self, stream: int):
         """Yield (t, events array) for each events chunk of a stream, in order."""
         with open(self.path, "rb") as f:
-            for offset, count, t in self.streams[stream].event_chunks:
+            for offset, length, count, t in self.streams[stream].event_chunks:
                 f.seek(offset)
-                data = f.read(count * fmt.EVENT_DTYPE.itemsize)
-                yield t, np.frombuffer(data, dtype=fmt.EVENT_DTYPE)
+                data = f.read(length)
+                yield t, decode_events(data, count, self.path, offset)
 
 
 def read_capture(path: str) -> Capture:
@@ -113,9 +114,14 @@ def read_capture(path: str) -> Capture:
             if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
                 stream = streams[sid] = StreamData(sid)
             if ctype == fmt.CHUNK_EVENTS:
-                t, _first = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
-                count = (length - fmt.EVENTS_HEADER.size) // fmt.EVENT_DTYPE.itemsize
-                stream.event_chunks.append((body_at + fmt.EVENTS_HEADER.size, count, t))
+                if length < fmt.EVENTS_HEADER.size:
+                    raise CaptureError(f"{path} is corrupt at byte {pos} (short events chunk)")
+                t, _first, count = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
+                data_length = length - fmt.EVENTS_HEADER.size
+                if count > data_length:  # every event takes at least one byte
+                    raise CaptureError(f"{path} is corrupt at byte {pos} (bad event count)")
+                stream.event_chunks.append((body_at + fmt.EVENTS_HEADER.size, data_length,
+                                            count, t))
                 f.seek(body_at + length)
             else:
                 body = f.read(length)
@@ -126,6 +132,16 @@ def read_capture(path: str) -> Capture:
                     end = _json(path, pos, body)
             pos = body_at + length
     return Capture(path, info, streams, end, truncated)
+
+
+def decode_events(data: bytes, count: int, path: str = "capture", offset: int = 0) -> np.ndarray:
+    """Decode one events chunk (mt_encode's format) into EVENT_DTYPE records."""
+    events = np.zeros(count, dtype=fmt.EVENT_DTYPE)
+    n = lib.mt_decode(ffi.from_buffer(data), len(data),
+                      ffi.cast("mt_event *", ffi.from_buffer(events)), count)
+    if n != count:
+        raise CaptureError(f"{path} is corrupt at byte {offset} (undecodable events)")
+    return events
 
 
 def _json(path, pos, body):

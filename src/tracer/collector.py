@@ -58,6 +58,7 @@ class Stream:
         self.rss_pending = []
         self.rss_peak = 0
         self.lost = 0
+        self.n_events = 0
         self.ended_by_exec = False
         argv = read_proc(pid, "cmdline") or b""
         self.argv = [a.decode(errors="replace") for a in argv.split(b"\0")[:-1]]
@@ -92,6 +93,8 @@ class Collector:
         self.next_sid = 1
         self.buffer = np.zeros(BATCH_EVENTS, dtype=fmt.EVENT_DTYPE)
         self.buffer_ptr = ffi.cast("mt_event *", ffi.from_buffer(self.buffer))
+        self.encoded = bytearray(BATCH_EVENTS * lib.MT_ENCODED_MAX)
+        self.encoded_ptr = ffi.cast("uint8_t *", ffi.from_buffer(self.encoded))
         self.meta_buffer = bytearray(META_BATCH)
         self.meta_ptr = ffi.cast("uint8_t *", ffi.from_buffer(self.meta_buffer))
         self.refused = 0
@@ -178,10 +181,12 @@ class Collector:
                 break
             t = self.now()
             events = self.buffer[:n]
-            first = stream.agg.totals()["n_events"]
-            self.writer.chunk(fmt.CHUNK_EVENTS, stream.sid, fmt.EVENTS_HEADER.pack(t, first),
-                              memoryview(events).cast("B"))
+            size = lib.mt_encode(self.buffer_ptr, n, self.encoded_ptr)
+            self.writer.chunk(fmt.CHUNK_EVENTS, stream.sid,
+                              fmt.EVENTS_HEADER.pack(t, stream.n_events, n),
+                              memoryview(self.encoded)[:size])
             stream.agg.feed(events, t)
+            stream.n_events += n
             total += n
             if n < BATCH_EVENTS:
                 break
