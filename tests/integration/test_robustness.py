@@ -1,0 +1,59 @@
+"""The shim survives what programs do to their process: closed fds, static binaries."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import line_of, lines_of, memtrace
+
+
+def test_program_that_closes_every_fd_is_still_traced(trace, tmp_path):
+    # GIVEN a daemon-like program that closes every descriptor it did not open,
+    # reuses the low numbers for its own file, then allocates
+    run = trace("""
+        import ctypes, os
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        os.closerange(3, 65536)
+        fd = os.open("out.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for n in range(3, 40):
+            try:
+                os.dup2(fd, n)
+            except OSError:
+                pass
+        kept = [libc.malloc(654_321) for i in range(3)]   # AFTER-CLOSE
+        os.write(fd, b"exactly this")
+        os.close(fd)
+    """)
+    assert run.returncode == 0, run.stderr
+    # THEN the program's file holds exactly what it wrote (the shim wrote nothing there)
+    assert (tmp_path / "out.txt").read_bytes() == b"exactly this"
+    row = lines_of(run.stats(), "prog.py")[line_of(tmp_path / "prog.py", "AFTER-CLOSE")]
+    assert row["allocators"] == {"malloc": 3 * 654_321}
+
+
+def test_static_binary_is_refused_in_one_line(tmp_path):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "s.c"
+    src.write_text("#include <stdlib.h>\nint main(void){return malloc(10)==0;}\n")
+    exe = tmp_path / "static-prog"
+    build = subprocess.run(["cc", "-static", "-o", str(exe), str(src)], capture_output=True)
+    if build.returncode != 0:
+        pytest.skip("no static libc to link with")
+    out = memtrace(exe, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "statically linked" in lines[0]
+    assert not list(tmp_path.glob("*.mtrace"))
+
+
+def test_python_without_frames_says_why(tmp_path):
+    # python -I ignores PYTHONPATH, so the bootstrap never runs: native-only, said once
+    cap = tmp_path / "iso.mtrace"
+    out = memtrace("run", "-o", cap, "--", sys.executable, "-I", "-c", "x = bytearray(10**6)")
+    assert out.returncode == 0
+    notes = [l for l in out.stderr.splitlines() if "native-only" in l]
+    assert len(notes) == 1 and "bootstrap did not run" in notes[0]
