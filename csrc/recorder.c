@@ -322,6 +322,16 @@ static inline void fill(mt_event *e, uint8_t kind, uint8_t flags, void *addr, si
     e->flags = flags;
 }
 
+/* Fill the claimed slot at pos and publish it. */
+static void put(mt_shm_header *h, uint64_t pos, uint8_t kind, uint8_t flags, void *addr,
+                size_t size, uint32_t stack, uint16_t lib) {
+    mt_event *e = mt_ring_slot(h, pos);
+    if (e == NULL)
+        return;
+    fill(e, kind, flags, addr, size, stack, lib);
+    mt_ring_commit(e, pos);
+}
+
 uint64_t mt_claim(uint32_t n) {
     mt_shm_header *h = mt_stream;
     if (h == NULL)
@@ -335,11 +345,18 @@ void mt_commit_free(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_
     mt_shm_header *h = mt_stream;
     if (pos == UINT64_MAX || h == NULL)
         return;
-    mt_event *e = mt_ring_slot(h, pos);
-    if (e == NULL)
-        return;
-    fill(e, kind, flags, addr, size, 0, 0);
-    mt_ring_commit(e, pos);
+    put(h, pos, kind, flags, addr, size, 0, 0);
+}
+
+/* Stack and caller of an allocation being recorded (NumPy's handler, when its
+ * flag is up, is the caller). */
+static void attribute(uint8_t *flags, void **caller, uint32_t *stack, uint16_t *lib) {
+    if (mt_self.numpy_data) {
+        *flags |= MT_FLAG_NUMPY;
+        *caller = mt_self.numpy_caller;
+    }
+    *stack = current_stack();
+    *lib = caller_lib(*caller);
 }
 
 void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size,
@@ -349,23 +366,25 @@ void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size
         return;
     uint32_t stack = 0;
     uint16_t lib = 0;
-    if (kind != MT_NONE) {
-        if (mt_self.numpy_data) {
-            flags |= MT_FLAG_NUMPY;
-            caller = mt_self.numpy_caller;
-        }
-        stack = current_stack();
-        lib = caller_lib(caller);
-    }
-    mt_event *e = mt_ring_slot(h, pos);
-    if (e == NULL)
-        return;
-    fill(e, kind, flags, addr, size, stack, lib);
-    mt_ring_commit(e, pos);
+    if (kind != MT_NONE)
+        attribute(&flags, &caller, &stack, &lib);
+    put(h, pos, kind, flags, addr, size, stack, lib);
 }
 
 void mt_record_alloc(uint8_t kind, uint8_t flags, void *addr, size_t size, void *caller) {
-    mt_commit_alloc(mt_claim(1), kind, flags, addr, size, caller);
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return;
+    if (__builtin_expect(mt_self.tid == 0, 0))
+        first_event_of_thread();
+    /* Attribute first, claim last: a claimed slot holds the collector up
+     * until it is committed. */
+    uint32_t stack;
+    uint16_t lib;
+    attribute(&flags, &caller, &stack, &lib);
+    uint64_t pos = mt_ring_claim(h, 1);
+    if (pos != UINT64_MAX)
+        put(h, pos, kind, flags, addr, size, stack, lib);
 }
 
 /* ---- Set-up and fork ----------------------------------------------------- */
