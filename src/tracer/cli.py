@@ -39,8 +39,6 @@ class RunCommand:
 
     def run(self, args) -> int:
         from tracer import launcher
-        from tracer.model import load
-        from tracer.reports import summary
 
         argv = args.program[1:] if args.program[:1] == ["--"] else args.program
         if not argv:
@@ -51,6 +49,9 @@ class RunCommand:
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval))
         if not (args.quiet or args.no_report):
+            from tracer.model import load
+            from tracer.reports import summary
+
             summary.render(load(result.capture), sys.stderr)
             sys.stderr.write(f"  capture: {result.capture}\n")
         return result.status

@@ -14,7 +14,6 @@ import os
 import selectors
 import socket
 import struct
-import tempfile
 import time
 from typing import Dict, Optional
 
@@ -24,6 +23,7 @@ from tracer import _format as fmt
 from tracer._native import ffi, lib
 from tracer.aggregate import PAGE_SIZE, Aggregator
 from tracer.capture import CaptureWriter
+from tracer.session import Session
 
 HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
 HELLO_MAGIC = 0x4D54484C
@@ -72,20 +72,12 @@ class Stream:
 
 
 class Collector:
-    def __init__(self, writer: CaptureWriter, t0: float, sample_interval: float = 0.01):
+    def __init__(self, session: Session, writer: CaptureWriter, t0: float,
+                 sample_interval: float = 0.01):
         self.writer = writer
         self.t0 = t0
         self.sample_interval = sample_interval
-        self.session_dir = tempfile.mkdtemp(prefix="memtrace-")  # mode 0700
-        self.socket_path = os.path.join(self.session_dir, "collector.sock")
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)  # no window where the socket is open to others
-        try:
-            self.listener.bind(self.socket_path)
-        finally:
-            os.umask(old_umask)
-        self.listener.listen(128)
-        self.listener.setblocking(False)
+        self.listener = session.listener
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.streams: Dict[int, Stream] = {}
@@ -300,12 +292,6 @@ class Collector:
             if stream.alive:
                 self._finish(stream, still_running=True)
         self.selector.close()
-        self.listener.close()
-        try:
-            os.unlink(self.socket_path)
-            os.rmdir(self.session_dir)
-        except OSError:
-            pass
 
     def summary_counts(self) -> dict:
         return {"refused_connections": self.refused}

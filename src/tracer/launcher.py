@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from tracer import __version__
-from tracer import _format as fmt
-from tracer.aggregate import PAGE_SIZE
-from tracer.capture import CaptureWriter
-from tracer.collector import Collector
 from tracer.errors import MemtraceError
+from tracer.session import Session
 
 BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -163,29 +160,36 @@ class _Reaper:
 def run(opts: RunOptions) -> RunResult:
     program = resolve_program(opts.argv[0])
     check_traceable(program)
-    env_probe = shim_path()  # fail before starting anything if memtrace is not built
-    del env_probe
-    writer = CaptureWriter(opts.output, opts.force) if opts.output else None
-    t0 = time.monotonic()
-    collector = Collector(writer, t0, opts.sample_interval)
+    session = Session()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
+    writer = collector = None
     try:
+        env = target_env(session.socket_path)
+        if opts.output and not opts.force and os.path.lexists(opts.output):
+            # refuse before starting anything (the writer checks again, atomically)
+            raise MemtraceError(f"{opts.output} already exists (use -f to overwrite it)")
+        t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(opts.argv, executable=program, env=target_env(collector.socket_path))
+            proc = subprocess.Popen(opts.argv, executable=program, env=env)
         except OSError as exc:
             raise MemtraceError(f"cannot start {opts.argv[0]}: {exc.strerror}", exit_code=126) from None
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to the target too
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
-        if writer is None:
-            path = f"memtrace-{program_label(opts.argv)}-{proc.pid}.mtrace"
-            try:
-                writer = CaptureWriter(path, opts.force)
-            except MemtraceError:
-                proc.kill()
-                proc.wait()
-                raise
-            collector.writer = writer
+        # The collector's imports (NumPy, cffi) load while the target starts; its
+        # first connection waits in the socket's backlog meanwhile.
+        from tracer import _format as fmt
+        from tracer.aggregate import PAGE_SIZE
+        from tracer.capture import CaptureWriter
+        from tracer.collector import Collector
+        path = opts.output or f"memtrace-{program_label(opts.argv)}-{proc.pid}.mtrace"
+        try:
+            writer = CaptureWriter(path, opts.force)
+        except MemtraceError:
+            proc.kill()
+            proc.wait()
+            raise
+        collector = Collector(session, writer, t0, opts.sample_interval)
         writer.json_chunk(fmt.CHUNK_INFO, 0, {
             "command": opts.argv, "program": program, "memtrace_version": __version__,
             "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,
@@ -203,7 +207,9 @@ def run(opts: RunOptions) -> RunResult:
             "refused_connections": collector.refused})
         return RunResult(writer.path, code, sig)
     finally:
-        collector.close()
+        if collector is not None:
+            collector.close()
+        session.close()
         if writer is not None:
             writer.close()
         for sig, handler in previous.items():
