@@ -104,7 +104,9 @@ enum mt_text_key {
     MT_TEXT_FRAMES_OFF = 2,     /* why this Python process has no frames */
     MT_TEXT_NUMPY = 3,          /* NumPy version whose data handler is labelled */
     MT_TEXT_WARNING = 4,
-    MT_TEXT_LIBRARY_PATHS = 5   /* newline-separated folders of the stdlib and installed packages */
+    MT_TEXT_LIBRARY_PATHS = 5,  /* newline-separated folders of the stdlib and installed packages */
+    MT_TEXT_ARGV = 6,           /* /proc/self/cmdline at the stream's start (NUL-separated) */
+    MT_TEXT_EXE = 7             /* /proc/self/exe */
 };
 
 /* Process states (mt_shm_header.state). */

@@ -24,6 +24,7 @@
 #endif
 
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -262,5 +263,13 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pyframes", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__pyframes(void) {
+    /* Frame layouts differ between minor versions: refuse any other. */
+    char expected[16];
+    snprintf(expected, sizeof expected, "%d.%d.", PY_MAJOR_VERSION, PY_MINOR_VERSION);
+    if (strncmp(Py_GetVersion(), expected, strlen(expected)) != 0) {
+        PyErr_Format(PyExc_ImportError, "memtrace's frame reader was built for Python %d.%d",
+                     PY_MAJOR_VERSION, PY_MINOR_VERSION);
+        return NULL;
+    }
     return PyModule_Create(&module);
 }

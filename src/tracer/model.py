@@ -133,6 +133,11 @@ def _parse_meta(data: bytes):
     return codes, nodes, libs, threads, texts
 
 
+def _argv(text: dict) -> List[str]:
+    raw = text.get(fmt.TEXT_ARGV, "")
+    return raw.split("\0")[:-1] if raw.endswith("\0") else raw.split("\0") if raw else []
+
+
 def _replay(capture: Capture, sd: StreamData):
     agg = Aggregator()
     for t, events in capture.events(sd.stream):
@@ -167,7 +172,8 @@ def build_model(capture: Capture) -> Model:
         rss = np.concatenate(sd.rss) if sd.rss else np.zeros(0, dtype=fmt.RSS_DTYPE)
         model.processes.append(Process(
             sid=sid, pid=int(sd.info.get("pid", 0)), ppid=int(sd.info.get("ppid", 0)),
-            argv=[str(a) for a in sd.info.get("argv", [])], exe=sd.info.get("exe"),
+            argv=_argv(text) or [str(a) for a in sd.info.get("argv", [])],
+            exe=text.get(fmt.TEXT_EXE) or sd.info.get("exe"),
             python=text.get(fmt.TEXT_PYTHON_VERSION), frames_off=text.get(fmt.TEXT_FRAMES_OFF),
             numpy=text.get(fmt.TEXT_NUMPY), warnings=warnings, totals=totals, sites=sites,
             codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss,

@@ -1,4 +1,7 @@
 """The shim survives what programs do to their process: closed fds, static binaries."""
+import glob
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -57,3 +60,33 @@ def test_python_without_frames_says_why(tmp_path):
     assert out.returncode == 0
     notes = [l for l in out.stderr.splitlines() if "native-only" in l]
     assert len(notes) == 1 and "bootstrap did not run" in notes[0]
+
+
+def test_venv_of_the_same_python_gets_frames(tmp_path):
+    # a virtual environment without memtrace installed, of the same CPython: the
+    # reader memtrace passes matches its ABI, so it still gets Python lines
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    script = tmp_path / "v.py"
+    script.write_text("x = bytearray(1234567)\n")
+    cap = tmp_path / "venv.mtrace"
+    out = memtrace("run", "-q", "-o", cap, "--", venv / "bin" / "python", script)
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(memtrace("stats", "--json", cap).stdout)
+    assert stats["processes"][0]["python"]
+    rows = lines_of(stats, "v.py")
+    assert rows[1]["allocated_bytes"] >= 1234567
+
+
+def test_other_python_without_memtrace_is_native_only(tmp_path):
+    # CPython 3.8 (unsupported, so memtrace cannot be installed there), if pyenv has it
+    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8.*/bin/python")))
+    if not candidates:
+        pytest.skip("no CPython 3.8 here")
+    cap = tmp_path / "py38.mtrace"
+    out = memtrace("run", "-o", cap, "--", candidates[0], "-c", "x = bytearray(10**6)")
+    assert out.returncode == 0, out.stderr
+    notes = [l for l in out.stderr.splitlines() if "native-only" in l]
+    assert len(notes) == 1 and "not supported" in notes[0]
+    proc = json.loads(memtrace("stats", "--json", cap).stdout)["processes"][0]
+    assert proc["python"] is None and "not supported" in proc["frames_off_reason"]

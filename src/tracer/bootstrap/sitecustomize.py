@@ -26,17 +26,34 @@ def _note_without_reader(key, text):
     fn(key, data, len(data))
 
 
-def _load_reader():
-    """The frame reader module, or the reason it cannot be used here."""
-    path = os.environ.get("MEMTRACE_PYFRAMES", "")
-    if not path:
-        return "MEMTRACE_PYFRAMES is not set"
+def _reader_path():
+    """The frame reader built for this very interpreter: the one memtrace
+    passed if its ABI tag matches, else one from memtrace installed here."""
     import importlib.machinery
     import importlib.util
-    if not any(path.endswith(sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES):
-        here = "%d.%d" % sys.version_info[:2]
-        return ("memtrace's frame reader was built for another Python (%s); this is CPython %s: "
-                "install memtrace into this Python for Python frames" % (os.path.basename(path), here))
+    tag = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
+    path = os.environ.get("MEMTRACE_PYFRAMES", "")
+    if path.endswith(tag):
+        return path
+    try:
+        spec = importlib.util.find_spec("tracer._pyframes")
+    except Exception:  # no memtrace here, or a broken one: no frames, never a crash
+        spec = None
+    if spec is not None and spec.origin and spec.origin.endswith(tag):
+        return spec.origin
+    return None
+
+
+def _load_reader():
+    """The frame reader module, or the reason it cannot be used here."""
+    import importlib.machinery
+    import importlib.util
+    if not (3, 9) <= sys.version_info[:2] <= (3, 13):
+        return "CPython %d.%d is not supported (3.9 to 3.13 are)" % sys.version_info[:2]
+    path = _reader_path()
+    if path is None:
+        return ("memtrace is not installed in this Python (%d.%d, %s): install it here for "
+                "Python frames" % (sys.version_info[0], sys.version_info[1], sys.executable))
     try:
         loader = importlib.machinery.ExtensionFileLoader("_pyframes", path)
         spec = importlib.util.spec_from_file_location("_pyframes", path, loader=loader)
