@@ -31,7 +31,7 @@ setup(
             "tracer._preload",
             sources=SHIM_SOURCES,
             depends=["csrc/events.h", "csrc/hooks.h", "csrc/recorder.h", "csrc/transport.h",
-                     "csrc/shim_api.h"],
+                     "csrc/shim_api.h", "csrc/hash.h"],
             extra_compile_args=STRICT + ["-fvisibility=hidden", "-fno-omit-frame-pointer"],
             extra_link_args=["-pthread"],
             libraries=["dl"],
@@ -39,7 +39,7 @@ setup(
         Extension(
             "tracer._pyframes",
             sources=["csrc/pyframes.c"],
-            depends=["csrc/shim_api.h"],
+            depends=["csrc/shim_api.h", "csrc/hash.h"],
             extra_compile_args=STRICT + ["-Wno-missing-field-initializers"],
             libraries=["dl"],
         ),

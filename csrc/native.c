@@ -10,19 +10,12 @@
  */
 #include "native.h"
 
+#include "hash.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- Small growable arrays and hashing ------------------------------------ */
-
-static uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap)

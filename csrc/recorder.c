@@ -18,6 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "hash.h"
 #include "shim_api.h"
 #include "transport.h"
 
@@ -89,15 +90,6 @@ static uint32_t n_libs;
 static int lib_lock;
 
 static char exe_path[512];
-
-static inline uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
 
 static uint32_t wait_id(const uint32_t *id) {
     uint32_t v;
@@ -279,22 +271,23 @@ static uint16_t caller_lib(void *caller) {
     for (uint64_t i = mix64(addr), n = 0; n <= mask / 4 * 3; i++, n++) {
         caller_slot *s = &callers[i & mask];
         uintptr_t a = __atomic_load_n(&s->addr, __ATOMIC_ACQUIRE);
-        if (a == addr)
-            return (uint16_t)(wait_id(&s->lib) - 1);
-        if (a != 0)
-            continue;
-        if (!__atomic_compare_exchange_n(&s->addr, &a, addr, 0, __ATOMIC_ACQ_REL,
-                                          __ATOMIC_ACQUIRE)) {
-            if (a == addr)
-                return (uint16_t)(wait_id(&s->lib) - 1);
-            continue;
+        if (a == 0 && __atomic_compare_exchange_n(&s->addr, &a, addr, 0, __ATOMIC_ACQ_REL,
+                                                  __ATOMIC_ACQUIRE)) {
+            /* This thread names the address (a failed CAS left the slot's
+             * current address in `a`, checked below). */
+            Dl_info info;
+            uint16_t lib = 0;
+            if (dladdr(caller, &info) && info.dli_fbase)
+                lib = lib_for_base((uintptr_t)info.dli_fbase, &info);
+            __atomic_store_n(&s->lib, (uint32_t)lib + 1, __ATOMIC_RELEASE);
+            return lib;
         }
-        Dl_info info;
-        uint16_t lib = 0;
-        if (dladdr(caller, &info) && info.dli_fbase)
-            lib = lib_for_base((uintptr_t)info.dli_fbase, &info);
-        __atomic_store_n(&s->lib, (uint32_t)lib + 1, __ATOMIC_RELEASE);
-        return lib;
+        if (a == addr) {
+            /* Never wait for the thread naming it: it may be blocked in dladdr on
+             * the loader lock held by this one. Unknown, this once. */
+            uint32_t lib = __atomic_load_n(&s->lib, __ATOMIC_ACQUIRE);
+            return lib ? (uint16_t)(lib - 1) : 0;
+        }
     }
     return 0;
 }
