@@ -29,6 +29,7 @@ HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
 HELLO_MAGIC = 0x4D54484C
 WIRE_VERSION = 1
 BATCH_EVENTS = 1 << 16
+BATCHES_PER_ROUND = 4
 META_BATCH = 1 << 20
 RSS_FLUSH_SECONDS = 1.0
 AGGREGATE_REFRESH_SECONDS = 5.0
@@ -162,9 +163,11 @@ class Collector:
     # ---- draining --------------------------------------------------------
 
     def _drain(self, stream: Stream, dead: bool = False) -> int:
+        """Drain a stream's committed events (a few batches per round, so one busy
+        process cannot starve the others; all of them once the process is dead)."""
         total = 0
         lost = ffi.new("uint64_t *")
-        while True:
+        for _ in range(1 << 62 if dead else BATCHES_PER_ROUND):
             if dead:
                 n = lib.mt_ring_drain_dead(stream.ptr, self.buffer_ptr, BATCH_EVENTS, lost)
             else:
