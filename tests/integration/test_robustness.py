@@ -90,3 +90,15 @@ def test_other_python_without_memtrace_is_native_only(tmp_path):
     assert len(notes) == 1 and "not supported" in notes[0]
     proc = json.loads(memtrace("stats", "--json", cap).stdout)["processes"][0]
     assert proc["python"] is None and "not supported" in proc["frames_off_reason"]
+
+
+def test_setuid_program_is_refused_in_one_line(tmp_path):
+    # the loader ignores LD_PRELOAD for setuid programs: say so instead of an empty capture
+    exe = tmp_path / "suid-true"
+    shutil.copy(shutil.which("true"), exe)
+    os.chmod(exe, 0o4755)
+    out = memtrace(exe, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "setuid" in lines[0]
+    assert not list(tmp_path.glob("*.mtrace"))
