@@ -117,6 +117,18 @@ typedef struct mapping {
     uint32_t flags;
 } mapping;
 
+/* ---- Temporary allocations: each thread's last few allocations --------------- */
+
+#define MAX_TEMP_THRESHOLD 64
+
+typedef struct recent {
+    uint32_t tid;
+    uint32_t next; /* ring position of the next allocation */
+    uint64_t addr[MAX_TEMP_THRESHOLD];
+    uint32_t site[MAX_TEMP_THRESHOLD];
+    uint64_t size[MAX_TEMP_THRESHOLD];
+} recent;
+
 /* ---- The aggregator --------------------------------------------------------- */
 
 struct mt_agg {
@@ -132,6 +144,9 @@ struct mt_agg {
     mapping *maps;
     size_t n_maps, maps_cap;
     uint8_t remap_flags; /* flags of the mapping an mremap just moved */
+    uint32_t temp_threshold;
+    struct recent *recent; /* per-thread recent allocations (temporary tracking) */
+    size_t n_recent, recent_cap;
 };
 
 mt_agg *mt_agg_new(uint64_t page_size) {
@@ -141,9 +156,53 @@ mt_agg *mt_agg_new(uint64_t page_size) {
     return a;
 }
 
+int mt_agg_track_temporary(mt_agg *a, uint32_t threshold) {
+    if (threshold > MAX_TEMP_THRESHOLD)
+        return -1;
+    a->temp_threshold = threshold;
+    return 0;
+}
+
+static recent *recent_of(mt_agg *a, uint32_t tid, int create) {
+    for (size_t i = 0; i < a->n_recent; i++)
+        if (a->recent[i].tid == tid)
+            return &a->recent[i];
+    if (!create || grow((void **)&a->recent, &a->recent_cap, a->n_recent + 1, sizeof(recent)) < 0)
+        return NULL;
+    recent *r = &a->recent[a->n_recent++];
+    memset(r, 0, sizeof *r);
+    r->tid = tid;
+    return r;
+}
+
+static void note_allocation(mt_agg *a, uint32_t tid, uint64_t addr, uint32_t site, uint64_t size) {
+    recent *r = recent_of(a, tid, 1);
+    if (r == NULL)
+        return;
+    uint32_t i = r->next++ % a->temp_threshold;
+    r->addr[i] = addr;
+    r->site[i] = site;
+    r->size[i] = size;
+}
+
+static void note_free(mt_agg *a, uint32_t tid, uint64_t addr) {
+    recent *r = recent_of(a, tid, 0);
+    if (r == NULL)
+        return;
+    for (uint32_t i = 0; i < a->temp_threshold; i++)
+        if (r->addr[i] == addr) {
+            mt_site *s = &a->sites[r->site[i]];
+            s->temp_bytes += r->size[i];
+            s->temp_count++;
+            r->addr[i] = 0;
+            return;
+        }
+}
+
 void mt_agg_free(mt_agg *a) {
     if (a == NULL)
         return;
+    free(a->recent);
     free(a->sites);
     free(a->site_index);
     free(a->dirty);
@@ -175,7 +234,7 @@ static int site_index_rebuild(mt_agg *a, size_t cap) {
 
 /* Index of the site for an event, created on first sight; -1 on no memory. */
 static int64_t site_of(mt_agg *a, const mt_event *e, uint8_t kind, uint8_t flags) {
-    uint32_t tid = e->stack ? 0 : e->tid;
+    uint32_t tid = e->tid;
     if ((a->n_sites + 1) * 2 > a->site_index_cap &&
         site_index_rebuild(a, a->site_index_cap ? a->site_index_cap * 2 : 1024) < 0)
         return -1;
@@ -220,6 +279,8 @@ static void change(mt_agg *a, uint32_t site, int64_t bytes, int64_t count, int h
 }
 
 static void maybe_peak(mt_agg *a, double t) {
+    if (a->t.heap > a->t.feed_max)
+        a->t.feed_max = a->t.heap;
     if (a->t.heap <= a->t.peak_heap)
         return;
     a->t.peak_heap = a->t.heap;
@@ -316,6 +377,7 @@ static uint64_t page_up(const mt_agg *a, uint64_t n) {
 }
 
 int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
+    a->t.feed_max = a->t.heap;
     for (size_t i = 0; i < n; i++) {
         const mt_event *e = &events[i];
         a->t.n_events++;
@@ -336,11 +398,15 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
             a->t.n_allocations++;
             change(a, (uint32_t)s, (int64_t)e->size, 1, 1);
             maybe_peak(a, t);
+            if (a->temp_threshold)
+                note_allocation(a, e->tid, e->addr, (uint32_t)s, e->size);
         } else if (kind == MT_FREE) {
             block old;
             if (blocks_take(&a->live, e->addr, &old)) {
                 change(a, old.site, -(int64_t)old.size, -1, 1);
                 a->t.n_frees++;
+                if (a->temp_threshold)
+                    note_free(a, e->tid, e->addr);
             } else {
                 a->t.unknown_frees++;
             }

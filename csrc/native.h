@@ -14,10 +14,10 @@
 
 /* CDEF-BEGIN */
 /* One allocation site: everything the reports need, per distinct
- * (stack, thread bucket, caller library, kind, flags). */
+ * (stack, thread, caller library, kind, flags). */
 typedef struct mt_site {
     uint32_t stack;        /* Python stack node, 0 = none */
-    uint32_t tid;          /* thread, kept only for stack == 0 (native buckets) */
+    uint32_t tid;          /* the allocating thread */
     uint16_t lib;
     uint8_t kind;
     uint8_t flags;         /* MT_FLAG_NUMPY | MT_FLAG_ANON | MT_FLAG_SHARED */
@@ -28,6 +28,8 @@ typedef struct mt_site {
     int64_t live_count;
     int64_t peak_bytes;    /* live at the process's heap peak */
     int64_t peak_count;
+    uint64_t temp_bytes;   /* freed within the temporary threshold (when tracked) */
+    uint64_t temp_count;
 } mt_site;
 
 typedef struct mt_totals {
@@ -44,11 +46,15 @@ typedef struct mt_totals {
     uint64_t n_sites;
     uint64_t live_blocks;
     uint64_t live_mappings;
+    int64_t feed_max;         /* highest heap reached during the last mt_agg_feed */
 } mt_totals;
 
 typedef struct mt_agg mt_agg;
 
 mt_agg *mt_agg_new(uint64_t page_size);
+/* Count temporary allocations: blocks freed by their thread before `threshold`
+ * more allocations on it (1..64; 0 = off). Set before the first feed. */
+int mt_agg_track_temporary(mt_agg *agg, uint32_t threshold);
 void mt_agg_free(mt_agg *agg);
 /* Feed a batch of events in stream order; t = seconds since the run started. */
 int mt_agg_feed(mt_agg *agg, const mt_event *events, size_t n, double t);

@@ -45,7 +45,8 @@ EVENT_DTYPE = _dtype("mt_event", [
 SITE_DTYPE = _dtype("mt_site", [
     ("stack", "<u4"), ("tid", "<u4"), ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"),
     ("dirty", "<u4"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"), ("live_bytes", "<i8"),
-    ("live_count", "<i8"), ("peak_bytes", "<i8"), ("peak_count", "<i8")])
+    ("live_count", "<i8"), ("peak_bytes", "<i8"), ("peak_count", "<i8"),
+    ("temp_bytes", "<u8"), ("temp_count", "<u8")])
 
 TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
 
@@ -65,11 +66,14 @@ CHUNK_RSS = 5          # float64 seconds, uint64 RSS bytes pairs
 CHUNK_AGGREGATE = 6    # u32 JSON length, JSON totals, mt_site records
 CHUNK_PROCESS_END = 7  # JSON: how the process ended
 CHUNK_END = 8          # JSON: how the run ended; the last chunk of a complete capture
+CHUNK_HEAP = 9         # HEAP_DTYPE records: the heap over time
 
 CHUNK_NAMES = {1: "info", 2: "process", 3: "events", 4: "meta", 5: "rss", 6: "aggregate",
-               7: "process_end", 8: "end"}
+               7: "process_end", 8: "end", 9: "heap"}
 
 RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<u8")])
+# heap: live heap at t; max: the highest it reached since the previous record
+HEAP_DTYPE = np.dtype([("t", "<f8"), ("heap", "<i8"), ("max", "<i8")])
 
 
 def iter_meta(data: bytes):

@@ -58,6 +58,7 @@ class StreamData:
     meta: bytearray = field(default_factory=bytearray)
     event_chunks: List[tuple] = field(default_factory=list)  # (offset, length, count, t)
     rss: List[np.ndarray] = field(default_factory=list)
+    heap: List[np.ndarray] = field(default_factory=list)
     totals: Optional[dict] = None
     sites: Optional[np.ndarray] = None
     end: Optional[dict] = None
@@ -159,9 +160,11 @@ def _load_chunk(path, pos, ctype, body, stream):
         stream.info = _json(path, pos, body)
     elif ctype == fmt.CHUNK_META:
         stream.meta += body
-    elif ctype == fmt.CHUNK_RSS:
-        usable = len(body) - len(body) % fmt.RSS_DTYPE.itemsize
-        stream.rss.append(np.frombuffer(body[:usable], dtype=fmt.RSS_DTYPE))
+    elif ctype in (fmt.CHUNK_RSS, fmt.CHUNK_HEAP):
+        dtype = fmt.RSS_DTYPE if ctype == fmt.CHUNK_RSS else fmt.HEAP_DTYPE
+        usable = len(body) - len(body) % dtype.itemsize
+        (stream.rss if ctype == fmt.CHUNK_RSS else stream.heap).append(
+            np.frombuffer(body[:usable], dtype=dtype))
     elif ctype == fmt.CHUNK_AGGREGATE:
         if len(body) < 4:
             raise CaptureError(f"{path} is corrupt at byte {pos} (short aggregate)")

@@ -58,6 +58,9 @@ class Stream:
         self.alive = True
         self.rss_pending = []
         self.rss_peak = 0
+        self.heap_pending = []
+        self.heap_last_t = -1.0
+        self.heap_max = 0
         self.lost = 0
         self.n_events = 0
         self.ended_by_exec = False
@@ -182,6 +185,7 @@ class Collector:
                               memoryview(self.encoded)[:size])
             stream.agg.feed(events, t)
             stream.n_events += n
+            self._note_heap(stream, t)
             total += n
             if n < BATCH_EVENTS:
                 break
@@ -192,6 +196,15 @@ class Collector:
                 break
             self.writer.chunk(fmt.CHUNK_META, stream.sid, memoryview(self.meta_buffer)[:m])
         return total
+
+    def _note_heap(self, stream: Stream, t: float) -> None:
+        """Keep a heap timeline point per sample interval, with the max in between."""
+        totals = stream.agg.totals()
+        stream.heap_max = max(stream.heap_max, totals["feed_max"])
+        if t - stream.heap_last_t >= self.sample_interval:
+            stream.heap_pending.append((t, totals["heap"], stream.heap_max))
+            stream.heap_last_t = t
+            stream.heap_max = totals["heap"]
 
     def _sample_rss(self, t: float) -> None:
         for stream in self.streams.values():
@@ -204,11 +217,17 @@ class Collector:
             stream.rss_peak = max(stream.rss_peak, rss)
             stream.rss_pending.append((t, rss))
 
-    def _flush_rss(self, stream: Stream) -> None:
-        if stream.rss_pending:
-            samples = np.array(stream.rss_pending, dtype=fmt.RSS_DTYPE)
-            self.writer.chunk(fmt.CHUNK_RSS, stream.sid, samples.tobytes())
-            stream.rss_pending.clear()
+    def _flush_samples(self, stream: Stream, final: bool = False) -> None:
+        """Write the pending RSS samples and heap timeline points."""
+        if final:
+            totals = stream.agg.totals()
+            stream.heap_pending.append((self.now(), totals["heap"],
+                                        max(stream.heap_max, totals["heap"])))
+        for pending, ctype, dtype in ((stream.rss_pending, fmt.CHUNK_RSS, fmt.RSS_DTYPE),
+                                      (stream.heap_pending, fmt.CHUNK_HEAP, fmt.HEAP_DTYPE)):
+            if pending:
+                self.writer.chunk(ctype, stream.sid, np.array(pending, dtype=dtype).tobytes())
+                pending.clear()
 
     def _write_aggregate(self, stream: Stream) -> None:
         extra = {"rss_peak": stream.rss_peak, "dropped": stream.counter(0) + stream.lost,
@@ -221,7 +240,7 @@ class Collector:
             return
         self._drain(stream, dead=not still_running)
         stream.alive = False
-        self._flush_rss(stream)
+        self._flush_samples(stream, final=True)
         self._write_aggregate(stream)
         state = stream.counter(3)
         how = ("exec" if stream.ended_by_exec else
@@ -261,7 +280,7 @@ class Collector:
         if t >= self._next_rss_flush:
             for stream in self.streams.values():
                 if stream.alive:
-                    self._flush_rss(stream)
+                    self._flush_samples(stream)
             self._next_rss_flush = t + RSS_FLUSH_SECONDS
             self.writer.flush()
         if t >= self._next_aggregate:  # so a collector crash loses little

@@ -43,6 +43,7 @@ class Process:
     libs: Dict[int, str]
     threads: Dict[int, str]
     rss: np.ndarray
+    heap: np.ndarray
     library_paths: Tuple[str, ...]
     end: dict
     t_start: float
@@ -170,13 +171,14 @@ def build_model(capture: Capture) -> Model:
             else:
                 text[key] = value
         rss = np.concatenate(sd.rss) if sd.rss else np.zeros(0, dtype=fmt.RSS_DTYPE)
+        heap = np.concatenate(sd.heap) if sd.heap else np.zeros(0, dtype=fmt.HEAP_DTYPE)
         model.processes.append(Process(
             sid=sid, pid=int(sd.info.get("pid", 0)), ppid=int(sd.info.get("ppid", 0)),
             argv=_argv(text) or [str(a) for a in sd.info.get("argv", [])],
             exe=text.get(fmt.TEXT_EXE) or sd.info.get("exe"),
             python=text.get(fmt.TEXT_PYTHON_VERSION), frames_off=text.get(fmt.TEXT_FRAMES_OFF),
             numpy=text.get(fmt.TEXT_NUMPY), warnings=warnings, totals=totals, sites=sites,
-            codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss,
+            codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss, heap=heap,
             library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
             end=sd.end or {},
             t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed))
