@@ -144,6 +144,7 @@ struct mt_agg {
     mapping *maps;
     size_t n_maps, maps_cap;
     uint8_t remap_flags; /* flags of the mapping an mremap just moved */
+    uint64_t size_count[MT_SIZE_BUCKETS], size_bytes[MT_SIZE_BUCKETS];
     uint32_t temp_threshold;
     struct recent *recent; /* per-thread recent allocations (temporary tracking) */
     size_t n_recent, recent_cap;
@@ -394,6 +395,9 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
             mt_site *site = &a->sites[s];
             site->alloc_bytes += e->size;
             site->n_allocs++;
+            int bucket = e->size ? 64 - __builtin_clzll(e->size) : 0;
+            a->size_count[bucket]++;
+            a->size_bytes[bucket] += e->size;
             a->t.total_allocated += e->size;
             a->t.n_allocations++;
             change(a, (uint32_t)s, (int64_t)e->size, 1, 1);
@@ -443,6 +447,11 @@ void mt_agg_totals(const mt_agg *a, mt_totals *out) {
     out->n_sites = a->n_sites;
     out->live_blocks = a->live.count;
     out->live_mappings = a->n_maps;
+}
+
+void mt_agg_size_histogram(const mt_agg *a, uint64_t *out) {
+    memcpy(out, a->size_count, sizeof a->size_count);
+    memcpy(out + MT_SIZE_BUCKETS, a->size_bytes, sizeof a->size_bytes);
 }
 
 size_t mt_agg_sites(const mt_agg *a, mt_site *out, size_t max) {

@@ -59,6 +59,10 @@ void mt_agg_free(mt_agg *agg);
 /* Feed a batch of events in stream order; t = seconds since the run started. */
 int mt_agg_feed(mt_agg *agg, const mt_event *events, size_t n, double t);
 void mt_agg_totals(const mt_agg *agg, mt_totals *out);
+/* Allocation sizes, by power of two: count and bytes of heap allocations
+ * with size in [2^(i-1), 2^i) (bucket 0: size 0). out holds 2 * 65 values. */
+#define MT_SIZE_BUCKETS 65
+void mt_agg_size_histogram(const mt_agg *agg, uint64_t *out);
 /* Copy up to max sites into out; returns the number of sites. */
 size_t mt_agg_sites(const mt_agg *agg, mt_site *out, size_t max);
 

@@ -19,6 +19,10 @@ class Aggregator:
             raise MemoryError("memtrace: cannot allocate the aggregator")
         self._agg = ffi.gc(agg, lib.mt_agg_free)
 
+    def track_temporary(self, threshold: int) -> None:
+        if lib.mt_agg_track_temporary(self._agg, threshold) != 0:
+            raise ValueError("the temporary threshold must be 1 to 64")
+
     def feed(self, events: np.ndarray, t: float) -> None:
         """Feed a contiguous array of EVENT_DTYPE records, in stream order."""
         if len(events) == 0:
@@ -39,7 +43,16 @@ class Aggregator:
             lib.mt_agg_sites(self._agg, ffi.cast("mt_site *", ffi.from_buffer(sites)), n)
         return sites
 
+    def size_histogram(self) -> dict:
+        """Heap allocations by power-of-two size: {"count": [...], "bytes": [...]}
+        (index i: sizes in [2**(i-1), 2**i), index 0: size 0)."""
+        out = ffi.new("uint64_t[]", 2 * lib.MT_SIZE_BUCKETS)
+        lib.mt_agg_size_histogram(self._agg, out)
+        n = lib.MT_SIZE_BUCKETS
+        return {"count": list(out[0:n]), "bytes": list(out[n:2 * n])}
+
     def chunk_payload(self, extra: dict) -> list:
         """The aggregate chunk: u32 JSON length, JSON (totals + extra), site records."""
-        head = json.dumps({**self.totals(), **extra}, separators=(",", ":")).encode()
+        head = json.dumps({**self.totals(), "size_histogram": self.size_histogram(), **extra},
+                          separators=(",", ":")).encode()
         return [len(head).to_bytes(4, "little"), head, self.sites().tobytes()]

@@ -3,6 +3,8 @@
     memtrace [run] [options] [--] PROGRAM [ARGS...]
     memtrace summary CAPTURE
     memtrace stats --json CAPTURE
+    memtrace flamegraph CAPTURE [--leaks|--temporary|--total] [-o OUT.html]
+    memtrace tree | lines | log | diff | export ...
 
 Anything that is not a subcommand is a program to run: `memtrace python x.py`
 is `memtrace run -- python x.py`. Errors are one line on stderr and a
@@ -48,12 +50,17 @@ class RunCommand:
         result = launcher.run(launcher.RunOptions(
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval))
-        if not (args.quiet or args.no_report):
+        if not args.no_report:
             from tracer.model import load
-            from tracer.reports import summary
+            from tracer.reports import html, summary
 
-            summary.render(load(result.capture), sys.stderr)
-            sys.stderr.write(f"  capture: {result.capture}\n")
+            model = load(result.capture)
+            html_path = result.capture + ".html"
+            small = sum(p.totals.get("n_events", 0) for p in model.processes) <= 2_000_000
+            _write_output(html_path, lambda out: html.render(model, out, temporary=small))
+            if not args.quiet:
+                summary.render(model, sys.stderr)
+                sys.stderr.write(f"  capture: {result.capture}\n  report:  {html_path}\n")
         return result.status
 
 
@@ -63,6 +70,7 @@ class SummaryCommand:
     name = "summary"
 
     def prepare_parser(self, p):
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
         p.add_argument("capture")
         p.add_argument("-n", "--top", type=int, default=10, help="rows per table (default 10)")
 
@@ -96,6 +104,166 @@ class StatsCommand:
         return _incomplete_status(model)
 
 
+class FlamegraphCommand:
+    """Write the HTML report (flame graph, timeline, tables) of a capture."""
+
+    name = "flamegraph"
+
+    def prepare_parser(self, p):
+        p.add_argument("capture")
+        _metric_options(p)
+        p.add_argument("-o", "--output", help="HTML file (default: CAPTURE.html; - for stdout)")
+
+    def run(self, args) -> int:
+        from tracer.reports import html
+
+        model = _load(args.capture)
+        output = args.output or args.capture + ".html"
+        _write_output(output, lambda out: html.render(model, out, default_view=args.metric))
+        if output != "-":
+            sys.stderr.write(f"memtrace: wrote {output}\n")
+        return _incomplete_status(model)
+
+
+class TreeCommand:
+    """Print the call tree of the biggest stacks."""
+
+    name = "tree"
+
+    def prepare_parser(self, p):
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
+        p.add_argument("capture")
+        _metric_options(p)
+        p.add_argument("--min-share", type=float, default=1.0, metavar="PERCENT",
+                       help="hide subtrees under this share of the total (default 1)")
+
+    def run(self, args) -> int:
+        from tracer.reports import tree
+
+        model = _load(args.capture)
+        if args.metric == "temporary":
+            model.track_temporary()
+        tree.render(model, sys.stdout, args.metric, min_share=args.min_share / 100)
+        return _incomplete_status(model)
+
+
+class LinesCommand:
+    """List a source file line by line with the memory each line allocated."""
+
+    name = "lines"
+
+    def prepare_parser(self, p):
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
+        p.add_argument("capture")
+        p.add_argument("--source", help="the source file (default: the one that allocated most)")
+
+    def run(self, args) -> int:
+        from tracer.reports import lines
+
+        model = _load(args.capture)
+        lines.render(model, sys.stdout, args.source)
+        return _incomplete_status(model)
+
+
+class LogCommand:
+    """Print the allocation events, ltrace style."""
+
+    name = "log"
+
+    def prepare_parser(self, p):
+        p.add_argument("capture")
+        p.add_argument("--min-size", type=int, default=0, metavar="BYTES")
+        p.add_argument("--library", metavar="PATTERN", help="only calls made by matching libraries")
+        p.add_argument("--frees", action="store_true", help="include frees and unmaps")
+        p.add_argument("-n", "--limit", type=int, default=0, help="stop after N lines")
+
+    def run(self, args) -> int:
+        from tracer.reports import log
+
+        model = _load(args.capture)
+        log.render(model, sys.stdout, args.min_size, args.library, args.limit, args.frees)
+        return _incomplete_status(model)
+
+
+class DiffCommand:
+    """Compare two captures: per line and per library, what grew."""
+
+    name = "diff"
+
+    def prepare_parser(self, p):
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
+        p.add_argument("before")
+        p.add_argument("after")
+        p.add_argument("-n", "--top", type=int, default=20)
+
+    def run(self, args) -> int:
+        from tracer.reports import diff
+
+        before, after = _load(args.before), _load(args.after)
+        diff.render(before, after, sys.stdout, args.top)
+        return max(_incomplete_status(before), _incomplete_status(after))
+
+
+class ExportCommand:
+    """Export a capture: speedscope JSON, pprof (gzipped protobuf) or CSV of allocations."""
+
+    name = "export"
+
+    def prepare_parser(self, p):
+        p.add_argument("capture")
+        p.add_argument("--format", required=True, choices=("speedscope", "pprof", "csv"))
+        _metric_options(p)
+        p.add_argument("-o", "--output", help="output file (default: CAPTURE.<format>; - for stdout)")
+
+    def run(self, args) -> int:
+        from tracer.reports import export
+
+        model = _load(args.capture)
+        if args.metric == "temporary":
+            model.track_temporary()
+        suffix = {"speedscope": ".speedscope.json", "pprof": ".pb.gz", "csv": ".csv"}[args.format]
+        output = args.output or args.capture + suffix
+        if args.format == "speedscope":
+            _write_output(output, lambda out: export.speedscope(model, out, args.metric))
+        elif args.format == "pprof":
+            _write_output(output, lambda out: export.pprof(model, out, args.metric), binary=True)
+        else:
+            _write_output(output, lambda out: export.csv_events(model, out))
+        if output != "-":
+            sys.stderr.write(f"memtrace: wrote {output}\n")
+        return _incomplete_status(model)
+
+
+def _metric_options(p) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--leaks", dest="metric", action="store_const", const="leaks",
+                       help="memory still live at exit")
+    group.add_argument("--temporary", dest="metric", action="store_const", const="temporary",
+                       help="allocations freed before the next allocation on their thread")
+    group.add_argument("--total", dest="metric", action="store_const", const="total",
+                       help="every byte allocated")
+    p.set_defaults(metric="peak")
+
+
+def _write_output(path: str, write, binary: bool = False) -> None:
+    """Write a report to path (- for stdout); never leave a half-written file."""
+    import os
+
+    if path == "-":
+        write(sys.stdout.buffer if binary else sys.stdout)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
+            write(out)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise MemtraceError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 INCOMPLETE_CAPTURE_STATUS = 3
 
 
@@ -114,7 +282,8 @@ def _incomplete_status(model) -> int:
     return INCOMPLETE_CAPTURE_STATUS if model.warnings else 0
 
 
-_COMMANDS = [RunCommand, SummaryCommand, StatsCommand]
+_COMMANDS = [RunCommand, SummaryCommand, StatsCommand, FlamegraphCommand, TreeCommand,
+             LinesCommand, LogCommand, DiffCommand, ExportCommand]
 
 
 def _parser(command) -> _Parser:
@@ -144,6 +313,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             command, rest = RunCommand(), argv
         args = _parser(command).parse_args(rest)
+        if getattr(args, "raw", False):
+            from tracer.reports import summary
+
+            summary.RAW = True
         return command.run(args)
     except MemtraceError as exc:
         sys.stderr.write(f"memtrace: {exc}\n")

@@ -102,6 +102,16 @@ class Model:
     processes: List[Process] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
 
+    def track_temporary(self, threshold: int = 1) -> None:
+        """Replay every stream's events to count temporary allocations (blocks
+        freed before `threshold` more allocations on their thread)."""
+        for proc in self.processes:
+            agg = Aggregator()
+            agg.track_temporary(threshold)
+            for t, events in self.capture.events(proc.sid):
+                agg.feed(events, t)
+            proc.sites = agg.sites()
+
     @property
     def command(self) -> List[str]:
         return list(self.capture.info.get("command", []))
@@ -144,7 +154,8 @@ def _replay(capture: Capture, sd: StreamData):
     for t, events in capture.events(sd.stream):
         agg.feed(np.ascontiguousarray(events), t)
     totals = agg.totals()
-    totals.update({"rss_peak": 0, "dropped": 0, "unattributed": 0, "lost": 0})
+    totals.update({"rss_peak": 0, "dropped": 0, "unattributed": 0, "lost": 0,
+                   "size_histogram": agg.size_histogram()})
     return totals, agg.sites()
 
 

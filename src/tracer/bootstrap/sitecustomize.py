@@ -107,6 +107,7 @@ def _library_paths():
     paths = {os.path.join(p, "lib") for p in
              (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
     paths.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    paths.add(os.path.dirname(os.path.abspath(__file__)))  # this bootstrap
     return sorted(paths)
 
 

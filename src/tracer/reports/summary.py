@@ -1,19 +1,28 @@
 """`memtrace summary`: the terminal report (also printed at the end of a run)."""
-import re
+import unicodedata
 
 from tracer.model import Model, display_path
 from tracer.reports import tables
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 TOP = 10
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 def clean(text) -> str:
-    """Strings from the traced program never reach the terminal as control codes."""
-    return _CONTROL.sub("?", str(text))
+    """Strings from the traced program never reach the terminal as control codes
+    (escape sequences, line separators, bidi overrides): each becomes '?'."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join("?" if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+
+
+RAW = False  # --raw: exact byte counts instead of KiB/MiB
 
 
 def human(n: float) -> str:
+    if RAW:
+        return f"{int(n):,}"
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -1,0 +1,91 @@
+"""The HTML report: one self-contained file (no network, no external assets).
+
+Every string from the traced program reaches the page only inside the JSON data
+block, with <, > and & escaped, and the page's script writes it with textContent;
+a Content-Security-Policy forbids any fetch.
+"""
+import json
+from importlib import resources
+from typing import Optional
+
+from tracer.model import Model
+from tracer.reports import flame, tables
+from tracer.reports.summary import describe_end
+
+TEMPLATE = "report.html"
+VIEW_ORDER = ("peak", "leaks", "total", "temporary", "threads")
+
+
+def _size_rows(model: Model) -> list:
+    count = [0] * 65
+    size = [0] * 65
+    for proc in model.processes:
+        hist = proc.totals.get("size_histogram") or {}
+        for i, (c, b) in enumerate(zip(hist.get("count", []), hist.get("bytes", []))):
+            count[i] += c
+            size[i] += b
+    rows = []
+    for i in range(65):
+        if count[i]:
+            lo, hi = (0, 0) if i == 0 else (1 << (i - 1), (1 << i) - 1)
+            rows.append({"range": f"{lo:,} – {hi:,} B" if i else "0 B", "count": count[i],
+                         "bytes": size[i]})
+    return rows
+
+
+def report_data(model: Model, default_view: str = "peak", temporary: bool = False) -> dict:
+    t = tables.totals(model)
+    views = {}
+    for view in VIEW_ORDER:
+        if view == "temporary" and not temporary:
+            continue
+        metric = "peak" if view == "threads" else view
+        root = flame.build_tree(model, metric, by_thread=(view == "threads"))
+        views[view] = {"title": flame.METRIC_TITLES[view], **flame.flatten(root)}
+    timeline = []
+    for proc in model.processes:
+        label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""
+        if len(proc.heap):
+            timeline.append({"name": "heap" + label, "colour": "#e4803a",
+                             "points": [[float(r["t"]), int(r["max"])] for r in proc.heap]})
+        if len(proc.rss):
+            timeline.append({"name": "RSS" + label, "colour": "#1565c0",
+                             "points": [[float(r["t"]), int(r["rss"])] for r in proc.rss]})
+    peak_proc = max(model.processes, key=lambda p: p.totals.get("peak_heap", 0), default=None)
+    stats_processes = []
+    for proc in model.processes:
+        end = tables.process_end(model, proc)
+        ending = (f"signal {end['signal']}" if end.get("signal") else
+                  f"exit code {end['exit_code']}" if "exit_code" in end else end.get("how", "?"))
+        stats_processes.append({
+            "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv,
+            "peak_heap_bytes": int(proc.totals.get("peak_heap", 0)), "peak_rss_bytes": proc.peak_rss,
+            "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)), "ending": ending})
+    return {
+        "command": model.command, "ending": describe_end(model), "warnings": model.warnings,
+        "peak_heap": t["peak_heap"], "total_allocated": t["total_allocated"],
+        "n_allocations": t["n_allocations"], "numpy_bytes": t["numpy_bytes"],
+        "peak_time": float(peak_proc.totals.get("peak_time", 0.0)) if peak_proc else None,
+        "default_view": default_view, "views": views, "timeline": timeline,
+        "lines": tables.by_line(model, user_code=True)[:50],
+        "libraries": tables.by_library(model)[:30],
+        "sizes": _size_rows(model), "processes": stats_processes,
+    }
+
+
+def embed_json(obj) -> str:
+    """JSON safe inside <script>: no way to close the element or open a comment."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render(model: Model, out, default_view: str = "peak", temporary: Optional[bool] = None) -> None:
+    if temporary is None:
+        temporary = default_view == "temporary"
+    if temporary:
+        model.track_temporary()
+    template = resources.files("tracer.reports").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    before, after = template.split("__MEMTRACE_DATA__")
+    out.write(before)
+    out.write(embed_json(report_data(model, default_view, temporary)))
+    out.write(after)
