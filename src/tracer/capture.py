@@ -15,6 +15,7 @@ import numpy as np
 from tracer import _format as fmt
 from tracer._native import ffi, lib
 from tracer.errors import CaptureError
+from tracer.progress import Progress
 
 
 class CaptureWriter:
@@ -72,13 +73,20 @@ class Capture:
     end: Optional[dict]
     truncated_at: Optional[int] = None  # byte offset where a cut-short capture ends
 
-    def events(self, stream: int):
-        """Yield (t, events array) for each events chunk of a stream, in order."""
-        with open(self.path, "rb") as f:
-            for offset, length, count, t in self.streams[stream].event_chunks:
-                f.seek(offset)
-                data = f.read(length)
-                yield t, decode_events(data, count, self.path, offset)
+    def events(self, stream: int, label: str = "reading events"):
+        """Yield (t, events array) for each events chunk of a stream, in order
+        (with a progress line on a terminal when there are many)."""
+        chunks = self.streams[stream].event_chunks
+        progress = Progress(sum(c[2] for c in chunks), label)
+        try:
+            with open(self.path, "rb") as f:
+                for offset, length, count, t in chunks:
+                    f.seek(offset)
+                    data = f.read(length)
+                    yield t, decode_events(data, count, self.path, offset)
+                    progress.update(count)
+        finally:
+            progress.close()
 
 
 def read_capture(path: str) -> Capture:

@@ -41,7 +41,9 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
             continue
         metric = "peak" if view == "threads" else view
         root = flame.build_tree(model, metric, by_thread=(view == "threads"))
-        views[view] = {"title": flame.METRIC_TITLES[view], **flame.flatten(root)}
+        # a few thousand boxes per view keep the page a few MB whatever the capture
+        views[view] = {"title": flame.METRIC_TITLES[view],
+                       **flame.flatten(root, min_share=0.001, max_nodes=4000)}
     timeline = []
     for proc in model.processes:
         label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""
