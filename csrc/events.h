@@ -96,8 +96,13 @@ enum mt_meta_type {
     MT_META_NODE = 2,
     MT_META_LIB = 3,
     MT_META_THREAD = 4,
-    MT_META_TEXT = 5
+    MT_META_TEXT = 5,
+    MT_META_HEAPSTATS = 6  /* u64 position, u32 reason, u32 pad, 10 x u64 of glibc's mallinfo2:
+                              arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks
+                              fordblks keepcost */
 };
+
+enum mt_stats_reason { MT_STATS_REQUESTED = 0, MT_STATS_EXIT = 1 };
 
 enum mt_text_key {
     MT_TEXT_PYTHON_VERSION = 1, /* e.g. "3.11.7": frames are being recorded */
@@ -106,14 +111,17 @@ enum mt_text_key {
     MT_TEXT_WARNING = 4,
     MT_TEXT_LIBRARY_PATHS = 5,  /* newline-separated folders of the stdlib and installed packages */
     MT_TEXT_ARGV = 6,           /* /proc/self/cmdline at the stream's start (NUL-separated) */
-    MT_TEXT_EXE = 7             /* /proc/self/exe */
+    MT_TEXT_EXE = 7,            /* /proc/self/exe */
+    MT_TEXT_PYMALLOC = 8,       /* "position=N reason=R key=value ..." from _PyObject_DebugMallocStats */
+    MT_TEXT_TRACER_RANGES = 9   /* "start-end" lines: memory the shim itself mapped */
 };
 
 /* Process states (mt_shm_header.state). */
 enum mt_state {
     MT_STATE_RUNNING = 0,
     MT_STATE_EXITED = 1,   /* exit() ran the shim's destructor */
-    MT_STATE_DISABLED = 2  /* the shim stopped tracing (collector gone) */
+    MT_STATE_DISABLED = 2, /* the shim stopped tracing (collector gone) */
+    MT_STATE_EXITING = 3   /* exit() is running the shim's destructor; waits for exit_ack */
 };
 
 #define MT_CACHELINE 64
@@ -129,8 +137,9 @@ typedef struct mt_shm_header {
     uint32_t pid;
     uint32_t ppid;
     uint32_t state;          /* mt_state */
-    uint32_t pad0;
-    char pad1[MT_CACHELINE - 56];
+    uint32_t exit_ack;       /* set by the collector once it has seen the exiting process */
+    uint32_t stats_request;  /* bumped by the collector: send heap statistics */
+    uint32_t python_request; /* bumped by the collector: send pymalloc statistics too */
     /* Producers. */
     uint64_t head;           /* next event position to claim */
     char pad2[MT_CACHELINE - 8];
@@ -147,7 +156,10 @@ typedef struct mt_shm_header {
     uint64_t dropped;        /* events not recorded (stream lost) */
     uint64_t unattributed;   /* events whose stack could not be interned (tables full) */
     uint64_t reentrant;      /* calls made by the shim itself or from a signal handler inside a hook */
-    char pad5[MT_CACHELINE - 48];
+    uint32_t stats_served;   /* last stats_request answered (claimed by CAS) */
+    uint32_t python_served;
+    uint64_t stats_cost_ns;  /* how long the last heap statistics took in the target */
+    char pad5[MT_CACHELINE - 64];
 } mt_shm_header;
 
 /* First message on the socket, with the memfd attached. */

@@ -544,8 +544,80 @@ uint64_t mt_shm_counter(const void *shm, int which) {
         return __atomic_load_n(&h->head, __ATOMIC_RELAXED);
     case 5:
         return __atomic_load_n(&h->tail, __ATOMIC_RELAXED);
+    case 6:
+        return __atomic_load_n(&h->stats_cost_ns, __ATOMIC_RELAXED);
     }
     return 0;
+}
+
+void mt_shm_request_stats(void *shm, int python) {
+    mt_shm_header *h = shm;
+    __atomic_fetch_add(&h->stats_request, 1, __ATOMIC_RELEASE);
+    if (python)
+        __atomic_fetch_add(&h->python_request, 1, __ATOMIC_RELEASE);
+}
+
+void mt_shm_ack_exit(void *shm) {
+    mt_shm_header *h = shm;
+    __atomic_store_n(&h->exit_ack, 1, __ATOMIC_RELEASE);
+}
+
+/* Index of the first range that ends after addr (n if none). */
+static size_t first_ending_after(const uint64_t *ends, size_t n, uint64_t addr) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (ends[mid] <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+void mt_agg_bytes_in_ranges(const mt_agg *a, const uint64_t *starts, const uint64_t *ends,
+                            size_t n, int64_t *block_bytes, int64_t *anon_map_bytes,
+                            int64_t *file_map_bytes, uint32_t *top_site, int64_t *top_bytes) {
+    for (size_t i = 0; i < n; i++) {
+        block_bytes[i] = anon_map_bytes[i] = file_map_bytes[i] = top_bytes[i] = 0;
+        top_site[i] = UINT32_MAX;
+    }
+    for (size_t k = 0; k < a->live.cap; k++) {
+        const block *b = &a->live.slots[k];
+        if (b->addr == 0)
+            continue;
+        /* A big block may span several ranges (the kernel splits a mapping where
+         * madvise changed part of it, e.g. NumPy's hugepage advice). */
+        uint64_t end = b->addr + (b->size ? b->size : 1);
+        for (size_t j = first_ending_after(ends, n, b->addr); j < n && starts[j] < end; j++) {
+            uint64_t lo = starts[j] > b->addr ? starts[j] : b->addr;
+            uint64_t hi = ends[j] < end ? ends[j] : end;
+            int64_t bytes = b->size ? (int64_t)(hi - lo) : 0;
+            block_bytes[j] += bytes;
+            if ((int64_t)b->size > top_bytes[j]) {
+                top_bytes[j] = (int64_t)b->size;
+                top_site[j] = b->site;
+            }
+        }
+    }
+    for (size_t k = 0; k < a->n_maps; k++) {
+        const mapping *m = &a->maps[k];
+        for (size_t j = first_ending_after(ends, n, m->start); j < n && starts[j] < m->end; j++) {
+            uint64_t lo = starts[j] > m->start ? starts[j] : m->start;
+            uint64_t hi = ends[j] < m->end ? ends[j] : m->end;
+            if (hi <= lo)
+                continue;
+            int64_t bytes = (int64_t)(hi - lo);
+            if (m->flags & MT_FLAG_ANON)
+                anon_map_bytes[j] += bytes;
+            else
+                file_map_bytes[j] += bytes;
+            if (bytes > top_bytes[j]) {
+                top_bytes[j] = bytes;
+                top_site[j] = m->site;
+            }
+        }
+    }
 }
 
 /* ---- Capture encoding ---------------------------------------------------------

@@ -75,7 +75,18 @@ size_t mt_ring_drain(void *shm, mt_event *out, size_t max);
 size_t mt_ring_drain_dead(void *shm, mt_event *out, size_t max, uint64_t *lost);
 /* Copy committed metadata bytes into out; returns how many. */
 size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
-uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail */
+uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns */
+/* Ask the target for heap statistics (python: pymalloc's too); let an exiting target go. */
+void mt_shm_request_stats(void *shm, int python);
+void mt_shm_ack_exit(void *shm);
+
+/* Live traced bytes inside each of n sorted, disjoint ranges [starts[i], ends[i]):
+ * malloc-family blocks (by start address) and mappings (by overlap, anonymous and
+ * file-backed apart). top_site[i]: the site of the largest block in the range
+ * (UINT32_MAX if none). */
+void mt_agg_bytes_in_ranges(const mt_agg *agg, const uint64_t *starts, const uint64_t *ends,
+                            size_t n, int64_t *block_bytes, int64_t *anon_map_bytes,
+                            int64_t *file_map_bytes, uint32_t *top_site, int64_t *top_bytes);
 
 /* Compact encoding of event batches for the capture file (docs/capture-format.md).
  * mt_encode writes at most n * MT_ENCODED_MAX bytes and returns how many;

@@ -106,7 +106,15 @@ __attribute__((constructor)) static void shim_constructor(void) {
 
 /* exit() ran: the stream ended cleanly (_exit and signals skip this). */
 __attribute__((destructor)) static void shim_destructor(void) {
-    mt_transport_mark_exit();
+    mt_self.in_hook++;
+    mt_recorder_exit();
+    mt_self.in_hook--;
+}
+
+/* Leave a traced call: answer a pending statistics request, drop the guard. */
+static inline void leave(void) {
+    mt_after_call();
+    mt_self.in_hook--;
 }
 
 /* True when the call must go straight to the real function. */
@@ -129,7 +137,7 @@ EXPORT void *malloc(size_t size) {
         mt_record_alloc(MT_MALLOC, 0, p, size, CALLER);
         errno = saved;
     }
-    mt_self.in_hook--;
+    leave();
     return p;
 }
 
@@ -149,7 +157,7 @@ EXPORT void *calloc(size_t n, size_t size) {
         mt_record_alloc(MT_CALLOC, 0, p, n * size, CALLER);
         errno = saved;
     }
-    mt_self.in_hook--;
+    leave();
     return p;
 }
 
@@ -170,7 +178,7 @@ EXPORT void free(void *p) {
     mt_commit_free(mt_claim(1), MT_FREE, 0, p, 0);
     errno = saved;
     real_free(p);
-    mt_self.in_hook--;
+    leave();
 }
 
 /* realloc of a bootstrap block: move it to the real heap. */
@@ -207,7 +215,7 @@ EXPORT void *realloc(void *p, size_t size) {
     mt_self.in_hook++;
     uint64_t pos = mt_claim(2);
     void *n = record_realloc(MT_REALLOC, p, size, real_realloc(p, size), pos, CALLER);
-    mt_self.in_hook--;
+    leave();
     return n;
 }
 
@@ -225,7 +233,7 @@ EXPORT void *reallocarray(void *p, size_t count, size_t size) {
     /* An overflowing product failed like a realloc of a non-zero size. */
     n = record_realloc(MT_REALLOCARRAY, p, __builtin_mul_overflow(count, size, &total) ? 1 : total,
                        n, pos, CALLER);
-    mt_self.in_hook--;
+    leave();
     return n;
 }
 
@@ -241,7 +249,7 @@ EXPORT int posix_memalign(void **out, size_t align, size_t size) {
         mt_record_alloc(MT_POSIX_MEMALIGN, 0, *out, size, CALLER);
         errno = saved;
     }
-    mt_self.in_hook--;
+    leave();
     return ret;
 }
 
@@ -259,7 +267,7 @@ EXPORT int posix_memalign(void **out, size_t align, size_t size) {
             mt_record_alloc(kind, 0, p, size, CALLER);                             \
             errno = saved;                                                         \
         }                                                                          \
-        mt_self.in_hook--;                                                         \
+        leave();                                                         \
         return p;                                                                  \
     }
 
@@ -288,7 +296,7 @@ static void *do_mmap(void *(*real)(void *, size_t, int, int, int, off_t), void *
         mt_record_alloc(MT_MMAP, mmap_flags(flags), p, len, caller);
         errno = saved;
     }
-    mt_self.in_hook--;
+    leave();
     return p;
 }
 
@@ -318,7 +326,7 @@ EXPORT int munmap(void *addr, size_t len) {
     int saved = errno;
     mt_commit_free(pos, ret == 0 ? MT_MUNMAP : MT_NONE, 0, addr, len);
     errno = saved;
-    mt_self.in_hook--;
+    leave();
     return ret;
 }
 
@@ -347,6 +355,6 @@ EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
     mt_commit_free(pos, unmapped ? MT_MUNMAP : MT_NONE, MT_FLAG_REMAP, old, old_size);
     mt_commit_alloc(pos + 1, ok ? MT_MREMAP : MT_NONE, 0, p, new_size, CALLER);
     errno = saved;
-    mt_self.in_hook--;
+    leave();
     return p;
 }

@@ -25,6 +25,7 @@
 
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -148,7 +149,84 @@ static int32_t line(void *code, int32_t lasti) {
     return PyCode_Addr2Line((PyCodeObject *)code, lasti);
 }
 
-static const mt_python_reader reader = {walk, describe, identity, line};
+/* ---- pymalloc statistics ------------------------------------------------------ */
+
+/* Exported by every CPython 3.9-3.13, declared only in internal headers since 3.10. */
+extern int _PyObject_DebugMallocStats(FILE *out);
+
+static mt_meta_text_fn meta_text_fn;
+static mt_position_fn position_fn;
+static int stats_pending; /* a pending call is scheduled (touched with the GIL) */
+
+/* Send _PyObject_DebugMallocStats' totals ("key = value" lines) to the collector.
+ * Needs the GIL. reason: 0 on request, 1 at exit. */
+static int send_pymalloc_stats(int reason) {
+    if (meta_text_fn == NULL || position_fn == NULL)
+        return -1;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (f == NULL)
+        return -1;
+    int used = _PyObject_DebugMallocStats(f);
+    fclose(f);
+    char head[64];
+    int n = snprintf(head, sizeof head, "position=%llu\nreason=%d\npymalloc=%d\n",
+                     (unsigned long long)position_fn(), reason, used);
+    /* Keep the totals (lines with '='), not the per-size-class table. */
+    size_t out_len = 0;
+    char *out = malloc(len + sizeof head);
+    if (out == NULL) {
+        free(buf);
+        return -1;
+    }
+    memcpy(out, head, (size_t)n);
+    out_len = (size_t)n;
+    for (char *line = buf; line && *line;) {
+        char *end = strchr(line, '\n');
+        size_t line_len = end ? (size_t)(end - line) : strlen(line);
+        if (memchr(line, '=', line_len) && strncmp(line, "Small block threshold", 21) != 0) {
+            memcpy(out + out_len, line, line_len);
+            out_len += line_len;
+            out[out_len++] = '\n';
+        }
+        line = end ? end + 1 : NULL;
+    }
+    meta_text_fn(8 /* MT_TEXT_PYMALLOC */, out, out_len);
+    free(out);
+    free(buf);
+    return 0;
+}
+
+static int pending_stats(void *arg) {
+    stats_pending = 0;
+    send_pymalloc_stats(0);
+    return 0;
+}
+
+/* From inside an allocation hook, any thread, maybe without the GIL: only schedule. */
+static void request_stats(void) {
+    if (__atomic_exchange_n(&stats_pending, 1, __ATOMIC_ACQ_REL) == 0 &&
+        Py_AddPendingCall(pending_stats, NULL) != 0)
+        __atomic_store_n(&stats_pending, 0, __ATOMIC_RELEASE);
+}
+
+/* pymalloc_stats(reason): send pymalloc's statistics now (the bootstrap calls it at exit). */
+static PyObject *pymalloc_stats(PyObject *self, PyObject *arg) {
+    send_pymalloc_stats((int)PyLong_AsLong(arg));
+    Py_RETURN_NONE;
+}
+
+/* exit_point(): the program is done; pymalloc's books, then the shim's exit handshake. */
+static PyObject *exit_point(PyObject *self, PyObject *args) {
+    send_pymalloc_stats(1);
+    mt_exit_point_fn fn = (mt_exit_point_fn)dlsym(RTLD_DEFAULT, MT_SYM_EXIT_POINT);
+    if (fn)
+        fn();
+    Py_RETURN_NONE;
+}
+
+static const mt_python_reader reader = {walk, describe, identity, line, request_stats};
 
 static void *shim_symbol(const char *name) {
     return dlsym(RTLD_DEFAULT, name);
@@ -159,6 +237,8 @@ static PyObject *install(PyObject *self, PyObject *args) {
     mt_set_python_reader_fn set = (mt_set_python_reader_fn)shim_symbol(MT_SYM_SET_PYTHON_READER);
     if (set == NULL)
         Py_RETURN_FALSE;
+    meta_text_fn = (mt_meta_text_fn)shim_symbol(MT_SYM_META_TEXT);
+    position_fn = (mt_position_fn)shim_symbol(MT_SYM_POSITION);
     set(&reader);
     Py_RETURN_TRUE;
 }
@@ -260,6 +340,8 @@ static PyMethodDef methods[] = {
     {"uninstall", uninstall, METH_NOARGS, "Stop recording Python frames."},
     {"meta_text", meta_text, METH_VARARGS, "Send a note about this process."},
     {"label_numpy", label_numpy, METH_O, "Label NumPy array data."},
+    {"pymalloc_stats", pymalloc_stats, METH_O, "Send pymalloc's statistics now."},
+    {"exit_point", exit_point, METH_NOARGS, "The program is done: final statistics now."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hash.h"
@@ -380,6 +381,109 @@ void mt_record_alloc(uint8_t kind, uint8_t flags, void *addr, size_t size, void 
         put(h, pos, kind, flags, addr, size, stack, lib);
 }
 
+/* ---- Heap statistics on request ----------------------------------------- */
+
+struct mt_mallinfo2 { /* glibc's struct mallinfo2 (2.33+) */
+    size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+struct mt_mallinfo { /* the older struct mallinfo: same fields as int */
+    int arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+
+static struct mt_mallinfo2 (*real_mallinfo2)(void);
+static struct mt_mallinfo (*real_mallinfo)(void);
+static uint32_t stats_seen, python_seen; /* process-local copies of the served counters */
+
+static int64_t clock_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void send_heapstats(mt_shm_header *h, uint32_t reason) {
+    int64_t start = clock_ns();
+    struct {
+        uint64_t position;
+        uint32_t reason, pad;
+        uint64_t v[10];
+    } rec = {__atomic_load_n(&h->head, __ATOMIC_RELAXED), reason, 0, {0}};
+    if (real_mallinfo2) {
+        struct mt_mallinfo2 m = real_mallinfo2();
+        memcpy(rec.v, &m, sizeof rec.v);
+    } else if (real_mallinfo) {
+        struct mt_mallinfo m = real_mallinfo();
+        const int *f = &m.arena;
+        for (int i = 0; i < 10; i++)
+            rec.v[i] = (uint32_t)f[i];
+    } else {
+        return;
+    }
+    mt_meta_write(h, MT_META_HEAPSTATS, &rec, sizeof rec, NULL, 0);
+    /* The collector spaces its requests by this, so glibc walking long free
+     * lists never costs the program more than a few percent. */
+    __atomic_store_n(&h->stats_cost_ns, (uint64_t)(clock_ns() - start), __ATOMIC_RELAXED);
+}
+
+void mt_after_call(void) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return;
+    uint32_t want = __atomic_load_n(&h->stats_request, __ATOMIC_RELAXED);
+    if (__builtin_expect(want != __atomic_load_n(&stats_seen, __ATOMIC_RELAXED), 0)) {
+        uint32_t served = __atomic_load_n(&h->stats_served, __ATOMIC_RELAXED);
+        __atomic_store_n(&stats_seen, want, __ATOMIC_RELAXED);
+        if (served != want && __atomic_compare_exchange_n(&h->stats_served, &served, want, 0,
+                                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            send_heapstats(h, MT_STATS_REQUESTED);
+    }
+    want = __atomic_load_n(&h->python_request, __ATOMIC_RELAXED);
+    if (__builtin_expect(want != __atomic_load_n(&python_seen, __ATOMIC_RELAXED), 0)) {
+        uint32_t served = __atomic_load_n(&h->python_served, __ATOMIC_RELAXED);
+        __atomic_store_n(&python_seen, want, __ATOMIC_RELAXED);
+        const mt_python_reader *r = __atomic_load_n(&py_reader, __ATOMIC_ACQUIRE);
+        if (r && r->request_stats && served != want &&
+            __atomic_compare_exchange_n(&h->python_served, &served, want, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED))
+            r->request_stats();
+    }
+}
+
+void mt_recorder_exit(void) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL || __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != MT_STATE_RUNNING)
+        return; /* once: Python's exit point comes before the C destructor */
+    send_heapstats(h, MT_STATS_EXIT);
+    mt_transport_exit_handshake();
+}
+
+/* The shim's own tables, so the collector can count them as memtrace's. */
+static void send_tracer_ranges(void) {
+    char text[256];
+    int n = 0;
+    const void *starts[3] = {nodes, codes, callers};
+    size_t sizes[3] = {sizeof(node_slot) << NODE_BITS, sizeof(code_slot) << CODE_BITS,
+                       sizeof(caller_slot) << CALLER_BITS};
+    for (int i = 0; i < 3; i++) {
+        uintptr_t a = (uintptr_t)starts[i];
+        /* hand-rolled hex: no stdio in the shim */
+        const char *hex = "0123456789abcdef";
+        uintptr_t v[2] = {a, a + sizes[i]};
+        for (int k = 0; k < 2; k++) {
+            char digits[16];
+            int d = 0;
+            do {
+                digits[d++] = hex[v[k] & 15];
+                v[k] >>= 4;
+            } while (v[k]);
+            while (d)
+                text[n++] = digits[--d];
+            text[n++] = k ? '\n' : '-';
+        }
+    }
+    uint16_t key = MT_TEXT_TRACER_RANGES;
+    mt_meta_write(mt_stream, MT_META_TEXT, &key, sizeof key, text, (size_t)n);
+}
+
 /* ---- Set-up and fork ----------------------------------------------------- */
 
 static int make_tables(void) {
@@ -402,10 +506,13 @@ static void drop_tables(void) {
 }
 
 void mt_recorder_init(void) {
+    real_mallinfo2 = (struct mt_mallinfo2(*)(void))dlsym(RTLD_DEFAULT, "mallinfo2");
+    real_mallinfo = (struct mt_mallinfo(*)(void))dlsym(RTLD_DEFAULT, "mallinfo");
     if (make_tables() != MT_OK || mt_transport_open() != MT_OK) {
         drop_tables();
         return;
     }
+    send_tracer_ranges();
 }
 
 void mt_recorder_after_fork_child(void) {
@@ -417,12 +524,15 @@ void mt_recorder_after_fork_child(void) {
     next_node = next_code = 1;
     stack_cache[0].depth = stack_cache[1].depth = 0;
     mt_self.tid = 0;
+    stats_seen = python_seen = 0;
     if (make_tables() != MT_OK) {
         drop_tables();
         mt_stream = NULL;
         return;
     }
     mt_transport_after_fork_child();
+    if (mt_stream)
+        send_tracer_ranges();
 }
 
 /* ---- Exported to the bootstrap (see shim_api.h) -------------------------- */
@@ -435,6 +545,20 @@ EXPORT void mt_set_python_reader(const mt_python_reader *reader) {
 EXPORT void mt_numpy_data(int on, void *handler) {
     mt_self.numpy_data += on ? 1 : -1;
     mt_self.numpy_caller = handler;
+}
+
+/* The program is done (Python calls this from atexit, before the interpreter
+ * frees everything): heap statistics and the collector's look at the process
+ * are taken here rather than in the C destructor. */
+EXPORT void mt_exit_point(void) {
+    mt_self.in_hook++;
+    mt_recorder_exit();
+    mt_self.in_hook--;
+}
+
+EXPORT uint64_t mt_position(void) {
+    mt_shm_header *h = mt_stream;
+    return h ? __atomic_load_n(&h->head, __ATOMIC_RELAXED) : 0;
 }
 
 EXPORT void mt_meta_text(uint16_t key, const char *text, size_t len) {

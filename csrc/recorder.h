@@ -39,6 +39,14 @@ void mt_commit_free(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_
 void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size,
                      void *caller);
 
+/* At the end of every traced call: answer the collector's pending request for
+ * heap statistics, if any (one shared load when there is none). */
+void mt_after_call(void);
+
+/* exit() is running: send the final heap statistics and let the collector look
+ * at the process before it goes. */
+void mt_recorder_exit(void);
+
 /* fork handlers. */
 void mt_recorder_after_fork_child(void);
 

@@ -30,6 +30,9 @@ typedef struct mt_python_reader {
     uintptr_t (*identity)(void *code);
     /* Line of an instruction offset in a code object. */
     int32_t (*line)(void *code, int32_t lasti);
+    /* Arrange for pymalloc statistics to be sent soon (called from inside a
+     * hook on any thread: it may only schedule work, e.g. Py_AddPendingCall). */
+    void (*request_stats)(void);
 } mt_python_reader;
 
 typedef void (*mt_set_python_reader_fn)(const mt_python_reader *reader);
@@ -37,10 +40,14 @@ typedef void (*mt_set_python_reader_fn)(const mt_python_reader *reader);
  * handler, named as the caller (its functions may tail-call malloc). */
 typedef void (*mt_numpy_data_fn)(int on, void *handler);
 typedef void (*mt_meta_text_fn)(uint16_t key, const char *text, size_t len);
+typedef uint64_t (*mt_position_fn)(void);
 
 /* Exported names (dlsym). */
 #define MT_SYM_SET_PYTHON_READER "mt_set_python_reader"
 #define MT_SYM_NUMPY_DATA "mt_numpy_data"
 #define MT_SYM_META_TEXT "mt_meta_text"
+#define MT_SYM_POSITION "mt_position" /* events claimed so far in this process's stream */
+#define MT_SYM_EXIT_POINT "mt_exit_point" /* the program is done: final statistics now */
+typedef void (*mt_exit_point_fn)(void);
 
 #endif /* MT_SHIM_API_H */

@@ -26,6 +26,8 @@
 
 mt_shm_header *mt_stream;
 
+_Static_assert(sizeof(mt_shm_header) == 4 * MT_CACHELINE, "mt_shm_header is four cache lines");
+
 /* Read once from the environment at first init and reused after fork, so a
  * program that edits its environment cannot cut its children off. */
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -182,10 +184,25 @@ void mt_transport_after_fork_child(void) {
     open_stream();
 }
 
-void mt_transport_mark_exit(void) {
+#define MT_EXIT_WAIT_MS 250
+
+void mt_transport_exit_handshake(void) {
     mt_shm_header *h = mt_stream;
-    if (h)
+    if (h == NULL)
+        return;
+    int saved = errno;
+    if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_RUNNING) {
+        __atomic_store_n(&h->state, MT_STATE_EXITING, __ATOMIC_RELEASE);
+        for (int ms = 0; ms < MT_EXIT_WAIT_MS && !__atomic_load_n(&h->exit_ack, __ATOMIC_ACQUIRE);
+             ms++) {
+            struct timespec pause = {0, 1000 * 1000};
+            nanosleep(&pause, NULL);
+        }
+    }
+    /* Still recording what teardown frees; EXITED only marks that exit() ran. */
+    if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) != MT_STATE_DISABLED)
         __atomic_store_n(&h->state, MT_STATE_EXITED, __ATOMIC_RELEASE);
+    errno = saved;
 }
 
 uint64_t mt_ring_claim(mt_shm_header *h, uint32_t n) {

@@ -36,8 +36,9 @@ void mt_ring_commit(mt_event *slot, uint64_t pos);
 void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, const void *b,
                    size_t blen);
 
-/* Mark the stream as ended by exit(). */
-void mt_transport_mark_exit(void);
+/* exit() is running: say so, give the collector a moment to read /proc while the
+ * process still exists (bounded wait), then mark the stream as ended by exit(). */
+void mt_transport_exit_handshake(void);
 
 /* mmap/munmap without going through the shim's own hooks. */
 void *mt_sys_mmap(size_t len);

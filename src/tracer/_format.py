@@ -25,7 +25,11 @@ META_CODE, META_NODE, META_LIB, META_THREAD, META_TEXT = 1, 2, 3, 4, 5
 TEXT_PYTHON_VERSION, TEXT_FRAMES_OFF, TEXT_NUMPY, TEXT_WARNING, TEXT_LIBRARY_PATHS = 1, 2, 3, 4, 5
 TEXT_ARGV, TEXT_EXE = 6, 7
 
-STATE_RUNNING, STATE_EXITED, STATE_DISABLED = 0, 1, 2
+STATE_RUNNING, STATE_EXITED, STATE_DISABLED, STATE_EXITING = 0, 1, 2, 3
+META_HEAPSTATS = 6
+TEXT_PYMALLOC, TEXT_TRACER_RANGES = 8, 9
+MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                   "uordblks", "fordblks", "keepcost")
 
 
 def _dtype(ctype: str, fields) -> np.dtype:
@@ -67,11 +71,13 @@ CHUNK_AGGREGATE = 6    # u32 JSON length, JSON totals, mt_site records
 CHUNK_PROCESS_END = 7  # JSON: how the process ended
 CHUNK_END = 8          # JSON: how the run ended; the last chunk of a complete capture
 CHUNK_HEAP = 9         # HEAP_DTYPE records: the heap over time
+CHUNK_SNAPSHOT = 10    # JSON: /proc/PID/smaps and traced bytes per mapping, at a moment
 
 CHUNK_NAMES = {1: "info", 2: "process", 3: "events", 4: "meta", 5: "rss", 6: "aggregate",
-               7: "process_end", 8: "end", 9: "heap"}
+               7: "process_end", 8: "end", 9: "heap", 10: "snapshot"}
 
-RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<u8")])
+RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<u8"), ("anon", "<u8"), ("file", "<u8"),
+                      ("shmem", "<u8"), ("swap", "<u8")])
 # heap: live heap at t; max: the highest it reached since the previous record
 HEAP_DTYPE = np.dtype([("t", "<f8"), ("heap", "<i8"), ("max", "<i8")])
 

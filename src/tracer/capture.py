@@ -57,11 +57,14 @@ class StreamData:
     stream: int
     info: dict = field(default_factory=dict)
     meta: bytearray = field(default_factory=bytearray)
-    event_chunks: List[tuple] = field(default_factory=list)  # (offset, length, count, t)
+    event_chunks: List[tuple] = field(default_factory=list)  # (offset, length, count, t, first)
     rss: List[np.ndarray] = field(default_factory=list)
     heap: List[np.ndarray] = field(default_factory=list)
+    snapshots: List[dict] = field(default_factory=list)
     totals: Optional[dict] = None
     sites: Optional[np.ndarray] = None
+    exit_totals: Optional[dict] = None   # the aggregate at the program's exit point
+    exit_sites: Optional[np.ndarray] = None
     end: Optional[dict] = None
 
 
@@ -80,7 +83,7 @@ class Capture:
         progress = Progress(sum(c[2] for c in chunks), label)
         try:
             with open(self.path, "rb") as f:
-                for offset, length, count, t in chunks:
+                for offset, length, count, t, _first in chunks:
                     f.seek(offset)
                     data = f.read(length)
                     yield t, decode_events(data, count, self.path, offset)
@@ -125,12 +128,12 @@ def read_capture(path: str) -> Capture:
             if ctype == fmt.CHUNK_EVENTS:
                 if length < fmt.EVENTS_HEADER.size:
                     raise CaptureError(f"{path} is corrupt at byte {pos} (short events chunk)")
-                t, _first, count = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
+                t, first, count = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
                 data_length = length - fmt.EVENTS_HEADER.size
                 if count > data_length:  # every event takes at least one byte
                     raise CaptureError(f"{path} is corrupt at byte {pos} (bad event count)")
                 stream.event_chunks.append((body_at + fmt.EVENTS_HEADER.size, data_length,
-                                            count, t))
+                                            count, t, first))
                 f.seek(body_at + length)
             else:
                 body = f.read(length)
@@ -177,10 +180,16 @@ def _load_chunk(path, pos, ctype, body, stream):
         if len(body) < 4:
             raise CaptureError(f"{path} is corrupt at byte {pos} (short aggregate)")
         n = int.from_bytes(body[:4], "little")
-        stream.totals = _json(path, pos, body[4:4 + n])
+        totals = _json(path, pos, body[4:4 + n])
         sites = body[4 + n:]
         if len(sites) % fmt.SITE_DTYPE.itemsize:
             raise CaptureError(f"{path} is corrupt at byte {pos} (bad aggregate)")
-        stream.sites = np.frombuffer(sites, dtype=fmt.SITE_DTYPE)
+        sites = np.frombuffer(sites, dtype=fmt.SITE_DTYPE)
+        if totals.get("checkpoint") == "exit":
+            stream.exit_totals, stream.exit_sites = totals, sites
+        else:
+            stream.totals, stream.sites = totals, sites
     elif ctype == fmt.CHUNK_PROCESS_END:
         stream.end = _json(path, pos, body)
+    elif ctype == fmt.CHUNK_SNAPSHOT:
+        stream.snapshots.append(_json(path, pos, body))

@@ -104,6 +104,23 @@ class StatsCommand:
         return _incomplete_status(model)
 
 
+class ReconcileCommand:
+    """Explain RSS: where each byte of `top`'s number is, at the heap peak and at exit."""
+
+    name = "reconcile"
+
+    def prepare_parser(self, p):
+        p.add_argument("capture")
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
+
+    def run(self, args) -> int:
+        from tracer.reports import reconciliation
+
+        model = _load(args.capture)
+        reconciliation.render(model, sys.stdout)
+        return _incomplete_status(model)
+
+
 class FlamegraphCommand:
     """Write the HTML report (flame graph, timeline, tables) of a capture."""
 
@@ -282,7 +299,7 @@ def _incomplete_status(model) -> int:
     return INCOMPLETE_CAPTURE_STATUS if model.warnings else 0
 
 
-_COMMANDS = [RunCommand, SummaryCommand, StatsCommand, FlamegraphCommand, TreeCommand,
+_COMMANDS = [RunCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
              LinesCommand, LogCommand, DiffCommand, ExportCommand]
 
 

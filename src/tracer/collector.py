@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from tracer import _format as fmt
+from tracer import procfs
 from tracer._native import ffi, lib
 from tracer.aggregate import PAGE_SIZE, Aggregator
 from tracer.capture import CaptureWriter
@@ -33,6 +34,10 @@ BATCHES_PER_ROUND = 4
 META_BATCH = 1 << 20
 RSS_FLUSH_SECONDS = 1.0
 AGGREGATE_REFRESH_SECONDS = 5.0
+PEAK_SNAPSHOT_GROWTH = 0.02     # a new snapshot when the peak grew by 2% ...
+PEAK_SNAPSHOT_SPACING = 0.05    # ... and 50 ms passed since the last one
+PASSED_PEAK_SPACING = 0.01
+PERIODIC_SNAPSHOT_SECONDS = 10.0
 
 
 def read_proc(pid: int, name: str) -> Optional[bytes]:
@@ -61,6 +66,10 @@ class Stream:
         self.heap_pending = []
         self.heap_last_t = -1.0
         self.heap_max = 0
+        self.next_stats = 0.0
+        self.snap_t = -1e9
+        self.snap_peak = 0
+        self.exit_seen = False
         self.lost = 0
         self.n_events = 0
         self.ended_by_exec = False
@@ -207,15 +216,72 @@ class Collector:
             stream.heap_max = totals["heap"]
 
     def _sample_rss(self, t: float) -> None:
+        """RSS and its split, and a request for the target's heap statistics."""
         for stream in self.streams.values():
             if not stream.alive:
                 continue
-            statm = read_proc(stream.pid, "statm")
-            if not statm:
-                continue
-            rss = int(statm.split()[1]) * PAGE_SIZE
-            stream.rss_peak = max(stream.rss_peak, rss)
-            stream.rss_pending.append((t, rss))
+            st = procfs.status(stream.pid)
+            if st is not None:
+                rss = st["RssAnon"] + st["RssFile"] + st["RssShmem"]
+                stream.rss_peak = max(stream.rss_peak, rss)
+                stream.rss_pending.append((t, rss, st["RssAnon"], st["RssFile"], st["RssShmem"],
+                                           st["VmSwap"]))
+            # glibc's books, spaced so that walking its free lists costs the target
+            # at most ~2% (mallinfo2 is O(free chunks))
+            if t >= stream.next_stats:
+                lib.mt_shm_request_stats(stream.ptr, 0)
+                cost = stream.counter(6) / 1e9
+                stream.next_stats = t + max(self.sample_interval, 50 * cost)
+
+    def _snapshot(self, stream: Stream, kind: str) -> None:
+        """Mappings with their resident bytes and the traced bytes inside each, now."""
+        t = self.now()
+        vmas = procfs.smaps(stream.pid)
+        record = {"kind": kind, "t": t, "position": stream.counter(5)}
+        totals = stream.agg.totals()
+        record.update(heap=totals["heap"], peak_heap=totals["peak_heap"],
+                      peak_time=totals["peak_time"], status=procfs.status(stream.pid))
+        if vmas is None:
+            record["error"] = f"/proc/{stream.pid}/smaps could not be read"
+        else:
+            starts = np.array([v[0] for v in vmas], dtype=np.uint64)
+            ends = np.array([v[1] for v in vmas], dtype=np.uint64)
+            n = len(vmas)
+            blocks, anon, filemap, top = (np.zeros(n, dtype=np.int64) for _ in range(4))
+            top_site = np.zeros(n, dtype=np.uint32)
+            c = lambda a, t_: ffi.cast(t_, ffi.from_buffer(a))
+            lib.mt_agg_bytes_in_ranges(stream.agg._agg, c(starts, "uint64_t *"), c(ends, "uint64_t *"),
+                                       n, c(blocks, "int64_t *"), c(anon, "int64_t *"),
+                                       c(filemap, "int64_t *"), c(top_site, "uint32_t *"),
+                                       c(top, "int64_t *"))
+            record["vmas"] = [v + [int(b), int(a), int(f), int(s) if s != 0xFFFFFFFF else -1, int(tb)]
+                              for v, b, a, f, s, tb in zip(vmas, blocks, anon, filemap, top_site, top)]
+            record["stack_pointers"] = procfs.thread_stack_pointers(stream.pid)
+        stream.snap_t = t
+        stream.snap_peak = totals["peak_heap"]
+        self.writer.json_chunk(fmt.CHUNK_SNAPSHOT, stream.sid, record)
+
+    def _watch(self, stream: Stream, t: float) -> None:
+        """Snapshots: near each new heap peak, now and then, and as the process exits."""
+        state = stream.counter(3)
+        if state == fmt.STATE_EXITING and not stream.exit_seen:
+            stream.exit_seen = True
+            self._drain(stream)
+            self._snapshot(stream, "exit")
+            self._write_aggregate(stream, checkpoint="exit")
+            lib.mt_shm_ack_exit(stream.ptr)
+            return
+        totals = stream.agg.totals()
+        peak, heap = totals["peak_heap"], totals["heap"]
+        grown = peak > stream.snap_peak * (1 + PEAK_SNAPSHOT_GROWTH) + PAGE_SIZE
+        # a peak we have no snapshot of is over: take one as close after it as we can
+        passed = (peak > stream.snap_peak * 1.005 + 65536 and heap < peak
+                  and t - stream.snap_t >= PASSED_PEAK_SPACING)
+        if (grown and t - stream.snap_t >= PEAK_SNAPSHOT_SPACING) or passed:
+            lib.mt_shm_request_stats(stream.ptr, 1)
+            self._snapshot(stream, "peak")
+        elif t - stream.snap_t >= PERIODIC_SNAPSHOT_SECONDS:
+            self._snapshot(stream, "periodic")
 
     def _flush_samples(self, stream: Stream, final: bool = False) -> None:
         """Write the pending RSS samples and heap timeline points."""
@@ -229,9 +295,11 @@ class Collector:
                 self.writer.chunk(ctype, stream.sid, np.array(pending, dtype=dtype).tobytes())
                 pending.clear()
 
-    def _write_aggregate(self, stream: Stream) -> None:
+    def _write_aggregate(self, stream: Stream, checkpoint: str = "latest") -> None:
+        """checkpoint: "exit" (the program's exit point: what it left live), or
+        "latest" (refreshed while it runs, and the final one)."""
         extra = {"rss_peak": stream.rss_peak, "dropped": stream.counter(0) + stream.lost,
-                 "unattributed": stream.counter(1), "lost": stream.lost}
+                 "unattributed": stream.counter(1), "lost": stream.lost, "checkpoint": checkpoint}
         self.writer.chunk(fmt.CHUNK_AGGREGATE, stream.sid, *stream.agg.chunk_payload(extra))
 
     def _finish(self, stream: Stream, still_running: bool = False) -> None:
@@ -270,10 +338,13 @@ class Collector:
         for stream in list(self.streams.values()):
             if stream.alive:
                 drained += self._drain(stream)
+        t = self.now()
+        for stream in list(self.streams.values()):
+            if stream.alive:
+                self._watch(stream, t)
         for key, _ in self.selector.select(0):
             if key.data is not None and key.data.alive:
                 self._finish(key.data)  # its pidfd is readable: the process ended
-        t = self.now()
         if t >= self._next_sample:
             self._sample_rss(t)
             self._next_sample = t + self.sample_interval

@@ -45,6 +45,9 @@ class Process:
     rss: np.ndarray
     heap: np.ndarray
     library_paths: Tuple[str, ...]
+    texts: List[Tuple[int, str]]
+    meta: bytes
+    snapshots: List[dict]
     end: dict
     t_start: float
     replayed: bool = False
@@ -171,6 +174,12 @@ def build_model(capture: Capture) -> Model:
         replayed = sd.totals is None or sd.end is None
         if replayed:
             totals, sites = _replay(capture, sd)
+        elif sd.exit_totals is not None:
+            # what the program left live at its exit point, before the interpreter
+            # (or libc) freed everything on the way out
+            totals, sites = dict(sd.exit_totals), sd.exit_sites
+            totals["rss_peak"] = max(totals.get("rss_peak", 0), sd.totals.get("rss_peak", 0))
+            totals["dropped"] = sd.totals.get("dropped", 0)
         else:
             totals, sites = sd.totals, sd.sites
         codes, nodes, libs, threads, texts = _parse_meta(sd.meta)
@@ -191,7 +200,7 @@ def build_model(capture: Capture) -> Model:
             numpy=text.get(fmt.TEXT_NUMPY), warnings=warnings, totals=totals, sites=sites,
             codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss, heap=heap,
             library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
-            end=sd.end or {},
+            texts=texts, meta=bytes(sd.meta), snapshots=sd.snapshots, end=sd.end or {},
             t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed))
     return model
 

@@ -123,6 +123,9 @@ def _start():
     import atexit
     # Frames stop being read before the interpreter tears thread states down.
     atexit.register(reader.uninstall)
+    # The program's exit point, after its own atexit handlers and before the
+    # interpreter frees everything: "at exit" numbers are taken here.
+    atexit.register(reader.exit_point)
     reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
     reader.meta_text(_TEXT_LIBRARY_PATHS, "\n".join(_library_paths()))
     core = next((sys.modules[m] for m in _NUMPY_CORE if m in sys.modules), None)

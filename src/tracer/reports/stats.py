@@ -1,6 +1,7 @@
 """`memtrace stats --json`: the capture's numbers as one JSON document."""
 import json
 
+from tracer import reconcile
 from tracer.model import Model
 from tracer.reports import tables
 
@@ -47,6 +48,10 @@ def stats(model: Model) -> dict:
         "by_line": tables.by_line(model),
         "by_user_line": tables.by_line(model, user_code=True),
         "by_library": tables.by_library(model),
+        "reconciliation": {pid: {"at_peak": reconcile.json_rows(r["at_peak"]),
+                                 "at_exit": reconcile.json_rows(r["at_exit"])}
+                           for pid, r in reconcile.reconcile(model).items()},
+        "timeline": {str(p.pid): reconcile.timeline(model, p) for p in model.processes},
     }
 
 

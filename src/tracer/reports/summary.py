@@ -75,6 +75,12 @@ def render(model: Model, out, top: int = TOP) -> None:
     if t["total_allocated"]:
         share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
+    try:
+        from tracer.reports.reconciliation import digest
+        for line in digest(model):
+            w(f"  {line}\n")
+    except Exception as exc:  # the digest must never cost the user the rest of the summary
+        w(f"  reconciliation: not available ({exc})\n")
     if t["dropped"]:
         w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
     lines = tables.by_line(model, user_code=True)

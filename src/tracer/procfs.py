@@ -1,0 +1,74 @@
+"""What the collector reads about a traced process from /proc (Linux).
+
+Every reader returns None when the number cannot be had (the process is gone,
+/proc is hidden): callers report "unknown", never a guess.
+"""
+import os
+from typing import Dict, List, Optional
+
+STATUS_FIELDS = ("RssAnon", "RssFile", "RssShmem", "VmSwap")
+
+
+def status(pid: int) -> Optional[Dict[str, int]]:
+    """RSS split from /proc/PID/status, in bytes."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    out = {}
+    for line in text.split(b"\n"):
+        key, _, rest = line.partition(b":")
+        name = key.decode()
+        if name in STATUS_FIELDS:
+            out[name] = int(rest.split()[0]) * 1024
+    return out if len(out) == len(STATUS_FIELDS) else None
+
+
+def smaps(pid: int) -> Optional[List[list]]:
+    """Each mapping as [start, end, rss, anonymous, swap, perms, path] (bytes)."""
+    try:
+        with open(f"/proc/{pid}/smaps", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    vmas, cur = [], None
+    for line in text.split(b"\n"):
+        if not line:
+            continue
+        first = line[:1]
+        if first.isdigit() or (b"a" <= first <= b"f"):
+            parts = line.split(None, 5)
+            start, end = (int(x, 16) for x in parts[0].split(b"-"))
+            path = parts[5].decode("utf-8", "replace") if len(parts) > 5 else ""
+            cur = [start, end, 0, 0, 0, parts[1].decode(), path]
+            vmas.append(cur)
+        elif cur is not None:
+            if line.startswith(b"Rss:"):
+                cur[2] = int(line.split()[1]) * 1024
+            elif line.startswith(b"Anonymous:"):
+                cur[3] = int(line.split()[1]) * 1024
+            elif line.startswith(b"Swap:"):
+                cur[4] = int(line.split()[1]) * 1024
+    return vmas
+
+
+def thread_stack_pointers(pid: int) -> List[int]:
+    """The stack pointer of each thread blocked in the kernel (/proc/PID/task/*/syscall)."""
+    sps = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return sps
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        if len(fields) >= 3 and fields[0] != b"running":
+            try:
+                sps.append(int(fields[-2], 16))
+            except ValueError:
+                pass
+    return sps

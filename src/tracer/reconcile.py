@@ -1,0 +1,324 @@
+"""Reconciliation: where RSS goes, in rows that add up (docs/reconciliation.md).
+
+For a process at its heap peak and at exit, the collector's snapshot (every
+mapping of /proc/PID/smaps with its resident bytes, and the traced live bytes
+inside each), glibc's mallinfo2 and pymalloc's statistics taken nearest to it,
+are split into disjoint rows:
+
+  heap_resident          live traced blocks and program mmaps that are resident
+  tracer                 memtrace's own ring, tables and code in the target
+  allocator_free         glibc arena memory on its free lists
+  allocator_overhead     glibc chunk headers and rounding, in use with the blocks
+  pymalloc_free          pymalloc arena memory not holding live objects
+  file_backed            libraries (code and data) and mapped files
+  stacks_and_other_anon  thread stacks
+  untracked              anonymous memory the shim never saw allocated
+  residual               what nothing explains (RSS minus every row)
+
+and, apart, `untouched`: traced bytes allocated but not resident. A row whose
+number cannot be had is None ("unknown") with the reason; its bytes then stay in
+the residual, so the table still adds up.
+"""
+import struct
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from tracer import _format as fmt
+from tracer.model import Model, Process
+
+ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes",
+        "allocator_overhead_bytes", "pymalloc_free_bytes", "file_backed_bytes",
+        "stacks_and_other_anon_bytes", "untracked_bytes")
+ROW_TITLES = {
+    "heap_resident_bytes": "live traced heap, resident",
+    "tracer_bytes": "memtrace itself (ring, tables, code)",
+    "allocator_free_bytes": "glibc: free memory it keeps",
+    "allocator_overhead_bytes": "glibc: chunk headers and rounding",
+    "pymalloc_free_bytes": "pymalloc: arena space without live objects",
+    "file_backed_bytes": "libraries and mapped files",
+    "stacks_and_other_anon_bytes": "thread stacks",
+    "untracked_bytes": "untracked (never seen allocated)",
+    "residual_bytes": "residual (unexplained)",
+}
+TRACER_FILES = ("/tracer/_preload", "/tracer/_pyframes", "memfd:memtrace")
+
+
+@dataclass
+class Vma:
+    start: int
+    end: int
+    rss: int
+    anon: int
+    swap: int
+    perms: str
+    path: str
+    blocks: int        # traced malloc-family bytes starting in it
+    anon_map: int      # traced anonymous mmap bytes overlapping it
+    file_map: int
+    top_site: int
+    top_bytes: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def heap_stats(proc: Process) -> List[dict]:
+    """glibc mallinfo2 records of a process: position, reason and the fields."""
+    out = []
+    for rtype, payload in fmt.iter_meta(bytes(proc.meta)):
+        if rtype == fmt.META_HEAPSTATS and len(payload) >= 96:
+            position, reason = struct.unpack_from("<QI", payload)
+            values = struct.unpack_from("<10Q", payload, 16)
+            out.append({"position": position, "reason": reason,
+                        **dict(zip(fmt.MALLINFO_FIELDS, values))})
+    return out
+
+
+def pymalloc_stats(proc: Process) -> List[dict]:
+    """pymalloc records: position, reason, arena and block byte counts."""
+    out = []
+    for key, text in proc.texts:
+        if key != fmt.TEXT_PYMALLOC:
+            continue
+        rec = {}
+        for line in text.splitlines():
+            if "=" not in line:
+                continue
+            left, _, right = line.partition("=")
+            left, right = left.strip(), right.strip().replace(",", "")
+            try:
+                value = int(right)
+            except ValueError:
+                continue
+            if left in ("position", "reason", "pymalloc"):
+                rec[left] = value
+            elif left.endswith("bytes/arena"):
+                rec["arena_bytes"] = value
+            elif left.startswith("# bytes in allocated blocks"):
+                rec["allocated"] = value
+            elif left.startswith("# bytes in available blocks"):
+                rec["available"] = value
+            elif "unused pools" in left:
+                rec["unused_pools"] = value
+            elif left.startswith("# bytes lost to"):
+                rec["lost"] = rec.get("lost", 0) + value
+            elif left == "Total":
+                rec["total"] = value
+        if "position" in rec:
+            out.append(rec)
+    return out
+
+
+def tracer_ranges(proc: Process) -> List[tuple]:
+    ranges = []
+    for key, text in proc.texts:
+        if key == fmt.TEXT_TRACER_RANGES:
+            for line in text.split():
+                a, _, b = line.partition("-")
+                try:
+                    ranges.append((int(a, 16), int(b, 16)))
+                except ValueError:
+                    pass
+    return ranges
+
+
+def _nearest(records: List[dict], position: int, reason: Optional[int] = None) -> Optional[dict]:
+    pool = [r for r in records if reason is None or r.get("reason") == reason]
+    if not pool:
+        return None
+    return min(pool, key=lambda r: abs(r["position"] - position))
+
+
+def _classify(vmas: List[Vma], sps: List[int], tracer: List[tuple]) -> List[str]:
+    kinds = []
+    for i, v in enumerate(vmas):
+        prev = vmas[i - 1] if i else None
+        nxt = vmas[i + 1] if i + 1 < len(vmas) else None
+        path = v.path
+        if any(t in path for t in TRACER_FILES) or any(a < v.end and v.start < b for a, b in tracer):
+            kinds.append("tracer")
+        elif path == "[stack]" or any(v.start <= sp < v.end for sp in sps):
+            kinds.append("stack")
+        elif path == "[heap]":
+            kinds.append("arena")
+        elif path and not path.startswith("[anon"):
+            kinds.append("file")  # files, memfds, [vdso], [vvar]
+        elif v.anon_map:
+            kinds.append("mapped")
+        elif v.blocks:
+            # one big block filling it: a chunk glibc mmapped for it; else an arena heap
+            kinds.append("bigblock" if v.top_bytes * 2 >= v.size else "arena")
+        elif prev is not None and prev.end == v.start and prev.path.startswith("/") \
+                and "w" in v.perms:
+            kinds.append("file")  # a library's zero-filled data (.bss)
+        elif prev is not None and prev.end == v.start and prev.perms.startswith("---") \
+                and v.perms.startswith("rw"):
+            kinds.append("stack")  # a thread stack above its guard page
+        elif nxt is not None and nxt.start == v.end and nxt.perms.startswith("---") \
+                and v.start % (64 << 20) == 0:
+            kinds.append("arena")  # a glibc arena heap, reserved space after it
+        else:
+            kinds.append("untracked")
+    return kinds
+
+
+def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
+    """The rows for one snapshot, with what each number came from."""
+    out = {"t": snap.get("t"), "kind": snap.get("kind"), "unknown": {}, "notes": []}
+    if "vmas" not in snap:
+        out["error"] = snap.get("error", "no mappings were read")
+        return out
+    vmas = [Vma(*v) for v in snap["vmas"]]
+    kinds = _classify(vmas, snap.get("stack_pointers", []), tracer_ranges(proc))
+    rss = sum(v.rss for v in vmas)
+    sums: Dict[str, int] = {}
+    for v, k in zip(vmas, kinds):
+        sums[k] = sums.get(k, 0) + v.rss
+    arena_vmas = [v for v, k in zip(vmas, kinds) if k == "arena"]
+    arena_rss = sum(v.rss for v in arena_vmas)
+    small_live = sum(v.blocks for v in arena_vmas)
+    small_resident = min(small_live, arena_rss)
+
+    # Traced mappings and blocks glibc mmapped: resident, untouched, leftover.
+    mapped_resident = untouched = bigblock_overhead = unexplained_mapped = 0
+    untouched_sites: Dict[int, int] = {}
+    for v, k in zip(vmas, kinds):
+        if k not in ("mapped", "bigblock"):
+            continue
+        traced = v.blocks + v.anon_map
+        resident = min(traced, v.rss)
+        mapped_resident += resident
+        gap = traced - resident
+        untouched += gap
+        if gap and v.top_site >= 0:
+            untouched_sites[v.top_site] = untouched_sites.get(v.top_site, 0) + gap
+        if k == "bigblock":
+            bigblock_overhead += v.rss - resident  # the chunk header's page
+        else:
+            unexplained_mapped += v.rss - resident
+    out["untouched_bytes"] = untouched
+
+    # glibc's books at the nearest moment.
+    mi = _nearest(heap_stats(proc), snap.get("position", 0), 1 if exit_ else None) \
+        or _nearest(heap_stats(proc), snap.get("position", 0))
+    if mi is None:
+        allocator_free = allocator_overhead_arena = None
+        out["unknown"]["allocator_free_bytes"] = out["unknown"]["allocator_overhead_bytes"] = \
+            "no glibc statistics from this process (not glibc's malloc, or it never allocated after the request)"
+    else:
+        out["mallinfo"] = mi
+        out["notes"].append(f"glibc statistics taken {abs(mi['position'] - snap.get('position', 0)):,} "
+                            "events from the snapshot")
+        allocator_overhead_arena = max(0, mi["uordblks"] - small_live)
+        allocator_free = max(0, min(arena_rss - small_resident - allocator_overhead_arena,
+                                    mi["fordblks"]))
+
+    py = _nearest(pymalloc_stats(proc), snap.get("position", 0), 1 if exit_ else None) \
+        or _nearest(pymalloc_stats(proc), snap.get("position", 0))
+    if py is None or not py.get("pymalloc", 1):
+        pymalloc_free = None if proc.python else 0
+        if proc.python:
+            out["unknown"]["pymalloc_free_bytes"] = "no pymalloc statistics from this process"
+    else:
+        out["pymalloc"] = py
+        free = py.get("available", 0) + py.get("unused_pools", 0) + py.get("lost", 0)
+        pymalloc_free = max(0, min(free, mapped_resident))
+
+    rows = {
+        "rss_bytes": rss,
+        "heap_resident_bytes": small_resident + mapped_resident - (pymalloc_free or 0),
+        "tracer_bytes": sums.get("tracer", 0),
+        "allocator_free_bytes": allocator_free,
+        "allocator_overhead_bytes": None if allocator_overhead_arena is None
+        else allocator_overhead_arena + bigblock_overhead,
+        "pymalloc_free_bytes": pymalloc_free,
+        "file_backed_bytes": sums.get("file", 0),
+        "stacks_and_other_anon_bytes": sums.get("stack", 0),
+        "untracked_bytes": sums.get("untracked", 0) + unexplained_mapped,
+        "untouched_bytes": untouched,
+    }
+    explained = sum(rows[r] or 0 for r in ROWS)
+    rows["residual_bytes"] = rss - explained
+    out.update(rows)
+    out["untouched_sites"] = untouched_sites
+    status = snap.get("status") or {}
+    if status:
+        out["status"] = status
+    return out
+
+
+def _peak_snapshot(proc: Process) -> Optional[dict]:
+    """The snapshot nearest after the heap peak (one taken once the peak was reached)."""
+    peak = int(proc.totals.get("peak_heap", 0))
+    after = [s for s in proc.snapshots if s.get("peak_heap", 0) >= peak and "vmas" in s]
+    if after:
+        return min(after, key=lambda s: s["t"])
+    usable = [s for s in proc.snapshots if "vmas" in s]
+    return max(usable, key=lambda s: s.get("heap", 0)) if usable else None
+
+
+def reconcile_process(proc: Process) -> dict:
+    result = {}
+    snap = _peak_snapshot(proc)
+    if snap is None:
+        result["at_peak"] = {"error": "no snapshot of this process was taken"}
+    else:
+        row = reconcile_snapshot(proc, snap)
+        row["distance_seconds"] = max(0.0, snap["t"] - float(proc.totals.get("peak_time", 0)))
+        row["heap_at_snapshot"] = snap.get("heap")
+        row["peak_heap"] = int(proc.totals.get("peak_heap", 0))
+        result["at_peak"] = row
+    exits = [s for s in proc.snapshots if s.get("kind") == "exit"]
+    if exits:
+        result["at_exit"] = reconcile_snapshot(proc, exits[-1], exit_=True)
+    else:
+        usable = [s for s in proc.snapshots if "vmas" in s]
+        if usable:
+            last = reconcile_snapshot(proc, usable[-1])
+            last["notes"].append("the process ended without exit(): this is its last snapshot")
+            result["at_exit"] = last
+        else:
+            result["at_exit"] = {"error": "the process ended before any snapshot"}
+    return result
+
+
+def reconcile(model: Model) -> Dict[str, dict]:
+    return {str(p.pid) if p.end.get("how") != "exec" else f"{p.pid}.{p.sid}": reconcile_process(p)
+            for p in model.processes}
+
+
+def timeline(model: Model, proc: Process) -> List[list]:
+    """[t, rss, heap, allocator_held] at each RSS sample: the heap as last recorded
+    before t, and glibc's arena + mmapped bytes from its latest statistics before t
+    (None until the first)."""
+    chunks = model.capture.streams[proc.sid].event_chunks
+    marks = [(first, t) for _o, _l, _c, t, first in chunks]
+
+    def time_of(position):
+        best = None
+        for first, t in marks:
+            if first <= position:
+                best = t
+            else:
+                break
+        return best if best is not None else 0.0
+
+    held = sorted((time_of(r["position"]), r["arena"] + r["hblkhd"]) for r in heap_stats(proc))
+    out, h, m = [], 0, 0
+    heap = proc.heap
+    for sample in proc.rss:
+        t = float(sample["t"])
+        while h < len(heap) and heap[h]["t"] <= t:
+            h += 1
+        while m < len(held) and held[m][0] <= t:
+            m += 1
+        out.append([round(t, 4), int(sample["rss"]), int(heap[h - 1]["heap"]) if h else 0,
+                    held[m - 1][1] if m else None])
+    return out
+
+
+def json_rows(rec: dict) -> dict:
+    """The integer fields of `stats --json` for one moment (None stays null)."""
+    keys = ("rss_bytes",) + ROWS + ("untouched_bytes", "residual_bytes")
+    return {k: rec.get(k) for k in keys} if "error" not in rec else {"error": rec["error"]}

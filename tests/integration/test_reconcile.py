@@ -1,0 +1,154 @@
+"""Reconciliation on real programs: the dominant row within 10%, the residual at most
+5% of RSS, and rows that add up to RSS."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import memtrace
+
+ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes", "allocator_overhead_bytes",
+        "pymalloc_free_bytes", "file_backed_bytes", "stacks_and_other_anon_bytes", "untracked_bytes",
+        "residual_bytes")
+TARGETS = Path(__file__).resolve().parents[1] / "targets"
+WORKLOADS = Path(__file__).resolve().parents[3] / "shared" / "bench" / "workloads"
+MiB = 1 << 20
+
+
+def reconciled(tmp_path, argv, name="r"):
+    cap = tmp_path / f"{name}.mtrace"
+    run = memtrace("run", "-q", "--no-report", "-o", cap, "--", *argv, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(memtrace("stats", "--json", cap).stdout)
+    main = str(stats["processes"][0]["pid"])
+    return stats["reconciliation"][main], stats, cap
+
+
+def check_adds_up(row):
+    assert "error" not in row, row
+    total = sum(row[k] or 0 for k in ROWS)
+    assert total == row["rss_bytes"]
+    assert abs(row["residual_bytes"]) <= 0.05 * row["rss_bytes"], row
+
+
+def python(tmp_path, source, name):
+    script = tmp_path / f"{name}.py"
+    script.write_text(source)
+    return [sys.executable, str(script)]
+
+
+def test_glibc_keeps_freed_small_blocks(tmp_path):
+    # GIVEN 300 MB of 1 KiB blocks, all freed but every 64th (which pins the arena)
+    argv = python(tmp_path, """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+blocks = [libc.malloc(1024) for i in range(300 * 1024)]
+for i, p in enumerate(blocks):
+    if i % 64:
+        libc.free(p)
+""", "glibc")
+    rows, stats, _ = reconciled(tmp_path, argv, "glibc")
+    at_exit = rows["at_exit"]
+    check_adds_up(at_exit)
+    freed = 300 * 1024 * 1024 * 63 // 64
+    # THEN RSS stays high and glibc's free memory is about what was freed
+    assert at_exit["rss_bytes"] > freed
+    assert abs(at_exit["allocator_free_bytes"] - freed) <= 0.10 * freed, at_exit
+    check_adds_up(rows["at_peak"])
+
+
+def test_pymalloc_keeps_arenas_of_dead_objects(tmp_path):
+    argv = python(tmp_path, """
+objs = [(i,) for i in range(2_000_000)]
+keep = objs[::1000]
+del objs
+""", "pym")
+    rows, stats, _ = reconciled(tmp_path, argv, "pym")
+    at_exit = rows["at_exit"]
+    check_adds_up(at_exit)
+    # 2 M one-tuples (and their ints) died; every 1000th still pins its arena
+    assert at_exit["pymalloc_free_bytes"] >= 100 * MiB, at_exit
+    assert at_exit["pymalloc_free_bytes"] >= 0.5 * at_exit["rss_bytes"]
+
+
+def test_untouched_arrays(tmp_path):
+    pytest.importorskip("numpy")
+    argv = python(tmp_path, """
+import numpy as np
+never = np.zeros(100_000_000)            # 800 MB, never written
+half = np.empty(100_000_000)             # 800 MB, half written
+half[:50_000_000] = 1.0
+""", "untouched")
+    rows, stats, _ = reconciled(tmp_path, argv, "untouched")
+    at_exit = rows["at_exit"]
+    check_adds_up(at_exit)
+    expected = 800_000_000 + 400_000_000
+    assert abs(at_exit["untouched_bytes"] - expected) <= 0.10 * expected, at_exit
+    assert at_exit["heap_resident_bytes"] >= 400_000_000
+
+
+def test_mapped_file_is_library_memory(tmp_path):
+    data = tmp_path / "big.bin"
+    with open(data, "wb") as f:
+        f.truncate(200 * MiB)
+    argv = python(tmp_path, f"""
+import mmap
+with open({str(data)!r}, "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    total = 0
+    for off in range(0, len(m), 4096):
+        total += m[off]
+""", "files")
+    rows, stats, _ = reconciled(tmp_path, argv, "files")
+    at_exit = rows["at_exit"]
+    check_adds_up(at_exit)
+    assert at_exit["file_backed_bytes"] >= 200 * MiB
+    biggest = max(ROWS, key=lambda k: at_exit[k] or 0)
+    assert biggest == "file_backed_bytes"
+
+
+def test_thread_stacks(tmp_path):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "parked"
+    subprocess.run(["cc", "-O0", "-pthread", "-o", str(exe), str(TARGETS / "parked_threads.c")],
+                   check=True)
+    rows, stats, _ = reconciled(tmp_path, [str(exe)], "threads")
+    at_exit = rows["at_exit"]
+    check_adds_up(at_exit)
+    assert 16 * MiB <= at_exit["stacks_and_other_anon_bytes"] <= 1.10 * 16 * MiB + 2 * MiB, at_exit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload,args", [("alloc_storm", ["2000000"]), ("malloc_heavy", ["5"]),
+                                           ("numpy_churn", ["4000"]), ("py_objects", ["2"]),
+                                           ("threads", ["20000"])])
+def test_workloads_are_explained(tmp_path, workload, args):
+    if not WORKLOADS.exists():
+        pytest.skip("the shared workloads are not here")
+    rows, stats, _ = reconciled(tmp_path, [sys.executable, str(WORKLOADS / f"{workload}.py"), *args],
+                                workload)
+    check_adds_up(rows["at_peak"])
+    check_adds_up(rows["at_exit"])
+
+
+def test_reconcile_command_and_digest(tmp_path):
+    argv = python(tmp_path, "x = [bytes(5000) for i in range(20000)]\n", "digest")
+    cap = tmp_path / "digest.mtrace"
+    run = memtrace("run", "-o", cap, "--", *argv, cwd=tmp_path)
+    assert run.returncode == 0
+    assert "RSS near the heap peak" in run.stderr and "explained" in run.stderr
+    out = memtrace("reconcile", cap)
+    assert out.returncode == 0, out.stderr
+    assert "at the heap peak" in out.stdout and "at exit" in out.stdout
+    assert "RSS (from /proc/" in out.stdout
+    timeline = json.loads(memtrace("stats", "--json", cap).stdout)["timeline"]
+    samples = next(iter(timeline.values()))
+    assert samples and all(len(s) == 4 for s in samples)
+    assert any(s[3] for s in samples)  # glibc's books arrived while it ran
