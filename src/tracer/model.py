@@ -162,6 +162,23 @@ def _replay(capture: Capture, sd: StreamData):
     return totals, agg.sites()
 
 
+def _live_at_exit_point(sd: StreamData):
+    """The final aggregate, with "live" taken at the program's exit point (before
+    the interpreter or libc freed everything on the way out). Sites are append-only,
+    so the exit checkpoint's site i is the final aggregate's site i."""
+    sites = sd.sites.copy()
+    n = len(sd.exit_sites)
+    sites["live_bytes"][:n] = sd.exit_sites["live_bytes"]
+    sites["live_count"][:n] = sd.exit_sites["live_count"]
+    sites["live_bytes"][n:] = 0
+    sites["live_count"][n:] = 0
+    totals = dict(sd.totals)
+    totals["heap"] = sd.exit_totals["heap"]
+    totals["live_blocks"] = sd.exit_totals.get("live_blocks", 0)
+    totals["heap_after_exit"] = sd.totals["heap"]
+    return totals, sites
+
+
 def build_model(capture: Capture) -> Model:
     model = Model(capture)
     if capture.truncated_at is not None or capture.end is None:
@@ -175,11 +192,7 @@ def build_model(capture: Capture) -> Model:
         if replayed:
             totals, sites = _replay(capture, sd)
         elif sd.exit_totals is not None:
-            # what the program left live at its exit point, before the interpreter
-            # (or libc) freed everything on the way out
-            totals, sites = dict(sd.exit_totals), sd.exit_sites
-            totals["rss_peak"] = max(totals.get("rss_peak", 0), sd.totals.get("rss_peak", 0))
-            totals["dropped"] = sd.totals.get("dropped", 0)
+            totals, sites = _live_at_exit_point(sd)
         else:
             totals, sites = sd.totals, sd.sites
         codes, nodes, libs, threads, texts = _parse_meta(sd.meta)
