@@ -8,8 +8,10 @@ import json
 from importlib import resources
 from typing import Optional
 
+from tracer import reconcile
 from tracer.model import Model
 from tracer.reports import flame, tables
+from tracer.reports import reconciliation as reconciliation_report
 from tracer.reports.summary import describe_end
 
 TEMPLATE = "report.html"
@@ -49,10 +51,25 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
         label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""
         if len(proc.heap):
             timeline.append({"name": "heap" + label, "colour": "#e4803a",
-                             "points": [[float(r["t"]), int(r["max"])] for r in proc.heap]})
+                             "points": _thin([[float(r["t"]), int(r["max"])] for r in proc.heap])})
         if len(proc.rss):
             timeline.append({"name": "RSS" + label, "colour": "#1565c0",
-                             "points": [[float(r["t"]), int(r["rss"])] for r in proc.rss]})
+                             "points": _thin([[float(r["t"]), int(r["rss"])] for r in proc.rss])})
+        held = [[t, h] for t, _rss, _heap, h in reconcile.timeline(model, proc) if h is not None]
+        if held:
+            timeline.append({"name": "glibc-held" + label, "colour": "#2e7d32", "points": _thin(held)})
+    reconciliation = []
+    for proc in model.processes:
+        result = reconcile.reconcile_process(proc)
+        for moment in ("at_peak", "at_exit"):
+            row = result[moment]
+            if "error" in row:
+                continue
+            reconciliation.append({
+                "pid": proc.pid, "moment": moment.replace("_", " "),
+                "rows": [[reconcile.ROW_TITLES[k], row.get(k)] for k in reconcile.ROWS + ("residual_bytes",)],
+                "rss": row["rss_bytes"], "untouched": row["untouched_bytes"],
+                "advice": reconciliation_report.advice(proc, row)})
     peak_proc = max(model.processes, key=lambda p: p.totals.get("peak_heap", 0), default=None)
     stats_processes = []
     for proc in model.processes:
@@ -72,7 +89,16 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
         "lines": tables.by_line(model, user_code=True)[:50],
         "libraries": tables.by_library(model)[:30],
         "sizes": _size_rows(model), "processes": stats_processes,
+        "reconciliation": reconciliation,
     }
+
+
+def _thin(points: list, limit: int = 2000) -> list:
+    """At most `limit` points, keeping each stretch's highest value."""
+    if len(points) <= limit:
+        return points
+    step = -(-len(points) // limit)
+    return [max(points[i:i + step], key=lambda p: p[1]) for i in range(0, len(points), step)]
 
 
 def embed_json(obj) -> str:
