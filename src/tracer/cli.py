@@ -36,7 +36,9 @@ class RunCommand:
         p.add_argument("-q", "--quiet", action="store_true", help="print no summary at exit")
         p.add_argument("--no-report", action="store_true", help="write the capture only (no reports)")
         p.add_argument("--sample-interval", type=float, default=0.01, metavar="SECONDS",
-                       help="how often to sample RSS (default 0.01)")
+                       help="how often to sample RSS and glibc's statistics (default 0.01)")
+        p.add_argument("--no-heap-stats", action="store_true",
+                       help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
 
     def run(self, args) -> int:
@@ -49,7 +51,8 @@ class RunCommand:
             raise MemtraceError("--sample-interval must be positive")
         result = launcher.run(launcher.RunOptions(
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
-            no_report=args.no_report, sample_interval=args.sample_interval))
+            no_report=args.no_report, sample_interval=args.sample_interval,
+            heap_stats=not args.no_heap_stats))
         if not args.no_report:
             from tracer.model import load
             from tracer.reports import html, summary

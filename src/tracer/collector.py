@@ -37,6 +37,7 @@ AGGREGATE_REFRESH_SECONDS = 5.0
 PEAK_SNAPSHOT_GROWTH = 0.02     # a new snapshot when the peak grew by 2% ...
 PEAK_SNAPSHOT_SPACING = 0.05    # ... and 50 ms passed since the last one
 PASSED_PEAK_SPACING = 0.01
+SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot is skipped
 PERIODIC_SNAPSHOT_SECONDS = 10.0
 
 
@@ -86,8 +87,10 @@ class Stream:
 
 class Collector:
     def __init__(self, session: Session, writer: CaptureWriter, t0: float,
-                 sample_interval: float = 0.01):
+                 sample_interval: float = 0.01, heap_stats: bool = True):
         self.writer = writer
+        self.heap_stats = heap_stats
+        self.main_pid = None  # set by the launcher once the target is started
         self.t0 = t0
         self.sample_interval = sample_interval
         self.listener = session.listener
@@ -267,7 +270,10 @@ class Collector:
         if state == fmt.STATE_EXITING and not stream.exit_seen:
             stream.exit_seen = True
             self._drain(stream)
-            self._snapshot(stream, "exit")
+            # Small short-lived children (a shell, `true`) are let go at once: their
+            # exit snapshot is not worth making every exec in a build wait for it.
+            if stream.pid == self.main_pid or stream.agg.totals()["peak_heap"] >= SMALL_PROCESS:
+                self._snapshot(stream, "exit")
             self._write_aggregate(stream, checkpoint="exit")
             lib.mt_shm_ack_exit(stream.ptr)
             return
@@ -341,11 +347,14 @@ class Collector:
         t = self.now()
         for stream in list(self.streams.values()):
             if stream.alive:
-                self._watch(stream, t)
+                if self.heap_stats:
+                    self._watch(stream, t)
+                elif stream.counter(3) == fmt.STATE_EXITING:
+                    lib.mt_shm_ack_exit(stream.ptr)
         for key, _ in self.selector.select(0):
             if key.data is not None and key.data.alive:
                 self._finish(key.data)  # its pidfd is readable: the process ended
-        if t >= self._next_sample:
+        if self.heap_stats and t >= self._next_sample:
             self._sample_rss(t)
             self._next_sample = t + self.sample_interval
         if t >= self._next_rss_flush:

@@ -31,6 +31,7 @@ class RunOptions:
     quiet: bool = False
     no_report: bool = False
     sample_interval: float = 0.01
+    heap_stats: bool = True
 
 
 @dataclass
@@ -189,7 +190,8 @@ def run(opts: RunOptions) -> RunResult:
             proc.kill()
             proc.wait()
             raise
-        collector = Collector(session, writer, t0, opts.sample_interval)
+        collector = Collector(session, writer, t0, opts.sample_interval, opts.heap_stats)
+        collector.main_pid = proc.pid
         writer.json_chunk(fmt.CHUNK_INFO, 0, {
             "command": opts.argv, "program": program, "memtrace_version": __version__,
             "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,

@@ -119,28 +119,29 @@ def test_speedscope_export(capture, tmp_path):
     assert sum(hits) == 2_000_000
 
 
+def read_varint(data: bytes, pos: int):
+    """One protobuf varint at pos: (value, position after it)."""
+    shift = value = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
 def decode_protobuf(data: bytes) -> list:
     """A generic protobuf wire decoder: [(field, wire type, value)]."""
     out, pos = [], 0
-
-    def varint():
-        nonlocal pos
-        shift = value = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
     while pos < len(data):
-        key = varint()
+        key, pos = read_varint(data, pos)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            out.append((field, 0, varint()))
+            value, pos = read_varint(data, pos)
+            out.append((field, 0, value))
         elif wire == 2:
-            n = varint()
+            n, pos = read_varint(data, pos)
             out.append((field, 2, data[pos:pos + n]))
             pos += n
         else:
@@ -151,14 +152,7 @@ def decode_protobuf(data: bytes) -> list:
 def packed(data: bytes) -> list:
     values, pos = [], 0
     while pos < len(data):
-        shift = value = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        value, pos = read_varint(data, pos)
         values.append(value)
     return values
 
