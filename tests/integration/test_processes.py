@@ -30,18 +30,19 @@ print(pid)
     child = int(run.stdout.strip())
     stats = run.stats()
     pids = {p["pid"]: p for p in stats["processes"]}
-    assert child in pids and pids[child]["ppid"] in pids
+    assert child in pids and pids[child]["ppid"] in pids, stats["processes"]
     parent = pids[child]["ppid"]
     script = tmp_path / "prog.py"
     child_rows = _rows_for_pid(run, child, tmp_path)
     parent_rows = _rows_for_pid(run, parent, tmp_path)
-    assert child_rows[line_of(script, "CHILD")]["allocators"] == {"malloc": 3_333_333}
-    assert line_of(script, "CHILD") not in parent_rows
-    assert parent_rows[line_of(script, "PARENT-AFTER")]["allocators"] == {"malloc": 2_222_222}
-    assert parent_rows[line_of(script, "PARENT-BEFORE")]["allocators"] == {"malloc": 1_111_111}
+    context = (stats["processes"], child_rows, parent_rows)
+    assert child_rows[line_of(script, "CHILD")]["allocators"] == {"malloc": 3_333_333}, context
+    assert line_of(script, "CHILD") not in parent_rows, context
+    assert parent_rows[line_of(script, "PARENT-AFTER")]["allocators"] == {"malloc": 2_222_222}, context
+    assert parent_rows[line_of(script, "PARENT-BEFORE")]["allocators"] == {"malloc": 1_111_111}, context
     # the child's stream holds none of the parent's allocations made before the fork
-    assert line_of(script, "PARENT-BEFORE") not in child_rows
-    assert pids[child]["end"] == {"how": "killed_or_exit"}  # os._exit skips exit handlers
+    assert line_of(script, "PARENT-BEFORE") not in child_rows, context
+    assert pids[child]["end"] == {"how": "killed_or_exit"}, context  # os._exit skips exit handlers
 
 
 def test_multiprocessing_and_subprocess_children(trace, tmp_path):
