@@ -97,7 +97,7 @@ enum mt_meta_type {
     MT_META_LIB = 3,
     MT_META_THREAD = 4,
     MT_META_TEXT = 5,
-    MT_META_HEAPSTATS = 6  /* u64 position, u32 reason, u32 pad, 10 x u64 of glibc's mallinfo2:
+    MT_META_HEAPSTATS = 6  /* u64 position, u32 reason, u32 cost_ns, 10 x u64 of glibc's mallinfo2:
                               arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks
                               fordblks keepcost */
 };

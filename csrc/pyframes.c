@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "shim_api.h"
 
@@ -163,6 +164,8 @@ static int stats_pending; /* a pending call is scheduled (touched with the GIL) 
 static int send_pymalloc_stats(int reason) {
     if (meta_text_fn == NULL || position_fn == NULL)
         return -1;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -170,9 +173,11 @@ static int send_pymalloc_stats(int reason) {
         return -1;
     int used = _PyObject_DebugMallocStats(f);
     fclose(f);
-    char head[64];
-    int n = snprintf(head, sizeof head, "position=%llu\nreason=%d\npymalloc=%d\n",
-                     (unsigned long long)position_fn(), reason, used);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long long cost = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+    char head[96];
+    int n = snprintf(head, sizeof head, "position=%llu\nreason=%d\npymalloc=%d\ncost_ns=%lld\n",
+                     (unsigned long long)position_fn(), reason, used, cost);
     /* Keep the totals (lines with '='), not the per-size-class table. */
     size_t out_len = 0;
     char *out = malloc(len + sizeof head);

@@ -404,7 +404,7 @@ static void send_heapstats(mt_shm_header *h, uint32_t reason) {
     int64_t start = clock_ns();
     struct {
         uint64_t position;
-        uint32_t reason, pad;
+        uint32_t reason, cost_ns; /* what mallinfo cost the program, saturated */
         uint64_t v[10];
     } rec = {__atomic_load_n(&h->head, __ATOMIC_RELAXED), reason, 0, {0}};
     if (real_mallinfo2) {
@@ -418,10 +418,12 @@ static void send_heapstats(mt_shm_header *h, uint32_t reason) {
     } else {
         return;
     }
+    int64_t cost = clock_ns() - start;
+    rec.cost_ns = cost > UINT32_MAX ? UINT32_MAX : (uint32_t)cost;
     mt_meta_write(h, MT_META_HEAPSTATS, &rec, sizeof rec, NULL, 0);
     /* The collector spaces its requests by this, so glibc walking long free
      * lists never costs the program more than a few percent. */
-    __atomic_store_n(&h->stats_cost_ns, (uint64_t)(clock_ns() - start), __ATOMIC_RELAXED);
+    __atomic_store_n(&h->stats_cost_ns, (uint64_t)cost, __ATOMIC_RELAXED);
 }
 
 void mt_after_call(void) {

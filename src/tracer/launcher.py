@@ -148,6 +148,7 @@ class _Reaper:
         self.pid = pid
         self.status = None
         self.max_rss = 0
+        self.cpu = 0.0
 
     def done(self) -> bool:
         if self.status is None:
@@ -155,6 +156,7 @@ class _Reaper:
             if pid == self.pid:
                 self.status = status
                 self.max_rss = usage.ru_maxrss * 1024
+                self.cpu = usage.ru_utime + usage.ru_stime
         return self.status is not None
 
 
@@ -205,7 +207,7 @@ def run(opts: RunOptions) -> RunResult:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         writer.json_chunk(fmt.CHUNK_END, 0, {
             "exit_code": code, "signal": sig, "duration": time.monotonic() - t0,
-            "main_pid": proc.pid, "main_max_rss": reaper.max_rss,
+            "main_pid": proc.pid, "main_max_rss": reaper.max_rss, "main_cpu_seconds": reaper.cpu,
             "refused_connections": collector.refused})
         return RunResult(writer.path, code, sig)
     finally:

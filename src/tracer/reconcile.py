@@ -68,9 +68,9 @@ def heap_stats(proc: Process) -> List[dict]:
     out = []
     for rtype, payload in fmt.iter_meta(bytes(proc.meta)):
         if rtype == fmt.META_HEAPSTATS and len(payload) >= 96:
-            position, reason = struct.unpack_from("<QI", payload)
+            position, reason, cost_ns = struct.unpack_from("<QII", payload)
             values = struct.unpack_from("<10Q", payload, 16)
-            out.append({"position": position, "reason": reason,
+            out.append({"position": position, "reason": reason, "cost_ns": cost_ns,
                         **dict(zip(fmt.MALLINFO_FIELDS, values))})
     return out
 
@@ -91,7 +91,7 @@ def pymalloc_stats(proc: Process) -> List[dict]:
                 value = int(right)
             except ValueError:
                 continue
-            if left in ("position", "reason", "pymalloc"):
+            if left in ("position", "reason", "pymalloc", "cost_ns"):
                 rec[left] = value
             elif left.endswith("bytes/arena"):
                 rec["arena_bytes"] = value
@@ -281,6 +281,12 @@ def reconcile_process(proc: Process) -> dict:
         else:
             result["at_exit"] = {"error": "the process ended before any snapshot"}
     return result
+
+
+def statistics_cost(proc: Process) -> float:
+    """Seconds the target spent producing heap statistics (glibc's and pymalloc's)."""
+    return (sum(r["cost_ns"] for r in heap_stats(proc))
+            + sum(r.get("cost_ns", 0) for r in pymalloc_stats(proc))) / 1e9
 
 
 def reconcile(model: Model) -> Dict[str, dict]:

@@ -90,6 +90,8 @@ def render(model: Model, out) -> None:
         key = str(proc.pid) if proc.end.get("how") != "exec" else f"{proc.pid}.{proc.sid}"
         result = results[key]
         out.write(f"pid {proc.pid}: {clean(' '.join(proc.argv))}\n")
+        cost = rec.statistics_cost(proc)
+        out.write(f"  (producing these statistics took the program {cost * 1000:.1f} ms)\n")
         peak = result["at_peak"]
         when = ""
         if "error" not in peak:
