@@ -216,7 +216,11 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
 
     py = _nearest(pymalloc_stats(proc), snap.get("position", 0), 1 if exit_ else None) \
         or _nearest(pymalloc_stats(proc), snap.get("position", 0))
-    if py is None or not py.get("pymalloc", 1):
+    if py is not None and not py.get("pymalloc", 1):
+        pymalloc_free = 0
+        out["notes"].append("this Python does not use pymalloc (PYTHONMALLOC=malloc?): "
+                            "its objects are in glibc's rows")
+    elif py is None:
         pymalloc_free = None if proc.python else 0
         if proc.python:
             out["unknown"]["pymalloc_free_bytes"] = "no pymalloc statistics from this process"
