@@ -394,7 +394,3 @@ class Collector:
             if stream.alive:
                 self._finish(stream, still_running=True)
         self.selector.close()
-
-    def summary_counts(self) -> dict:
-        return {"refused_connections": self.refused}
-

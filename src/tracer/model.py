@@ -175,7 +175,6 @@ def _live_at_exit_point(sd: StreamData):
     totals = dict(sd.totals)
     totals["heap"] = sd.exit_totals["heap"]
     totals["live_blocks"] = sd.exit_totals.get("live_blocks", 0)
-    totals["heap_after_exit"] = sd.totals["heap"]
     return totals, sites
 
 
@@ -230,11 +229,6 @@ def heap_mask(sites: np.ndarray) -> np.ndarray:
     malloc_family = (kind >= 1) & (kind <= fmt.LAST_ALLOC)
     anon_map = ((kind == fmt.MMAP) | (kind == fmt.MREMAP)) & ((sites["flags"] & fmt.FLAG_ANON) != 0)
     return malloc_family | anon_map
-
-
-def allocator_name(kind: int, flags: int) -> str:
-    name = fmt.KIND_NAMES.get(int(kind), "?")
-    return name
 
 
 def native_bucket(proc: Process, tid: int) -> Frame:

@@ -4,7 +4,6 @@ program runs in the page."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest

@@ -1,5 +1,4 @@
 """fork, multiprocessing and subprocess children: each traced, under its own pid."""
-import sys
 
 from conftest import line_of, lines_of
 

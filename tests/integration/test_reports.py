@@ -3,7 +3,6 @@ import csv
 import gzip
 import io
 import json
-import subprocess
 import sys
 
 import pytest
@@ -70,7 +69,7 @@ def test_tree_shows_the_stack_with_exact_bytes(capture):
     out = memtrace("tree", cap, "--total", "--raw", "--min-share", "0")
     assert out.returncode == 0, out.stderr
     b = line_of(script, "LINE-B")
-    line = next(l for l in out.stdout.splitlines() if f"grow (" in l and f":{b})" in l)
+    line = next(l for l in out.stdout.splitlines() if "grow (" in l and f":{b})" in l)
     assert " 2,000,000 " in line
     temp = line_of(script, "LINE-TEMP")
     out = memtrace("tree", cap, "--temporary", "--raw", "--min-share", "0")

@@ -8,7 +8,6 @@ import gzip
 import json
 from typing import Dict, List, Tuple
 
-import numpy as np
 
 from tracer import __version__
 from tracer import _format as fmt

@@ -7,9 +7,8 @@ with no Python frame hang under a `[thread NAME]` node. Each node carries, per
 metric, the bytes and count of its whole subtree.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-import numpy as np
 
 from tracer import _format as fmt
 from tracer.model import Model, Process, heap_mask
@@ -174,8 +173,3 @@ def flatten(root: Node, min_share: float = 0.0005, max_nodes: int = 20000) -> di
     out["names"] = list(names)
     out["files"] = list(files)
     return out
-
-
-def biggest_paths(root: Node, limit: int = 20) -> List[Node]:
-    """Nodes for `memtrace tree`: children sorted by bytes, depth-first."""
-    return sorted(root.children.values(), key=lambda c: -c.bytes)[:limit]

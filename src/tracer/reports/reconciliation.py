@@ -3,7 +3,7 @@ with advice tied to the measured numbers."""
 from typing import List
 
 from tracer import reconcile as rec
-from tracer.model import Model, Process
+from tracer.model import Model, Process, site_frame
 from tracer.reports import tables
 from tracer.reports.summary import clean, human
 
@@ -103,14 +103,11 @@ def render(model: Model, out) -> None:
         if tops and "error" not in peak:
             out.write("  the heap at the peak is mostly: " + "; ".join(
                 f"{clean(r['file'])}:{r['line']} {human(r['peak_bytes'])}" for r in tops) + "\n")
-        for row in (peak, result["at_exit"]):
-            for site, gap in sorted(row.get("untouched_sites", {}).items(), key=lambda kv: -kv[1])[:3]:
-                if site < len(proc.sites):
-                    from tracer.model import site_frame
-                    f = site_frame(proc, proc.sites[site], user_code=True)
-                    out.write(f"  untouched {human(gap)} allocated at {clean(f.file)}:{f.line} "
-                              f"({clean(f.function)})\n")
-            break
+        for site, gap in sorted(peak.get("untouched_sites", {}).items(), key=lambda kv: -kv[1])[:3]:
+            if site < len(proc.sites):
+                f = site_frame(proc, proc.sites[site], user_code=True)
+                out.write(f"  untouched {human(gap)} allocated at {clean(f.file)}:{f.line} "
+                          f"({clean(f.function)})\n")
         seen = set()
         for row in (peak, result["at_exit"]):
             if "error" in row:
