@@ -53,9 +53,11 @@ class Process:
     replayed: bool = False
 
     @property
-    def peak_rss(self) -> int:
+    def peak_rss(self) -> Optional[int]:
+        """Highest RSS sampled; None when the process was never sampled (too short)."""
         peak = int(self.rss["rss"].max()) if len(self.rss) else 0
-        return max(peak, int(self.totals.get("rss_peak", 0)))
+        peak = max(peak, int(self.totals.get("rss_peak", 0)))
+        return peak or None
 
     def frame(self, node: int) -> Optional[Frame]:
         entry = self.nodes.get(node)

@@ -73,9 +73,7 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
     peak_proc = max(model.processes, key=lambda p: p.totals.get("peak_heap", 0), default=None)
     stats_processes = []
     for proc in model.processes:
-        end = tables.process_end(model, proc)
-        ending = (f"signal {end['signal']}" if end.get("signal") else
-                  f"exit code {end['exit_code']}" if "exit_code" in end else end.get("how", "?"))
+        ending = tables.describe_process_end(model, proc)
         stats_processes.append({
             "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv,
             "peak_heap_bytes": int(proc.totals.get("peak_heap", 0)), "peak_rss_bytes": proc.peak_rss,

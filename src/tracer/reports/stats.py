@@ -20,8 +20,8 @@ def stats(model: Model) -> dict:
             "frames_off_reason": proc.frames_off,
             "peak_heap_bytes": int(tot.get("peak_heap", 0)),
             "peak_heap_time": float(tot.get("peak_time", 0.0)),
-            "peak_rss_bytes": max(proc.peak_rss, int(end.get("main_max_rss", 0))
-                                  if proc.pid == end.get("main_pid") else 0),
+            "peak_rss_bytes": (max(proc.peak_rss or 0, int(end.get("main_max_rss", 0)))
+                               if proc.pid == end.get("main_pid") else proc.peak_rss),
             "total_allocated_bytes": int(tot.get("total_allocated", 0)),
             "n_allocations": int(tot.get("n_allocations", 0)),
             "n_frees": int(tot.get("n_frees", 0)),

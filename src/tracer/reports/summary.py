@@ -106,7 +106,7 @@ def render(model: Model, out, top: int = TOP) -> None:
     if len(model.processes) > 1:
         w(f"  processes: {len(model.processes)}\n")
         for proc in model.processes:
-            end = tables.process_end(model, proc)
             w(f"    pid {proc.pid} (parent {proc.ppid}) {clean(' '.join(proc.argv))[:60]}: "
-              f"peak heap {human(proc.totals.get('peak_heap', 0))}, peak RSS {human(proc.peak_rss)}, "
-              f"{end}\n")
+              f"peak heap {human(proc.totals.get('peak_heap', 0))}, "
+              f"{'peak RSS ' + human(proc.peak_rss) if proc.peak_rss else 'RSS not sampled'}, "
+              f"{tables.describe_process_end(model, proc)}\n")

@@ -87,3 +87,16 @@ def process_end(model: Model, proc) -> dict:
     if proc.pid == end.get("main_pid") and proc.end.get("how") != "exec":
         return {"exit_code": end.get("exit_code"), "signal": end.get("signal")}
     return {"how": proc.end.get("how", "unknown")}
+
+
+HOW = {"exit": "called exit()", "killed_or_exit": "ended by _exit or a signal", "exec": "exec'd",
+       "running": "still running when the trace ended"}
+
+
+def describe_process_end(model: Model, proc) -> str:
+    end = process_end(model, proc)
+    if end.get("signal"):
+        return f"killed by signal {end['signal']}"
+    if "exit_code" in end:
+        return f"exit code {end['exit_code']}"
+    return HOW.get(end.get("how"), end.get("how", "unknown"))
