@@ -159,11 +159,23 @@ static mt_meta_text_fn meta_text_fn;
 static mt_position_fn position_fn;
 static int stats_pending; /* a pending call is scheduled (touched with the GIL) */
 
+static mt_untraced_fn untraced_fn;
+
+static int format_pymalloc_stats(int reason);
+
 /* Send _PyObject_DebugMallocStats' totals ("key = value" lines) to the collector.
- * Needs the GIL. reason: 0 on request, 1 at exit. */
+ * Needs the GIL. reason: 0 on request, 1 at exit. Its own allocations (the text
+ * buffers) are memtrace's, not the program's: the shim does not record them. */
 static int send_pymalloc_stats(int reason) {
-    if (meta_text_fn == NULL || position_fn == NULL)
+    if (meta_text_fn == NULL || position_fn == NULL || untraced_fn == NULL)
         return -1;
+    untraced_fn(1);
+    int ret = format_pymalloc_stats(reason);
+    untraced_fn(0);
+    return ret;
+}
+
+static int format_pymalloc_stats(int reason) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     char *buf = NULL;
@@ -244,6 +256,7 @@ static PyObject *install(PyObject *self, PyObject *args) {
         Py_RETURN_FALSE;
     meta_text_fn = (mt_meta_text_fn)shim_symbol(MT_SYM_META_TEXT);
     position_fn = (mt_position_fn)shim_symbol(MT_SYM_POSITION);
+    untraced_fn = (mt_untraced_fn)shim_symbol(MT_SYM_UNTRACED);
     set(&reader);
     Py_RETURN_TRUE;
 }

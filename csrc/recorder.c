@@ -558,6 +558,12 @@ EXPORT void mt_exit_point(void) {
     mt_self.in_hook--;
 }
 
+/* Bracket memtrace's own work inside the target (e.g. formatting pymalloc's
+ * statistics) so its allocations are not recorded as the program's. */
+EXPORT void mt_untraced(int on) {
+    mt_self.in_hook += on ? 1 : -1;
+}
+
 EXPORT uint64_t mt_position(void) {
     mt_shm_header *h = mt_stream;
     return h ? __atomic_load_n(&h->head, __ATOMIC_RELAXED) : 0;

@@ -48,6 +48,8 @@ typedef uint64_t (*mt_position_fn)(void);
 #define MT_SYM_META_TEXT "mt_meta_text"
 #define MT_SYM_POSITION "mt_position" /* events claimed so far in this process's stream */
 #define MT_SYM_EXIT_POINT "mt_exit_point" /* the program is done: final statistics now */
+#define MT_SYM_UNTRACED "mt_untraced" /* 1/0: what this thread allocates now is memtrace's */
+typedef void (*mt_untraced_fn)(int on);
 typedef void (*mt_exit_point_fn)(void);
 
 #endif /* MT_SHIM_API_H */
