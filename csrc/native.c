@@ -552,9 +552,10 @@ uint64_t mt_shm_counter(const void *shm, int which) {
 
 void mt_shm_request_stats(void *shm, int python) {
     mt_shm_header *h = shm;
-    __atomic_fetch_add(&h->stats_request, 1, __ATOMIC_RELEASE);
+    /* python first: the shim reads python_request only after seeing a new stats_request */
     if (python)
         __atomic_fetch_add(&h->python_request, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&h->stats_request, 1, __ATOMIC_RELEASE);
 }
 
 void mt_shm_ack_exit(void *shm) {

@@ -430,24 +430,26 @@ void mt_after_call(void) {
     mt_shm_header *h = mt_stream;
     if (h == NULL)
         return;
-    uint32_t want = __atomic_load_n(&h->stats_request, __ATOMIC_RELAXED);
-    if (__builtin_expect(want != __atomic_load_n(&stats_seen, __ATOMIC_RELAXED), 0)) {
-        uint32_t served = __atomic_load_n(&h->stats_served, __ATOMIC_RELAXED);
-        __atomic_store_n(&stats_seen, want, __ATOMIC_RELAXED);
-        if (served != want && __atomic_compare_exchange_n(&h->stats_served, &served, want, 0,
-                                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-            send_heapstats(h, MT_STATS_REQUESTED);
-    }
-    want = __atomic_load_n(&h->python_request, __ATOMIC_RELAXED);
-    if (__builtin_expect(want != __atomic_load_n(&python_seen, __ATOMIC_RELAXED), 0)) {
-        uint32_t served = __atomic_load_n(&h->python_served, __ATOMIC_RELAXED);
-        __atomic_store_n(&python_seen, want, __ATOMIC_RELAXED);
-        const mt_python_reader *r = __atomic_load_n(&py_reader, __ATOMIC_ACQUIRE);
-        if (r && r->request_stats && served != want &&
-            __atomic_compare_exchange_n(&h->python_served, &served, want, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_RELAXED))
-            r->request_stats();
-    }
+    /* The collector bumps python_request before stats_request (release), so one
+     * load covers both on the common path. */
+    uint32_t want = __atomic_load_n(&h->stats_request, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(want == __atomic_load_n(&stats_seen, __ATOMIC_RELAXED), 1))
+        return;
+    __atomic_store_n(&stats_seen, want, __ATOMIC_RELAXED);
+    uint32_t served = __atomic_load_n(&h->stats_served, __ATOMIC_RELAXED);
+    if (served != want && __atomic_compare_exchange_n(&h->stats_served, &served, want, 0,
+                                                      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        send_heapstats(h, MT_STATS_REQUESTED);
+    uint32_t py_want = __atomic_load_n(&h->python_request, __ATOMIC_RELAXED);
+    if (py_want == __atomic_load_n(&python_seen, __ATOMIC_RELAXED))
+        return;
+    __atomic_store_n(&python_seen, py_want, __ATOMIC_RELAXED);
+    served = __atomic_load_n(&h->python_served, __ATOMIC_RELAXED);
+    const mt_python_reader *r = __atomic_load_n(&py_reader, __ATOMIC_ACQUIRE);
+    if (r && r->request_stats && served != py_want &&
+        __atomic_compare_exchange_n(&h->python_served, &served, py_want, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_RELAXED))
+        r->request_stats();
 }
 
 void mt_recorder_exit(void) {

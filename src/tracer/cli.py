@@ -60,14 +60,31 @@ class RunCommand:
             model = load(result.capture)
             html_path = result.capture + ".html"
             small = sum(p.totals.get("n_events", 0) for p in model.processes) <= 2_000_000
-            _write_output(html_path, lambda out: html.render(model, out, temporary=small))
+            _write_output(html_path, lambda out: html.render(model, out, temporary=small),
+                          announce=False)
             if not args.quiet:
                 summary.render(model, sys.stderr)
                 sys.stderr.write(f"  capture: {result.capture}\n  report:  {html_path}\n")
         return result.status
 
 
-class SummaryCommand:
+class CaptureCommand:
+    """A report made from one capture: load it (a cut-short one with a warning line),
+    replay it for temporary allocations when asked, report, and exit 3 if it was
+    incomplete."""
+
+    def run(self, args) -> int:
+        model = _load(args.capture)
+        if getattr(args, "metric", None) == "temporary":
+            model.track_temporary()
+        self.report(model, args)
+        return _incomplete_status(model)
+
+    def report(self, model, args) -> None:
+        raise NotImplementedError
+
+
+class SummaryCommand(CaptureCommand):
     """Print the terminal summary of a capture."""
 
     name = "summary"
@@ -77,15 +94,13 @@ class SummaryCommand:
         p.add_argument("capture")
         p.add_argument("-n", "--top", type=int, default=10, help="rows per table (default 10)")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import summary
 
-        model = _load(args.capture)
         summary.render(model, sys.stdout, top=args.top)
-        return _incomplete_status(model)
 
 
-class StatsCommand:
+class StatsCommand(CaptureCommand):
     """Print a capture's numbers (JSON with --json)."""
 
     name = "stats"
@@ -95,19 +110,17 @@ class StatsCommand:
         p.add_argument("--pid", type=int, help="only this process (and its streams)")
         p.add_argument("capture")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import stats
 
-        model = _load(args.capture)
         if args.pid is not None:
             model.processes = [p for p in model.processes if p.pid == args.pid]
             if not model.processes:
                 raise MemtraceError(f"{args.capture} has no process {args.pid}")
         stats.render(model, sys.stdout)
-        return _incomplete_status(model)
 
 
-class ReconcileCommand:
+class ReconcileCommand(CaptureCommand):
     """Explain RSS: where each byte of `top`'s number is, at the heap peak and at exit."""
 
     name = "reconcile"
@@ -116,15 +129,13 @@ class ReconcileCommand:
         p.add_argument("capture")
         p.add_argument("--raw", action="store_true", help="exact byte counts")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import reconciliation
 
-        model = _load(args.capture)
         reconciliation.render(model, sys.stdout)
-        return _incomplete_status(model)
 
 
-class FlamegraphCommand:
+class FlamegraphCommand(CaptureCommand):
     """Write the HTML report (flame graph, timeline, tables) of a capture."""
 
     name = "flamegraph"
@@ -134,18 +145,14 @@ class FlamegraphCommand:
         _metric_options(p)
         p.add_argument("-o", "--output", help="HTML file (default: CAPTURE.html; - for stdout)")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import html
 
-        model = _load(args.capture)
         output = args.output or args.capture + ".html"
         _write_output(output, lambda out: html.render(model, out, default_view=args.metric))
-        if output != "-":
-            sys.stderr.write(f"memtrace: wrote {output}\n")
-        return _incomplete_status(model)
 
 
-class TreeCommand:
+class TreeCommand(CaptureCommand):
     """Print the call tree of the biggest stacks."""
 
     name = "tree"
@@ -157,17 +164,13 @@ class TreeCommand:
         p.add_argument("--min-share", type=float, default=1.0, metavar="PERCENT",
                        help="hide subtrees under this share of the total (default 1)")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import tree
 
-        model = _load(args.capture)
-        if args.metric == "temporary":
-            model.track_temporary()
         tree.render(model, sys.stdout, args.metric, min_share=args.min_share / 100)
-        return _incomplete_status(model)
 
 
-class LinesCommand:
+class LinesCommand(CaptureCommand):
     """List a source file line by line with the memory each line allocated."""
 
     name = "lines"
@@ -177,15 +180,13 @@ class LinesCommand:
         p.add_argument("capture")
         p.add_argument("--source", help="the source file (default: the one that allocated most)")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import lines
 
-        model = _load(args.capture)
         lines.render(model, sys.stdout, args.source)
-        return _incomplete_status(model)
 
 
-class LogCommand:
+class LogCommand(CaptureCommand):
     """Print the allocation events, ltrace style."""
 
     name = "log"
@@ -197,12 +198,10 @@ class LogCommand:
         p.add_argument("--frees", action="store_true", help="include frees and unmaps")
         p.add_argument("-n", "--limit", type=int, default=0, help="stop after N lines")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import log
 
-        model = _load(args.capture)
         log.render(model, sys.stdout, args.min_size, args.library, args.limit, args.frees)
-        return _incomplete_status(model)
 
 
 class DiffCommand:
@@ -224,7 +223,7 @@ class DiffCommand:
         return max(_incomplete_status(before), _incomplete_status(after))
 
 
-class ExportCommand:
+class ExportCommand(CaptureCommand):
     """Export a capture: speedscope JSON, pprof (gzipped protobuf) or CSV of allocations."""
 
     name = "export"
@@ -235,12 +234,9 @@ class ExportCommand:
         _metric_options(p)
         p.add_argument("-o", "--output", help="output file (default: CAPTURE.<format>; - for stdout)")
 
-    def run(self, args) -> int:
+    def report(self, model, args) -> None:
         from tracer.reports import export
 
-        model = _load(args.capture)
-        if args.metric == "temporary":
-            model.track_temporary()
         suffix = {"speedscope": ".speedscope.json", "pprof": ".pb.gz", "csv": ".csv"}[args.format]
         output = args.output or args.capture + suffix
         if args.format == "speedscope":
@@ -249,9 +245,6 @@ class ExportCommand:
             _write_output(output, lambda out: export.pprof(model, out, args.metric), binary=True)
         else:
             _write_output(output, lambda out: export.csv_events(model, out))
-        if output != "-":
-            sys.stderr.write(f"memtrace: wrote {output}\n")
-        return _incomplete_status(model)
 
 
 def _metric_options(p) -> None:
@@ -265,7 +258,7 @@ def _metric_options(p) -> None:
     p.set_defaults(metric="peak")
 
 
-def _write_output(path: str, write, binary: bool = False) -> None:
+def _write_output(path: str, write, binary: bool = False, announce: bool = True) -> None:
     """Write a report to path (- for stdout); never leave a half-written file."""
     import os
 
@@ -277,6 +270,8 @@ def _write_output(path: str, write, binary: bool = False) -> None:
         with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
             write(out)
         os.replace(tmp, path)
+        if announce:
+            sys.stderr.write(f"memtrace: wrote {path}\n")
     except OSError as exc:
         raise MemtraceError(f"cannot write {path}: {exc.strerror}") from None
     finally:

@@ -41,14 +41,6 @@ SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot 
 PERIODIC_SNAPSHOT_SECONDS = 10.0
 
 
-def read_proc(pid: int, name: str) -> Optional[bytes]:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 class Stream:
     """One traced process image: its mapping, aggregator and RSS samples."""
 
@@ -74,12 +66,6 @@ class Stream:
         self.lost = 0
         self.n_events = 0
         self.ended_by_exec = False
-        argv = read_proc(pid, "cmdline") or b""
-        self.argv = [a.decode(errors="replace") for a in argv.split(b"\0")[:-1]]
-        try:
-            self.exe = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
-            self.exe = None
 
     def counter(self, which: int) -> int:
         return lib.mt_shm_counter(self.ptr, which)
@@ -165,9 +151,10 @@ class Collector:
         self.next_sid += 1
         self.streams[stream.sid] = stream
         self.by_pid[pid] = stream
+        # argv and the executable come with the stream's metadata (the shim reads its
+        # own /proc/self at start: the process may be gone by the time we look)
         self.writer.json_chunk(fmt.CHUNK_PROCESS, stream.sid, {
-            "pid": pid, "ppid": ppid, "argv": stream.argv, "exe": stream.exe,
-            "t_start": stream.t_start})
+            "pid": pid, "ppid": ppid, "t_start": stream.t_start})
         try:
             stream.pidfd = os.pidfd_open(pid)
             self.selector.register(stream.pidfd, selectors.EVENT_READ, stream)

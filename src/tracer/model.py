@@ -106,10 +106,14 @@ class Model:
     capture: Capture
     processes: List[Process] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    temporary_threshold: Optional[int] = None  # set once temporaries were counted
 
     def track_temporary(self, threshold: int = 1) -> None:
         """Replay every stream's events to count temporary allocations (blocks
-        freed before `threshold` more allocations on their thread)."""
+        freed before `threshold` more allocations on their thread); once."""
+        if self.temporary_threshold == threshold:
+            return
+        self.temporary_threshold = threshold
         for proc in self.processes:
             agg = Aggregator()
             agg.track_temporary(threshold)
@@ -150,8 +154,9 @@ def _parse_meta(data: bytes):
 
 
 def _argv(text: dict) -> List[str]:
+    """argv from /proc/self/cmdline: NUL-terminated strings."""
     raw = text.get(fmt.TEXT_ARGV, "")
-    return raw.split("\0")[:-1] if raw.endswith("\0") else raw.split("\0") if raw else []
+    return raw.rstrip("\0").split("\0") if raw else []
 
 
 def _replay(capture: Capture, sd: StreamData):
