@@ -10,7 +10,7 @@
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SHIM_SOURCES = ["csrc/preload.c", "csrc/recorder.c", "csrc/transport.c"]
+SHIM_SOURCES = ["csrc/preload.c", "csrc/recorder.c", "csrc/transport.c", "csrc/sampler.c"]
 STRICT = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
@@ -31,10 +31,10 @@ setup(
             "tracer._preload",
             sources=SHIM_SOURCES,
             depends=["csrc/events.h", "csrc/hooks.h", "csrc/recorder.h", "csrc/transport.h",
-                     "csrc/shim_api.h", "csrc/hash.h"],
+                     "csrc/shim_api.h", "csrc/hash.h", "csrc/sampler.h"],
             extra_compile_args=STRICT + ["-fvisibility=hidden", "-fno-omit-frame-pointer"],
             extra_link_args=["-pthread"],
-            libraries=["dl"],
+            libraries=["dl", "m"],
         ),
         Extension(
             "tracer._pyframes",

@@ -72,6 +72,7 @@ enum mt_kind {
 #define MT_FLAG_ANON 0x02     /* mmap: anonymous mapping (not file-backed) */
 #define MT_FLAG_REMAP 0x04    /* free/munmap half of a realloc/mremap pair */
 #define MT_FLAG_SHARED 0x08   /* mmap: MAP_SHARED */
+#define MT_FLAG_SAMPLED 0x10  /* kept by --sample-rate: size is real, weight it (docs/capture-format.md) */
 
 typedef struct mt_event {
     uint64_t addr;
@@ -113,7 +114,8 @@ enum mt_text_key {
     MT_TEXT_ARGV = 6,           /* /proc/self/cmdline at the stream's start (NUL-separated) */
     MT_TEXT_EXE = 7,            /* /proc/self/exe */
     MT_TEXT_PYMALLOC = 8,       /* "position=N reason=R key=value ..." from _PyObject_DebugMallocStats */
-    MT_TEXT_TRACER_RANGES = 9   /* "start-end" lines: memory the shim itself mapped */
+    MT_TEXT_TRACER_RANGES = 9,  /* "start-end" lines: memory the shim itself mapped */
+    MT_TEXT_SAMPLE_RATE = 10    /* decimal bytes: this stream is sampled (--sample-rate) */
 };
 
 /* Process states (mt_shm_header.state). */

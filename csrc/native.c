@@ -12,6 +12,7 @@
 
 #include "hash.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,6 +149,7 @@ struct mt_agg {
     uint32_t temp_threshold;
     struct recent *recent; /* per-thread recent allocations (temporary tracking) */
     size_t n_recent, recent_cap;
+    double sample_rate;    /* 0: not sampled */
 };
 
 mt_agg *mt_agg_new(uint64_t page_size) {
@@ -155,6 +157,21 @@ mt_agg *mt_agg_new(uint64_t page_size) {
     if (a)
         a->page = page_size ? page_size : 4096;
     return a;
+}
+
+void mt_agg_set_sample_rate(mt_agg *a, uint64_t rate) {
+    a->sample_rate = (double)rate;
+}
+
+/* A kept block of size s stands for s / P(kept) bytes, P(kept) = 1 - e^(-s/rate):
+ * the expected total over all blocks is then exactly the true total. */
+static uint64_t sample_weight(const mt_agg *a, uint64_t s) {
+    if (a->sample_rate <= 0)
+        return s;
+    if (s == 0)
+        return (uint64_t)(a->sample_rate + 0.5);
+    double p = -expm1(-(double)s / a->sample_rate);
+    return (uint64_t)((double)s / p + 0.5);
 }
 
 int mt_agg_track_temporary(mt_agg *a, uint32_t threshold) {
@@ -387,23 +404,24 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
             int64_t s = site_of(a, e, kind, e->flags & MT_FLAG_NUMPY);
             if (s < 0)
                 return -1;
+            uint64_t size = e->flags & MT_FLAG_SAMPLED ? sample_weight(a, e->size) : e->size;
             block old;
-            if (blocks_put(&a->live, e->addr, e->size, (uint32_t)s, &old) < 0)
+            if (blocks_put(&a->live, e->addr, size, (uint32_t)s, &old) < 0)
                 return -1;
             if (old.addr)
                 change(a, old.site, -(int64_t)old.size, -1, 1);
             mt_site *site = &a->sites[s];
-            site->alloc_bytes += e->size;
+            site->alloc_bytes += size;
             site->n_allocs++;
             int bucket = e->size ? 64 - __builtin_clzll(e->size) : 0;
             a->size_count[bucket]++;
-            a->size_bytes[bucket] += e->size;
-            a->t.total_allocated += e->size;
+            a->size_bytes[bucket] += size;
+            a->t.total_allocated += size;
             a->t.n_allocations++;
-            change(a, (uint32_t)s, (int64_t)e->size, 1, 1);
+            change(a, (uint32_t)s, (int64_t)size, 1, 1);
             maybe_peak(a, t);
             if (a->temp_threshold)
-                note_allocation(a, e->tid, e->addr, (uint32_t)s, e->size);
+                note_allocation(a, e->tid, e->addr, (uint32_t)s, size);
         } else if (kind == MT_FREE) {
             block old;
             if (blocks_take(&a->live, e->addr, &old)) {

@@ -55,6 +55,8 @@ mt_agg *mt_agg_new(uint64_t page_size);
 /* Count temporary allocations: blocks freed by their thread before `threshold`
  * more allocations on it (1..64; 0 = off). Set before the first feed. */
 int mt_agg_track_temporary(mt_agg *agg, uint32_t threshold);
+/* Weight events flagged MT_FLAG_SAMPLED as kept by --sample-rate `rate` bytes. */
+void mt_agg_set_sample_rate(mt_agg *agg, uint64_t rate);
 void mt_agg_free(mt_agg *agg);
 /* Feed a batch of events in stream order; t = seconds since the run started. */
 int mt_agg_feed(mt_agg *agg, const mt_event *events, size_t n, double t);

@@ -21,6 +21,7 @@
 
 #include "hooks.h"
 #include "recorder.h"
+#include "sampler.h"
 #include "transport.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -175,7 +176,8 @@ EXPORT void free(void *p) {
     }
     mt_self.in_hook++;
     int saved = errno;
-    mt_commit_free(mt_claim(1), MT_FREE, 0, p, 0);
+    if (mt_sample_rate == 0 || mt_sampled_take(p)) /* claimed before the block is reusable */
+        mt_commit_free(mt_claim(1), MT_FREE, 0, p, 0);
     errno = saved;
     real_free(p);
     leave();
@@ -193,13 +195,27 @@ static void *boot_realloc(void *p, size_t size) {
 /* realloc and reallocarray: the old block's free and the new block are one
  * pair of slots claimed before the real call. */
 static void *record_realloc(uint8_t kind, void *p, size_t size, void *n, uint64_t pos,
-                            void *caller) {
+                            void *caller, int free_kept, int new_kept) {
     int saved = errno;
     int freed = p != NULL && (n != NULL || size == 0);
-    mt_commit_free(pos, freed ? MT_FREE : MT_NONE, MT_FLAG_REMAP, p, 0);
-    mt_commit_alloc(pos + 1, n ? kind : MT_NONE, 0, n, size, caller);
+    if (p != NULL && !freed && free_kept && mt_sample_rate)
+        mt_sampled_add(p); /* the realloc failed: the old block is still there */
+    mt_commit_free(pos, freed && free_kept ? MT_FREE : MT_NONE, MT_FLAG_REMAP, p, 0);
+    mt_commit_alloc(pos + 1, n && new_kept ? kind : MT_NONE,
+                    mt_sample_rate ? MT_FLAG_SAMPLED : 0, n, size, caller);
     errno = saved;
     return n;
+}
+
+/* Claim realloc's two slots, unless sampling drops both halves. */
+static uint64_t realloc_claim(void *p, size_t size, int *free_kept, int *new_kept) {
+    *free_kept = *new_kept = 1;
+    if (mt_sample_rate == 0)
+        return mt_claim(2);
+    int saved = errno;
+    mt_realloc_decide(p, size, free_kept, new_kept);
+    errno = saved;
+    return *free_kept || *new_kept ? mt_claim(2) : UINT64_MAX;
 }
 
 EXPORT void *realloc(void *p, size_t size) {
@@ -213,8 +229,10 @@ EXPORT void *realloc(void *p, size_t size) {
     if (PASS_THROUGH)
         return real_realloc(p, size);
     mt_self.in_hook++;
-    uint64_t pos = mt_claim(2);
-    void *n = record_realloc(MT_REALLOC, p, size, real_realloc(p, size), pos, CALLER);
+    int free_kept, new_kept;
+    uint64_t pos = realloc_claim(p, size, &free_kept, &new_kept);
+    void *n = record_realloc(MT_REALLOC, p, size, real_realloc(p, size), pos, CALLER, free_kept,
+                             new_kept);
     leave();
     return n;
 }
@@ -228,11 +246,12 @@ EXPORT void *reallocarray(void *p, size_t count, size_t size) {
     if (PASS_THROUGH)
         return real_reallocarray(p, count, size);
     mt_self.in_hook++;
-    uint64_t pos = mt_claim(2);
+    /* An overflowing product fails like a realloc of a non-zero size. */
+    size_t want = __builtin_mul_overflow(count, size, &total) ? 1 : total;
+    int free_kept, new_kept;
+    uint64_t pos = realloc_claim(p, want, &free_kept, &new_kept);
     void *n = real_reallocarray(p, count, size);
-    /* An overflowing product failed like a realloc of a non-zero size. */
-    n = record_realloc(MT_REALLOCARRAY, p, __builtin_mul_overflow(count, size, &total) ? 1 : total,
-                       n, pos, CALLER);
+    n = record_realloc(MT_REALLOCARRAY, p, want, n, pos, CALLER, free_kept, new_kept);
     leave();
     return n;
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "hash.h"
+#include "sampler.h"
 #include "shim_api.h"
 #include "transport.h"
 
@@ -362,13 +363,26 @@ void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size
     uint16_t lib = 0;
     if (kind != MT_NONE)
         attribute(&flags, &caller, &stack, &lib);
+    if (kind != MT_NONE && (flags & MT_FLAG_SAMPLED))
+        mt_sampled_add(addr);
     put(h, pos, kind, flags, addr, size, stack, lib);
+}
+
+void mt_realloc_decide(void *old, size_t size, int *free_kept, int *new_kept) {
+    *new_kept = mt_sample_keep(size);
+    *free_kept = old != NULL && mt_sampled_take(old);
 }
 
 void mt_record_alloc(uint8_t kind, uint8_t flags, void *addr, size_t size, void *caller) {
     mt_shm_header *h = mt_stream;
     if (h == NULL)
         return;
+    if (kind <= MT_LAST_ALLOC && mt_sample_rate) {
+        if (!mt_sample_keep(size))
+            return;
+        flags |= MT_FLAG_SAMPLED;
+        mt_sampled_add(addr);
+    }
     if (__builtin_expect(mt_self.tid == 0, 0))
         first_event_of_thread();
     /* Attribute first, claim last: a claimed slot holds the collector up
@@ -488,6 +502,25 @@ static void send_tracer_ranges(void) {
     mt_meta_write(mt_stream, MT_META_TEXT, &key, sizeof key, text, (size_t)n);
 }
 
+/* Sampled streams say so: their events carry MT_FLAG_SAMPLED and real sizes,
+ * and the collector weights them with this rate. */
+static void send_sample_rate(void) {
+    if (mt_sample_rate == 0)
+        return;
+    char text[24];
+    int n = 0;
+    char digits[24];
+    uint64_t v = mt_sample_rate;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (int i = 0; i < n; i++)
+        text[i] = digits[n - 1 - i];
+    uint16_t key = MT_TEXT_SAMPLE_RATE;
+    mt_meta_write(mt_stream, MT_META_TEXT, &key, sizeof key, text, (size_t)n);
+}
+
 /* ---- Set-up and fork ----------------------------------------------------- */
 
 static int make_tables(void) {
@@ -512,11 +545,14 @@ static void drop_tables(void) {
 void mt_recorder_init(void) {
     real_mallinfo2 = (struct mt_mallinfo2(*)(void))dlsym(RTLD_DEFAULT, "mallinfo2");
     real_mallinfo = (struct mt_mallinfo(*)(void))dlsym(RTLD_DEFAULT, "mallinfo");
+    mt_sampler_init();
     if (make_tables() != MT_OK || mt_transport_open() != MT_OK) {
         drop_tables();
+        mt_sample_rate = 0;
         return;
     }
     send_tracer_ranges();
+    send_sample_rate();
 }
 
 void mt_recorder_after_fork_child(void) {
@@ -534,9 +570,12 @@ void mt_recorder_after_fork_child(void) {
         mt_stream = NULL;
         return;
     }
+    mt_sampler_after_fork_child();
     mt_transport_after_fork_child();
-    if (mt_stream)
+    if (mt_stream) {
         send_tracer_ranges();
+        send_sample_rate();
+    }
 }
 
 /* ---- Exported to the bootstrap (see shim_api.h) -------------------------- */

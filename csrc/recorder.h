@@ -19,6 +19,8 @@ typedef struct mt_thread {
     int numpy_data;     /* >0 while NumPy's data-memory handler is allocating */
     void *numpy_caller; /* the handler's address, reported as the caller */
     uint32_t tid;       /* cached gettid(), 0 until the thread's first event */
+    int64_t sample_left; /* --sample-rate: bytes to this thread's next sample point */
+    uint64_t rng;        /* its random state (0: not started) */
 } mt_thread;
 
 extern MT_TLS mt_thread mt_self;
@@ -26,7 +28,8 @@ extern MT_TLS mt_thread mt_self;
 /* Set up the recorder once the real allocator is known (idempotent). */
 void mt_recorder_init(void);
 
-/* Record an allocation (kind <= MT_LAST_ALLOC or MT_MMAP/MT_MREMAP) made by `caller`. */
+/* Record an allocation (kind <= MT_LAST_ALLOC or MT_MMAP/MT_MREMAP) made by `caller`.
+ * When sampling, a malloc-family block is recorded only if the sampler keeps it. */
 void mt_record_alloc(uint8_t kind, uint8_t flags, void *addr, size_t size, void *caller);
 
 /* Calls whose event must be placed in the stream before the real call runs
@@ -38,6 +41,9 @@ uint64_t mt_claim(uint32_t n);
 void mt_commit_free(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size);
 void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size,
                      void *caller);
+/* realloc when sampling: should the free of `old` and the new block of `size`
+ * be recorded? (Decided before the real call; see preload.c.) */
+void mt_realloc_decide(void *old, size_t size, int *free_kept, int *new_kept);
 
 /* At the end of every traced call: answer the collector's pending request for
  * heap statistics, if any (one shared load when there is none). */

@@ -41,6 +41,7 @@ ffibuilder.set_source(
     sources=[os.path.relpath(CSRC / "native.c")],  # setuptools wants relative source paths
     include_dirs=[str(CSRC)],
     extra_compile_args=["-O2", "-std=gnu11"],
+    libraries=["m"],
 )
 
 if __name__ == "__main__":

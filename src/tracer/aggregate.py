@@ -13,11 +13,14 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 class Aggregator:
     """Live blocks, mappings, per-site totals and the exact heap peak of one stream."""
 
-    def __init__(self):
+    def __init__(self, sample_rate: int = 0):
         agg = lib.mt_agg_new(PAGE_SIZE)
         if agg == ffi.NULL:
             raise MemoryError("memtrace: cannot allocate the aggregator")
         self._agg = ffi.gc(agg, lib.mt_agg_free)
+        # Events kept by --sample-rate carry their real size; the aggregator
+        # counts each as size / P(kept), an unbiased estimate of the bytes.
+        lib.mt_agg_set_sample_rate(self._agg, sample_rate)
 
     def track_temporary(self, threshold: int) -> None:
         if lib.mt_agg_track_temporary(self._agg, threshold) != 0:

@@ -25,6 +25,20 @@ class _Parser(argparse.ArgumentParser):
         raise MemtraceError(f"{message} (see `memtrace {self.prog.split()[-1]} --help`)")
 
 
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
+          "MB": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+def parse_bytes(text: str) -> int:
+    """'512K', '1MiB', '4096' -> bytes (powers of 1024, as allocators count)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS or int(m.group(1)) * _UNITS[m.group(2).upper()] < 2:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 512K, 1M, 65536)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
 class RunCommand:
     """Run a program under memtrace and write a capture file."""
 
@@ -37,6 +51,10 @@ class RunCommand:
         p.add_argument("--no-report", action="store_true", help="write the capture only (no reports)")
         p.add_argument("--sample-interval", type=float, default=0.01, metavar="SECONDS",
                        help="how often to sample RSS and glibc's statistics (default 0.01)")
+        p.add_argument("--sample-rate", type=parse_bytes, default=0, metavar="BYTES",
+                       help="record a byte-weighted sample: each allocated byte is a sample point "
+                            "with probability 1/BYTES (e.g. 512K); numbers become unbiased "
+                            "estimates (default: record every event)")
         p.add_argument("--no-heap-stats", action="store_true",
                        help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
@@ -52,7 +70,7 @@ class RunCommand:
         result = launcher.run(launcher.RunOptions(
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval,
-            heap_stats=not args.no_heap_stats))
+            heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate))
         if not args.no_report:
             from tracer.model import load
             from tracer.reports import html, summary
@@ -289,6 +307,8 @@ def _load(path):
     model = load(path)
     for warning in model.warnings:
         sys.stderr.write(f"memtrace: warning: {path}: {warning}\n")
+    if model.estimate_note:
+        sys.stderr.write(f"memtrace: note: {path}: {model.estimate_note}\n")
     return model
 
 

@@ -44,13 +44,14 @@ PERIODIC_SNAPSHOT_SECONDS = 10.0
 class Stream:
     """One traced process image: its mapping, aggregator and RSS samples."""
 
-    def __init__(self, sid: int, pid: int, ppid: int, shm: mmap.mmap, t: float):
+    def __init__(self, sid: int, pid: int, ppid: int, shm: mmap.mmap, t: float,
+                 sample_rate: int = 0):
         self.sid = sid
         self.pid = pid
         self.ppid = ppid
         self.shm = shm
         self.ptr = ffi.from_buffer(shm)
-        self.agg = Aggregator()
+        self.agg = Aggregator(sample_rate)
         self.t_start = t
         self.pidfd: Optional[int] = None
         self.alive = True
@@ -73,8 +74,9 @@ class Stream:
 
 class Collector:
     def __init__(self, session: Session, writer: CaptureWriter, t0: float,
-                 sample_interval: float = 0.01, heap_stats: bool = True):
+                 sample_interval: float = 0.01, heap_stats: bool = True, sample_rate: int = 0):
         self.writer = writer
+        self.sample_rate = sample_rate
         self.heap_stats = heap_stats
         self.main_pid = None  # set by the launcher once the target is started
         self.t0 = t0
@@ -147,14 +149,15 @@ class Collector:
         if previous is not None and previous.alive:
             previous.ended_by_exec = True  # same pid, new image: the old one exec'd
             self._finish(previous)
-        stream = Stream(self.next_sid, pid, ppid, shm, self.now())
+        stream = Stream(self.next_sid, pid, ppid, shm, self.now(), self.sample_rate)
         self.next_sid += 1
         self.streams[stream.sid] = stream
         self.by_pid[pid] = stream
         # argv and the executable come with the stream's metadata (the shim reads its
         # own /proc/self at start: the process may be gone by the time we look)
         self.writer.json_chunk(fmt.CHUNK_PROCESS, stream.sid, {
-            "pid": pid, "ppid": ppid, "t_start": stream.t_start})
+            "pid": pid, "ppid": ppid, "t_start": stream.t_start,
+            "sample_rate": self.sample_rate})
         try:
             stream.pidfd = os.pidfd_open(pid)
             self.selector.register(stream.pidfd, selectors.EVENT_READ, stream)

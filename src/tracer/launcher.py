@@ -32,6 +32,7 @@ class RunOptions:
     no_report: bool = False
     sample_interval: float = 0.01
     heap_stats: bool = True
+    sample_rate: int = 0  # --sample-rate BYTES; 0 records every event
 
 
 @dataclass
@@ -126,8 +127,11 @@ def program_label(argv: List[str]) -> str:
     return base
 
 
-def target_env(socket_path: str) -> dict:
+def target_env(socket_path: str, sample_rate: int = 0) -> dict:
     env = dict(os.environ)
+    env.pop("MEMTRACE_SAMPLE_RATE", None)  # only ever what the collector was told
+    if sample_rate:
+        env["MEMTRACE_SAMPLE_RATE"] = str(sample_rate)
     preload = env.get("LD_PRELOAD", "")
     env["LD_PRELOAD"] = shim_path() + (":" + preload if preload else "")
     env["MEMTRACE_SOCKET"] = socket_path
@@ -167,7 +171,7 @@ def run(opts: RunOptions) -> RunResult:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
     writer = collector = None
     try:
-        env = target_env(session.socket_path)
+        env = target_env(session.socket_path, opts.sample_rate)
         if opts.output and not opts.force and os.path.lexists(opts.output):
             # refuse before starting anything (the writer checks again, atomically)
             raise MemtraceError(f"{opts.output} already exists (use -f to overwrite it)")
@@ -192,12 +196,13 @@ def run(opts: RunOptions) -> RunResult:
             proc.kill()
             proc.wait()
             raise
-        collector = Collector(session, writer, t0, opts.sample_interval, opts.heap_stats)
+        collector = Collector(session, writer, t0, opts.sample_interval, opts.heap_stats,
+                              opts.sample_rate)
         collector.main_pid = proc.pid
         writer.json_chunk(fmt.CHUNK_INFO, 0, {
             "command": opts.argv, "program": program, "memtrace_version": __version__,
             "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,
-            "sample_interval": opts.sample_interval, "cwd": os.getcwd(),
+            "sample_interval": opts.sample_interval, "sample_rate": opts.sample_rate, "cwd": os.getcwd(),
             "python": sys.version.split()[0]})
         reaper = _Reaper(proc.pid)
         collector.run(reaper.done)

@@ -51,6 +51,8 @@ class Process:
     end: dict
     t_start: float
     replayed: bool = False
+    sample_rate: int = 0  # --sample-rate: byte numbers are estimates
+
 
     @property
     def peak_rss(self) -> Optional[int]:
@@ -115,11 +117,25 @@ class Model:
             return
         self.temporary_threshold = threshold
         for proc in self.processes:
-            agg = Aggregator()
+            agg = Aggregator(proc.sample_rate)
             agg.track_temporary(threshold)
             for t, events in self.capture.events(proc.sid):
                 agg.feed(events, t)
             proc.sites = agg.sites()
+
+    @property
+    def sample_rate(self) -> int:
+        """--sample-rate of the run (0: every event was recorded)."""
+        return max((p.sample_rate for p in self.processes), default=0)
+
+    @property
+    def estimate_note(self) -> Optional[str]:
+        """What every report says when the numbers are sampled estimates."""
+        rate = self.sample_rate
+        if not rate:
+            return None
+        return (f"sampled run (--sample-rate {rate:,} B): byte figures are unbiased estimates; "
+                "allocation counts are of the sampled blocks")
 
     @property
     def command(self) -> List[str]:
@@ -159,8 +175,12 @@ def _argv(text: dict) -> List[str]:
     return raw.rstrip("\0").split("\0") if raw else []
 
 
+def _sample_rate(sd: StreamData) -> int:
+    return int(sd.info.get("sample_rate") or 0)
+
+
 def _replay(capture: Capture, sd: StreamData):
-    agg = Aggregator()
+    agg = Aggregator(_sample_rate(sd))
     for t, events in capture.events(sd.stream):
         agg.feed(np.ascontiguousarray(events), t)
     totals = agg.totals()
@@ -220,7 +240,8 @@ def build_model(capture: Capture) -> Model:
             codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss, heap=heap,
             library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
             texts=texts, meta=bytes(sd.meta), snapshots=sd.snapshots, end=sd.end or {},
-            t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed))
+            t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed,
+            sample_rate=_sample_rate(sd)))
     return model
 
 

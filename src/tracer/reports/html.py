@@ -80,6 +80,7 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
             "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)), "ending": ending})
     return {
         "command": model.command, "ending": describe_end(model), "warnings": model.warnings,
+        "notes": [model.estimate_note] if model.estimate_note else [],
         "peak_heap": t["peak_heap"], "total_allocated": t["total_allocated"],
         "n_allocations": t["n_allocations"], "numpy_bytes": t["numpy_bytes"],
         "peak_time": float(peak_proc.totals.get("peak_time", 0.0)) if peak_proc else None,

@@ -38,6 +38,8 @@ def stats(model: Model) -> dict:
         "signal": end.get("signal"),
         "complete": not model.warnings,
         "warnings": model.warnings,
+        "sample_rate": model.sample_rate,
+        "estimates": bool(model.sample_rate),
         "dropped_events": t["dropped"],
         "peak_heap_bytes": t["peak_heap"],
         "total_allocated_bytes": t["total_allocated"],

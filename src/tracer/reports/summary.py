@@ -65,9 +65,9 @@ def render(model: Model, out, top: int = TOP) -> None:
     w(f"memtrace: {command} — {describe_end(model)}\n")
     for warning in model.warnings:
         w(f"  warning: {clean(warning)}\n")
-    note = native_only_note(model)
-    if note:
-        w(f"  {note}\n")
+    for note in (model.estimate_note, native_only_note(model)):
+        if note:
+            w(f"  {note}\n")
     peak_proc = max(model.processes, key=lambda p: p.totals.get("peak_heap", 0), default=None)
     when = f" at {peak_proc.totals.get('peak_time', 0):.2f} s in pid {peak_proc.pid}" if peak_proc else ""
     w(f"  peak heap {human(t['peak_heap'])}{when} · total allocated {human(t['total_allocated'])} "
