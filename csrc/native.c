@@ -644,13 +644,36 @@ void mt_agg_bytes_in_ranges(const mt_agg *a, const uint64_t *starts, const uint6
  * bit 4: a flags byte follows; bit 5: the thread id changed (varint);
  * bit 6: the stack changed (varint); bit 7: the library changed (varint).
  * Then the address as a zigzag varint delta from the previous event's, and
- * for everything but a free the size as a varint. State starts at zero in
- * every batch, so each events chunk decodes on its own. */
+ * for everything but a free the size as a varint. A free of one of the last
+ * MRU_SIZE blocks allocated (most frees) sets bit 6 instead and gives that
+ * block's position in the most-recent-first list as a varint, no address. State
+ * starts at zero in every batch, so each batch decodes on its own. */
 
 #define H_FLAGS 0x10
 #define H_TID 0x20
 #define H_STACK 0x40
 #define H_LIB 0x80
+#define H_RECENT 0x40 /* on a free: bit 6 (never a stack change there) */
+#define MRU_SIZE 32 /* = the length of mt_codec.recent */
+
+static void mru_push(mt_codec *m, uint64_t addr) {
+    int n = m->n_recent < MRU_SIZE ? m->n_recent : MRU_SIZE - 1;
+    memmove(&m->recent[1], &m->recent[0], (size_t)n * sizeof m->recent[0]);
+    m->recent[0] = addr;
+    m->n_recent = (uint16_t)(n + 1);
+}
+
+static int mru_find(const mt_codec *m, uint64_t addr) {
+    for (int i = 0; i < m->n_recent; i++)
+        if (m->recent[i] == addr)
+            return i;
+    return -1;
+}
+
+static void mru_remove(mt_codec *m, int i) {
+    memmove(&m->recent[i], &m->recent[i + 1], (size_t)(m->n_recent - i - 1) * sizeof m->recent[0]);
+    m->n_recent--;
+}
 
 static uint8_t *put_varint(uint8_t *p, uint64_t v) {
     while (v >= 0x80) {
@@ -676,46 +699,57 @@ static const uint8_t *get_varint(const uint8_t *p, const uint8_t *end, uint64_t 
     return NULL; /* more than 10 bytes: malformed */
 }
 
-size_t mt_encode(const mt_event *events, size_t n, uint8_t *out) {
+size_t mt_encode_more(mt_codec *st, const mt_event *events, size_t n, uint8_t *out) {
     uint8_t *p = out;
-    uint64_t addr = 0;
-    uint32_t tid = 0, stack = 0;
-    uint16_t lib = 0;
     for (size_t i = 0; i < n; i++) {
         const mt_event *e = &events[i];
         int is_free = e->kind == MT_FREE;
+        int at = is_free ? mru_find(st, e->addr) : -1;
         uint8_t h = e->kind & 0x0f;
         if (e->flags)
             h |= H_FLAGS;
-        if (e->tid != tid)
+        if (e->tid != st->tid)
             h |= H_TID;
-        if (!is_free && e->stack != stack)
+        if (!is_free && e->stack != st->stack)
             h |= H_STACK;
-        if (!is_free && e->lib != lib)
+        if (!is_free && e->lib != st->lib)
             h |= H_LIB;
+        if (at >= 0)
+            h |= H_RECENT;
         *p++ = h;
         if (h & H_FLAGS)
             *p++ = e->flags;
         if (h & H_TID)
-            p = put_varint(p, tid = e->tid);
-        if (h & H_STACK)
-            p = put_varint(p, stack = e->stack);
+            p = put_varint(p, st->tid = e->tid);
+        if (!is_free && (h & H_STACK))
+            p = put_varint(p, st->stack = e->stack);
         if (h & H_LIB)
-            p = put_varint(p, lib = e->lib);
-        int64_t delta = (int64_t)(e->addr - addr);
+            p = put_varint(p, st->lib = e->lib);
+        if (at >= 0) {
+            *p++ = (uint8_t)at;
+            mru_remove(st, at);
+            continue; /* the address is known: the previous address stays as it was */
+        }
+        if (e->kind >= MT_MALLOC && e->kind <= MT_LAST_ALLOC)
+            mru_push(st, e->addr);
+        int64_t delta = (int64_t)(e->addr - st->addr);
         p = put_varint(p, ((uint64_t)delta << 1) ^ (uint64_t)(delta >> 63));
-        addr = e->addr;
+        st->addr = e->addr;
         if (!is_free)
             p = put_varint(p, e->size);
     }
     return (size_t)(p - out);
 }
 
-int64_t mt_decode(const uint8_t *in, size_t len, mt_event *out, size_t max) {
+size_t mt_encode(const mt_event *events, size_t n, uint8_t *out) {
+    mt_codec st;
+    memset(&st, 0, sizeof st);
+    return mt_encode_more(&st, events, n, out);
+}
+
+int64_t mt_decode_more(mt_codec *st, const uint8_t *in, size_t len, mt_event *out, size_t max) {
     const uint8_t *p = in, *end = in + len;
-    uint64_t addr = 0, v;
-    uint32_t tid = 0, stack = 0;
-    uint16_t lib = 0;
+    uint64_t v;
     size_t n = 0;
     while (p < end) {
         if (n >= max)
@@ -734,31 +768,48 @@ int64_t mt_decode(const uint8_t *in, size_t len, mt_event *out, size_t max) {
         if (h & H_TID) {
             if (!(p = get_varint(p, end, &v)) || v > UINT32_MAX)
                 return -1;
-            tid = (uint32_t)v;
+            st->tid = (uint32_t)v;
+        }
+        e->tid = st->tid;
+        if (e->kind == MT_FREE && (h & H_RECENT)) {
+            if (p >= end || *p >= st->n_recent)
+                return -1;
+            int at = *p++;
+            e->addr = st->recent[at];
+            mru_remove(st, at);
+            n++;
+            continue;
         }
         if (h & H_STACK) {
             if (!(p = get_varint(p, end, &v)) || v > UINT32_MAX)
                 return -1;
-            stack = (uint32_t)v;
+            st->stack = (uint32_t)v;
         }
         if (h & H_LIB) {
             if (!(p = get_varint(p, end, &v)) || v > UINT16_MAX)
                 return -1;
-            lib = (uint16_t)v;
+            st->lib = (uint16_t)v;
         }
         if (!(p = get_varint(p, end, &v)))
             return -1;
-        addr += (uint64_t)((int64_t)(v >> 1) ^ -(int64_t)(v & 1));
-        e->addr = addr;
-        e->tid = tid;
+        st->addr += (uint64_t)((int64_t)(v >> 1) ^ -(int64_t)(v & 1));
+        e->addr = st->addr;
+        if (e->kind >= MT_MALLOC && e->kind <= MT_LAST_ALLOC)
+            mru_push(st, e->addr);
         if (e->kind != MT_FREE) {
             if (!(p = get_varint(p, end, &v)))
                 return -1;
             e->size = v;
-            e->stack = stack;
-            e->lib = lib;
+            e->stack = st->stack;
+            e->lib = st->lib;
         }
         n++;
     }
     return (int64_t)n;
+}
+
+int64_t mt_decode(const uint8_t *in, size_t len, mt_event *out, size_t max) {
+    mt_codec st;
+    memset(&st, 0, sizeof st);
+    return mt_decode_more(&st, in, len, out, max);
 }

