@@ -150,6 +150,7 @@ struct mt_agg {
     struct recent *recent; /* per-thread recent allocations (temporary tracking) */
     size_t n_recent, recent_cap;
     double sample_rate;    /* 0: not sampled */
+    uint32_t last_site;    /* the site of the last allocation (a one-entry cache) */
 };
 
 mt_agg *mt_agg_new(uint64_t page_size) {
@@ -253,6 +254,12 @@ static int site_index_rebuild(mt_agg *a, size_t cap) {
 /* Index of the site for an event, created on first sight; -1 on no memory. */
 static int64_t site_of(mt_agg *a, const mt_event *e, uint8_t kind, uint8_t flags) {
     uint32_t tid = e->tid;
+    if (a->n_sites) { /* runs of events from one site are the rule: check the last one */
+        const mt_site *last = &a->sites[a->last_site];
+        if (last->stack == e->stack && last->tid == tid && last->lib == e->lib &&
+            last->kind == kind && last->flags == flags)
+            return a->last_site;
+    }
     if ((a->n_sites + 1) * 2 > a->site_index_cap &&
         site_index_rebuild(a, a->site_index_cap ? a->site_index_cap * 2 : 1024) < 0)
         return -1;
@@ -262,7 +269,7 @@ static int64_t site_of(mt_agg *a, const mt_event *e, uint8_t kind, uint8_t flags
         mt_site *s = &a->sites[a->site_index[j] - 1];
         if (s->stack == e->stack && s->tid == tid && s->lib == e->lib && s->kind == kind &&
             s->flags == flags)
-            return a->site_index[j] - 1;
+            return a->last_site = a->site_index[j] - 1;
     }
     if (grow((void **)&a->sites, &a->sites_cap, a->n_sites + 1, sizeof(mt_site)) < 0)
         return -1;
@@ -274,6 +281,7 @@ static int64_t site_of(mt_agg *a, const mt_event *e, uint8_t kind, uint8_t flags
     s->kind = kind;
     s->flags = flags;
     a->site_index[j] = (uint32_t)a->n_sites + 1;
+    a->last_site = (uint32_t)a->n_sites;
     return (int64_t)a->n_sites++;
 }
 

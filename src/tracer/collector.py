@@ -185,6 +185,7 @@ class Collector:
             events = self.buffer[:n]
             size = lib.mt_encode_more(stream.packer.codec, self.buffer_ptr, n, self.encoded_ptr)
             stream.packer.add(t, stream.n_events, n, memoryview(self.encoded)[:size])
+            stream.packer.write_ready()
             stream.agg.feed(events, t)
             stream.n_events += n
             self._note_heap(stream, t)
@@ -299,7 +300,9 @@ class Collector:
         # Events go to disk in large compressed groups (the ratio depends on it);
         # an aggregate refreshed while the process runs flushes them every 30 s
         # at least, and the final ones flush everything.
-        if checkpoint != "latest" or not stream.alive or stream.packer.age(self.now()) > 30.0:
+        if checkpoint != "latest" or not stream.alive:
+            stream.packer.flush(self.now(), wait=True)
+        elif stream.packer.age(self.now()) > 30.0:
             stream.packer.flush(self.now())
         self.writer.chunk(fmt.CHUNK_AGGREGATE, stream.sid, *stream.agg.chunk_payload(extra))
 

@@ -6,6 +6,7 @@ code (128 + N when signal N killed it, as shells do).
 import importlib.util
 import os
 import shutil
+import resource
 import signal
 import stat
 import struct
@@ -210,10 +211,13 @@ def run(opts: RunOptions) -> RunResult:
         proc.returncode = os.waitstatus_to_exitcode(status)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        own = resource.getrusage(resource.RUSAGE_SELF)  # memtrace's own cost, for the record
         writer.json_chunk(fmt.CHUNK_END, 0, {
             "exit_code": code, "signal": sig, "duration": time.monotonic() - t0,
             "main_pid": proc.pid, "main_max_rss": reaper.max_rss, "main_cpu_seconds": reaper.cpu,
-            "refused_connections": collector.refused})
+            "refused_connections": collector.refused,
+            "collector_cpu_seconds": own.ru_utime + own.ru_stime,
+            "collector_max_rss": own.ru_maxrss * 1024})
         return RunResult(writer.path, code, sig)
     finally:
         if collector is not None:
