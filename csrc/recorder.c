@@ -265,7 +265,7 @@ static uint16_t lib_for_base(uintptr_t base, const Dl_info *info) {
     return (uint16_t)id;
 }
 
-static uint16_t caller_lib(void *caller) {
+static uint16_t caller_lib_lookup(void *caller) {
     uintptr_t addr = (uintptr_t)caller;
     if (addr == 0)
         return 0;
@@ -292,6 +292,16 @@ static uint16_t caller_lib(void *caller) {
         }
     }
     return 0;
+}
+
+/* Most calls come from the call site of the thread's previous call. */
+static inline uint16_t caller_lib(void *caller) {
+    if (caller == mt_self.last_caller && mt_self.last_lib)
+        return (uint16_t)(mt_self.last_lib - 1);
+    uint16_t lib = caller_lib_lookup(caller);
+    mt_self.last_caller = caller;
+    mt_self.last_lib = lib ? (uint32_t)lib + 1 : 0; /* unknown (being named): ask again */
+    return lib;
 }
 
 /* ---- Threads ------------------------------------------------------------- */
@@ -564,6 +574,8 @@ void mt_recorder_after_fork_child(void) {
     next_node = next_code = 1;
     stack_cache[0].depth = stack_cache[1].depth = 0;
     mt_self.tid = 0;
+    mt_self.last_caller = NULL; /* library ids restart in the child's stream */
+    mt_self.last_lib = 0;
     stats_seen = python_seen = 0;
     if (make_tables() != MT_OK) {
         drop_tables();

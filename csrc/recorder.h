@@ -19,6 +19,8 @@ typedef struct mt_thread {
     int numpy_data;     /* >0 while NumPy's data-memory handler is allocating */
     void *numpy_caller; /* the handler's address, reported as the caller */
     uint32_t tid;       /* cached gettid(), 0 until the thread's first event */
+    void *last_caller;   /* one-entry cache of caller -> library id */
+    uint32_t last_lib;   /* its library id + 1 (0: empty) */
     int64_t sample_left; /* --sample-rate: bytes to this thread's next sample point */
     uint64_t rng;        /* its random state (0: not started) */
 } mt_thread;
