@@ -207,11 +207,12 @@ class Raw:
                 assert sd.totals.get("lost", 0) == 0, (sid, sd.totals)
 
 
-def live_model_check(events: np.ndarray):
+def live_model_check(events: np.ndarray, forked: bool = False):
     """Replay a stream's malloc-family events against a reference model of live
     pointers: per address, events must alternate allocation, free, allocation, ...
     starting with an allocation (no free of an unknown pointer, no allocation of an
-    address already live). Returns (final live set {addr: size}, problems).
+    address already live). forked=True: the stream is a fork child's, whose first
+    event for an address may be the free of a block inherited from its parent. Returns (final live set {addr: size}, problems).
     Vectorised: group events by address (stable, so each group keeps stream order)."""
     kind = events["kind"].astype(np.int64)
     is_alloc = (kind >= 1) & (kind <= fmt.LAST_ALLOC)
@@ -225,7 +226,7 @@ def live_model_check(events: np.ndarray):
     if len(addr):
         start = np.ones(len(addr), dtype=bool)
         start[1:] = addr[1:] != addr[:-1]
-        bad_start = start & ~alloc
+        bad_start = start & ~alloc & (not forked)
         bad_repeat = np.zeros(len(addr), dtype=bool)
         bad_repeat[1:] = ~start[1:] & (alloc[1:] == alloc[:-1])
         for i in np.flatnonzero(bad_start)[:10]:

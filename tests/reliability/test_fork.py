@@ -42,7 +42,7 @@ def test_fork_storm_under_threads(cbuild, tmp_path):
     assert Counter(raw.count(ev, "malloc", 3131) for _, ev in kids) == {1: forks}
     assert Counter(sd.end["how"] for sd, _ in kids) == {"killed_or_exit": forks}
     for _, kev in kids:
-        live, problems = live_model_check(kev)
+        live, problems = live_model_check(kev, forked=True)
         assert problems == [] and 3131 not in live.values()
     print(f"\n{forks} forks in 3 s, {sum(per_thread.values())} parent allocations, all exact")
 
@@ -115,5 +115,5 @@ def test_fork_torture_while_threads_sit_in_hooks(cbuild, tmp_path):
     for sd, ev in kids:
         mallocs = sorted(int(s) for s in ev["size"][ev["kind"] == 1])
         assert mallocs == [32, 1024, 2 << 20], (sd.info, mallocs)
-        live, problems = live_model_check(ev)
+        live, problems = live_model_check(ev, forked=True)
         assert problems == [] and live == {}, (sd.info, live, problems)
