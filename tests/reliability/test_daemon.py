@@ -1,11 +1,14 @@
 """A daemon that closes every descriptor (plan item 12): the shim owns no descriptor
 once its stream is set up (the memfd went over the socket, which it closed), so
 nothing it does can land in the program's files, and the daemon is still traced."""
+import os
+import signal
+import subprocess
 import time
 
 import pytest
 
-from reltools import Raw, cbuild, traced, wait_for  # noqa: F401
+from reltools import Raw, cbuild, proc_state, stats, traced, traced_popen, wait_for  # noqa: F401
 
 
 def _run_daemon(cbuild, tmp_path, *extra):
@@ -13,6 +16,8 @@ def _run_daemon(cbuild, tmp_path, *extra):
     log, pidfile = tmp_path / "daemon.log", tmp_path / "daemon.pid"
     cap = tmp_path / "daemon.mtrace"
     run = traced([exe, log, pidfile, *extra], cap, timeout=60)
+    if "no-rt" in run.stderr:
+        pytest.skip("SCHED_FIFO not permitted: cannot order the intermediate's exit first")
     # the program's own status and output pass through
     assert run.returncode == 5, run.stderr
     # the shim holds no descriptor at main(): only the three the launcher gave it
@@ -62,3 +67,44 @@ def test_double_fork_daemon_stream_names_its_real_parent(cbuild, tmp_path):
     so the tree main -> child -> daemon can be rebuilt."""
     _raw, daemon, middle, procs = _run_daemon(cbuild, tmp_path, "pin")
     assert procs[daemon].info["ppid"] == middle
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the collector ends the run when the main process and every stream it knows of have "
+    "ended (src/tracer/collector.py Collector.run); a child that was forked but has not "
+    "yet connected (its atfork handler has not run: a loaded machine, or stopped) is "
+    "unknown, so it is never traced and the capture gives no sign it existed. Seen "
+    "naturally: under load average 6 a double-fork daemon and its child were both "
+    "missing from test_double_fork_daemon_closing_all_fds before its main was made to "
+    "wait for the daemon"))
+def test_child_forked_just_before_main_exits_is_traced(cbuild, tmp_path):
+    """Main forks, then _exit(0)s before the child ran (the child is held 300 ms, well
+    inside memtrace's 2 s grace for children): the child's malloc(12001) must be in
+    the capture, or the capture must at least say a child was missed."""
+    exe = cbuild("fork_and_leave.c")
+    cap = tmp_path / "leave.mtrace"
+    mt = traced_popen([exe], cap, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = mt.stdout.readline()
+        if not line.strip():
+            err = mt.stderr.read()
+            if "no-rt" in err:
+                pytest.skip("SCHED_FIFO not permitted: cannot hold the child before it runs")
+            raise AssertionError(err)
+        child = int(line)
+        wait_for(lambda: proc_state(child) == "T", timeout=5, what="the child to be stopped")
+        time.sleep(0.3)
+        os.kill(child, signal.SIGCONT)
+        mt.communicate(timeout=30)
+    finally:
+        if mt.poll() is None:
+            mt.kill()
+            mt.wait()
+    assert mt.returncode == 0
+    raw = Raw(cap)
+    streams = raw.of_pid(child)
+    st = stats(cap)
+    warned = any("child" in w or "missed" in w for w in st["warnings"])
+    assert streams or warned, f"child {child} is not in the capture ({len(raw.streams)} streams)"
+    if streams:
+        assert raw.count(raw.events_of(child), "malloc", 12001) == 1

@@ -2,12 +2,12 @@
  *
  * main: prints the descriptors it has at start (the shim must own none), then
  * forks; the child calls setsid() and forks the daemon and _exit(0)s; main waits
- * for it and exits with status 5.
+ * for it, waits until the daemon wrote PIDFILE, and exits with status 5.
  * The daemon: closes every fd (close_range(0, ~0)), opens /dev/null on 0, 1, 2,
  * opens LOG (fd 3) and dup2()s it over fds 4..63, writes its pid to PIDFILE, then
  * 500 times mallocs 7777 bytes (kept) and writes "line I\n" to LOG; then forks a
  * child that mallocs 8888 bytes 10 times and _exit(0)s; then writes "end\n" and
- * exit(0)s. With a third argument "pin", everything runs on CPU 0.
+ * exit(0)s. With a third argument "pin", see run_intermediate_first().
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -82,24 +82,37 @@ static void daemon_main(const char *log, const char *pidfile) {
     exit(0);
 }
 
+/* "pin": make the intermediate child finish before the daemon runs at all: both on
+ * CPU 0, the intermediate real-time (SCHED_FIFO) and the daemon reset to normal
+ * scheduling at fork (SCHED_RESET_ON_FORK), so the daemon gets the CPU only once the
+ * intermediate has exited. Prints "no-rt" on stderr when that is not permitted. */
+static void run_intermediate_first(void) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    struct sched_param prio = {.sched_priority = 1};
+    if (sched_setaffinity(0, sizeof one, &one) != 0 ||
+        sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &prio) != 0)
+        (void)!write(2, "no-rt\n", 6);
+}
+
 int main(int argc, char **argv) {
-    if (argc > 3 && strcmp(argv[3], "pin") == 0) {
-        /* one CPU: after fork the parent runs on, so the intermediate child is
-         * gone before the daemon runs its first instruction */
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(0, &one);
-        sched_setaffinity(0, sizeof one, &one);
-    }
+    int pin = argc > 3 && strcmp(argv[3], "pin") == 0;
     print_fds();
     pid_t pid = fork();
     if (pid == 0) {
         setsid();
+        if (pin)
+            run_intermediate_first();
         if (fork() == 0)
             daemon_main(argv[1], argv[2]);
         _exit(0);
     }
     int status;
     waitpid(pid, &status, 0);
+    /* leave only once the daemon is up (its pid file written): it has connected to
+     * the collector by then, so memtrace knows to wait for it */
+    for (int i = 0; i < 10000 && access(argv[2], F_OK) != 0; i++)
+        usleep(1000);
     return 5;
 }
