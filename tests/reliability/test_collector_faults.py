@@ -177,6 +177,7 @@ def test_collector_sigkill_target_exits_normally_without_sigpipe(cbuild, tmp_pat
     print(f"\ncollector killed after {at_kill} allocations; target exited 7 (masks {plain_masks})")
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "the shim decides the collector is gone with kill(MEMTRACE_COLLECTOR_PID, 0) == ESRCH "
     "(csrc/transport.c wait_for_room, mt_meta_write); a SIGKILLed collector whose parent "
