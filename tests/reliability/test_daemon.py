@@ -1,0 +1,110 @@
+"""A daemon that closes every descriptor (plan item 12): the shim owns no descriptor
+once its stream is set up (the memfd went over the socket, which it closed), so
+nothing it does can land in the program's files, and the daemon is still traced."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from reltools import Raw, cbuild, proc_state, stats, traced, traced_popen, wait_for  # noqa: F401
+
+
+def _run_daemon(cbuild, tmp_path, *extra):
+    exe = cbuild("daemon.c")
+    log, pidfile = tmp_path / "daemon.log", tmp_path / "daemon.pid"
+    cap = tmp_path / "daemon.mtrace"
+    run = traced([exe, log, pidfile, *extra], cap, timeout=60)
+    if "no-rt" in run.stderr:
+        pytest.skip("SCHED_FIFO not permitted: cannot order the intermediate's exit first")
+    # the program's own status and output pass through
+    assert run.returncode == 5, run.stderr
+    # the shim holds no descriptor at main(): only the three the launcher gave it
+    assert run.stdout == "fds 0 1 2\n"
+    # the daemon's file holds exactly what it wrote (the shim wrote nothing there,
+    # though fds 3..63 were all that file)
+    expected = "".join(f"line {i}\n" for i in range(500)) + "end\n"
+    wait_for(lambda: log.exists() and log.read_text().endswith("end\n"), timeout=10,
+             what="the daemon to finish")
+    assert log.read_text() == expected
+    daemon = int(pidfile.read_text())
+    time.sleep(0.2)
+    raw = Raw(cap)
+    raw.assert_valid()
+    main = raw.capture.end["main_pid"]
+    procs = {sd.info["pid"]: sd for sd, _ in raw.streams.values()}
+    # main -> intermediate child -> daemon -> its child: four streams, one each
+    assert len(procs) == 4 and len(raw.streams) == 4, {p: sd.info for p, sd in procs.items()}
+    middle = [p for p, sd in procs.items() if p != daemon and sd.info["ppid"] == main]
+    assert len(middle) == 1
+    return raw, daemon, middle[0], procs
+
+
+def test_double_fork_daemon_closing_all_fds(cbuild, tmp_path):
+    """main forks, the child setsid()s and forks the daemon, which closes every fd
+    (close_range), reopens 0-2 on /dev/null, opens its log and dup2()s it over fds
+    4..63, allocates and forks: the log is byte-identical to what it wrote, the exit
+    status (5) and stdout pass through, every process is traced with exact counts."""
+    raw, daemon, _middle, procs = _run_daemon(cbuild, tmp_path)
+    ev = raw.events_of(daemon)
+    assert raw.count(ev, "malloc", 7777) == 500
+    assert procs[daemon].end["how"] == "exit"
+    grandchild = [p for p, sd in procs.items() if sd.info["ppid"] == daemon]
+    assert len(grandchild) == 1
+    assert raw.count(raw.events_of(grandchild[0]), "malloc", 8888) == 10
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a fork child's stream records getppid() at the time its atfork handler connects "
+    "(csrc/transport.c open_stream, called from mt_transport_after_fork_child); when the "
+    "forking parent exits right after fork() — every double-fork daemon — the child has "
+    "already been re-parented and the stream says ppid 1, so the process tree is broken. "
+    "The forking process's pid (mt_stream->pid before the child unmaps it) is the right "
+    "value"))
+def test_double_fork_daemon_stream_names_its_real_parent(cbuild, tmp_path):
+    """The daemon's stream must name the process that forked it (the intermediate child),
+    so the tree main -> child -> daemon can be rebuilt."""
+    _raw, daemon, middle, procs = _run_daemon(cbuild, tmp_path, "pin")
+    assert procs[daemon].info["ppid"] == middle
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the collector ends the run when the main process and every stream it knows of have "
+    "ended (src/tracer/collector.py Collector.run); a child that was forked but has not "
+    "yet connected (its atfork handler has not run: a loaded machine, or stopped) is "
+    "unknown, so it is never traced and the capture gives no sign it existed. Seen "
+    "naturally: under load average 6 a double-fork daemon and its child were both "
+    "missing from test_double_fork_daemon_closing_all_fds before its main was made to "
+    "wait for the daemon"))
+def test_child_forked_just_before_main_exits_is_traced(cbuild, tmp_path):
+    """Main forks, then _exit(0)s before the child ran (the child is held 300 ms, well
+    inside memtrace's 2 s grace for children): the child's malloc(12001) must be in
+    the capture, or the capture must at least say a child was missed."""
+    exe = cbuild("fork_and_leave.c")
+    cap = tmp_path / "leave.mtrace"
+    mt = traced_popen([exe], cap, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = mt.stdout.readline()
+        if not line.strip():
+            err = mt.stderr.read()
+            if "no-rt" in err:
+                pytest.skip("SCHED_FIFO not permitted: cannot hold the child before it runs")
+            raise AssertionError(err)
+        child = int(line)
+        wait_for(lambda: proc_state(child) == "T", timeout=5, what="the child to be stopped")
+        time.sleep(0.3)
+        os.kill(child, signal.SIGCONT)
+        mt.communicate(timeout=30)
+    finally:
+        if mt.poll() is None:
+            mt.kill()
+            mt.wait()
+    assert mt.returncode == 0
+    raw = Raw(cap)
+    streams = raw.of_pid(child)
+    st = stats(cap)
+    warned = any("child" in w or "missed" in w for w in st["warnings"])
+    assert streams or warned, f"child {child} is not in the capture ({len(raw.streams)} streams)"
+    if streams:
+        assert raw.count(raw.events_of(child), "malloc", 12001) == 1
