@@ -144,7 +144,9 @@ typedef struct mt_shm_header {
     uint32_t python_request; /* bumped by the collector: send pymalloc statistics too */
     /* Producers. */
     uint64_t head;           /* next event position to claim */
-    char pad2[MT_CACHELINE - 8];
+    uint32_t forks;          /* children forked (counted in the parent after fork()) */
+    uint32_t exit_status;    /* 0x100 | status once exit()/_exit()/_Exit() was called */
+    char pad2[MT_CACHELINE - 16];
     /* Consumer. */
     uint64_t tail;           /* next event position to read */
     uint64_t heartbeat;      /* bumped by the collector on every drain */
@@ -157,7 +159,8 @@ typedef struct mt_shm_header {
     /* Counters the shim keeps for the report. */
     uint64_t dropped;        /* events not recorded (stream lost) */
     uint64_t unattributed;   /* events whose stack could not be interned (tables full) */
-    uint64_t reentrant;      /* calls made by the shim itself or from a signal handler inside a hook */
+    uint64_t reentrant;      /* calls not recorded: made while the thread was inside a hook
+                                (a signal handler interrupting one) */
     uint32_t stats_served;   /* last stats_request answered (claimed by CAS) */
     uint32_t python_served;
     uint64_t stats_cost_ns;  /* how long the last heap statistics took in the target */

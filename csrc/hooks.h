@@ -23,6 +23,9 @@
     HOOK(mmap, void *, (void *, size_t, int, int, int, off_t))                   \
     HOOK(mmap64, void *, (void *, size_t, int, int, int, off_t))                 \
     HOOK(munmap, int, (void *, size_t))                                          \
-    HOOK(mremap, void *, (void *, size_t, size_t, int, ...))
+    HOOK(mremap, void *, (void *, size_t, size_t, int, ...))                     \
+    HOOK(exit, void, (int))                                                      \
+    HOOK(_exit, void, (int))                                                     \
+    HOOK(_Exit, void, (int))
 
 #endif /* MT_HOOKS_H */

@@ -572,6 +572,10 @@ uint64_t mt_shm_counter(const void *shm, int which) {
         return __atomic_load_n(&h->tail, __ATOMIC_RELAXED);
     case 6:
         return __atomic_load_n(&h->stats_cost_ns, __ATOMIC_RELAXED);
+    case 7:
+        return __atomic_load_n(&h->forks, __ATOMIC_RELAXED);
+    case 8:
+        return __atomic_load_n(&h->exit_status, __ATOMIC_RELAXED);
     }
     return 0;
 }

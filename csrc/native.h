@@ -77,7 +77,7 @@ size_t mt_ring_drain(void *shm, mt_event *out, size_t max);
 size_t mt_ring_drain_dead(void *shm, mt_event *out, size_t max, uint64_t *lost);
 /* Copy committed metadata bytes into out; returns how many. */
 size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
-uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns */
+uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns, 7 forks, 8 exit_status */
 /* Ask the target for heap statistics (python: pymalloc's too); let an exiting target go. */
 void mt_shm_request_stats(void *shm, int python);
 void mt_shm_ack_exit(void *shm);

@@ -62,6 +62,14 @@ static void after_fork_child(void) {
     mt_self.in_hook--;
 }
 
+/* The parent counts its children, so the collector knows how many streams to
+ * wait for when the program ends right after forking. */
+static void after_fork_parent(void) {
+    mt_shm_header *h = mt_stream;
+    if (h)
+        __atomic_fetch_add(&h->forks, 1, __ATOMIC_RELAXED);
+}
+
 static void missing(const char *name) {
     static const char prefix[] = "memtrace: the real ";
     static const char suffix[] = " was not found; cannot run this program under memtrace\n";
@@ -96,7 +104,7 @@ static void ensure_init(void) {
      * environment (the loader already refuses most of LD_PRELOAD there). */
     if (!getauxval(AT_SECURE)) {
         mt_recorder_init();
-        pthread_atfork(NULL, NULL, after_fork_child);
+        pthread_atfork(NULL, after_fork_parent, after_fork_child);
     }
     mt_self.in_hook--;
 }
@@ -118,8 +126,17 @@ static inline void leave(void) {
     mt_self.in_hook--;
 }
 
-/* True when the call must go straight to the real function. */
-#define PASS_THROUGH (mt_self.in_hook || mt_stream == NULL)
+/* True when the call must go straight to the real function. A call made while
+ * the thread is already inside a hook (a signal handler interrupted one) is not
+ * recorded; it is counted. */
+#define PASS_THROUGH (UNLIKELY(mt_self.in_hook) ? count_unrecorded() : mt_stream == NULL)
+
+static int count_unrecorded(void) {
+    mt_shm_header *h = mt_stream;
+    if (h && !mt_self.untraced)
+        __atomic_fetch_add(&h->reentrant, 1, __ATOMIC_RELAXED);
+    return 1;
+}
 
 /* ---- malloc family --------------------------------------------------------- */
 
@@ -376,4 +393,37 @@ EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
     errno = saved;
     leave();
     return p;
+}
+
+/* ---- Process exit ------------------------------------------------------------
+ * The exit status goes into the stream's header, so the collector can name how
+ * any traced process ended (only the launcher can wait for the main one). */
+
+static void note_exit(int status) {
+    mt_shm_header *h = mt_stream;
+    if (h)
+        __atomic_store_n(&h->exit_status, 0x100u | (uint32_t)(status & 0xff), __ATOMIC_RELEASE);
+}
+
+EXPORT void exit(int status) {
+    ensure_init();
+    note_exit(status);
+    real_exit(status);
+    __builtin_unreachable();
+}
+
+EXPORT void _exit(int status) {
+    if (real__exit == NULL) /* only while resolving */
+        syscall(SYS_exit_group, status);
+    note_exit(status);
+    real__exit(status);
+    __builtin_unreachable();
+}
+
+EXPORT void _Exit(int status) {
+    if (real__Exit == NULL)
+        syscall(SYS_exit_group, status);
+    note_exit(status);
+    real__Exit(status);
+    __builtin_unreachable();
 }

@@ -279,8 +279,10 @@ static uint16_t caller_lib_lookup(void *caller) {
              * current address in `a`, checked below). */
             Dl_info info;
             uint16_t lib = 0;
+            mt_self.untraced++; /* the loader's own allocations are not the program's */
             if (dladdr(caller, &info) && info.dli_fbase)
                 lib = lib_for_base((uintptr_t)info.dli_fbase, &info);
+            mt_self.untraced--;
             __atomic_store_n(&s->lib, (uint32_t)lib + 1, __ATOMIC_RELEASE);
             return lib;
         }
@@ -615,6 +617,7 @@ EXPORT void mt_exit_point(void) {
  * statistics) so its allocations are not recorded as the program's. */
 EXPORT void mt_untraced(int on) {
     mt_self.in_hook += on ? 1 : -1;
+    mt_self.untraced += on ? 1 : -1;
 }
 
 EXPORT uint64_t mt_position(void) {

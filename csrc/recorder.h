@@ -16,6 +16,7 @@
  * __tls_get_addr (which may call malloc). */
 typedef struct mt_thread {
     int in_hook;        /* reentrancy guard: >0 while inside a hook */
+    int untraced;       /* >0 while memtrace's own work runs in the target (not counted) */
     int numpy_data;     /* >0 while NumPy's data-memory handler is allocating */
     void *numpy_caller; /* the handler's address, reported as the caller */
     uint32_t tid;       /* cached gettid(), 0 until the thread's first event */

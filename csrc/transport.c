@@ -32,6 +32,7 @@ _Static_assert(sizeof(mt_shm_header) == 4 * MT_CACHELINE, "mt_shm_header is four
  * program that edits its environment cannot cut its children off. */
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static pid_t collector_pid;
+static uint64_t collector_start; /* its start time (/proc/PID/stat field 22): a reused pid differs */
 static uint32_t ring_slots = MT_DEFAULT_RING_SLOTS;
 static size_t stream_size;
 
@@ -52,6 +53,48 @@ void mt_sys_munmap(void *p, size_t len) {
     syscall(SYS_munmap, p, len);
 }
 
+/* State letter and start time of a process from /proc/PID/stat, with raw system
+ * calls and no allocation ('\0' if it cannot be read: the process is gone). */
+static char proc_state(pid_t pid, uint64_t *start) {
+    char path[32] = "/proc/", digits[12], buf[512];
+    int n = 0, len = 6;
+    do
+        digits[n++] = (char)('0' + pid % 10);
+    while ((pid /= 10) && n < 11);
+    while (n)
+        path[len++] = digits[--n];
+    memcpy(path + len, "/stat", 6);
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return '\0';
+    ssize_t got = syscall(SYS_read, fd, buf, sizeof buf - 1);
+    syscall(SYS_close, fd);
+    if (got <= 0)
+        return '\0';
+    buf[got] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (p == NULL || p[1] != ' ')
+        return '\0';
+    char state = p[2];
+    /* start time: the 20th field after the state */
+    for (int field = 0; field < 19 && p; field++)
+        p = strchr(p + 1, ' ');
+    p = p ? strchr(p + 1, ' ') : NULL;
+    *start = p ? strtoull(p + 1, NULL, 10) : 0;
+    return state;
+}
+
+/* Is the collector gone? A dead collector that its parent has not reaped yet
+ * is a zombie: kill(pid, 0) still succeeds on it, so the state decides. */
+static int collector_gone(void) {
+    if (collector_pid <= 0)
+        return 0;
+    uint64_t start = 0;
+    char state = proc_state(collector_pid, &start);
+    return state == '\0' || state == 'Z' || state == 'X' ||
+           (collector_start && start != collector_start);
+}
+
 static int read_config(void) {
     const char *path = getenv("MEMTRACE_SOCKET");
     if (path == NULL || path[0] == '\0' || strlen(path) >= sizeof(socket_path))
@@ -59,6 +102,8 @@ static int read_config(void) {
     strcpy(socket_path, path);
     const char *pid = getenv("MEMTRACE_COLLECTOR_PID");
     collector_pid = pid ? (pid_t)strtol(pid, NULL, 10) : 0;
+    if (collector_pid > 0)
+        proc_state(collector_pid, &collector_start);
     const char *slots = getenv("MEMTRACE_RING_SLOTS");
     if (slots) {
         unsigned long n = strtoul(slots, NULL, 10);
@@ -67,6 +112,10 @@ static int read_config(void) {
     }
     return MT_OK;
 }
+
+/* The stream's parent: the forking process's pid (a child forked just before
+ * its parent exits is re-parented before it connects; getppid() would say 1). */
+static pid_t parent_pid;
 
 static int send_hello(int memfd) {
     int ret = MT_ERR;
@@ -80,7 +129,7 @@ static int send_hello(int memfd) {
     if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
         goto error;
 
-    mt_hello hello = {MT_HELLO_MAGIC, MT_WIRE_VERSION, (uint32_t)getpid(), (uint32_t)getppid(),
+    mt_hello hello = {MT_HELLO_MAGIC, MT_WIRE_VERSION, (uint32_t)getpid(), (uint32_t)parent_pid,
                       stream_size};
     struct iovec iov = {&hello, sizeof hello};
     union {
@@ -152,7 +201,7 @@ static int open_stream(void) {
     h->ring_offset = header;
     h->meta_offset = header + (uint64_t)ring_slots * sizeof(mt_event);
     h->pid = (uint32_t)getpid();
-    h->ppid = (uint32_t)getppid();
+    h->ppid = (uint32_t)parent_pid;
     /* Slots start with seq 0, which no position's commit value (pos + 1) equals
      * on the first lap. */
     send_identity(h);
@@ -170,6 +219,7 @@ error:
 int mt_transport_open(void) {
     if (read_config() != MT_OK)
         return MT_ERR;
+    parent_pid = getppid();
     return open_stream();
 }
 
@@ -179,6 +229,7 @@ void mt_transport_after_fork_child(void) {
     tail_seen = 0;
     if (parent == NULL)
         return;
+    parent_pid = (pid_t)parent->pid;
     /* The parent's ring is shared memory: the child must never write to it. */
     mt_sys_munmap(parent, stream_size);
     open_stream();
@@ -247,7 +298,7 @@ static int wait_for_room(mt_shm_header *h, uint64_t pos) {
             beat = b;
             continue;
         }
-        if (collector_pid > 0 && kill(collector_pid, 0) < 0 && errno == ESRCH) {
+        if (collector_gone()) {
             __atomic_store_n(&h->state, MT_STATE_DISABLED, __ATOMIC_RELEASE);
             errno = saved;
             return MT_ERR;
@@ -310,7 +361,7 @@ void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, 
     /* Wait for room; same liveness rule as the event ring. */
     while (at + total - __atomic_load_n(&h->meta_tail, __ATOMIC_ACQUIRE) > h->meta_bytes) {
         if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED ||
-            (collector_pid > 0 && kill(collector_pid, 0) < 0 && errno == ESRCH)) {
+            collector_gone()) {
             __atomic_store_n(&h->state, MT_STATE_DISABLED, __ATOMIC_RELEASE);
             meta_unlock(h);
             return;

@@ -68,6 +68,7 @@ class Stream:
         self.n_events = 0
         self.ended_by_exec = False
         self.packer: Optional[EventPacker] = None  # set by the collector
+        self.forks = 0  # children it forked, read when its stream ends
 
     def counter(self, which: int) -> int:
         return lib.mt_shm_counter(self.ptr, which)
@@ -318,8 +319,12 @@ class Collector:
         how = ("exec" if stream.ended_by_exec else
                "running" if still_running else
                "exit" if state == fmt.STATE_EXITED else "killed_or_exit")
-        self.writer.json_chunk(fmt.CHUNK_PROCESS_END, stream.sid, {
-            "how": how, "t_end": self.now(), "dropped": stream.counter(0) + stream.lost})
+        stream.forks = stream.counter(7)
+        ending = {"how": how, "t_end": self.now(), "dropped": stream.counter(0) + stream.lost,
+                  "unrecorded_reentrant": stream.counter(2), "forks": stream.counter(7)}
+        if how not in ("exec", "running"):
+            ending.update(self._exit_status(stream))
+        self.writer.json_chunk(fmt.CHUNK_PROCESS_END, stream.sid, ending)
         if stream.pidfd is not None:
             self.selector.unregister(stream.pidfd)
             os.close(stream.pidfd)
@@ -330,6 +335,32 @@ class Collector:
         except BufferError:
             pass  # a view is still alive; the mapping goes with the process
         self.writer.flush()
+
+    def _exit_status(self, stream: Stream) -> dict:
+        """How an ended process went: the status it gave exit()/_exit() (the shim
+        wrote it into the stream), else the wait status the kernel shows for it
+        while it is a zombie (a signal); {} if neither can be known."""
+        status = stream.counter(8)
+        if status & 0x100:
+            return {"exit_code": status & 0xff}
+        wait_status = procfs.zombie_wait_status(stream.pid)
+        if wait_status is None:
+            return {}
+        if os.WIFSIGNALED(wait_status):
+            return {"signal": os.WTERMSIG(wait_status)}
+        return {"exit_code": os.WEXITSTATUS(wait_status)}
+
+    def _children_pending(self) -> bool:
+        """Some process forked a child whose stream has not connected yet (a child
+        forked just before the program ended connects a moment later)."""
+        children = {}
+        for s in self.streams.values():
+            children.setdefault(s.ppid, set()).add(s.pid)
+        for s in self.streams.values():
+            forks = s.forks if not s.alive else s.counter(7)
+            if forks > len(children.get(s.pid, ())):
+                return True
+        return False
 
     # ---- the loop --------------------------------------------------------
 
@@ -380,7 +411,8 @@ class Collector:
                 self.step(0)  # connections queued just before the end
             if done_at is not None:
                 alive = [s for s in self.streams.values() if s.alive]
-                if not alive:
+                if not alive and (not self._children_pending() or
+                                  time.monotonic() - done_at > grace):
                     break
                 if time.monotonic() - done_at > grace:
                     for stream in alive:

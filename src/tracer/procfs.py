@@ -72,3 +72,17 @@ def thread_stack_pointers(pid: int) -> List[int]:
             except ValueError:
                 pass
     return sps
+
+
+def zombie_wait_status(pid: int) -> Optional[int]:
+    """The wait status of a process that has ended but is not reaped yet (field 52
+    of /proc/PID/stat, Linux 3.5+); None if it is running, reaped or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rfind(b")") + 2:].split()
+    if len(fields) < 50 or fields[0] != b"Z":
+        return None
+    return int(fields[49])

@@ -199,7 +199,7 @@ class Raw:
             assert sd.info, f"stream {sid} has chunks but no process announcement"
             assert sd.end is not None, f"stream {sid} (pid {sd.info.get('pid')}) never ended"
             seen = 0
-            for _off, _len, count, _t, first in sd.event_chunks:
+            for _off, _len, count, _t, first, *_ in sd.event_chunks:
                 assert first == seen, f"stream {sid}: events chunk starts at {first}, expected {seen}"
                 seen += count
             assert seen == len(events)

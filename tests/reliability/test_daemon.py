@@ -55,13 +55,6 @@ def test_double_fork_daemon_closing_all_fds(cbuild, tmp_path):
     assert raw.count(raw.events_of(grandchild[0]), "malloc", 8888) == 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a fork child's stream records getppid() at the time its atfork handler connects "
-    "(csrc/transport.c open_stream, called from mt_transport_after_fork_child); when the "
-    "forking parent exits right after fork() — every double-fork daemon — the child has "
-    "already been re-parented and the stream says ppid 1, so the process tree is broken. "
-    "The forking process's pid (mt_stream->pid before the child unmaps it) is the right "
-    "value"))
 def test_double_fork_daemon_stream_names_its_real_parent(cbuild, tmp_path):
     """The daemon's stream must name the process that forked it (the intermediate child),
     so the tree main -> child -> daemon can be rebuilt."""
@@ -69,14 +62,6 @@ def test_double_fork_daemon_stream_names_its_real_parent(cbuild, tmp_path):
     assert procs[daemon].info["ppid"] == middle
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the collector ends the run when the main process and every stream it knows of have "
-    "ended (src/tracer/collector.py Collector.run); a child that was forked but has not "
-    "yet connected (its atfork handler has not run: a loaded machine, or stopped) is "
-    "unknown, so it is never traced and the capture gives no sign it existed. Seen "
-    "naturally: under load average 6 a double-fork daemon and its child were both "
-    "missing from test_double_fork_daemon_closing_all_fds before its main was made to "
-    "wait for the daemon"))
 def test_child_forked_just_before_main_exits_is_traced(cbuild, tmp_path):
     """Main forks, then _exit(0)s before the child ran (the child is held 300 ms, well
     inside memtrace's 2 s grace for children): the child's malloc(12001) must be in

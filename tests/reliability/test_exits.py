@@ -97,11 +97,6 @@ print(*pids)
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "missing feature: a child process's ending is only 'killed_or_exit' (stats) / 'ended "
-    "by _exit or a signal' (summary): _exit(3) and SIGKILL look the same. The collector "
-    "is not the child's parent so it cannot wait for it, and the shim does not hook "
-    "_exit/_Exit to record the status (bytehound does)"))
 def test_child_ending_is_named(tmp_path):
     script = tmp_path / "kids.py"
     script.write_text(FORKED_ENDING)

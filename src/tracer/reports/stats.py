@@ -28,6 +28,8 @@ def stats(model: Model) -> dict:
             "live_at_exit_bytes": int(tot.get("heap", 0)),
             "unknown_frees": int(tot.get("unknown_frees", 0)),
             "dropped_events": int(tot.get("dropped", 0)),
+            # calls made by signal handlers that interrupted memtrace: not recorded
+            "unrecorded_calls": int(proc.end.get("unrecorded_reentrant", 0)),
             "end": tables.process_end(model, proc),
             "warnings": proc.warnings,
         })

@@ -83,6 +83,10 @@ def render(model: Model, out, top: int = TOP) -> None:
         w(f"  reconciliation: not available ({exc})\n")
     if t["dropped"]:
         w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
+    unrecorded = sum(int(p.end.get("unrecorded_reentrant", 0)) for p in model.processes)
+    if unrecorded:
+        w(f"  note: {unrecorded:,} allocator calls made by signal handlers that interrupted "
+          "memtrace's hooks were not recorded\n")
     lines = tables.by_line(model, user_code=True)
     w("  top lines of your code by memory held at peak (innermost frames: `memtrace stats`):\n")
     for row in lines[:top]:

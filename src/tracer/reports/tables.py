@@ -86,7 +86,11 @@ def process_end(model: Model, proc) -> dict:
     end = model.end
     if proc.pid == end.get("main_pid") and proc.end.get("how") != "exec":
         return {"exit_code": end.get("exit_code"), "signal": end.get("signal")}
-    return {"how": proc.end.get("how", "unknown")}
+    out = {"how": proc.end.get("how", "unknown")}
+    for key in ("exit_code", "signal"):  # what the shim or the kernel told the collector
+        if proc.end.get(key) is not None:
+            out[key] = proc.end[key]
+    return out
 
 
 HOW = {"exit": "called exit()", "killed_or_exit": "ended by _exit or a signal", "exec": "exec'd",
