@@ -324,6 +324,10 @@ class Collector:
                   "unrecorded_reentrant": stream.counter(2), "forks": stream.counter(7)}
         if how not in ("exec", "running"):
             ending.update(self._exit_status(stream))
+            if how == "killed_or_exit" and "signal" in ending:
+                ending["how"] = "signal"
+            elif how == "killed_or_exit" and "exit_code" in ending:
+                ending["how"] = "_exit"  # left without running exit handlers
         self.writer.json_chunk(fmt.CHUNK_PROCESS_END, stream.sid, ending)
         if stream.pidfd is not None:
             self.selector.unregister(stream.pidfd)

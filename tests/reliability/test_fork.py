@@ -40,7 +40,8 @@ def test_fork_storm_under_threads(cbuild, tmp_path):
     assert {sd.info["ppid"] for sd, _ in kids} == {main}
     assert len({sd.info["pid"] for sd, _ in kids}) == forks
     assert Counter(raw.count(ev, "malloc", 3131) for _, ev in kids) == {1: forks}
-    assert Counter(sd.end["how"] for sd, _ in kids) == {"killed_or_exit": forks}
+    assert Counter(sd.end["how"] for sd, _ in kids) == {"_exit": forks}
+    assert Counter(sd.end.get("exit_code") for sd, _ in kids) == {17: forks}
     for _, kev in kids:
         live, problems = live_model_check(kev, forked=True)
         assert problems == [] and 3131 not in live.values()

@@ -93,7 +93,8 @@ def process_end(model: Model, proc) -> dict:
     return out
 
 
-HOW = {"exit": "called exit()", "killed_or_exit": "ended by _exit or a signal", "exec": "exec'd",
+HOW = {"exit": "called exit()", "_exit": "called _exit()", "signal": "killed by a signal",
+       "killed_or_exit": "ended by _exit or a signal", "exec": "exec'd",
        "running": "still running when the trace ended"}
 
 
