@@ -40,6 +40,8 @@ def cbuild(tmp_path_factory):
 
     def build(source: str, *flags: str, compiler: str = "cc", name: str = None) -> Path:
         key = (source, flags, compiler, name)
+        if shutil.which(compiler) is None:
+            pytest.skip(f"no {compiler} compiler")
         if key not in cache:
             exe = out_dir / (name or Path(source).stem)
             # -fno-builtin: the compiler must not fold malloc/free pairs away, the
