@@ -56,7 +56,7 @@ def churn(tmp_path_factory):
     lib = build(TARGETS / "tls_lib.c", tmp / "libbigtls.so", "-shared", "-fPIC")
     exe = build(TARGETS / "tls_churn.c", tmp / "tls_churn", "-pthread", "-ldl")
     cap = tmp / "tls.mtrace"
-    run = trace(cap, [exe, lib, "1.5"], timeout=90)
+    run = trace(cap, [exe, lib, "0.6"], timeout=90)
     return run, cap
 
 
@@ -90,7 +90,7 @@ def test_dlopen_dlclose_big_tls_while_allocating(churn):
     "dlopen/dlclose churn), every other call from that address is filed under library 0 "
     "(<unknown>) instead of its caller: here 1000 of 1001 mallocs of one call site"))
 def test_every_malloc_is_filed_under_its_caller(tmp_path):
-    exe = build(TARGETS / "dladdr_wait.c", tmp_path / "dladdr_wait", "-pthread", "-ldl")
+    exe = build(TARGETS / "dladdr_wait.c", tmp_path / "dladdr_wait", "-pthread", "-rdynamic", "-ldl")
     slow = build(TARGETS / "dladdr_wait.c", tmp_path / "libslow.so", "-shared", "-fPIC",
                  "-DSLOW_LIB")
     cap = tmp_path / "dw.mtrace"
