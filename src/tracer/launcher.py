@@ -85,12 +85,25 @@ def _elf_interp(path: str) -> Optional[bool]:
     return False
 
 
+def _has_file_capabilities(path: str) -> bool:
+    """True if the file carries capabilities (security.capability): exec'ing it as a
+    user other than root is a secure execution (AT_SECURE), where the loader drops
+    LD_PRELOAD paths (root gains nothing from file capabilities: not secure)."""
+    try:
+        return bool(os.getxattr(path, "security.capability"))
+    except (OSError, AttributeError):
+        return False
+
+
 def check_traceable(path: str, depth: int = 0) -> None:
     """Refuse, in one line, programs the loader will not preload the shim into."""
     mode = os.stat(path).st_mode
     if mode & (stat.S_ISUID | stat.S_ISGID):
         raise MemtraceError(f"{path} is setuid/setgid: the loader ignores LD_PRELOAD for it, "
                             "so memtrace cannot trace it")
+    if os.geteuid() != 0 and _has_file_capabilities(path):
+        raise MemtraceError(f"{path} has file capabilities (secure execution): the loader "
+                            "ignores LD_PRELOAD for it, so memtrace cannot trace it")
     interp = _elf_interp(path)
     if interp is False:
         raise MemtraceError(f"{path} is statically linked: LD_PRELOAD cannot hook its "
