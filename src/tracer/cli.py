@@ -266,16 +266,21 @@ def _write_output(path: str, write, binary: bool = False, announce: bool = True)
         write(sys.stdout.buffer if binary else sys.stdout)
         return
     tmp = f"{path}.tmp{os.getpid()}"
+    created = False
     try:
-        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
+        # like the capture: private (0600), and never through a planted file or symlink
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        created = True
+        with open(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
             write(out)
         os.replace(tmp, path)
+        created = False
         if announce:
             sys.stderr.write(f"memtrace: wrote {path}\n")
     except OSError as exc:
         raise MemtraceError(f"cannot write {path}: {exc.strerror}") from None
     finally:
-        if os.path.exists(tmp):
+        if created:
             os.unlink(tmp)
 
 
