@@ -37,6 +37,9 @@ class RunCommand:
         p.add_argument("--no-report", action="store_true", help="write the capture only (no reports)")
         p.add_argument("--sample-interval", type=float, default=0.01, metavar="SECONDS",
                        help="how often to sample RSS and glibc's statistics (default 0.01)")
+        p.add_argument("--redact-argv", action="store_true",
+                       help="keep only argv[0] of each traced process (its arguments become "
+                            "<redacted>) in the capture and every report")
         p.add_argument("--no-heap-stats", action="store_true",
                        help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
@@ -52,7 +55,7 @@ class RunCommand:
         result = launcher.run(launcher.RunOptions(
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval,
-            heap_stats=not args.no_heap_stats))
+            heap_stats=not args.no_heap_stats, redact_argv=args.redact_argv))
         if not args.no_report:
             from tracer.model import load
             from tracer.reports import html, summary
