@@ -55,6 +55,9 @@ class RunCommand:
                        help="record a byte-weighted sample: each allocated byte is a sample point "
                             "with probability 1/BYTES (e.g. 512K); numbers become unbiased "
                             "estimates (default: record every event)")
+        p.add_argument("--redact-argv", action="store_true",
+                       help="keep only argv[0] of each traced process (its arguments become "
+                            "<redacted>) in the capture and every report")
         p.add_argument("--no-heap-stats", action="store_true",
                        help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
@@ -70,7 +73,8 @@ class RunCommand:
         result = launcher.run(launcher.RunOptions(
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval,
-            heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate))
+            heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate,
+            redact_argv=args.redact_argv))
         if not args.no_report:
             from tracer.model import load
             from tracer.reports import html, summary
@@ -284,16 +288,21 @@ def _write_output(path: str, write, binary: bool = False, announce: bool = True)
         write(sys.stdout.buffer if binary else sys.stdout)
         return
     tmp = f"{path}.tmp{os.getpid()}"
+    created = False
     try:
-        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
+        # like the capture: private (0600), and never through a planted file or symlink
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        created = True
+        with open(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as out:
             write(out)
         os.replace(tmp, path)
+        created = False
         if announce:
             sys.stderr.write(f"memtrace: wrote {path}\n")
     except OSError as exc:
         raise MemtraceError(f"cannot write {path}: {exc.strerror}") from None
     finally:
-        if os.path.exists(tmp):
+        if created:
             os.unlink(tmp)
 
 

@@ -34,6 +34,7 @@ class RunOptions:
     sample_interval: float = 0.01
     heap_stats: bool = True
     sample_rate: int = 0  # --sample-rate BYTES; 0 records every event
+    redact_argv: bool = False
 
 
 @dataclass
@@ -87,12 +88,25 @@ def _elf_interp(path: str) -> Optional[bool]:
     return False
 
 
+def _has_file_capabilities(path: str) -> bool:
+    """True if the file carries capabilities (security.capability): exec'ing it as a
+    user other than root is a secure execution (AT_SECURE), where the loader drops
+    LD_PRELOAD paths (root gains nothing from file capabilities: not secure)."""
+    try:
+        return bool(os.getxattr(path, "security.capability"))
+    except (OSError, AttributeError):
+        return False
+
+
 def check_traceable(path: str, depth: int = 0) -> None:
     """Refuse, in one line, programs the loader will not preload the shim into."""
     mode = os.stat(path).st_mode
     if mode & (stat.S_ISUID | stat.S_ISGID):
         raise MemtraceError(f"{path} is setuid/setgid: the loader ignores LD_PRELOAD for it, "
                             "so memtrace cannot trace it")
+    if os.geteuid() != 0 and _has_file_capabilities(path):
+        raise MemtraceError(f"{path} has file capabilities (secure execution): the loader "
+                            "ignores LD_PRELOAD for it, so memtrace cannot trace it")
     interp = _elf_interp(path)
     if interp is False:
         raise MemtraceError(f"{path} is statically linked: LD_PRELOAD cannot hook its "
@@ -146,6 +160,56 @@ def target_env(socket_path: str, sample_rate: int = 0) -> dict:
     return env
 
 
+REDACTED = "<redacted>"
+
+
+def redact(argv: List[str]) -> List[str]:
+    """argv[0] kept, the arguments replaced by one placeholder."""
+    return argv[:1] + ([REDACTED] if len(argv) > 1 else [])
+
+
+def _redacting_writer(base):
+    """A CaptureWriter that rewrites every traced process's argv record (the shim
+    reads it from /proc/self/cmdline) to argv[0] + placeholder before it is written.
+    Metadata records may straddle chunks: each stream's incomplete tail waits for the
+    next chunk (and is dropped if the stream never completes it)."""
+    import struct
+
+    from tracer import _format as fmt
+
+    class RedactingWriter(base):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self._pending = {}
+
+        def chunk(self, ctype, stream, *parts):
+            if ctype != fmt.CHUNK_META:
+                return super().chunk(ctype, stream, *parts)
+            data = self._pending.pop(stream, b"") + b"".join(bytes(p) for p in parts)
+            out, pos = bytearray(), 0
+            while pos + 4 <= len(data):
+                rtype, length = struct.unpack_from("<HH", data, pos)
+                size = (4 + length + 3) & ~3
+                if pos + size > len(data):
+                    break  # completed by the stream's next chunk
+                record = data[pos:pos + size]
+                if rtype == fmt.META_TEXT and length >= 2 and \
+                        struct.unpack_from("<H", data, pos + 4)[0] == fmt.TEXT_ARGV:
+                    args = data[pos + 6:pos + 4 + length].rstrip(b"\0").split(b"\0")
+                    kept = args[:1] + ([REDACTED.encode()] if len(args) > 1 else [])
+                    payload = struct.pack("<H", fmt.TEXT_ARGV) + b"\0".join(kept) + b"\0"
+                    record = struct.pack("<HH", rtype, len(payload)) + payload
+                    record += b"\0" * (-len(record) % 4)
+                out += record
+                pos += size
+            if pos < len(data):
+                self._pending[stream] = data[pos:]
+            if out:
+                super().chunk(ctype, stream, bytes(out))
+
+    return RedactingWriter
+
+
 class _Reaper:
     """Waits for the main target without blocking the collector loop."""
 
@@ -190,9 +254,11 @@ def run(opts: RunOptions) -> RunResult:
         from tracer.aggregate import PAGE_SIZE
         from tracer.capture import CaptureWriter
         from tracer.collector import Collector
-        path = opts.output or f"memtrace-{program_label(opts.argv)}-{proc.pid}.mtrace"
+        label = os.path.basename(opts.argv[0]) if opts.redact_argv else program_label(opts.argv)
+        path = opts.output or f"memtrace-{label}-{proc.pid}.mtrace"
         try:
-            writer = CaptureWriter(path, opts.force)
+            writer = (_redacting_writer(CaptureWriter) if opts.redact_argv else CaptureWriter)(
+                path, opts.force)
         except MemtraceError:
             proc.kill()
             proc.wait()
@@ -201,7 +267,7 @@ def run(opts: RunOptions) -> RunResult:
                               opts.sample_rate)
         collector.main_pid = proc.pid
         writer.json_chunk(fmt.CHUNK_INFO, 0, {
-            "command": opts.argv, "program": program, "memtrace_version": __version__,
+            "command": redact(opts.argv) if opts.redact_argv else opts.argv, "program": program, "memtrace_version": __version__,
             "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,
             "sample_interval": opts.sample_interval, "sample_rate": opts.sample_rate, "cwd": os.getcwd(),
             "python": sys.version.split()[0]})
