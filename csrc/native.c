@@ -482,6 +482,8 @@ void mt_agg_size_histogram(const mt_agg *a, uint64_t *out) {
 
 size_t mt_agg_sites(const mt_agg *a, mt_site *out, size_t max) {
     size_t n = a->n_sites < max ? a->n_sites : max;
+    if (n == 0)
+        return a->n_sites; /* a count-only call passes out = NULL */
     memcpy(out, a->sites, n * sizeof(mt_site));
     for (size_t i = 0; i < n; i++) {
         /* A site changed since the last peak still holds its peak value. */

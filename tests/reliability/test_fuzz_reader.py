@@ -108,11 +108,6 @@ def test_fuzz_reader_under_asan(seed, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "csrc/native.c mt_agg_sites(): memcpy(out, a->sites, 0) with out == NULL whenever "
-    "Aggregator.sites() asks for the count only (src/tracer/aggregate.py passes NULL, 0): "
-    "undefined behaviour (C11 7.24.1p2), UBSan nonnull-attribute aborts on any replayed "
-    "capture; harmless with glibc today. Fix: skip the memcpy when n == 0"))
 def test_reader_has_no_undefined_behaviour_on_replay(seed, tmp_path):
     need_cc()
     native = tmp_path / "native"
