@@ -33,8 +33,11 @@ except OSError as e:
 fd = os.memfd_create("forged")
 os.ftruncate(fd, 1 << 20)
 hello = struct.pack("<IIIIQ", 0x4D54484C, 1, os.getpid(), os.getppid(), 1 << 20)
-s.sendmsg([hello], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
-print("sent")
+try:
+    s.sendmsg([hello], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+    print("sent")
+except OSError as e:      # the collector already checked SO_PEERCRED and hung up
+    print("closed", e.errno)
 for name in ("\0" + path, "\0memtrace", "\0collector.sock"):
     a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -105,7 +108,8 @@ def test_socket_refuses_other_users(running):
     os.chmod(folder, 0o711)
     os.chmod(sock, 0o777)
     out = as_nobody([python, str(forger), sock])
-    assert out.stdout.splitlines()[0] == "sent", out
+    assert out.stdout.splitlines()[:1] in (["sent"], ["closed 32"], ["closed 104"]), \
+        (out.stdout, out.stderr)
     assert "abstract-connected" not in out.stdout       # nothing listens in the abstract namespace
     prog = build(TARGETS / "at_secure.c", shared / "victim")
     os.chmod(prog, 0o755)

@@ -22,8 +22,10 @@ volatile int holding;
 static const char *slow_lib;
 
 static void *hold_lock(void *arg) {
-    if (!dlopen(slow_lib, RTLD_NOW))
+    if (!dlopen(slow_lib, RTLD_NOW)) {
         fprintf(stderr, "%s\n", dlerror());
+        exit(2);
+    }
     return NULL;
 }
 
