@@ -73,6 +73,7 @@ enum mt_kind {
 #define MT_FLAG_REMAP 0x04    /* free/munmap half of a realloc/mremap pair */
 #define MT_FLAG_SHARED 0x08   /* mmap: MAP_SHARED */
 #define MT_FLAG_SAMPLED 0x10  /* kept by --sample-rate: size is real, weight it (docs/capture-format.md) */
+#define MT_FLAG_KEEP 0x20     /* munmap half of an mremap(MREMAP_DONTUNMAP): the old range stays */
 
 typedef struct mt_event {
     uint64_t addr;

@@ -326,6 +326,22 @@ static int is_heap_mapping(uint32_t flags) {
 }
 
 /* Remove [start, end) from the mappings, crediting the sites. */
+/* Flags of the mapping holding addr (an untraced one: anonymous, as mremap's
+ * usual source is). */
+static uint8_t flags_at(const mt_agg *a, uint64_t addr) {
+    size_t lo = 0, hi = a->n_maps;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a->maps[mid].end <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < a->n_maps && a->maps[lo].start <= addr)
+        return (uint8_t)a->maps[lo].flags;
+    return MT_FLAG_ANON;
+}
+
 static int unmap_range(mt_agg *a, uint64_t start, uint64_t end, uint8_t *first_flags) {
     /* First mapping that ends after start. */
     size_t lo = 0, hi = a->n_maps;
@@ -457,6 +473,8 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
             if (map_range(a, e->addr, e->addr + len, (uint32_t)s, flags) < 0)
                 return -1;
             maybe_peak(a, t);
+        } else if (kind == MT_MUNMAP && (e->flags & MT_FLAG_KEEP)) {
+            a->remap_flags = flags_at(a, e->addr); /* DONTUNMAP: nothing is unmapped */
         } else if (kind == MT_MUNMAP) {
             uint8_t flags = MT_FLAG_ANON;
             if (unmap_range(a, e->addr, e->addr + page_up(a, e->size), &flags) < 0)

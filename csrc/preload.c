@@ -382,13 +382,18 @@ EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
     uint64_t pos = mt_claim(2);
     void *p = real_mremap(old, old_size, new_size, flags, want);
     int saved = errno;
-    int ok = p != MAP_FAILED;
+    /* Same size, same place: nothing changed (the kernel says yes to this even
+     * over a hole, so recording it would invent a mapping). */
+    int ok = p != MAP_FAILED && !(p == old && new_size == old_size);
 #ifdef MREMAP_DONTUNMAP
     int unmapped = ok && !(flags & MREMAP_DONTUNMAP);
 #else
     int unmapped = ok;
 #endif
-    mt_commit_free(pos, unmapped ? MT_MUNMAP : MT_NONE, MT_FLAG_REMAP, old, old_size);
+    /* With DONTUNMAP the old range stays mapped; its record only says what kind
+     * of mapping the new one copies (anonymous, shared). */
+    mt_commit_free(pos, ok ? MT_MUNMAP : MT_NONE, MT_FLAG_REMAP | (unmapped ? 0 : MT_FLAG_KEEP),
+                   old, old_size);
     mt_commit_alloc(pos + 1, ok ? MT_MREMAP : MT_NONE, 0, p, new_size, CALLER);
     errno = saved;
     leave();

@@ -333,6 +333,21 @@ def decode_events(data: bytes, count: int, path: str = "capture", offset: int = 
     return events
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# a snapshot's mapping row: start, end, rss, anon, swap, perms, path, then five counts
+_VMA_TYPES = (int, int, int, int, int, str, str, int, int, int, int, int)
+
+
+def _vma_rows(rows) -> bool:
+    return isinstance(rows, list) and all(
+        isinstance(r, list) and len(r) == len(_VMA_TYPES) and
+        all(isinstance(x, t) and not isinstance(x, bool) for x, t in zip(r, _VMA_TYPES))
+        for r in rows)
+
+
 def _json(path, pos, body):
     try:
         value = json.loads(body)
@@ -358,6 +373,8 @@ def _load_chunk(path, pos, ctype, body, stream):
             raise CaptureError(f"{path} is corrupt at byte {pos} (short aggregate)")
         n = int.from_bytes(body[:4], "little")
         totals = _json(path, pos, body[4:4 + n])
+        if not all(_is_number(totals.get(k)) for k in fmt.TOTALS_FIELDS):
+            raise CaptureError(f"{path} is corrupt at byte {pos} (bad aggregate)")
         sites = body[4 + n:]
         if len(sites) % fmt.SITE_DTYPE.itemsize:
             raise CaptureError(f"{path} is corrupt at byte {pos} (bad aggregate)")
@@ -369,4 +386,7 @@ def _load_chunk(path, pos, ctype, body, stream):
     elif ctype == fmt.CHUNK_PROCESS_END:
         stream.end = _json(path, pos, body)
     elif ctype == fmt.CHUNK_SNAPSHOT:
-        stream.snapshots.append(_json(path, pos, body))
+        snap = _json(path, pos, body)
+        if "vmas" in snap and not _vma_rows(snap["vmas"]):
+            raise CaptureError(f"{path} is corrupt at byte {pos} (bad snapshot)")
+        stream.snapshots.append(snap)

@@ -23,6 +23,7 @@ def render(model: Model, out, min_size: int = 0, library: str = None, limit: int
         for t, events in model.capture.events(proc.sid):
             kinds = events["kind"]
             keep = (kinds != 10) & (kinds != fmt.MUNMAP) if not frees else np.ones(len(events), bool)
+            keep &= (events["flags"] & fmt.FLAG_KEEP) == 0  # DONTUNMAP: nothing was unmapped
             if min_size:
                 keep &= events["size"] >= min_size
             if wanted_libs is not None:
