@@ -5,6 +5,7 @@
 #include <math.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,6 +78,18 @@ typedef struct kept_table {
 
 static kept_table *kept;
 static uint64_t kept_seq;
+
+/* A counting filter in front of the table: how many kept blocks hash to each
+ * bucket (changed under the lock, saturating at 255 and then sticky). A free
+ * whose bucket is 0 was not kept: one load, no probe, for almost every free.
+ * A kept block's own count was added before it could be freed, so a free of a
+ * kept block never reads 0. */
+#define FILTER_BITS 16
+static uint8_t kept_filter[1u << FILTER_BITS];
+
+static inline uint32_t filter_slot(uint64_t p) {
+    return (uint32_t)(((p >> 4) * 0x9e3779b97f4a7c15ULL) >> (64 - FILTER_BITS));
+}
 static int kept_lock;
 static int kept_overflow; /* a table could not grow: record every free from now on */
 
@@ -149,6 +162,9 @@ void mt_sampled_add(void *p) {
         t = bigger;
     }
     put_slot(t, (uint64_t)(uintptr_t)p);
+    uint8_t *f = &kept_filter[filter_slot((uint64_t)(uintptr_t)p)];
+    if (*f < 255)
+        __atomic_store_n(f, (uint8_t)(*f + 1), __ATOMIC_RELAXED);
     write_end();
 }
 
@@ -175,6 +191,8 @@ int mt_sampled_take(void *p) {
     if (mt_sample_rate == 0 || __atomic_load_n(&kept_overflow, __ATOMIC_RELAXED))
         return 1;
     uint64_t key = (uint64_t)(uintptr_t)p;
+    if (__atomic_load_n(&kept_filter[filter_slot(key)], __ATOMIC_RELAXED) == 0)
+        return 0;
     int64_t found;
     for (;;) {
         uint64_t s1 = __atomic_load_n(&kept_seq, __ATOMIC_ACQUIRE);
@@ -193,8 +211,12 @@ int mt_sampled_take(void *p) {
     write_begin();
     kept_table *t = kept;
     int64_t i = probe(t, key); /* the table may have changed since */
-    if (i >= 0)
+    if (i >= 0) {
         delete_at(t, (uint64_t)i);
+        uint8_t *f = &kept_filter[filter_slot(key)];
+        if (*f < 255)
+            __atomic_store_n(f, (uint8_t)(*f - 1), __ATOMIC_RELAXED);
+    }
     write_end();
     return 1;
 }
@@ -204,6 +226,7 @@ void mt_sampler_after_fork_child(void) {
     if (kept)
         mt_sys_munmap(kept, table_bytes(kept->mask + 1));
     kept = NULL;
+    memset(kept_filter, 0, sizeof kept_filter);
     kept_lock = 0;
     kept_seq = 0;
     kept_overflow = 0;
