@@ -66,8 +66,7 @@ def by_library(model: Model) -> List[dict]:
         sites = proc.sites[heap_mask(proc.sites)]
         if len(sites) == 0:
             continue
-        libs = np.unique(sites["lib"])
-        for lib in libs:
+        for lib in sorted(set(sites["lib"].tolist())):  # (np.unique would import numpy.ma)
             sel = sites[sites["lib"] == lib]
             path = proc.lib_name(int(lib))
             name = path.rsplit("/", 1)[-1]
