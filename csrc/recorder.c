@@ -287,10 +287,16 @@ static uint16_t caller_lib_lookup(void *caller) {
             return lib;
         }
         if (a == addr) {
-            /* Never wait for the thread naming it: it may be blocked in dladdr on
-             * the loader lock held by this one. Unknown, this once. */
-            uint32_t lib = __atomic_load_n(&s->lib, __ATOMIC_ACQUIRE);
-            return lib ? (uint16_t)(lib - 1) : 0;
+            /* Another thread is naming it: wait a little (dladdr takes
+             * microseconds), never long: that thread may be blocked in dladdr on
+             * the loader lock held by this one. Unknown, this once, after that. */
+            for (int spins = 0; spins < 4096; spins++) {
+                uint32_t lib = __atomic_load_n(&s->lib, __ATOMIC_ACQUIRE);
+                if (lib)
+                    return (uint16_t)(lib - 1);
+                __builtin_ia32_pause();
+            }
+            return 0;
         }
     }
     return 0;

@@ -83,6 +83,7 @@ class EventPacker:
         self.counts: List[int] = []
         self.lengths: List[int] = []
         self.first = 0
+        self.mark_start = 0.0
         self.data = bytearray()
         self.flushed_at = 0.0
         # the group's batches are one encoded stream: the coder's state carries over
@@ -97,11 +98,12 @@ class EventPacker:
         """Append a batch encoded with mt_encode_more(self.codec, ...), drained at t."""
         if not self.times:
             self.first = first
-        if self.times and t - self.times[-1] < self.MARK_SECONDS and self.counts[-1] < 1 << 30:
+        if self.times and t - self.mark_start < self.MARK_SECONDS and self.counts[-1] < 1 << 30:
             self.times[-1] = t  # its events happened before the later drain
             self.counts[-1] += count
             self.lengths[-1] += len(encoded)
         else:
+            self.mark_start = t  # a mark spans at most MARK_SECONDS of drains
             self.times.append(t)
             self.counts.append(count)
             self.lengths.append(len(encoded))

@@ -39,6 +39,7 @@ PEAK_SNAPSHOT_SPACING = 0.05    # ... and 50 ms passed since the last one
 PASSED_PEAK_SPACING = 0.01
 SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot is skipped
 PERIODIC_SNAPSHOT_SECONDS = 10.0
+IDLE_WAIT_MIN, IDLE_WAIT_MAX = 0.001, 0.008  # seconds between rounds with nothing drained
 
 
 class Stream:
@@ -408,8 +409,16 @@ class Collector:
         (or `grace` seconds after main_done, for children left running)."""
         done_at = None
         self._busy = False
+        idle_rounds = 0
         while True:
-            self.step(0 if self._busy else 0.001)
+            # Poll at once while events flow, every 1 ms when they pause, and back off
+            # to 8 ms after 20 quiet rounds (the ring holds 13 ms of the fastest
+            # allocation storm, and a wait is backpressure, never loss): an idle
+            # collector costs ~2% of a CPU instead of 20%.
+            idle_rounds = 0 if self._busy else idle_rounds + 1
+            wait = IDLE_WAIT_MIN if idle_rounds < 20 else \
+                min(IDLE_WAIT_MAX, IDLE_WAIT_MIN * 2 ** min(idle_rounds - 19, 3))
+            self.step(0 if self._busy else wait)
             if done_at is None and main_done():
                 done_at = time.monotonic()
                 self.step(0)  # connections queued just before the end

@@ -139,7 +139,10 @@ def test_workloads_are_explained(tmp_path, workload, args):
 
 
 def test_reconcile_command_and_digest(tmp_path):
-    argv = python(tmp_path, "x = [bytes(5000) for i in range(20000)]\n", "digest")
+    # (it stays a moment: the collector, still importing while a program starts,
+    # samples RSS and glibc's books from its first round on)
+    argv = python(tmp_path, "import time\nx = [bytes(5000) for i in range(20000)]\n"
+                            "time.sleep(0.3)\n", "digest")
     cap = tmp_path / "digest.mtrace"
     run = memtrace("run", "-o", cap, "--", *argv, cwd=tmp_path)
     assert run.returncode == 0
