@@ -382,9 +382,22 @@ EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
     uint64_t pos = mt_claim(2);
     void *p = real_mremap(old, old_size, new_size, flags, want);
     int saved = errno;
-    /* Same size, same place: nothing changed (the kernel says yes to this even
-     * over a hole, so recording it would invent a mapping). */
-    int ok = p != MAP_FAILED && !(p == old && new_size == old_size);
+    if (p != MAP_FAILED && p == old) {
+        /* In place: only the difference changed (the kernel accepts this even over
+         * holes in the old range, which stay holes). A shrink unmaps the tail; a
+         * growth maps a new tail of the old mapping's kind. */
+        size_t keep = new_size < old_size ? new_size : old_size;
+        mt_commit_free(pos, new_size < old_size ? MT_MUNMAP : new_size > old_size ? MT_MUNMAP : MT_NONE,
+                       new_size < old_size ? 0 : MT_FLAG_REMAP | MT_FLAG_KEEP,
+                       new_size < old_size ? (char *)old + keep : old,
+                       new_size < old_size ? old_size - new_size : old_size);
+        mt_commit_alloc(pos + 1, new_size > old_size ? MT_MREMAP : MT_NONE, 0,
+                        (char *)old + old_size, new_size - keep, CALLER);
+        errno = saved;
+        leave();
+        return p;
+    }
+    int ok = p != MAP_FAILED;
 #ifdef MREMAP_DONTUNMAP
     int unmapped = ok && !(flags & MREMAP_DONTUNMAP);
 #else

@@ -69,6 +69,7 @@ MAX_CHUNK = 1 << 30                       # larger lengths mean a corrupt file
 ZEVENTS_HEADER = struct.Struct("<QQII")   # first event, decompressed length, batches, columns' frame length
 MAX_ZEVENTS_RAW = 64 << 20                # larger decompressed lengths mean a corrupt file
 MAX_BATCHES = 1 << 20
+MAX_MARK_EVENTS = 1 << 22                 # events under one time mark (10 ms of drains)
 
 CHUNK_INFO = 1         # JSON: the run (command, start time, memtrace version, page size)
 CHUNK_PROCESS = 2      # JSON: a traced process's stream (pid, ppid, argv, exe, t)

@@ -313,8 +313,11 @@ def _zevents_index(path, pos, f, length) -> tuple:
     times = np.frombuffer(columns, "<f8", n)
     counts = np.frombuffer(columns, "<u4", n, 8 * n).astype(np.int64)
     lengths = np.frombuffer(columns, "<u4", n, 12 * n).astype(np.int64)
-    if int(lengths.sum()) != raw_len or (counts > lengths).any():
-        raise corrupt("bad event count")  # every event takes at least one byte
+    # every event takes at least one byte; a mark covers 10 ms of drains, so more
+    # than MAX_MARK_EVENTS in one (400 M events/s) is a corrupt count
+    if int(lengths.sum()) != raw_len or (counts > lengths).any() or \
+            (counts > fmt.MAX_MARK_EVENTS).any():
+        raise corrupt("bad event count")
     firsts = first + np.concatenate(([0], np.cumsum(counts)[:-1]))
     batches = list(zip(times.tolist(), firsts.tolist(), counts.tolist(), lengths.tolist()))
     return (f.tell(), length - heads, int(counts.sum()), batches[0][0], first, batches)
@@ -324,7 +327,10 @@ def decode_events(data: bytes, count: int, path: str = "capture", offset: int = 
                   codec=None) -> np.ndarray:
     """Decode encoded events (mt_encode's format) into EVENT_DTYPE records; with a
     codec, continuing the encoded stream its earlier calls decoded."""
-    events = np.zeros(count, dtype=fmt.EVENT_DTYPE)
+    try:
+        events = np.zeros(count, dtype=fmt.EVENT_DTYPE)
+    except MemoryError:
+        raise CaptureError(f"{path} is corrupt at byte {offset} (implausible event count)") from None
     out = ffi.cast("mt_event *", ffi.from_buffer(events))
     if codec is None:
         n = lib.mt_decode(ffi.from_buffer(data), len(data), out, count)
