@@ -310,19 +310,21 @@ INCOMPLETE_CAPTURE_STATUS = 3
 
 
 def _load(path):
-    """Load a capture; a cut-short one still loads, with one warning line."""
+    """Load a capture (a cut-short one still loads; _incomplete_status warns)."""
     from tracer.model import load
 
-    model = load(path)
+    return load(path)
+
+
+def _incomplete_status(model) -> int:
+    """After the report: one warning line for a cut-short capture (printed only now,
+    so a capture found corrupt while reporting gives its one error line alone), the
+    sampling note; exit non-zero for an incomplete capture."""
+    path = model.capture.path
     for warning in model.warnings:
         sys.stderr.write(f"memtrace: warning: {path}: {warning}\n")
     if model.estimate_note:
         sys.stderr.write(f"memtrace: note: {path}: {model.estimate_note}\n")
-    return model
-
-
-def _incomplete_status(model) -> int:
-    """Reports made from an incomplete capture exit non-zero, after printing."""
     return INCOMPLETE_CAPTURE_STATUS if model.warnings else 0
 
 
