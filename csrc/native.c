@@ -328,7 +328,7 @@ static int is_heap_mapping(uint32_t flags) {
 /* Remove [start, end) from the mappings, crediting the sites. */
 /* Flags of the mapping holding addr (an untraced one: anonymous, as mremap's
  * usual source is). */
-static uint8_t flags_at(const mt_agg *a, uint64_t addr) {
+static size_t first_map_ending_after(const mt_agg *a, uint64_t addr) {
     size_t lo = 0, hi = a->n_maps;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
@@ -337,23 +337,19 @@ static uint8_t flags_at(const mt_agg *a, uint64_t addr) {
         else
             hi = mid;
     }
+    return lo;
+}
+
+static uint8_t flags_at(const mt_agg *a, uint64_t addr) {
+    size_t lo = first_map_ending_after(a, addr);
     if (lo < a->n_maps && a->maps[lo].start <= addr)
         return (uint8_t)a->maps[lo].flags;
     return MT_FLAG_ANON;
 }
 
 static int unmap_range(mt_agg *a, uint64_t start, uint64_t end, uint8_t *first_flags) {
-    /* First mapping that ends after start. */
-    size_t lo = 0, hi = a->n_maps;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (a->maps[mid].end <= start)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
     int found = 0;
-    size_t i = lo;
+    size_t i = first_map_ending_after(a, start);
     while (i < a->n_maps && a->maps[i].start < end) {
         mapping *m = &a->maps[i];
         if (!found && first_flags)

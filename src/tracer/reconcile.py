@@ -163,32 +163,13 @@ def _classify(vmas: List[Vma], sps: List[int], tracer: List[tuple]) -> List[str]
     return kinds
 
 
-_VMA_TYPES = (int, int, int, int, int, str, str, int, int, int, int, int)
-
-
-def _vmas(rows) -> Optional[List[Vma]]:
-    """The snapshot's mappings, or None if the capture holds something else there."""
-    if not isinstance(rows, list):
-        return None
-    out = []
-    for row in rows:
-        if not (isinstance(row, list) and len(row) == len(_VMA_TYPES) and
-                all(isinstance(x, t) and not isinstance(x, bool) for x, t in zip(row, _VMA_TYPES))):
-            return None
-        out.append(Vma(*row))
-    return out
-
-
 def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
     """The rows for one snapshot, with what each number came from."""
     out = {"t": snap.get("t"), "kind": snap.get("kind"), "unknown": {}, "notes": []}
     if "vmas" not in snap:
         out["error"] = str(snap.get("error", "no mappings were read"))
         return out
-    vmas = _vmas(snap["vmas"])
-    if vmas is None:
-        out["error"] = "the capture's record of the mappings is malformed"
-        return out
+    vmas = [Vma(*v) for v in snap["vmas"]]  # rows checked when the capture was read
     kinds = _classify(vmas, snap.get("stack_pointers", []), tracer_ranges(proc))
     rss = sum(v.rss for v in vmas)
     sums: Dict[str, int] = {}
