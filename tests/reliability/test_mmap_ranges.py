@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from r2util import TARGETS, build, stats, streams, trace
@@ -94,6 +94,7 @@ def model_of(op_list, results, froms, lens, arena, page):
     still in the PROT_NONE reservation)."""
     mapped, touched = set(), set(pages(arena, 64, page))
     reserved = set(touched)
+    moved_holes = False
     counts = {MMAP: 0, MUNMAP: 0, MREMAP: 0}
     for i, op in enumerate(op_list):
         res = results[i]
@@ -129,6 +130,8 @@ def model_of(op_list, results, froms, lens, arena, page):
                     reserved -= grown
                     counts[MREMAP] += 1
                 continue
+            if not pages(froms[i], old, page) <= mapped | reserved:
+                moved_holes = True  # a move of a range with holes: see check_sequence
             if mode != 3:               # DONTUNMAP keeps the old range mapped
                 mapped -= pages(froms[i], old, page)
                 reserved -= pages(froms[i], old, page)
@@ -138,7 +141,7 @@ def model_of(op_list, results, froms, lens, arena, page):
             touched |= moved
             reserved -= moved
             counts[MREMAP] += 1
-    return mapped, counts, touched, reserved
+    return mapped, counts, touched, reserved, moved_holes
 
 
 def as_arg(op):
@@ -153,7 +156,13 @@ def check_sequence(interpreter, op_list):
     assert run.returncode == 0, run.stderr
     results, froms, lens, maps, arena, _n, page = parse(run.stdout)
     all_ops = [tuple(int(x) if x.isdigit() else x for x in w.split(",")) for w in WARMUP] + op_list
-    mapped, counts, touched, reserved = model_of(all_ops, results, froms, lens, arena, page)
+    mapped, counts, touched, reserved, moved_holes = model_of(all_ops, results, froms, lens,
+                                                               arena, page)
+    if moved_holes:
+        # Known limit (docs/reliability.md): an mremap that moves a range with holes
+        # in it is recorded by the sizes asked for; the kernel moves less. Such
+        # generated sequences are discarded.
+        reject()
 
     (proc, events), = streams(cap)
     exe_libs = {lid for lid, path in proc.libs.items() if path.endswith("/mmap_interp")}
