@@ -386,13 +386,14 @@ EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
         /* In place: only the difference changed (the kernel accepts this even over
          * holes in the old range, which stay holes). A shrink unmaps the tail; a
          * growth maps a new tail of the old mapping's kind. */
-        size_t keep = new_size < old_size ? new_size : old_size;
-        mt_commit_free(pos, new_size < old_size ? MT_MUNMAP : new_size > old_size ? MT_MUNMAP : MT_NONE,
-                       new_size < old_size ? 0 : MT_FLAG_REMAP | MT_FLAG_KEEP,
-                       new_size < old_size ? (char *)old + keep : old,
-                       new_size < old_size ? old_size - new_size : old_size);
-        mt_commit_alloc(pos + 1, new_size > old_size ? MT_MREMAP : MT_NONE, 0,
-                        (char *)old + old_size, new_size - keep, CALLER);
+        int shrink = new_size < old_size, grow = new_size > old_size;
+        if (shrink)
+            mt_commit_free(pos, MT_MUNMAP, 0, (char *)old + new_size, old_size - new_size);
+        else /* a growth's KEEP record names the kind of mapping the tail copies */
+            mt_commit_free(pos, grow ? MT_MUNMAP : MT_NONE, MT_FLAG_REMAP | MT_FLAG_KEEP, old,
+                           old_size);
+        mt_commit_alloc(pos + 1, grow ? MT_MREMAP : MT_NONE, 0, (char *)old + old_size,
+                        grow ? new_size - old_size : 0, CALLER);
         errno = saved;
         leave();
         return p;
