@@ -139,10 +139,12 @@ def test_workloads_are_explained(tmp_path, workload, args):
 
 
 def test_reconcile_command_and_digest(tmp_path):
-    # (it stays a moment: the collector, still importing while a program starts,
-    # samples RSS and glibc's books from its first round on)
+    # (it keeps allocating a moment: the collector, still importing while a program
+    # starts, asks for glibc's books from its first round on, and a program answers
+    # inside its next allocator call)
     argv = python(tmp_path, "import time\nx = [bytes(5000) for i in range(20000)]\n"
-                            "time.sleep(0.3)\n", "digest")
+                            "end = time.time() + 0.3\n"
+                            "while time.time() < end:\n    y = bytes(6000)\n", "digest")
     cap = tmp_path / "digest.mtrace"
     run = memtrace("run", "-o", cap, "--", *argv, cwd=tmp_path)
     assert run.returncode == 0
