@@ -285,7 +285,7 @@ def _unwrap(path, pos, data) -> tuple:
             try:
                 body = zstandard.ZstdDecompressor().decompress(
                     data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
-            except zstandard.ZstdError:
+            except (zstandard.ZstdError, MemoryError):  # a corrupt length can be absurd
                 body = None
             if body is not None and len(body) == length:
                 return ctype, body

@@ -45,7 +45,9 @@ def _pool_run(tmp_path, method):
     main = int(run.stdout.split("main")[1])
     assert sorted(i for _, _, i in results) == list(range(8))
     raw = Raw(cap)
-    raw.assert_valid()
+    # leaving `with Pool()` terminates the workers (SIGTERM): one killed between
+    # claiming a ring slot and filling it leaves that slot lost, counted and reported
+    raw.assert_valid(allow_lost=1)
     assert raw.capture.end["main_pid"] == main
     return raw, main, results
 
