@@ -522,14 +522,27 @@ int mt_shm_check(const void *shm, size_t size) {
     return 0;
 }
 
+#define DRAIN_KEEP_BACK 256 /* slots (8 KiB) */
+
 static size_t drain(void *shm, mt_event *out, size_t max, int dead, uint64_t *lost) {
     mt_shm_header *h = shm;
     mt_event *ring = (mt_event *)((char *)shm + h->ring_offset);
     uint64_t mask = h->ring_slots - 1;
     uint64_t pos = h->tail;
     uint64_t head = __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+    /* While producers are busy, stay a page behind the slots being filled:
+     * reading a line a producer is still writing sends the line back and
+     * forth between the cores and makes every producer's next claim wait.
+     * The last slots are read once the producers pause (or die). */
+    uint64_t limit = UINT64_MAX;
+    if (!dead && head - pos > 2 * DRAIN_KEEP_BACK) {
+        uint64_t slots_per_page = 4096 / sizeof(mt_event);
+        uint64_t first = h->ring_offset / sizeof(mt_event); /* page phase of slot 0 */
+        limit = head - DRAIN_KEEP_BACK;
+        limit -= (first + limit) & (slots_per_page - 1);
+    }
     size_t n = 0;
-    while (n < max) {
+    while (n < max && pos < limit) {
         mt_event *slot = &ring[pos & mask];
         uint32_t seq = __atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE);
         if (seq != (uint32_t)(pos + 1)) {

@@ -7,8 +7,6 @@ docs/capture-format.md.
 """
 import struct
 
-import numpy as np
-
 from tracer._native import ffi
 
 # ---- csrc/events.h -------------------------------------------------------
@@ -32,25 +30,16 @@ MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "
                    "uordblks", "fordblks", "keepcost")
 
 
-def _dtype(ctype: str, fields) -> np.dtype:
-    """A NumPy dtype with the exact offsets and size cffi computed for ctype."""
-    return np.dtype({
-        "names": [name for name, _ in fields],
-        "formats": [fmt for _, fmt in fields],
-        "offsets": [ffi.offsetof(ctype, name) for name, _ in fields],
-        "itemsize": ffi.sizeof(ctype),
-    })
-
-
-EVENT_DTYPE = _dtype("mt_event", [
+# Record layouts as (name, NumPy format); the dtypes are built on first use, so
+# that the collector, which never needs NumPy, starts without importing it.
+EVENT_FIELDS = [
     ("addr", "<u8"), ("size", "<u8"), ("stack", "<u4"), ("tid", "<u4"),
-    ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"), ("seq", "<u4")])
-
-SITE_DTYPE = _dtype("mt_site", [
+    ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"), ("seq", "<u4")]
+SITE_FIELDS = [
     ("stack", "<u4"), ("tid", "<u4"), ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"),
     ("dirty", "<u4"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"), ("live_bytes", "<i8"),
     ("live_count", "<i8"), ("peak_bytes", "<i8"), ("peak_count", "<i8"),
-    ("temp_bytes", "<u8"), ("temp_count", "<u8")])
+    ("temp_bytes", "<u8"), ("temp_count", "<u8")]
 
 TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
 
@@ -89,10 +78,45 @@ ZCHUNK_MIN = 1024      # smaller payloads are written as they are
 CHUNK_NAMES = {1: "info", 2: "process", 3: "events", 4: "meta", 5: "rss", 6: "aggregate",
                7: "process_end", 8: "end", 9: "heap", 10: "snapshot", 11: "zevents", 12: "compressed"}
 
-RSS_DTYPE = np.dtype([("t", "<f8"), ("rss", "<u8"), ("anon", "<u8"), ("file", "<u8"),
-                      ("shmem", "<u8"), ("swap", "<u8")])
+RSS_FIELDS = [("t", "<f8"), ("rss", "<u8"), ("anon", "<u8"), ("file", "<u8"),
+              ("shmem", "<u8"), ("swap", "<u8")]
 # heap: live heap at t; max: the highest it reached since the previous record
-HEAP_DTYPE = np.dtype([("t", "<f8"), ("heap", "<i8"), ("max", "<i8")])
+HEAP_FIELDS = [("t", "<f8"), ("heap", "<i8"), ("max", "<i8")]
+
+
+def row_struct(fields) -> struct.Struct:
+    """The struct layout of one packed record of fields (how the collector writes rows)."""
+    codes = {"<f8": "d", "<u8": "Q", "<i8": "q", "<u4": "I", "<u2": "H", "u1": "B"}
+    return struct.Struct("<" + "".join(codes[f] for _, f in fields))
+
+
+RSS_ROW = row_struct(RSS_FIELDS)
+HEAP_ROW = row_struct(HEAP_FIELDS)
+
+
+def _dtype(fields, ctype=None):
+    """A NumPy dtype for fields; with ctype, at the exact offsets and size cffi computed."""
+    import numpy as np
+    if ctype is None:
+        return np.dtype(fields)
+    return np.dtype({
+        "names": [name for name, _ in fields],
+        "formats": [f for _, f in fields],
+        "offsets": [ffi.offsetof(ctype, name) for name, _ in fields],
+        "itemsize": ffi.sizeof(ctype),
+    })
+
+
+_DTYPES = {"EVENT_DTYPE": (EVENT_FIELDS, "mt_event"), "SITE_DTYPE": (SITE_FIELDS, "mt_site"),
+           "RSS_DTYPE": (RSS_FIELDS, None), "HEAP_DTYPE": (HEAP_FIELDS, None)}
+
+
+def __getattr__(name):
+    if name in _DTYPES:
+        value = _dtype(*_DTYPES[name])
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def iter_meta(data: bytes):

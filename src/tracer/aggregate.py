@@ -1,8 +1,7 @@
-"""Python face of the C aggregator (csrc/native.c): batches in, totals and sites out."""
+"""Python face of the C aggregator (csrc/native.c): batches in, totals and sites out.
+No NumPy at import: the collector uses it through cffi buffers only."""
 import json
 import os
-
-import numpy as np
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
@@ -26,12 +25,14 @@ class Aggregator:
         if lib.mt_agg_track_temporary(self._agg, threshold) != 0:
             raise ValueError("the temporary threshold must be 1 to 64")
 
-    def feed(self, events: np.ndarray, t: float) -> None:
-        """Feed a contiguous array of EVENT_DTYPE records, in stream order."""
-        if len(events) == 0:
-            return
-        ptr = ffi.cast("mt_event *", ffi.from_buffer(events))
-        if lib.mt_agg_feed(self._agg, ptr, len(events), t) != 0:
+    def feed(self, events, t: float) -> None:
+        """Feed a contiguous NumPy array of EVENT_DTYPE records, in stream order."""
+        if len(events):
+            self.feed_events(ffi.cast("mt_event *", ffi.from_buffer(events)), len(events), t)
+
+    def feed_events(self, ptr, n: int, t: float) -> None:
+        """Feed n mt_event records at a cffi pointer, in stream order."""
+        if n and lib.mt_agg_feed(self._agg, ptr, n, t) != 0:
             raise MemoryError("memtrace: the aggregator ran out of memory")
 
     def totals(self) -> dict:
@@ -39,12 +40,19 @@ class Aggregator:
         lib.mt_agg_totals(self._agg, out)
         return {name: getattr(out, name) for name in fmt.TOTALS_FIELDS}
 
-    def sites(self) -> np.ndarray:
+    def site_records(self) -> bytes:
+        """Every site as packed mt_site records (SITE_DTYPE)."""
         n = lib.mt_agg_sites(self._agg, ffi.NULL, 0)
-        sites = np.zeros(n, dtype=fmt.SITE_DTYPE)
-        if n:
-            lib.mt_agg_sites(self._agg, ffi.cast("mt_site *", ffi.from_buffer(sites)), n)
-        return sites
+        if n == 0:
+            return b""
+        out = ffi.new("mt_site[]", n)
+        lib.mt_agg_sites(self._agg, out, n)
+        return bytes(ffi.buffer(out))
+
+    def sites(self):
+        """Every site, as a NumPy array of SITE_DTYPE."""
+        import numpy as np
+        return np.frombuffer(self.site_records(), dtype=fmt.SITE_DTYPE).copy()
 
     def size_histogram(self) -> dict:
         """Heap allocations by power-of-two size: {"count": [...], "bytes": [...]}
@@ -58,4 +66,4 @@ class Aggregator:
         """The aggregate chunk: u32 JSON length, JSON (totals + extra), site records."""
         head = json.dumps({**self.totals(), "size_histogram": self.size_histogram(), **extra},
                           separators=(",", ":")).encode()
-        return [len(head).to_bytes(4, "little"), head, self.sites().tobytes()]
+        return [len(head).to_bytes(4, "little"), head, self.site_records()]

@@ -17,13 +17,11 @@ import struct
 import time
 from typing import Dict, Optional
 
-import numpy as np
-
 from tracer import _format as fmt
 from tracer import procfs
 from tracer._native import ffi, lib
 from tracer.aggregate import PAGE_SIZE, Aggregator
-from tracer.capture import CaptureWriter, EventPacker
+from tracer.capture_writer import CaptureWriter, EventPacker
 from tracer.session import Session
 
 HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
@@ -90,8 +88,7 @@ class Collector:
         self.streams: Dict[int, Stream] = {}
         self.by_pid: Dict[int, Stream] = {}
         self.next_sid = 1
-        self.buffer = np.zeros(BATCH_EVENTS, dtype=fmt.EVENT_DTYPE)
-        self.buffer_ptr = ffi.cast("mt_event *", ffi.from_buffer(self.buffer))
+        self.buffer_ptr = ffi.new("mt_event[]", BATCH_EVENTS)
         self.encoded = bytearray(BATCH_EVENTS * lib.MT_ENCODED_MAX)
         self.encoded_ptr = ffi.cast("uint8_t *", ffi.from_buffer(self.encoded))
         self.meta_buffer = bytearray(META_BATCH)
@@ -184,11 +181,10 @@ class Collector:
             if n == 0:
                 break
             t = self.now()
-            events = self.buffer[:n]
             size = lib.mt_encode_more(stream.packer.codec, self.buffer_ptr, n, self.encoded_ptr)
             stream.packer.add(t, stream.n_events, n, memoryview(self.encoded)[:size])
             stream.packer.write_ready()
-            stream.agg.feed(events, t)
+            stream.agg.feed_events(self.buffer_ptr, n, t)
             stream.n_events += n
             self._note_heap(stream, t)
             total += n
@@ -240,18 +236,16 @@ class Collector:
         if vmas is None:
             record["error"] = f"/proc/{stream.pid}/smaps could not be read"
         else:
-            starts = np.array([v[0] for v in vmas], dtype=np.uint64)
-            ends = np.array([v[1] for v in vmas], dtype=np.uint64)
             n = len(vmas)
-            blocks, anon, filemap, top = (np.zeros(n, dtype=np.int64) for _ in range(4))
-            top_site = np.zeros(n, dtype=np.uint32)
-            c = lambda a, t_: ffi.cast(t_, ffi.from_buffer(a))
-            lib.mt_agg_bytes_in_ranges(stream.agg._agg, c(starts, "uint64_t *"), c(ends, "uint64_t *"),
-                                       n, c(blocks, "int64_t *"), c(anon, "int64_t *"),
-                                       c(filemap, "int64_t *"), c(top_site, "uint32_t *"),
-                                       c(top, "int64_t *"))
-            record["vmas"] = [v + [int(b), int(a), int(f), int(s) if s != 0xFFFFFFFF else -1, int(tb)]
-                              for v, b, a, f, s, tb in zip(vmas, blocks, anon, filemap, top_site, top)]
+            starts = ffi.new("uint64_t[]", [v[0] for v in vmas])
+            ends = ffi.new("uint64_t[]", [v[1] for v in vmas])
+            blocks, anon, filemap, top = (ffi.new("int64_t[]", n) for _ in range(4))
+            top_site = ffi.new("uint32_t[]", n)
+            lib.mt_agg_bytes_in_ranges(stream.agg._agg, starts, ends, n, blocks, anon, filemap,
+                                       top_site, top)
+            record["vmas"] = [v + [blocks[i], anon[i], filemap[i],
+                                   top_site[i] if top_site[i] != 0xFFFFFFFF else -1, top[i]]
+                              for i, v in enumerate(vmas)]
             record["stack_pointers"] = procfs.thread_stack_pointers(stream.pid)
         stream.snap_t = t
         stream.snap_peak = totals["peak_heap"]
@@ -288,10 +282,10 @@ class Collector:
             totals = stream.agg.totals()
             stream.heap_pending.append((self.now(), totals["heap"],
                                         max(stream.heap_max, totals["heap"])))
-        for pending, ctype, dtype in ((stream.rss_pending, fmt.CHUNK_RSS, fmt.RSS_DTYPE),
-                                      (stream.heap_pending, fmt.CHUNK_HEAP, fmt.HEAP_DTYPE)):
+        for pending, ctype, row in ((stream.rss_pending, fmt.CHUNK_RSS, fmt.RSS_ROW),
+                                    (stream.heap_pending, fmt.CHUNK_HEAP, fmt.HEAP_ROW)):
             if pending:
-                self.writer.chunk(ctype, stream.sid, np.array(pending, dtype=dtype).tobytes())
+                self.writer.chunk(ctype, stream.sid, b"".join(row.pack(*r) for r in pending))
                 pending.clear()
 
     def _write_aggregate(self, stream: Stream, checkpoint: str = "latest") -> None:
