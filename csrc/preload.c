@@ -122,7 +122,8 @@ __attribute__((destructor)) static void shim_destructor(void) {
 
 /* Leave a traced call: answer a pending statistics request, drop the guard. */
 static inline void leave(void) {
-    mt_after_call();
+    if (mt_stats_wanted(mt_stream))
+        mt_after_call();
     mt_self.in_hook--;
 }
 
@@ -194,7 +195,7 @@ EXPORT void free(void *p) {
     mt_self.in_hook++;
     int saved = errno;
     if (mt_sample_rate == 0 || mt_sampled_take(p)) /* claimed before the block is reusable */
-        mt_commit_free(mt_claim(1), MT_FREE, 0, p, 0);
+        mt_record_free(p);
     errno = saved;
     real_free(p);
     leave();

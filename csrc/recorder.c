@@ -187,6 +187,15 @@ static int same_frame(const frames *a, int i, const frames *b, int j) {
     return a->frame[i] == b->frame[j] && a->code[i] == b->code[j] && a->lasti[i] == b->lasti[j];
 }
 
+/* The whole of a and b, innermost first (the innermost frame's offset is the
+ * likeliest to differ). */
+static int same_stack(const frames *a, const frames *b, int depth) {
+    for (int i = 0; i < depth; i++)
+        if (a->lasti[i] != b->lasti[i] || a->frame[i] != b->frame[i] || a->code[i] != b->code[i])
+            return 0;
+    return 1;
+}
+
 /* The calling thread's Python stack as a node id (0: no Python frame). */
 static uint32_t current_stack(void) {
     const mt_python_reader *r = __atomic_load_n(&py_reader, __ATOMIC_ACQUIRE);
@@ -196,12 +205,15 @@ static uint32_t current_stack(void) {
     frames *prev = &stack_cache[stack_cur];
     frames *cur = &stack_cache[stack_cur ^ 1];
     int depth = r->walk(cur->frame, cur->code, cur->lasti, MT_MAX_FRAMES);
-    cur->gen = gen;
-    cur->depth = depth;
-    stack_cur ^= 1;
     if (depth == 0)
         return 0;
     int prev_depth = prev->gen == gen ? prev->depth : 0;
+    /* Most often: the same stack as the thread's previous event (a loop). */
+    if (depth == prev_depth && same_stack(cur, prev, depth))
+        return prev->node[0];
+    cur->gen = gen;
+    cur->depth = depth;
+    stack_cur ^= 1;
 
     /* Reuse the node ids of the outermost frames that did not change. */
     int same = 0;
@@ -336,7 +348,7 @@ static inline void fill(mt_event *e, uint8_t kind, uint8_t flags, void *addr, si
 }
 
 /* Fill the claimed slot at pos and publish it. */
-static void put(mt_shm_header *h, uint64_t pos, uint8_t kind, uint8_t flags, void *addr,
+static inline __attribute__((always_inline)) void put(mt_shm_header *h, uint64_t pos, uint8_t kind, uint8_t flags, void *addr,
                 size_t size, uint32_t stack, uint16_t lib) {
     mt_event *e = mt_ring_slot(h, pos);
     if (e == NULL)
@@ -352,6 +364,17 @@ uint64_t mt_claim(uint32_t n) {
     if (__builtin_expect(mt_self.tid == 0, 0))
         first_event_of_thread();
     return mt_ring_claim(h, n);
+}
+
+void mt_record_free(void *addr) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return;
+    if (__builtin_expect(mt_self.tid == 0, 0))
+        first_event_of_thread();
+    uint64_t pos = mt_ring_claim(h, 1);
+    if (pos != UINT64_MAX)
+        put(h, pos, MT_FREE, 0, addr, 0, 0, 0);
 }
 
 void mt_commit_free(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size_t size) {
@@ -424,7 +447,8 @@ struct mt_mallinfo { /* the older struct mallinfo: same fields as int */
 
 static struct mt_mallinfo2 (*real_mallinfo2)(void);
 static struct mt_mallinfo (*real_mallinfo)(void);
-static uint32_t stats_seen, python_seen; /* process-local copies of the served counters */
+uint32_t mt_stats_seen;      /* process-local copies of the served counters */
+static uint32_t python_seen;
 
 static int64_t clock_ns(void) {
     struct timespec ts;
@@ -465,9 +489,9 @@ void mt_after_call(void) {
     /* The collector bumps python_request before stats_request (release), so one
      * load covers both on the common path. */
     uint32_t want = __atomic_load_n(&h->stats_request, __ATOMIC_ACQUIRE);
-    if (__builtin_expect(want == __atomic_load_n(&stats_seen, __ATOMIC_RELAXED), 1))
+    if (__builtin_expect(want == __atomic_load_n(&mt_stats_seen, __ATOMIC_RELAXED), 1))
         return;
-    __atomic_store_n(&stats_seen, want, __ATOMIC_RELAXED);
+    __atomic_store_n(&mt_stats_seen, want, __ATOMIC_RELAXED);
     uint32_t served = __atomic_load_n(&h->stats_served, __ATOMIC_RELAXED);
     if (served != want && __atomic_compare_exchange_n(&h->stats_served, &served, want, 0,
                                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
@@ -584,7 +608,7 @@ void mt_recorder_after_fork_child(void) {
     mt_self.tid = 0;
     mt_self.last_caller = NULL; /* library ids restart in the child's stream */
     mt_self.last_lib = 0;
-    stats_seen = python_seen = 0;
+    mt_stats_seen = python_seen = 0;
     if (make_tables() != MT_OK) {
         drop_tables();
         mt_stream = NULL;

@@ -48,8 +48,18 @@ void mt_commit_alloc(uint64_t pos, uint8_t kind, uint8_t flags, void *addr, size
  * be recorded? (Decided before the real call; see preload.c.) */
 void mt_realloc_decide(void *old, size_t size, int *free_kept, int *new_kept);
 
+/* Record a free (before the real free runs: the address cannot be handed out
+ * again before the collector sees it released). */
+void mt_record_free(void *addr);
+
 /* At the end of every traced call: answer the collector's pending request for
- * heap statistics, if any (one shared load when there is none). */
+ * heap statistics, if any. mt_stats_wanted is the one shared load and compare
+ * of the common case; mt_after_call does the rest. */
+extern uint32_t mt_stats_seen;
+static inline int mt_stats_wanted(const mt_shm_header *h) {
+    return h != NULL && __builtin_expect(__atomic_load_n(&h->stats_request, __ATOMIC_ACQUIRE) !=
+                                             __atomic_load_n(&mt_stats_seen, __ATOMIC_RELAXED), 0);
+}
 void mt_after_call(void);
 
 /* exit() is running: send the final heap statistics and let the collector look

@@ -40,7 +40,7 @@ static size_t stream_size;
  * tail (a cache line the collector writes on every drain) only when the ring
  * looks full keeps it off the hot path. Any value read from tail is a lower
  * bound of the current one, so a stale copy only makes the check stricter. */
-static uint64_t tail_seen;
+uint64_t mt_tail_seen; /* the collector's tail as last read: slots below tail_seen + ring_slots are free */
 
 
 void *mt_sys_mmap(size_t len) {
@@ -226,7 +226,7 @@ int mt_transport_open(void) {
 void mt_transport_after_fork_child(void) {
     mt_shm_header *parent = mt_stream;
     mt_stream = NULL;
-    tail_seen = 0;
+    mt_tail_seen = 0;
     if (parent == NULL)
         return;
     parent_pid = (pid_t)parent->pid;
@@ -308,26 +308,16 @@ static int wait_for_room(mt_shm_header *h, uint64_t pos) {
     return MT_OK;
 }
 
-mt_event *mt_ring_slot(mt_shm_header *h, uint64_t pos) {
-    mt_event *ring = (mt_event *)((char *)h + h->ring_offset);
-    /* The slot is free once the collector's tail has passed its previous lap.
-     * The collector never writes to slots: each cache line of the ring is
-     * written by producers only, and read by the collector. */
-    if (pos - __atomic_load_n(&tail_seen, __ATOMIC_RELAXED) >= h->ring_slots) {
-        uint64_t tail = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE);
-        if (pos - tail >= h->ring_slots && wait_for_room(h, pos) != MT_OK) {
-            __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
-            return NULL;
-        }
-        __atomic_store_n(&tail_seen, __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE),
-                         __ATOMIC_RELAXED);
+mt_event *mt_ring_slot_wait(mt_shm_header *h, uint64_t pos) {
+    uint64_t tail = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE);
+    if (pos - tail >= h->ring_slots && wait_for_room(h, pos) != MT_OK) {
+        __atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);
+        return NULL;
     }
-    return &ring[pos & (h->ring_slots - 1)];
+    __atomic_store_n(&mt_tail_seen, __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE), __ATOMIC_RELAXED);
+    return mt_ring_at(h, pos);
 }
 
-void mt_ring_commit(mt_event *slot, uint64_t pos) {
-    __atomic_store_n(&slot->seq, (uint32_t)(pos + 1), __ATOMIC_RELEASE);
-}
 
 static void meta_lock(mt_shm_header *h) {
     while (__atomic_exchange_n(&h->meta_lock, 1, __ATOMIC_ACQUIRE))

@@ -25,12 +25,27 @@ void mt_transport_after_fork_child(void);
  * when the stream is gone. */
 uint64_t mt_ring_claim(mt_shm_header *h, uint32_t n);
 
+static inline mt_event *mt_ring_at(mt_shm_header *h, uint64_t pos) {
+    return (mt_event *)((char *)h + h->ring_offset) + (pos & (h->ring_slots - 1));
+}
+
 /* The slot for a claimed position, once it is free (waits if the ring is full);
- * NULL when the stream died while waiting. */
-mt_event *mt_ring_slot(mt_shm_header *h, uint64_t pos);
+ * NULL when the stream died while waiting. The slot is free once the
+ * collector's tail has passed its previous lap. The collector never writes to
+ * slots: each cache line of the ring is written by producers only, and read by
+ * the collector. */
+extern uint64_t mt_tail_seen;
+mt_event *mt_ring_slot_wait(mt_shm_header *h, uint64_t pos);
+static inline mt_event *mt_ring_slot(mt_shm_header *h, uint64_t pos) {
+    if (__builtin_expect(pos - __atomic_load_n(&mt_tail_seen, __ATOMIC_RELAXED) >= h->ring_slots, 0))
+        return mt_ring_slot_wait(h, pos);
+    return mt_ring_at(h, pos);
+}
 
 /* Publish a filled slot. */
-void mt_ring_commit(mt_event *slot, uint64_t pos);
+static inline void mt_ring_commit(mt_event *slot, uint64_t pos) {
+    __atomic_store_n(&slot->seq, (uint32_t)(pos + 1), __ATOMIC_RELEASE);
+}
 
 /* Append one metadata record made of two byte ranges (payload = a then b). */
 void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, const void *b,
