@@ -45,8 +45,8 @@ TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
 
 # ---- capture file (docs/capture-format.md) -------------------------------
 MAGIC = b"MTRACE\x00\n"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)                # 1: no compressed events chunks yet
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)             # 1: no compressed events chunks; 2: no delta chunks
 FILE_HEADER = struct.Struct("<8sII")      # magic, format version, reserved
 CHUNK_HEADER = struct.Struct("<IIQ")      # type, stream id, payload length
 EVENTS_HEADER = struct.Struct("<dQQ")     # seconds since start, index of first event, count
@@ -72,11 +72,15 @@ CHUNK_HEAP = 9         # HEAP_DTYPE records: the heap over time
 CHUNK_SNAPSHOT = 10    # JSON: /proc/PID/smaps and traced bytes per mapping, at a moment
 CHUNK_ZEVENTS = 11     # batches of encoded events, zstd-compressed together (see ZEVENTS_HEADER)
 CHUNK_Z = 12           # u32 inner type, u32 inner length, zstd frame of that chunk's payload
+CHUNK_ZD = 13          # the same, compressed against the payload of the stream's previous
+                       # chunk of that inner type (a zstd raw-content dictionary)
+DELTA_TYPES = (CHUNK_AGGREGATE, CHUNK_SNAPSHOT)  # each repeats most of the previous one
 ZCHUNK_HEADER = struct.Struct("<II")
 ZCHUNK_MIN = 1024      # smaller payloads are written as they are
 
 CHUNK_NAMES = {1: "info", 2: "process", 3: "events", 4: "meta", 5: "rss", 6: "aggregate",
-               7: "process_end", 8: "end", 9: "heap", 10: "snapshot", 11: "zevents", 12: "compressed"}
+               7: "process_end", 8: "end", 9: "heap", 10: "snapshot", 11: "zevents", 12: "compressed",
+               13: "delta"}
 
 RSS_FIELDS = [("t", "<f8"), ("rss", "<u8"), ("anon", "<u8"), ("file", "<u8"),
               ("shmem", "<u8"), ("swap", "<u8")]

@@ -104,6 +104,7 @@ def read_capture(path: str) -> Capture:
             raise CaptureError(f"{path} was written in capture format {version}; "
                                f"this memtrace reads format {fmt.FORMAT_VERSION}")
         info, end, streams, truncated = {}, None, {}, None
+        previous = {}  # (type, stream) -> payload of the last DELTA_TYPES chunk
         pos = fmt.FILE_HEADER.size
         while pos < size:
             header = f.read(fmt.CHUNK_HEADER.size)
@@ -118,10 +119,14 @@ def read_capture(path: str) -> Capture:
             if body_at + length > size:
                 truncated = pos
                 break
-            if ctype == fmt.CHUNK_Z:
-                ctype, body = _unwrap(path, pos, f.read(length))
+            if ctype in (fmt.CHUNK_Z, fmt.CHUNK_ZD):
+                ctype, body = _unwrap(path, pos, f.read(length), ctype, sid, previous)
+            elif ctype in fmt.DELTA_TYPES:
+                body = f.read(length)
             else:
                 body = None
+            if ctype in fmt.DELTA_TYPES:
+                previous[(ctype, sid)] = body
             stream = streams.get(sid)
             if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
                 stream = streams[sid] = StreamData(sid)
@@ -153,15 +158,23 @@ def read_capture(path: str) -> Capture:
     return Capture(path, info, streams, end, truncated)
 
 
-def _unwrap(path, pos, data) -> tuple:
-    """(inner type, payload) of a compressed chunk."""
+def _unwrap(path, pos, data, outer, sid, previous) -> tuple:
+    """(inner type, payload) of a compressed chunk; a delta chunk (CHUNK_ZD) is
+    decompressed against its stream's previous payload of its type."""
     if len(data) >= fmt.ZCHUNK_HEADER.size:
         ctype, length = fmt.ZCHUNK_HEADER.unpack_from(data)
-        if ctype in fmt.CHUNK_NAMES and ctype not in (fmt.CHUNK_Z, fmt.CHUNK_ZEVENTS,
-                                                      fmt.CHUNK_EVENTS) and length <= fmt.MAX_CHUNK:
+        if outer == fmt.CHUNK_ZD:
+            prefix = previous.get((ctype, sid)) if ctype in fmt.DELTA_TYPES else None
+            usable = bool(prefix)
+        else:
+            prefix, usable = None, ctype in fmt.CHUNK_NAMES and ctype not in (
+                fmt.CHUNK_Z, fmt.CHUNK_ZD, fmt.CHUNK_ZEVENTS, fmt.CHUNK_EVENTS)
+        if usable and length <= fmt.MAX_CHUNK:
             try:
-                body = zstandard.ZstdDecompressor().decompress(
-                    data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
+                d = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
+                    prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)) if prefix else \
+                    zstandard.ZstdDecompressor()
+                body = d.decompress(data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
             except (zstandard.ZstdError, MemoryError):  # a corrupt length can be absurd
                 body = None
             if body is not None and len(body) == length:
