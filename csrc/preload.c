@@ -151,7 +151,7 @@ EXPORT void *malloc(size_t size) {
         return real_malloc(size);
     mt_self.in_hook++;
     void *p = real_malloc(size);
-    if (p) {
+    if (p && !mt_sample_drop(size)) {
         int saved = errno;
         mt_record_alloc(MT_MALLOC, 0, p, size, CALLER);
         errno = saved;
@@ -193,10 +193,12 @@ EXPORT void free(void *p) {
         return;
     }
     mt_self.in_hook++;
-    int saved = errno;
-    if (mt_sample_rate == 0 || mt_sampled_take(p)) /* claimed before the block is reusable */
-        mt_record_free(p);
-    errno = saved;
+    if (!mt_sample_unkept(p)) {
+        int saved = errno;
+        if (mt_sample_rate == 0 || mt_sampled_take(p)) /* claimed before the block is reusable */
+            mt_record_free(p);
+        errno = saved;
+    }
     real_free(p);
     leave();
 }

@@ -84,14 +84,12 @@ static uint64_t kept_seq;
  * whose bucket is 0 was not kept: one load, no probe, for almost every free.
  * A kept block's own count was added before it could be freed, so a free of a
  * kept block never reads 0. */
-#define FILTER_BITS 16
-static uint8_t kept_filter[1u << FILTER_BITS];
-
-static inline uint32_t filter_slot(uint64_t p) {
-    return (uint32_t)(((p >> 4) * 0x9e3779b97f4a7c15ULL) >> (64 - FILTER_BITS));
-}
+uint8_t mt_kept_filter[1u << MT_FILTER_BITS];
+#define kept_filter mt_kept_filter
+#define filter_slot mt_filter_slot
 static int kept_lock;
-static int kept_overflow; /* a table could not grow: record every free from now on */
+int mt_kept_overflow; /* a table could not grow: record every free from now on */
+#define kept_overflow mt_kept_overflow
 
 static size_t table_bytes(uint64_t slots) {
     return sizeof(kept_table) + slots * sizeof(uint64_t);

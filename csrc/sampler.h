@@ -35,6 +35,33 @@ static inline int mt_sample_keep(size_t size) {
     return mt_sample_slow(size);
 }
 
+/* The hooks' fast paths (preload.c): the common case of sampling inline,
+ * everything else through the functions above and below. */
+
+/* Sampling, and this allocation ends before the thread's next sample point:
+ * count its bytes, and do not record it (mt_sample_keep's common case). */
+static inline int mt_sample_drop(size_t size) {
+    if (__builtin_expect(mt_sample_rate == 0, 1) || mt_self.sample_left <= (int64_t)size)
+        return 0;
+    mt_self.sample_left -= (int64_t)size;
+    return 1;
+}
+
+/* A counting filter over kept addresses: 0 at p's slot means p was not kept. */
+#define MT_FILTER_BITS 16
+extern uint8_t mt_kept_filter[1u << MT_FILTER_BITS];
+extern int mt_kept_overflow;
+static inline uint32_t mt_filter_slot(uint64_t p) {
+    return (uint32_t)(((p >> 4) * 0x9e3779b97f4a7c15ULL) >> (64 - MT_FILTER_BITS));
+}
+
+/* Sampling, and p was certainly not kept: its free is not recorded. */
+static inline int mt_sample_unkept(void *p) {
+    return mt_sample_rate != 0 && !__atomic_load_n(&mt_kept_overflow, __ATOMIC_RELAXED) &&
+           __atomic_load_n(&mt_kept_filter[mt_filter_slot((uint64_t)(uintptr_t)p)],
+                           __ATOMIC_RELAXED) == 0;
+}
+
 /* Remember a kept block's address (call after the real allocation returned). */
 void mt_sampled_add(void *p);
 /* Forget p; 1 if its free must be recorded (p was kept, or the set overflowed). */

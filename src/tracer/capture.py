@@ -246,6 +246,18 @@ def _vma_rows(rows) -> bool:
         for r in rows)
 
 
+def _snapshot_ok(snap: dict) -> bool:
+    """The fields the reconciliation reads have their types (a time is required)."""
+    if not _is_number(snap.get("t")) or ("vmas" in snap and not _vma_rows(snap["vmas"])):
+        return False
+    if not all(_is_number(snap[k]) for k in ("position", "heap", "peak_heap", "peak_time")
+               if k in snap):
+        return False
+    status, sps = snap.get("status"), snap.get("stack_pointers", [])
+    return (status is None or (isinstance(status, dict) and all(map(_is_number, status.values())))) \
+        and isinstance(sps, list) and all(isinstance(x, int) for x in sps)
+
+
 def _json(path, pos, body):
     try:
         value = json.loads(body)
@@ -285,6 +297,6 @@ def _load_chunk(path, pos, ctype, body, stream):
         stream.end = _json(path, pos, body)
     elif ctype == fmt.CHUNK_SNAPSHOT:
         snap = _json(path, pos, body)
-        if "vmas" in snap and not _vma_rows(snap["vmas"]):
+        if not _snapshot_ok(snap):
             raise CaptureError(f"{path} is corrupt at byte {pos} (bad snapshot)")
         stream.snapshots.append(snap)

@@ -37,7 +37,9 @@ class CaptureWriter:
         self._file.write(fmt.FILE_HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, 0))
         self._previous = {}  # (type, stream) -> last payload of a DELTA_TYPES chunk
 
-    _compressor = zstandard.ZstdCompressor(level=3)
+    # Every frame carries a checksum: a damaged capture is reported as corrupt
+    # rather than decompressed into different, plausible bytes.
+    _compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
 
     def chunk(self, ctype: int, stream: int, *parts) -> None:
         length = sum(len(memoryview(p).cast("B")) for p in parts)
@@ -51,7 +53,7 @@ class CaptureWriter:
                 # exit and final ones and each peak snapshot take 3-10x less.
                 prefix = zstandard.ZstdCompressionDict(
                     previous, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-                frame = zstandard.ZstdCompressor(level=3, dict_data=prefix).compress(raw)
+                frame = zstandard.ZstdCompressor(level=3, dict_data=prefix, write_checksum=True).compress(raw)
                 self._write(fmt.CHUNK_ZD, stream, fmt.ZCHUNK_HEADER.pack(ctype, length), frame)
                 return
         if length >= fmt.ZCHUNK_MIN and ctype not in (fmt.CHUNK_ZEVENTS, fmt.CHUNK_END):
@@ -95,7 +97,7 @@ class EventPacker:
     MAX_PENDING = 4      # groups being compressed before the collector waits for them
     # Level 1: twice level 3's speed for 5% more bytes. zstd releases the GIL, so
     # one worker thread compresses while the collector drains and aggregates.
-    _compressor = zstandard.ZstdCompressor(level=1)
+    _compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
     _worker: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     def __init__(self, writer: CaptureWriter, stream: int):

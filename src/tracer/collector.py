@@ -38,6 +38,7 @@ PASSED_PEAK_SPACING = 0.01
 SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot is skipped
 PERIODIC_SNAPSHOT_SECONDS = 10.0
 IDLE_WAIT_MIN, IDLE_WAIT_MAX = 0.001, 0.008  # seconds between rounds with nothing drained
+BUSY_EVENTS = 256  # fewer drained in a round (a trickle, e.g. --sample-rate) lets the wait grow
 
 
 class Stream:
@@ -411,7 +412,7 @@ class Collector:
                 if stream.alive:
                     self._write_aggregate(stream)
             self._next_aggregate = t + AGGREGATE_REFRESH_SECONDS
-        self._busy = drained > 0
+        self._busy = drained >= BUSY_EVENTS
         self._backlog = drained >= BATCH_EVENTS
 
     def run(self, main_done, grace: float = 2.0) -> None:
@@ -422,9 +423,9 @@ class Collector:
         idle_rounds = 0
         while True:
             # Poll at once while a backlog is being worked off, every 1 ms while
-            # events flow or pause, and back off to 8 ms after 20 quiet rounds (the
-            # ring holds 8 ms of the fastest allocation storm, and a wait is
-            # backpressure, never loss). Draining in large batches keeps the
+            # events flow, and back off to 8 ms after 20 rounds that drained less
+            # than BUSY_EVENTS (the ring holds 8 ms of the fastest allocation storm,
+            # and a wait is backpressure, never loss). Draining in large batches keeps the
             # collector's per-round Python work, and its share of a CPU that may be
             # the target's hyperthread sibling, small.
             idle_rounds = 0 if self._busy else idle_rounds + 1

@@ -140,15 +140,22 @@ def rewrite_json_chunks(src: Path, dst: Path, ctype: int, change) -> int:
     (aggregate chunks: their JSON head); returns how many chunks were changed."""
     import struct
 
+    import zstandard
+
     data = src.read_bytes()
     out, pos, n = bytearray(data[:16]), 16, 0
+    previous = {}  # (type, stream) -> payload, the dictionary of the next delta chunk
     while pos + 16 <= len(data):
         t, sid, length = struct.unpack_from("<IIQ", data, pos)
         body = data[pos + 16:pos + 16 + length]
-        if t == 12:  # a compressed chunk: rewrite its payload plainly (readers take both)
-            import zstandard
-            t, inner = struct.unpack_from("<II", body)
-            body = zstandard.ZstdDecompressor().decompress(body[8:], max_output_size=inner)
+        if t in (12, 13):  # compressed (13: against the previous payload): rewrite plainly
+            outer, (t, inner) = t, struct.unpack_from("<II", body)
+            d = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
+                previous[(t, sid)], dict_type=zstandard.DICT_TYPE_RAWCONTENT)) \
+                if outer == 13 else zstandard.ZstdDecompressor()
+            body = d.decompress(body[8:], max_output_size=inner)
+        if t in (6, 10):
+            previous[(t, sid)] = body
         if t == ctype:
             if t == 6:
                 k = int.from_bytes(body[:4], "little")
@@ -186,6 +193,24 @@ def test_exit_aggregate_without_heap_is_refused(seed, tmp_path):
     assert rewrite_json_chunks(Path(seed), bad, 6, drop_heap) == 1
     out = memtrace("stats", "--json", bad)
     assert "Traceback" not in out.stderr and one_clean_line(out), out.stderr[-800:]
+
+
+def test_snapshot_without_time_is_refused(seed, tmp_path):
+    """A damaged snapshot whose JSON still parses (a bit flip in a key) is corrupt,
+    not a KeyError in the reconciliation (found by the fuzzer in a run)."""
+    from r2util import memtrace
+
+    def drop_time(obj):
+        obj["u"] = obj.pop("t")
+        return True
+
+    bad = tmp_path / "bad.mtrace"
+    assert rewrite_json_chunks(Path(seed), bad, 10, drop_time) >= 1
+    for command in (("stats", "--json"), ("reconcile",)):
+        out = memtrace(*command, bad)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and one_clean_line(out), \
+            out.stderr[-800:]
+        assert "corrupt" in out.stderr
 
 
 def test_snapshot_with_short_vma_row_is_refused(seed, tmp_path):
