@@ -237,6 +237,20 @@ void mt_transport_after_fork_child(void) {
 
 #define MT_EXIT_WAIT_MS 250
 
+/* Wake a collector waiting between rounds: a connection that sends nothing
+ * (it is accepted, then dropped). Never blocks; a failure only costs latency. */
+static void wake_collector(void) {
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (sock < 0)
+        return;
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strcpy(addr.sun_path, socket_path);
+    (void)connect(sock, (struct sockaddr *)&addr, sizeof addr);
+    close(sock);
+}
+
 void mt_transport_exit_handshake(void) {
     mt_shm_header *h = mt_stream;
     if (h == NULL)
@@ -244,6 +258,7 @@ void mt_transport_exit_handshake(void) {
     int saved = errno;
     if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_RUNNING) {
         __atomic_store_n(&h->state, MT_STATE_EXITING, __ATOMIC_RELEASE);
+        wake_collector();
         for (int ms = 0; ms < MT_EXIT_WAIT_MS && !__atomic_load_n(&h->exit_ack, __ATOMIC_ACQUIRE);
              ms++) {
             struct timespec pause = {0, 1000 * 1000};

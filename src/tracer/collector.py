@@ -37,8 +37,8 @@ PEAK_SNAPSHOT_SPACING = 0.05    # ... and 50 ms passed since the last one
 PASSED_PEAK_SPACING = 0.01
 SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot is skipped
 PERIODIC_SNAPSHOT_SECONDS = 10.0
-IDLE_WAIT_MIN, IDLE_WAIT_MAX = 0.001, 0.008  # seconds between rounds with nothing drained
-BUSY_EVENTS = 256  # fewer drained in a round (a trickle, e.g. --sample-rate) lets the wait grow
+IDLE_WAIT_MIN, IDLE_WAIT_MAX = 0.001, 0.008  # seconds between rounds
+BATCH_TARGET = 16384  # while events flow, wait about as long as this many take to come
 
 
 class Stream:
@@ -412,26 +412,41 @@ class Collector:
                 if stream.alive:
                     self._write_aggregate(stream)
             self._next_aggregate = t + AGGREGATE_REFRESH_SECONDS
-        self._busy = drained >= BUSY_EVENTS
+        self._drained = drained
         self._backlog = drained >= BATCH_EVENTS
+        self._rate = drained / max(t - self._round_t, 1e-4)  # events per second
+        self._round_t = t
+
+    def _wait(self, idle_rounds: int) -> float:
+        """Seconds to wait before the next round. At once while a backlog is being
+        worked off; while events flow, about as long as BATCH_TARGET of them take
+        to come (1-8 ms: the ring holds 8 ms of the fastest allocation storm, and
+        a wait is backpressure, never loss); after 20 rounds with nothing, backing
+        off from 1 to 8 ms. Few, large batches keep the collector's per-round
+        Python work and wake-ups, and its share of the CPUs the program also
+        uses, small. A process that exits wakes the collector (the shim connects
+        to its socket), and RSS sampling keeps its interval."""
+        if self._backlog:
+            return 0.0
+        if self._drained:
+            wait = BATCH_TARGET / self._rate
+        else:
+            wait = IDLE_WAIT_MIN if idle_rounds < 20 else \
+                IDLE_WAIT_MIN * 2 ** min(idle_rounds - 19, 3)
+        wait = min(IDLE_WAIT_MAX, max(IDLE_WAIT_MIN, wait))
+        if self.heap_stats:
+            wait = min(wait, max(0.0, self._next_sample - self.now()))
+        return wait
 
     def run(self, main_done, grace: float = 2.0) -> None:
         """Loop until main_done() is true and every traced process has ended
         (or `grace` seconds after main_done, for children left running)."""
         done_at = None
-        self._busy = self._backlog = False
+        self._drained, self._backlog, self._round_t = 0, False, self.now()
         idle_rounds = 0
         while True:
-            # Poll at once while a backlog is being worked off, every 1 ms while
-            # events flow, and back off to 8 ms after 20 rounds that drained less
-            # than BUSY_EVENTS (the ring holds 8 ms of the fastest allocation storm,
-            # and a wait is backpressure, never loss). Draining in large batches keeps the
-            # collector's per-round Python work, and its share of a CPU that may be
-            # the target's hyperthread sibling, small.
-            idle_rounds = 0 if self._busy else idle_rounds + 1
-            wait = IDLE_WAIT_MIN if idle_rounds < 20 else \
-                min(IDLE_WAIT_MAX, IDLE_WAIT_MIN * 2 ** min(idle_rounds - 19, 3))
-            self.step(0 if self._backlog else wait)
+            idle_rounds = 0 if self._drained else idle_rounds + 1
+            self.step(self._wait(idle_rounds))
             if done_at is None and main_done():
                 done_at = time.monotonic()
                 self.step(0)  # connections queued just before the end

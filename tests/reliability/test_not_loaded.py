@@ -142,13 +142,14 @@ def test_shim_ignores_its_environment_under_at_secure(tmp_path):
         def run_as_nobody(program):
             out = subprocess.run([str(program)], capture_output=True, text=True, env=env,
                                  user=NOBODY, group=NOBODY, extra_groups=[], timeout=30)
-            try:
-                conn, _ = listener.accept()
+            connected = False  # a traced process connects twice: hello, and a wake at exit
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except socket.timeout:
+                    return out, connected
                 conn.close()
                 connected = True
-            except socket.timeout:
-                connected = False
-            return out, connected
 
         # control: the same program without capabilities connects (the test can see it)
         plain = d / "plainprog"

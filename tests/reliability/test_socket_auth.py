@@ -123,7 +123,8 @@ def test_socket_refuses_other_users(running):
     from tracer.capture import read_capture
 
     end = read_capture(str(cap)).end
-    assert end["refused_connections"] == (2 if shim_loaded else 1), end
+    # the forged hello, and the real shim's hello and its wake-up at exit
+    assert end["refused_connections"] == (3 if shim_loaded else 1), end
     st = stats(cap)
     assert all("victim" not in (p["exe"] or "") for p in st["processes"])
     assert len(st["processes"]) == 1
