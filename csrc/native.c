@@ -325,9 +325,7 @@ static int is_heap_mapping(uint32_t flags) {
     return (flags & MT_FLAG_ANON) != 0;
 }
 
-/* Remove [start, end) from the mappings, crediting the sites. */
-/* Flags of the mapping holding addr (an untraced one: anonymous, as mremap's
- * usual source is). */
+/* Index of the first mapping that ends after addr (binary search). */
 static size_t first_map_ending_after(const mt_agg *a, uint64_t addr) {
     size_t lo = 0, hi = a->n_maps;
     while (lo < hi) {
@@ -340,6 +338,8 @@ static size_t first_map_ending_after(const mt_agg *a, uint64_t addr) {
     return lo;
 }
 
+/* Flags of the mapping holding addr (an untraced one: anonymous, as mremap's
+ * usual source is). */
 static uint8_t flags_at(const mt_agg *a, uint64_t addr) {
     size_t lo = first_map_ending_after(a, addr);
     if (lo < a->n_maps && a->maps[lo].start <= addr)
@@ -347,6 +347,7 @@ static uint8_t flags_at(const mt_agg *a, uint64_t addr) {
     return MT_FLAG_ANON;
 }
 
+/* Remove [start, end) from the mappings, crediting the sites. */
 static int unmap_range(mt_agg *a, uint64_t start, uint64_t end, uint8_t *first_flags) {
     int found = 0;
     size_t i = first_map_ending_after(a, start);
@@ -533,9 +534,11 @@ static size_t drain(void *shm, mt_event *out, size_t max, int dead, uint64_t *lo
     /* While producers are busy, stay a page behind the slots being filled:
      * reading a line a producer is still writing sends the line back and
      * forth between the cores and makes every producer's next claim wait.
-     * The last slots are read once the producers pause (or die). */
+     * The last slots are read once the producers pause, and at once when the
+     * process is exiting (the exit point's aggregate needs every event) or dead. */
     uint64_t limit = UINT64_MAX;
-    if (!dead && head - pos > 2 * DRAIN_KEEP_BACK) {
+    if (!dead && __atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != MT_STATE_EXITING &&
+        head - pos > 2 * DRAIN_KEEP_BACK) {
         uint64_t slots_per_page = 4096 / sizeof(mt_event);
         uint64_t first = h->ring_offset / sizeof(mt_event); /* page phase of slot 0 */
         limit = head - DRAIN_KEEP_BACK;

@@ -170,12 +170,14 @@ class Collector:
 
     # ---- draining --------------------------------------------------------
 
-    def _drain(self, stream: Stream, dead: bool = False) -> int:
+    def _drain(self, stream: Stream, dead: bool = False, everything: bool = False) -> int:
         """Drain a stream's committed events (a few batches per round, so one busy
-        process cannot starve the others; all of them once the process is dead)."""
+        process cannot starve the others; all of them once the process is dead or
+        when `everything`: at its exit point)."""
         total = 0
         lost = ffi.new("uint64_t *")
-        for _ in range(1 << 62 if dead else BATCHES_PER_ROUND):
+        claimed = stream.counter(4) if everything else 0  # the events claimed by now
+        for _ in range(1 << 62 if dead or everything else BATCHES_PER_ROUND):
             if dead:
                 n = lib.mt_ring_drain_dead(stream.ptr, self.buffer_ptr, BATCH_EVENTS, lost)
             else:
@@ -190,7 +192,7 @@ class Collector:
             stream.n_events += n
             self._note_heap(stream, t)
             total += n
-            if n < BATCH_EVENTS:
+            if n < BATCH_EVENTS or (everything and stream.counter(5) >= claimed):
                 break
         stream.lost += lost[0]
         while True:
@@ -268,7 +270,7 @@ class Collector:
         state = stream.counter(3)
         if state == fmt.STATE_EXITING and not stream.exit_seen:
             stream.exit_seen = True
-            self._drain(stream)
+            self._drain(stream, everything=True)
             # Small short-lived children (a shell, `true`) are let go at once: their
             # exit snapshot is not worth making every exec in a build wait for it.
             if stream.pid == self.main_pid or stream.agg.totals()["peak_heap"] >= SMALL_PROCESS:
@@ -413,7 +415,6 @@ class Collector:
                     self._write_aggregate(stream)
             self._next_aggregate = t + AGGREGATE_REFRESH_SECONDS
         self._drained = drained
-        self._backlog = drained >= BATCH_EVENTS
         self._rate = drained / max(t - self._round_t, 1e-4)  # events per second
         self._round_t = t
 
@@ -426,7 +427,7 @@ class Collector:
         Python work and wake-ups, and its share of the CPUs the program also
         uses, small. A process that exits wakes the collector (the shim connects
         to its socket), and RSS sampling keeps its interval."""
-        if self._backlog:
+        if self._drained >= BATCH_EVENTS:  # a backlog
             return 0.0
         if self._drained:
             wait = BATCH_TARGET / self._rate
@@ -442,7 +443,7 @@ class Collector:
         """Loop until main_done() is true and every traced process has ended
         (or `grace` seconds after main_done, for children left running)."""
         done_at = None
-        self._drained, self._backlog, self._round_t = 0, False, self.now()
+        self._drained, self._round_t = 0, self.now()
         idle_rounds = 0
         while True:
             idle_rounds = 0 if self._drained else idle_rounds + 1

@@ -255,3 +255,17 @@ def test_oom_kill_in_memory_limited_cgroup(cbuild, tmp_path):
     st = stats(cap)
     assert st["signal"] == 9
     print(f"\nOOM-killed after {done} x 64 KiB; {recorded} recorded")
+
+
+def test_exit_point_has_every_event_of_a_burst(cbuild, tmp_path):
+    """20,000 frees made just before exit() are still in the ring when the process says
+    it is exiting (the collector drains a page behind busy producers): the exit
+    checkpoint holds every one of them, every time."""
+    exe = cbuild("free_then_exit.c")
+    for i in range(5):
+        cap = tmp_path / f"burst{i}.mtrace"
+        run = traced([exe, "20000"], cap, timeout=60)
+        assert run.returncode == 0, run.stderr
+        row = library_row(stats(cap), "free_then_exit")
+        assert row["n_allocations"] == 20000 + 1 + 10
+        assert row["live_at_exit_bytes"] == 10 * 70_000, row
