@@ -85,11 +85,8 @@ static uint64_t kept_seq;
  * A kept block's own count was added before it could be freed, so a free of a
  * kept block never reads 0. */
 uint8_t mt_kept_filter[1u << MT_FILTER_BITS];
-#define kept_filter mt_kept_filter
-#define filter_slot mt_filter_slot
 static int kept_lock;
 int mt_kept_overflow; /* a table could not grow: record every free from now on */
-#define kept_overflow mt_kept_overflow
 
 static size_t table_bytes(uint64_t slots) {
     return sizeof(kept_table) + slots * sizeof(uint64_t);
@@ -149,7 +146,7 @@ void mt_sampled_add(void *p) {
         int bits = t ? 64 - __builtin_clzll(t->mask) + 1 : KEPT_MIN_BITS;
         kept_table *bigger = bits <= KEPT_MAX_BITS ? new_table(bits) : NULL;
         if (bigger == NULL) {
-            __atomic_store_n(&kept_overflow, 1, __ATOMIC_RELAXED);
+            __atomic_store_n(&mt_kept_overflow, 1, __ATOMIC_RELAXED);
             write_end();
             return;
         }
@@ -160,7 +157,7 @@ void mt_sampled_add(void *p) {
         t = bigger;
     }
     put_slot(t, (uint64_t)(uintptr_t)p);
-    uint8_t *f = &kept_filter[filter_slot((uint64_t)(uintptr_t)p)];
+    uint8_t *f = &mt_kept_filter[mt_filter_slot((uint64_t)(uintptr_t)p)];
     if (*f < 255)
         __atomic_store_n(f, (uint8_t)(*f + 1), __ATOMIC_RELAXED);
     write_end();
@@ -186,10 +183,10 @@ static void delete_at(kept_table *t, uint64_t i) {
 }
 
 int mt_sampled_take(void *p) {
-    if (mt_sample_rate == 0 || __atomic_load_n(&kept_overflow, __ATOMIC_RELAXED))
+    if (mt_sample_rate == 0 || __atomic_load_n(&mt_kept_overflow, __ATOMIC_RELAXED))
         return 1;
     uint64_t key = (uint64_t)(uintptr_t)p;
-    if (__atomic_load_n(&kept_filter[filter_slot(key)], __ATOMIC_RELAXED) == 0)
+    if (__atomic_load_n(&mt_kept_filter[mt_filter_slot(key)], __ATOMIC_RELAXED) == 0)
         return 0;
     int64_t found;
     for (;;) {
@@ -211,7 +208,7 @@ int mt_sampled_take(void *p) {
     int64_t i = probe(t, key); /* the table may have changed since */
     if (i >= 0) {
         delete_at(t, (uint64_t)i);
-        uint8_t *f = &kept_filter[filter_slot(key)];
+        uint8_t *f = &mt_kept_filter[mt_filter_slot(key)];
         if (*f < 255)
             __atomic_store_n(f, (uint8_t)(*f - 1), __ATOMIC_RELAXED);
     }
@@ -224,9 +221,9 @@ void mt_sampler_after_fork_child(void) {
     if (kept)
         mt_sys_munmap(kept, table_bytes(kept->mask + 1));
     kept = NULL;
-    memset(kept_filter, 0, sizeof kept_filter);
+    memset(mt_kept_filter, 0, sizeof mt_kept_filter);
     kept_lock = 0;
     kept_seq = 0;
-    kept_overflow = 0;
+    mt_kept_overflow = 0;
     mt_self.rng = 0; /* a fresh countdown, not a copy of the parent's */
 }

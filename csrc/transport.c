@@ -40,7 +40,7 @@ static size_t stream_size;
  * tail (a cache line the collector writes on every drain) only when the ring
  * looks full keeps it off the hot path. Any value read from tail is a lower
  * bound of the current one, so a stale copy only makes the check stricter. */
-uint64_t mt_tail_seen; /* the collector's tail as last read: slots below tail_seen + ring_slots are free */
+uint64_t mt_tail_seen;
 
 
 void *mt_sys_mmap(size_t len) {
@@ -117,17 +117,27 @@ static int read_config(void) {
  * its parent exits is re-parented before it connects; getppid() would say 1). */
 static pid_t parent_pid;
 
-static int send_hello(int memfd) {
-    int ret = MT_ERR;
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+/* A socket connected to the collector (flags: extra socket() type flags), or -1. */
+static int connect_collector(int flags) {
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
     if (sock < 0)
-        return MT_ERR;
+        return -1;
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
     strcpy(addr.sun_path, socket_path);
-    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
-        goto error;
+    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        close(sock);
+        return -1;
+    }
+    return sock;
+}
+
+static int send_hello(int memfd) {
+    int ret = MT_ERR;
+    int sock = connect_collector(0);
+    if (sock < 0)
+        return MT_ERR;
 
     mt_hello hello = {MT_HELLO_MAGIC, MT_WIRE_VERSION, (uint32_t)getpid(), (uint32_t)parent_pid,
                       stream_size};
@@ -240,15 +250,9 @@ void mt_transport_after_fork_child(void) {
 /* Wake a collector waiting between rounds: a connection that sends nothing
  * (it is accepted, then dropped). Never blocks; a failure only costs latency. */
 static void wake_collector(void) {
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (sock < 0)
-        return;
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sun_family = AF_UNIX;
-    strcpy(addr.sun_path, socket_path);
-    (void)connect(sock, (struct sockaddr *)&addr, sizeof addr);
-    close(sock);
+    int sock = connect_collector(SOCK_NONBLOCK);
+    if (sock >= 0)
+        close(sock);
 }
 
 void mt_transport_exit_handshake(void) {
@@ -332,7 +336,6 @@ mt_event *mt_ring_slot_wait(mt_shm_header *h, uint64_t pos) {
     __atomic_store_n(&mt_tail_seen, __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE), __ATOMIC_RELAXED);
     return mt_ring_at(h, pos);
 }
-
 
 static void meta_lock(mt_shm_header *h) {
     while (__atomic_exchange_n(&h->meta_lock, 1, __ATOMIC_ACQUIRE))

@@ -50,9 +50,9 @@ class Aggregator:
         return bytes(ffi.buffer(out))
 
     def sites(self):
-        """Every site, as a NumPy array of SITE_DTYPE."""
+        """Every site, as a (read-only) NumPy array of SITE_DTYPE."""
         import numpy as np
-        return np.frombuffer(self.site_records(), dtype=fmt.SITE_DTYPE).copy()
+        return np.frombuffer(self.site_records(), dtype=fmt.SITE_DTYPE)
 
     def size_histogram(self) -> dict:
         """Heap allocations by power-of-two size: {"count": [...], "bytes": [...]}

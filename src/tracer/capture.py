@@ -14,7 +14,7 @@ import zstandard
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
-from tracer.capture_writer import CaptureWriter, EventPacker  # noqa: F401 (re-exported)
+from tracer.capture_writer import CaptureWriter, EventPacker, prefix_dict  # noqa: F401 (writer re-exported)
 from tracer.errors import CaptureError
 from tracer.progress import Progress
 
@@ -171,8 +171,7 @@ def _unwrap(path, pos, data, outer, sid, previous) -> tuple:
                 fmt.CHUNK_Z, fmt.CHUNK_ZD, fmt.CHUNK_ZEVENTS, fmt.CHUNK_EVENTS)
         if usable and length <= fmt.MAX_CHUNK:
             try:
-                d = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
-                    prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)) if prefix else \
+                d = zstandard.ZstdDecompressor(dict_data=prefix_dict(prefix)) if prefix else \
                     zstandard.ZstdDecompressor()
                 body = d.decompress(data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
             except (zstandard.ZstdError, MemoryError):  # a corrupt length can be absurd

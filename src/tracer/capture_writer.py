@@ -20,6 +20,11 @@ from tracer._native import ffi
 from tracer.errors import CaptureError
 
 
+def prefix_dict(payload: bytes) -> "zstandard.ZstdCompressionDict":
+    """A delta chunk's dictionary: the previous payload of its stream and type."""
+    return zstandard.ZstdCompressionDict(payload, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
 class CaptureWriter:
     """Appends chunks to a new capture file (0600, never follows a symlink or clobbers)."""
 
@@ -40,28 +45,28 @@ class CaptureWriter:
     # Every frame carries a checksum: a damaged capture is reported as corrupt
     # rather than decompressed into different, plausible bytes.
     # Level 6: 8-15% smaller than 3 on metadata and aggregates, ~3 ms a chunk.
-    _compressor = zstandard.ZstdCompressor(level=6, write_checksum=True)
+    LEVEL = 6
+    _compressor = zstandard.ZstdCompressor(level=LEVEL, write_checksum=True)
 
     def chunk(self, ctype: int, stream: int, *parts) -> None:
         length = sum(len(memoryview(p).cast("B")) for p in parts)
+        raw = previous = None
         if ctype in fmt.DELTA_TYPES:
             raw = b"".join(bytes(p) for p in parts)
             previous = self._previous.get((ctype, stream))
             self._previous[(ctype, stream)] = raw
-            if previous and length >= fmt.ZCHUNK_MIN:
-                # A snapshot or aggregate is mostly its predecessor (the same
-                # mappings and sites, other numbers): compressed against it, the
-                # exit and final ones and each peak snapshot take 3-10x less.
-                prefix = zstandard.ZstdCompressionDict(
-                    previous, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-                frame = zstandard.ZstdCompressor(level=6, dict_data=prefix, write_checksum=True).compress(raw)
-                self._write(fmt.CHUNK_ZD, stream, fmt.ZCHUNK_HEADER.pack(ctype, length), frame)
-                return
         if length >= fmt.ZCHUNK_MIN and ctype not in (fmt.CHUNK_ZEVENTS, fmt.CHUNK_END):
-            # snapshots (smaps text), aggregates and metadata shrink 5-20x
-            frame = self._compressor.compress(b"".join(bytes(p) for p in parts))
+            # Snapshots (smaps text), aggregates and metadata shrink 5-20x. A snapshot
+            # or aggregate is mostly its predecessor (the same mappings and sites,
+            # other numbers): compressed against it, it takes 3-10x less again.
+            compressor, outer = self._compressor, fmt.CHUNK_Z
+            if previous:
+                compressor = zstandard.ZstdCompressor(
+                    level=self.LEVEL, dict_data=prefix_dict(previous), write_checksum=True)
+                outer = fmt.CHUNK_ZD
+            frame = compressor.compress(raw if raw is not None else b"".join(bytes(p) for p in parts))
             parts = (fmt.ZCHUNK_HEADER.pack(ctype, length), frame)
-            ctype = fmt.CHUNK_Z
+            ctype = outer
         self._write(ctype, stream, *parts)
 
     def _write(self, ctype: int, stream: int, *parts) -> None:
