@@ -1,5 +1,10 @@
-/* Prints whether the kernel marked this exec secure (AT_SECURE) and whether a memtrace
- * shim is mapped; makes a few allocations (tests/reliability/test_not_loaded.py). */
+/* Prints whether the kernel marked this exec secure (AT_SECURE), whether a memtrace
+ * shim is mapped and whether it opened a stream (its mt_position() counted this
+ * program's allocations); makes a few allocations (tests/reliability/test_not_loaded.py,
+ * test_socket_auth.py). */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +19,8 @@ int main(void) {
     while (maps && fgets(line, sizeof line, maps))
         if (strstr(line, "memtrace") || strstr(line, "_preload"))
             shim = 1;
-    printf("secure %lu shim %d\n", getauxval(AT_SECURE), shim);
+    uint64_t (*position)(void) = (uint64_t(*)(void))dlsym(RTLD_DEFAULT, "mt_position");
+    int stream = position != NULL && position() > 0;
+    printf("secure %lu shim %d stream %d\n", getauxval(AT_SECURE), shim, stream);
     return 0;
 }
