@@ -269,8 +269,14 @@ def reaped(status_file: Path) -> dict:
 
 
 def spawned_pid(status_file: Path) -> int:
-    for line in status_file.read_text().splitlines():
-        rec = json.loads(line)
-        if "spawned" in rec:
-            return rec["spawned"]
-    raise AssertionError("reaper did not record its child")
+    """The reaper's child, or 0 while its line is not written yet (the reaper creates
+    the file before it writes: poll this with wait_for)."""
+    if not status_file.exists():
+        return 0
+    text = status_file.read_text()
+    first, newline, _rest = text.partition("\n")
+    if not newline:
+        return 0
+    rec = json.loads(first)
+    assert "spawned" in rec, f"reaper's first line is not its child: {first!r}"
+    return rec["spawned"]

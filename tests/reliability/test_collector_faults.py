@@ -151,8 +151,7 @@ def test_collector_sigkill_target_exits_normally_without_sigpipe(cbuild, tmp_pat
                                     exe, shared.path, "free", 4321, 0, 7],
                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        collector = wait_for(lambda: status_file.exists() and spawned_pid(status_file),
-                             what="memtrace to start")
+        collector = wait_for(lambda: spawned_pid(status_file), what="memtrace to start")
         target = _target_of(collector, "alloc_loop")
         wait_for(lambda: shared.counter > 50_000, what="the target to allocate")
         os.kill(collector, signal.SIGKILL)
