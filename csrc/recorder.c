@@ -290,10 +290,12 @@ static uint16_t caller_lib_lookup(void *caller) {
              * current address in `a`, checked below). */
             Dl_info info;
             uint16_t lib = 0;
-            mt_self.untraced++; /* the loader's own allocations are not the program's */
+            /* Not bracketed as memtrace's own work (mt_self.untraced): glibc's
+             * dladdr allocates nothing, so a call made in here can only come from a
+             * signal handler that interrupted it, and must be counted, not hidden
+             * (a child forked by that handler inherits the state). */
             if (dladdr(caller, &info) && info.dli_fbase)
                 lib = lib_for_base((uintptr_t)info.dli_fbase, &info);
-            mt_self.untraced--;
             __atomic_store_n(&s->lib, (uint32_t)lib + 1, __ATOMIC_RELEASE);
             return lib;
         }
