@@ -7,6 +7,9 @@
   into (csrc/pyframes.c), loaded inside traced Pythons by the bootstrap.
 - tracer/_native*.so   the collector's drain and aggregation loops (cffi, API mode).
 """
+import os
+import sys
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -14,15 +17,39 @@ SHIM_SOURCES = ["csrc/preload.c", "csrc/recorder.c", "csrc/transport.c", "csrc/s
 STRICT = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
+def _failure_reason(ext, compiler) -> str:
+    """What went wrong building ext, in one line: a missing compiler or missing
+    Python headers are named as such; anything else is the compiler's own report."""
+    import shutil
+    import sysconfig
+
+    cc = (getattr(compiler, "compiler_so", None) or ["cc"])[0]
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc}) was found: install gcc"
+    include = sysconfig.get_paths()["include"]
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        return f"the Python headers are missing ({include}/Python.h): install python3-dev"
+    return "the C compiler reported errors (printed above)"
+
+
 class BuildExt(build_ext):
-    """Turn a compiler failure into one clear line."""
+    """Turn a compiler failure into one clear line. The frame reader is optional:
+    a CPython whose frame layout memtrace cannot compile against still gets the
+    shim (native-only tracing, and the bootstrap says why)."""
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # distutils raises several unrelated types
-            raise SystemExit(f"memtrace: building {ext.name} failed ({exc}); "
-                             "a C compiler and the Python headers are needed") from exc
+            reason = _failure_reason(ext, self.compiler)
+            if ext.name in OPTIONAL:
+                sys.stderr.write(f"memtrace: warning: {ext.name} was not built ({reason}); "
+                                 "programs will be traced without Python frames\n")
+                return
+            raise SystemExit(f"memtrace: building {ext.name} failed: {reason}") from exc
+
+
+OPTIONAL = {"tracer._pyframes"}
 
 
 setup(

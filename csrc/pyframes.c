@@ -15,10 +15,33 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#if PY_VERSION_HEX >= 0x030B0000
+/* Which frame layout this reader is built for. Each is read with the
+ * interpreter's own (internal) headers for that minor version:
+ *   3.9, 3.10   PyFrameObject chain from the thread state
+ *   3.11, 3.12  _PyInterpreterFrame chain from the thread's cframe
+ *   3.13        _PyInterpreterFrame from tstate->current_frame, f_executable
+ *   3.14, 3.15  the same, f_executable a tagged _PyStackRef, entry frames owned
+ *               by the interpreter (3.15: also the thread state's base frame)
+ * Any other Python, and free-threaded builds, get a reader without frames
+ * (MT_FRAMES_UNKNOWN: the reason): the program is traced native-only, and
+ * NumPy labels and pymalloc statistics still work. */
+#if defined(Py_GIL_DISABLED)
+#define MT_FRAMES_UNKNOWN "free-threaded CPython (no GIL) is traced without Python frames"
+#elif PY_VERSION_HEX >= 0x03100000
+#define MT_FRAMES_UNKNOWN "this memtrace does not know the frame layout of this CPython"
+#elif PY_VERSION_HEX >= 0x030E0000
+#define Py_BUILD_CORE 1
+#include <internal/pycore_debug_offsets.h>
+#include <internal/pycore_interpframe.h>
+#undef Py_BUILD_CORE
+#define MT_FIRST_SHIM_OWNER FRAME_OWNED_BY_INTERPRETER /* entry and base frames */
+#elif PY_VERSION_HEX >= 0x030B0000
 #define Py_BUILD_CORE 1
 #include <internal/pycore_frame.h>
 #undef Py_BUILD_CORE
+#if PY_VERSION_HEX >= 0x030C0000
+#define MT_FIRST_SHIM_OWNER FRAME_OWNED_BY_CSTACK
+#endif
 #else
 #include <frameobject.h>
 #endif
@@ -34,6 +57,12 @@
 
 /* ---- Frame reading --------------------------------------------------------- */
 
+/* The walk of a thread whose frames cannot be read: native-only. */
+static int no_frames(void **frame, void **code, int32_t *lasti, int max) {
+    return 0;
+}
+
+#ifndef MT_FRAMES_UNKNOWN
 static int walk(void **frame, void **code, int32_t *lasti, int max) {
     /* The calling thread's own state, by thread-specific key: right even when
      * this thread released the GIL, and NULL for threads without Python. */
@@ -48,8 +77,10 @@ static int walk(void **frame, void **code, int32_t *lasti, int max) {
     _PyInterpreterFrame *f = ts->cframe ? ts->cframe->current_frame : NULL;
 #endif
     for (; f != NULL && n < max; f = f->previous) {
-#if PY_VERSION_HEX >= 0x030C0000
-        if (f->owner == FRAME_OWNED_BY_CSTACK)
+#ifdef MT_FIRST_SHIM_OWNER
+        /* Frames the interpreter pushes for itself (C-stack entry frames, the
+         * base frame) run no code of the program. */
+        if (f->owner >= MT_FIRST_SHIM_OWNER)
             continue;
 #endif
         /* Only the innermost frame can be incomplete (pushed, not started): a
@@ -58,7 +89,7 @@ static int walk(void **frame, void **code, int32_t *lasti, int max) {
         if (n == 0 && _PyFrame_IsIncomplete(f))
             continue;
 #if PY_VERSION_HEX >= 0x030D0000
-        PyCodeObject *co = _PyFrame_GetCode(f);
+        PyCodeObject *co = _PyFrame_GetCode(f); /* clears the stack reference's tag bits */
 #else
         PyCodeObject *co = f->f_code;
 #endif
@@ -80,6 +111,35 @@ static int walk(void **frame, void **code, int32_t *lasti, int max) {
     }
 #endif
     return n;
+}
+#endif
+
+/* Why frames cannot be read in this interpreter (NULL: they can). From 3.14 the
+ * interpreter publishes the offsets debuggers use (_Py_DebugOffsets, at the start
+ * of _PyRuntime): the layout this reader was compiled with must match them. */
+static const char *frames_unavailable(void) {
+#if defined(MT_FRAMES_UNKNOWN)
+    return MT_FRAMES_UNKNOWN;
+#elif PY_VERSION_HEX >= 0x030E0000
+    const _Py_DebugOffsets *d = (const _Py_DebugOffsets *)dlsym(RTLD_DEFAULT, "_PyRuntime");
+    if (d == NULL || memcmp(d->cookie, "xdebugpy", 8) != 0)
+        return "the interpreter's debug offsets (_PyRuntime) were not found";
+    if ((d->version >> 16) != (PY_VERSION_HEX >> 16))
+        return "the running interpreter is not the CPython this reader was built for";
+    if (d->interpreter_frame.previous != offsetof(_PyInterpreterFrame, previous) ||
+        d->interpreter_frame.executable != offsetof(_PyInterpreterFrame, f_executable) ||
+        d->interpreter_frame.instr_ptr != offsetof(_PyInterpreterFrame, instr_ptr) ||
+        d->interpreter_frame.owner != offsetof(_PyInterpreterFrame, owner) ||
+        d->thread_state.current_frame != offsetof(PyThreadState, current_frame) ||
+        d->code_object.filename != offsetof(PyCodeObject, co_filename) ||
+        d->code_object.qualname != offsetof(PyCodeObject, co_qualname) ||
+        d->code_object.firstlineno != offsetof(PyCodeObject, co_firstlineno) ||
+        d->code_object.co_code_adaptive != offsetof(PyCodeObject, co_code_adaptive))
+        return "the interpreter's frame layout differs from the headers this reader was built with";
+    return NULL;
+#else
+    return NULL;
+#endif
 }
 
 /* UTF-8 of a str without allocating (PyUnicode_AsUTF8 may allocate). */
@@ -152,7 +212,7 @@ static int32_t line(void *code, int32_t lasti) {
 
 /* ---- pymalloc statistics ------------------------------------------------------ */
 
-/* Exported by every CPython 3.9-3.13, declared only in internal headers since 3.10. */
+/* Exported by every CPython 3.9-3.15, declared only in internal headers since 3.10. */
 extern int _PyObject_DebugMallocStats(FILE *out);
 
 static mt_meta_text_fn meta_text_fn;
@@ -243,13 +303,20 @@ static PyObject *exit_point(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+#ifdef MT_FRAMES_UNKNOWN
+#define walk no_frames
+#endif
 static const mt_python_reader reader = {walk, describe, identity, line, request_stats};
+static const mt_python_reader reader_without_frames = {no_frames, describe, identity, line,
+                                                       request_stats};
 
 static void *shim_symbol(const char *name) {
     return dlsym(RTLD_DEFAULT, name);
 }
 
-/* install() -> bool: start recording Python frames (False: no shim here). */
+/* install() -> True | False | str: start recording Python frames. False: no
+ * shim in this process. A str: why this interpreter's frames cannot be read;
+ * the reader is registered anyway (pymalloc statistics), with no frames. */
 static PyObject *install(PyObject *self, PyObject *args) {
     mt_set_python_reader_fn set = (mt_set_python_reader_fn)shim_symbol(MT_SYM_SET_PYTHON_READER);
     if (set == NULL)
@@ -257,7 +324,10 @@ static PyObject *install(PyObject *self, PyObject *args) {
     meta_text_fn = (mt_meta_text_fn)shim_symbol(MT_SYM_META_TEXT);
     position_fn = (mt_position_fn)shim_symbol(MT_SYM_POSITION);
     untraced_fn = (mt_untraced_fn)shim_symbol(MT_SYM_UNTRACED);
-    set(&reader);
+    const char *why = frames_unavailable();
+    set(why ? &reader_without_frames : &reader);
+    if (why)
+        return PyUnicode_FromString(why);
     Py_RETURN_TRUE;
 }
 

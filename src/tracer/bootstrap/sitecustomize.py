@@ -44,14 +44,44 @@ def _reader_path():
     return None
 
 
+def _installed_here():
+    import importlib.util
+    try:
+        return importlib.util.find_spec("tracer._preload") is not None
+    except Exception:
+        return False
+
+
+SUPPORTED = ((3, 9), (3, 15))  # CPython versions whose frame layout memtrace reads
+
+
+def frames_unavailable(version_info, abiflags):
+    """Why this interpreter is traced without Python frames, before loading anything
+    (None: the frame reader may be tried)."""
+    if "t" in abiflags:
+        # mimalloc inside libpython serves objects (not interposable), and code runs
+        # from per-thread bytecode copies: docs/how-it-works.md says what support takes
+        return ("free-threaded CPython %d.%d%s is traced native-only (Python frames and "
+                "object allocations need a GIL build)" % (version_info[0], version_info[1],
+                                                          abiflags))
+    if not SUPPORTED[0] <= tuple(version_info[:2]) <= SUPPORTED[1]:
+        return "CPython %d.%d is not supported (%d.%d to %d.%d are): traced native-only" % (
+            version_info[0], version_info[1], *SUPPORTED[0], *SUPPORTED[1])
+    return None
+
+
 def _load_reader():
     """The frame reader module, or the reason it cannot be used here."""
     import importlib.machinery
     import importlib.util
-    if not (3, 9) <= sys.version_info[:2] <= (3, 13):
-        return "CPython %d.%d is not supported (3.9 to 3.13 are)" % sys.version_info[:2]
+    why = frames_unavailable(sys.version_info, getattr(sys, "abiflags", ""))
+    if why:
+        return why
     path = _reader_path()
     if path is None:
+        if _installed_here():
+            return ("memtrace's frame reader was not built for this Python (%d.%d): the "
+                    "install printed why" % sys.version_info[:2])
         return ("memtrace is not installed in this Python (%d.%d, %s): install it here for "
                 "Python frames" % (sys.version_info[0], sys.version_info[1], sys.executable))
     try:
@@ -118,7 +148,8 @@ def _start():
     if isinstance(reader, str):
         _note_without_reader(_TEXT_FRAMES_OFF, reader)
         return
-    if not reader.install():
+    installed = reader.install()
+    if not installed:
         return  # no shim in this process (e.g. an untraced child kept PYTHONPATH)
     import atexit
     # Frames stop being read before the interpreter tears thread states down.
@@ -126,7 +157,11 @@ def _start():
     # The program's exit point, after its own atexit handlers and before the
     # interpreter frees everything: "at exit" numbers are taken here.
     atexit.register(reader.exit_point)
-    reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
+    if installed is True:
+        reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
+    else:  # a reason: this interpreter's frames cannot be read (statistics still come)
+        reader.meta_text(_TEXT_FRAMES_OFF, "CPython %d.%d.%d: %s" % (*sys.version_info[:3],
+                                                                  installed))
     reader.meta_text(_TEXT_LIBRARY_PATHS, "\n".join(_library_paths()))
     core = next((sys.modules[m] for m in _NUMPY_CORE if m in sys.modules), None)
     if core is not None:

@@ -119,25 +119,44 @@ def pprof(model: Model, out, metric: str = "peak") -> None:
 
 
 def csv_events(model: Model, out) -> int:
-    """Every allocation (not frees) as a CSV row."""
+    """Every allocation (not frees) as a CSV row; `heap` says whether it counts in the
+    heap (malloc family, anonymous mappings) or is a file-backed mapping."""
     writer = csv.writer(out)
-    writer.writerow(["time_s", "pid", "tid", "allocator", "size", "address", "numpy",
+    writer.writerow(["time_s", "pid", "tid", "allocator", "size", "address", "numpy", "heap",
                      "library", "file", "line", "function"])
     rows = 0
     for proc in model.processes:
         libs = {lid: path.rsplit("/", 1)[-1] for lid, path in proc.libs.items()}
         frames = {}
+        mapping_anon = {}  # start of each traced mapping -> anonymous?
+        moved_anon = True  # the kind of the mapping an mremap moves (as the aggregator rules)
         for t, events in model.capture.events(proc.sid):
-            allocs = events[(events["kind"] != 10) & (events["kind"] != fmt.MUNMAP)]
-            for e in allocs:
+            for e in events:
+                kind, flags, addr = int(e["kind"]), int(e["flags"]), int(e["addr"])
+                if kind == fmt.FREE:
+                    continue
+                if kind == fmt.MUNMAP:
+                    anon = mapping_anon.pop(addr, True) if not flags & fmt.FLAG_KEEP \
+                        else mapping_anon.get(addr, True)
+                    if flags & fmt.FLAG_REMAP:
+                        moved_anon = anon
+                    continue
+                if kind == fmt.MMAP:
+                    in_heap = bool(flags & fmt.FLAG_ANON)
+                    mapping_anon[addr] = in_heap
+                elif kind == fmt.MREMAP:
+                    in_heap = moved_anon
+                    mapping_anon[addr] = in_heap
+                else:
+                    in_heap = True
                 stack = int(e["stack"])
                 if stack not in frames:
                     f = proc.frame(stack) if stack else None
                     frames[stack] = (f.file, f.line, f.function) if f else ("<native>", 0, "")
                 file, line, function = frames[stack]
-                writer.writerow([f"{t:.6f}", proc.pid, int(e["tid"]), fmt.KIND_NAMES[int(e["kind"])],
-                                 int(e["size"]), f"0x{int(e['addr']):x}",
-                                 int(bool(int(e["flags"]) & fmt.FLAG_NUMPY)),
+                writer.writerow([f"{t:.6f}", proc.pid, int(e["tid"]), fmt.KIND_NAMES[kind],
+                                 int(e["size"]), f"0x{addr:x}",
+                                 int(bool(flags & fmt.FLAG_NUMPY)), int(in_heap),
                                  libs.get(int(e["lib"]), ""), file, line, function])
                 rows += 1
     return rows
