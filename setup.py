@@ -4,7 +4,7 @@
   shared library loaded with LD_PRELOAD into any program; it does not use Python.
   setuptools builds it as an extension only for its compiler and install plumbing.
 - tracer/_pyframes*.so  the frame reader for the interpreter memtrace is installed
-  into (csrc/pyframes.c), loaded inside traced Pythons by the bootstrap.
+  into (csrc/reader/), loaded inside traced Pythons by the bootstrap.
 - tracer/_native*.so   the collector's drain and aggregation loops (cffi, API mode).
 """
 import os
@@ -67,8 +67,11 @@ setup(
         ),
         Extension(
             "tracer._pyframes",
-            sources=["csrc/pyframes.c"],
-            depends=["csrc/shim_api.h", "csrc/hash.h"],
+            sources=["csrc/reader/module.c", "csrc/reader/walk.c", "csrc/reader/pins.c",
+                     "csrc/reader/pins_monitoring.c", "csrc/reader/pins_profiled.c",
+                     "csrc/reader/stats.c", "csrc/reader/numpy.c"],
+            depends=["csrc/shim_api.h", "csrc/reader/reader.h", "csrc/reader/layout.h",
+                     "csrc/reader/pins.h"],
             extra_compile_args=STRICT + ["-Wno-missing-field-initializers"],
             libraries=["dl"],
         ),

@@ -116,7 +116,8 @@ enum mt_text_key {
     MT_TEXT_EXE = 7,            /* /proc/self/exe */
     MT_TEXT_PYMALLOC = 8,       /* "position=N reason=R key=value ..." from _PyObject_DebugMallocStats */
     MT_TEXT_TRACER_RANGES = 9,  /* "start-end" lines: memory the shim itself mapped */
-    MT_TEXT_SAMPLE_RATE = 10    /* decimal bytes: this stream is sampled (--sample-rate) */
+    MT_TEXT_SAMPLE_RATE = 10,   /* decimal bytes: this stream is sampled (--sample-rate) */
+    MT_TEXT_STACKS = 11         /* how Python stacks are read: pinned frames or whole walks */
 };
 
 /* Process states (mt_shm_header.state). */

@@ -35,19 +35,44 @@ MT_TLS mt_thread mt_self;
 static const mt_python_reader *py_reader;
 static uint32_t py_reader_gen = 1;
 
-/* A thread's last captured stack, innermost first. Two of them: the one being
- * captured is compared against the previous one, then they swap. */
-typedef struct frames {
+/* A thread's last captured stack, outermost first (index = height above the
+ * outermost frame read), with the node id of each frame. A walk that stopped at
+ * the thread's pinned frame fills in only the frames at and above the pin's
+ * height; the ones below are the same frames as before, with the same nodes. */
+typedef struct stack_cache {
     uint32_t gen;
     int depth;
+    int anchor_h;      /* height of the pinned frame (-1: none) */
+    int pin_below_top; /* where the next pin goes: this many frames below the top */
+    uint32_t pin_walks; /* walks since the current pin was placed */
     void *frame[MT_MAX_FRAMES];
     void *code[MT_MAX_FRAMES];
     int32_t lasti[MT_MAX_FRAMES];
     uint32_t node[MT_MAX_FRAMES];
-} frames;
+} stack_cache;
 
-static MT_TLS frames stack_cache[2];
-static MT_TLS int stack_cur;
+/* The frames one walk read, innermost first. */
+typedef struct walk_buffer {
+    void *frame[MT_MAX_FRAMES];
+    void *code[MT_MAX_FRAMES];
+    int32_t lasti[MT_MAX_FRAMES];
+} walk_buffer;
+
+static MT_TLS stack_cache stacks;
+static MT_TLS walk_buffer walked;
+static MT_TLS mt_reader_thread reader_thread;
+
+/* Pin placement. Pins go pin_below_top frames below the top of the stack: the
+ * walks they shorten read that many frames and the pin. A pin that leaves the
+ * stack within PIN_SHORT_LIVED walks was on a frame that comes and goes (a helper
+ * called in a loop), and so is one whose proof has not come by then: the next
+ * one goes a frame deeper, up to PIN_MAX_BELOW_TOP.
+ * After PIN_LONG_LIVED walks on one pin, pins come a frame closer to the top.
+ * A walk that stopped deeper than that (the stack grew above the pin) moves the
+ * pin up to a frame it just read, if that pin proves at once. */
+#define PIN_SHORT_LIVED 64
+#define PIN_LONG_LIVED 1024
+#define PIN_MAX_BELOW_TOP 8
 
 /* Interning tables: open addressing, insert-only, lock-free. A slot is
  * claimed by CAS on its tag; its id is published last (release), so a reader
@@ -183,16 +208,58 @@ static uint32_t intern_node(const mt_python_reader *r, uint32_t parent, void *co
     return 0;
 }
 
-static int same_frame(const frames *a, int i, const frames *b, int j) {
-    return a->frame[i] == b->frame[j] && a->code[i] == b->code[j] && a->lasti[i] == b->lasti[j];
+static int cached_frame_is(int h, const mt_walk *w, int i) {
+    return stacks.frame[h] == w->frame[i] && stacks.code[h] == w->code[i] &&
+           stacks.lasti[h] == w->lasti[i];
 }
 
-/* The whole of a and b, innermost first. */
-static int same_stack(const frames *a, const frames *b, int depth) {
-    for (int i = 0; i < depth; i++)
-        if (!same_frame(a, i, b, i))
-            return 0;
-    return 1;
+static void forget_stack(void) {
+    stacks.depth = 0;
+    stacks.anchor_h = -1;
+    reader_thread.anchor = NULL;
+}
+
+/* Pin the frame at index `at` of the walk just made, whose frame[n - 1] sits at
+ * height `base` (at_once: see shim_api.h). */
+static void pin_at(const mt_python_reader *r, const mt_walk *w, int base, int at, int at_once) {
+    if (r->pin(&reader_thread, w->frame[at], w->code[at], at_once)) {
+        stacks.anchor_h = base + w->n - 1 - at;
+        stacks.pin_walks = 0;
+    } else if (!at_once) {
+        stacks.anchor_h = -1;
+    }
+}
+
+/* After a walk: keep the pin it met (its height may have moved), bring it closer
+ * to the top, or place a new one if it left the stack. */
+static void place_pin(const mt_python_reader *r, const mt_walk *w, int base) {
+    stacks.pin_walks++;
+    int want = stacks.pin_below_top < w->n ? stacks.pin_below_top : w->n - 1;
+    int deeper; /* the pin just lost was on a frame that does not stay */
+    if (w->anchor_at >= 0 && !w->stopped && stacks.pin_walks > PIN_SHORT_LIVED) {
+        reader_thread.anchor = NULL; /* its proof never came */
+        deeper = 1;
+    } else if (w->anchor_at >= 0) {
+        stacks.anchor_h = base + w->n - 1 - w->anchor_at;
+        if (!w->stopped)
+            return; /* the pin waits for its proof */
+        if (stacks.pin_walks >= PIN_LONG_LIVED && stacks.pin_below_top > 0) {
+            stacks.pin_below_top--;
+            stacks.pin_walks = 0;
+        }
+        if (w->anchor_at > want)
+            pin_at(r, w, base, want, 1);
+        return;
+    } else {
+        deeper = stacks.anchor_h >= 0 && stacks.pin_walks < PIN_SHORT_LIVED;
+    }
+    if (deeper && stacks.pin_below_top < PIN_MAX_BELOW_TOP) {
+        stacks.pin_below_top++;
+        want = stacks.pin_below_top < w->n ? stacks.pin_below_top : w->n - 1;
+    }
+    stacks.anchor_h = -1;
+    if (r->pin != NULL)
+        pin_at(r, w, base, want, 0);
 }
 
 /* The calling thread's Python stack as a node id (0: no Python frame). */
@@ -201,37 +268,54 @@ static uint32_t current_stack(void) {
     if (r == NULL)
         return 0;
     uint32_t gen = __atomic_load_n(&py_reader_gen, __ATOMIC_RELAXED);
-    frames *prev = &stack_cache[stack_cur];
-    frames *cur = &stack_cache[stack_cur ^ 1];
-    int depth = r->walk(cur->frame, cur->code, cur->lasti, MT_MAX_FRAMES);
-    if (depth == 0)
+    if (stacks.gen != gen) { /* a new reader: nothing cached is its */
+        forget_stack();
+        stacks.gen = gen;
+    }
+    mt_walk w = {walked.frame, walked.code, walked.lasti, MT_MAX_FRAMES, 0, -1, 0};
+    r->walk(&reader_thread, &w);
+    int n = w.n;
+    if (n == 0)
         return 0;
-    int prev_depth = prev->gen == gen ? prev->depth : 0;
-    /* Most often: the same stack as the thread's previous event (a loop). */
-    if (depth == prev_depth && same_stack(cur, prev, depth))
-        return prev->node[0];
-    cur->gen = gen;
-    cur->depth = depth;
-    stack_cur ^= 1;
-
-    /* Reuse the node ids of the outermost frames that did not change. */
-    int same = 0;
-    while (same < depth && same < prev_depth &&
-           same_frame(cur, depth - 1 - same, prev, prev_depth - 1 - same)) {
-        cur->node[depth - 1 - same] = prev->node[prev_depth - 1 - same];
-        same++;
-    }
-    uint32_t parent = same ? cur->node[depth - same] : 0;
-    for (int i = depth - 1 - same; i >= 0; i--) {
-        parent = intern_node(r, parent, cur->code[i], cur->lasti[i]);
-        if (parent == 0) {
-            cur->depth = 0; /* do not cache a half-interned stack */
-            __atomic_fetch_add(&mt_stream->unattributed, 1, __ATOMIC_RELAXED);
-            return 0;
+    int base = 0; /* height of frame[n - 1] */
+    if (w.stopped) {
+        base = stacks.anchor_h;
+        if (base < 0 || base >= stacks.depth || base + n > MT_MAX_FRAMES ||
+            stacks.frame[base] != w.frame[n - 1]) {
+            /* the pin and the cache disagree (or the stack outgrew the cache):
+             * drop the pin and read the whole stack */
+            forget_stack();
+            w = (mt_walk){walked.frame, walked.code, walked.lasti, MT_MAX_FRAMES, 0, -1, 0};
+            r->walk(&reader_thread, &w);
+            if ((n = w.n) == 0)
+                return 0;
+            base = 0;
         }
-        cur->node[i] = parent;
     }
-    return cur->node[0];
+    /* Keep the node ids of the frames, from the bottom up, that did not change. */
+    int h = base, i = n - 1;
+    while (i >= 0 && h < stacks.depth && cached_frame_is(h, &w, i)) {
+        h++;
+        i--;
+    }
+    if (i >= 0) {
+        uint32_t parent = h ? stacks.node[h - 1] : 0;
+        for (; i >= 0; i--, h++) {
+            parent = intern_node(r, parent, w.code[i], w.lasti[i]);
+            if (parent == 0) {
+                forget_stack(); /* do not cache a half-interned stack */
+                __atomic_fetch_add(&mt_stream->unattributed, 1, __ATOMIC_RELAXED);
+                return 0;
+            }
+            stacks.frame[h] = w.frame[i];
+            stacks.code[h] = w.code[i];
+            stacks.lasti[h] = w.lasti[i];
+            stacks.node[h] = parent;
+        }
+    }
+    stacks.depth = base + n;
+    place_pin(r, &w, base);
+    return stacks.node[stacks.depth - 1];
 }
 
 /* ---- Callers' shared objects -------------------------------------------- */
@@ -608,7 +692,7 @@ void mt_recorder_after_fork_child(void) {
     n_libs = 0;
     lib_lock = 0;
     next_node = next_code = 1;
-    stack_cache[0].depth = stack_cache[1].depth = 0;
+    forget_stack();
     mt_self.tid = 0;
     mt_self.last_caller = NULL; /* library ids restart in the child's stream */
     mt_self.last_lib = 0;
@@ -631,6 +715,11 @@ void mt_recorder_after_fork_child(void) {
 EXPORT void mt_set_python_reader(const mt_python_reader *reader) {
     __atomic_fetch_add(&py_reader_gen, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&py_reader, reader, __ATOMIC_RELEASE);
+}
+
+/* The calling thread's reader state (for the reader's callbacks in Python). */
+EXPORT mt_reader_thread *mt_reader_thread_state(void) {
+    return &reader_thread;
 }
 
 EXPORT void mt_numpy_data(int on, void *handler) {

@@ -11,16 +11,53 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Cap on the Python frames recorded per stack: the innermost ones are kept. */
+/* Cap on the Python frames one walk reads: the innermost ones are kept. */
 #define MT_MAX_FRAMES 128
+
+/* What a reader may keep per thread: the shim owns it (initial-exec TLS, so the
+ * reader, a dlopen'ed extension, needs no TLS of its own that could allocate on
+ * first touch) and hands it to every call on that thread. */
+typedef struct mt_reader_thread {
+    void *anchor;       /* the frame pinned on this thread (NULL: none); cleared by
+                           the reader when the pin no longer proves anything */
+    /* The reader's own (see csrc/reader/pins.h). */
+    void *anchor_code;
+    uintptr_t seq;
+    void *seen_frame;
+    uintptr_t seen_seq;
+    int64_t quiet_since;
+    void *candidate;    /* a code object asked for again and again ... */
+    uint32_t candidate_asks;
+    uint32_t confirmed; /* the pin proves (1) or waits for its proof (0) */
+    uint32_t fallback;  /* pins wait (another user of the proof's field) */
+} mt_reader_thread;
+
+/* One walk of the calling thread's frames. */
+typedef struct mt_walk {
+    void **frame;   /* in: arrays of `max` entries, filled innermost first */
+    void **code;
+    int32_t *lasti;
+    int max;
+    int n;          /* out: frames read */
+    int anchor_at;  /* out: index of the thread's pinned frame among them (-1: not met) */
+    int stopped;    /* out: 1 if the walk stopped at the pinned frame (frame[n-1]): the
+                       frames outer of it are proven unchanged since it was pinned */
+} mt_walk;
 
 /* Called by the shim from inside allocation hooks, on the allocating thread,
  * without the GIL. None of them may allocate, take a lock or call back into
  * Python. */
 typedef struct mt_python_reader {
-    /* Fill frame/code/lasti with the calling thread's Python frames, innermost
-     * first; return how many (0 when the thread runs no Python). */
-    int (*walk)(void **frame, void **code, int32_t *lasti, int max);
+    /* Read the calling thread's Python frames, innermost first (n = 0 when the
+     * thread runs no Python). Where this Python can prove a pinned frame has not
+     * left the stack, the walk stops there. */
+    void (*walk)(mt_reader_thread *t, mt_walk *w);
+    /* Pin frame (read by the walk just made) as the thread's anchor: 1 if pinned
+     * (t->anchor set), 0 if not. With at_once, only a pin that proves at once
+     * replaces the current one (the reader may start arranging a proof for a
+     * later call). NULL: this Python offers no proof (3.9-3.11), every walk is
+     * whole. */
+    int (*pin)(mt_reader_thread *t, void *frame, void *code, int at_once);
     /* Describe a code object: UTF-8 file and function names (truncated to fit,
      * lengths returned), first line, and two identities that change when the
      * address is reused by another code object. Return 0 on success. */
@@ -50,6 +87,8 @@ typedef uint64_t (*mt_position_fn)(void);
 #define MT_SYM_EXIT_POINT "mt_exit_point" /* the program is done: final statistics now */
 #define MT_SYM_UNTRACED "mt_untraced" /* 1/0: what this thread allocates now is memtrace's */
 typedef void (*mt_untraced_fn)(int on);
+#define MT_SYM_READER_THREAD "mt_reader_thread_state" /* this thread's mt_reader_thread */
+typedef mt_reader_thread *(*mt_reader_thread_fn)(void);
 typedef void (*mt_exit_point_fn)(void);
 
 #endif /* MT_SHIM_API_H */

@@ -25,7 +25,7 @@ TEXT_ARGV, TEXT_EXE = 6, 7
 
 STATE_RUNNING, STATE_EXITED, STATE_DISABLED, STATE_EXITING = 0, 1, 2, 3
 META_HEAPSTATS = 6
-TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE = 8, 9, 10
+TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE, TEXT_STACKS = 8, 9, 10, 11
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                    "uordblks", "fordblks", "keepcost")
 

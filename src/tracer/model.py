@@ -52,6 +52,7 @@ class Process:
     t_start: float
     replayed: bool = False
     sample_rate: int = 0  # --sample-rate: byte numbers are estimates
+    stacks_read: Optional[str] = None  # pinned frames, or whole walks and why
 
 
     @property
@@ -241,7 +242,7 @@ def build_model(capture: Capture) -> Model:
             library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
             texts=texts, meta=bytes(sd.meta), snapshots=sd.snapshots, end=sd.end or {},
             t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed,
-            sample_rate=_sample_rate(sd)))
+            sample_rate=_sample_rate(sd), stacks_read=text.get(fmt.TEXT_STACKS)))
     return model
 
 

@@ -1,4 +1,4 @@
-"""Item 25: Python stacks stay right whatever the program does to its frames.
+"""Python stacks stay right whatever the program does to its frames.
 
 memtrace has no profile hook (it reads the thread's own frame chain at each
 allocation), so sys.setprofile(None), a coverage-like sys.settrace, generators,
@@ -122,14 +122,18 @@ def model(tmp_path_factory):
 
 def stacks_of(proc, size):
     """Every distinct stack (innermost first, as (function, line) of frames.py) that
-    made an allocation of exactly `size` bytes."""
+    made an allocation of exactly `size` bytes. (Two sites may render the same: a
+    frame stopped at two instructions of one line, e.g. a FOR_ITER before and after
+    the interpreter specialised it.)"""
     out = []
     for site in proc.sites:
         if int(site["alloc_bytes"]) % size == 0 and int(site["alloc_bytes"]) // size == int(site["n_allocs"]) \
                 and int(site["n_allocs"]) > 0:
             frames = proc.stack(int(site["stack"]))
-            out.append([(f.function.rsplit(".", 1)[-1], f.line) for f in frames
-                        if f.file.endswith("frames.py")])
+            stack = [(f.function.rsplit(".", 1)[-1], f.line) for f in frames
+                     if f.file.endswith("frames.py")]
+            if stack not in out:
+                out.append(stack)
     return out
 
 

@@ -11,6 +11,7 @@ import sys
 
 # Keep in step with csrc/events.h (mt_text_key).
 _TEXT_PYTHON_VERSION, _TEXT_FRAMES_OFF, _TEXT_NUMPY, _TEXT_WARNING, _TEXT_LIBRARY_PATHS = 1, 2, 3, 4, 5
+_TEXT_STACKS = 11
 _NUMPY_CORE = ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath")
 
 
@@ -159,6 +160,7 @@ def _start():
     atexit.register(reader.exit_point)
     if installed is True:
         reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
+        reader.meta_text(_TEXT_STACKS, reader.pins())
     else:  # a reason: this interpreter's frames cannot be read (statistics still come)
         reader.meta_text(_TEXT_FRAMES_OFF, "CPython %d.%d.%d: %s" % (*sys.version_info[:3],
                                                                   installed))
@@ -182,7 +184,8 @@ def _chain():
             raise
 
 
-try:
-    _start()
-finally:
-    _chain()
+if __name__ == "sitecustomize":  # not when a test imports it under another name
+    try:
+        _start()
+    finally:
+        _chain()

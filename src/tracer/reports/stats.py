@@ -18,6 +18,7 @@ def stats(model: Model) -> dict:
             "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv, "exe": proc.exe,
             "python": proc.python, "frames": proc.python is not None,
             "frames_off_reason": proc.frames_off,
+            "stacks_read": proc.stacks_read,
             "peak_heap_bytes": int(tot.get("peak_heap", 0)),
             "peak_heap_time": float(tot.get("peak_time", 0.0)),
             "peak_rss_bytes": (max(proc.peak_rss or 0, int(end.get("main_max_rss", 0)))

@@ -1,0 +1,124 @@
+/* module.c — tracer._pyframes, the frame reader for the CPython it is built for.
+ *
+ * The bootstrap loads it inside the traced interpreter. It hands the shim
+ * (found with dlsym, see shim_api.h) the functions that read the calling
+ * thread's own frame chain at allocation time: the cost follows allocations,
+ * not Python calls, and there is no profile hook. It also labels NumPy array
+ * data and sends pymalloc's statistics (reader.h lists the parts).
+ */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "reader.h"
+
+mt_meta_text_fn mt_meta_text_to_shim;
+mt_position_fn mt_shim_position;
+mt_untraced_fn mt_shim_untraced;
+mt_reader_thread_fn mt_shim_reader_thread;
+
+void *mt_shim_symbol(const char *name) {
+    return dlsym(RTLD_DEFAULT, name);
+}
+
+static const mt_python_reader with_pins = {mt_walk_frames,   mt_pin,        mt_describe_code,
+                                           mt_code_identity, mt_code_line,  mt_request_stats};
+static const mt_python_reader whole_walks = {mt_walk_frames,   NULL,         mt_describe_code,
+                                             mt_code_identity, mt_code_line, mt_request_stats};
+static const mt_python_reader without_frames = {mt_walk_nothing,  NULL,         mt_describe_code,
+                                                mt_code_identity, mt_code_line, mt_request_stats};
+
+/* install() -> True | False | str: start recording Python frames. False: no shim
+ * in this process. A str: why this interpreter's frames cannot be read; the
+ * reader is registered anyway (pymalloc statistics), with no frames. */
+static PyObject *install(PyObject *self, PyObject *args) {
+    mt_set_python_reader_fn set =
+        (mt_set_python_reader_fn)mt_shim_symbol(MT_SYM_SET_PYTHON_READER);
+    if (set == NULL)
+        Py_RETURN_FALSE;
+    mt_meta_text_to_shim = (mt_meta_text_fn)mt_shim_symbol(MT_SYM_META_TEXT);
+    mt_shim_position = (mt_position_fn)mt_shim_symbol(MT_SYM_POSITION);
+    mt_shim_untraced = (mt_untraced_fn)mt_shim_symbol(MT_SYM_UNTRACED);
+    mt_shim_reader_thread = (mt_reader_thread_fn)mt_shim_symbol(MT_SYM_READER_THREAD);
+    const char *why = mt_frames_unavailable();
+    if (why) {
+        set(&without_frames);
+        return PyUnicode_FromString(why);
+    }
+    set(mt_shim_reader_thread && mt_pins_start() == NULL ? &with_pins : &whole_walks);
+    Py_RETURN_TRUE;
+}
+
+/* pins() -> str: how this Python's stacks are read (for the capture's notes). */
+static PyObject *pins(PyObject *self, PyObject *args) {
+    if (mt_pins_on)
+        return PyUnicode_FromString(MT_PINS == MT_PINS_MONITORING
+                                        ? "pinned frames (sys.monitoring)"
+                                        : "pinned frames (last_profiled_frame)");
+    const char *why = MT_PINS == MT_PINS_NONE ? "this Python offers no proof that a frame stayed"
+                                              : mt_pins_start();
+    return PyUnicode_FromFormat("whole walks: %s", why ? why : "the shim keeps no pins");
+}
+
+/* uninstall(): stop reading frames (called at interpreter exit, before thread
+ * states are torn down). */
+static PyObject *uninstall(PyObject *self, PyObject *args) {
+    mt_set_python_reader_fn set =
+        (mt_set_python_reader_fn)mt_shim_symbol(MT_SYM_SET_PYTHON_READER);
+    if (set)
+        set(NULL);
+    Py_RETURN_NONE;
+}
+
+/* meta_text(key, text): send a note about this process to the collector. */
+static PyObject *meta_text(PyObject *self, PyObject *args) {
+    int key;
+    const char *text;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "is#", &key, &text, &len))
+        return NULL;
+    mt_meta_text_fn fn = (mt_meta_text_fn)mt_shim_symbol(MT_SYM_META_TEXT);
+    if (fn)
+        fn((uint16_t)key, text, (size_t)len);
+    Py_RETURN_NONE;
+}
+
+/* pymalloc_stats(reason): send pymalloc's statistics now. */
+static PyObject *pymalloc_stats(PyObject *self, PyObject *arg) {
+    mt_send_pymalloc_stats((int)PyLong_AsLong(arg));
+    Py_RETURN_NONE;
+}
+
+/* exit_point(): the program is done; pymalloc's books, then the shim's exit handshake. */
+static PyObject *exit_point(PyObject *self, PyObject *args) {
+    mt_send_pymalloc_stats(1);
+    mt_exit_point_fn fn = (mt_exit_point_fn)mt_shim_symbol(MT_SYM_EXIT_POINT);
+    if (fn)
+        fn();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"install", install, METH_NOARGS, "Start recording Python frames."},
+    {"pins", pins, METH_NOARGS, "How this Python's stacks are read."},
+    {"uninstall", uninstall, METH_NOARGS, "Stop recording Python frames."},
+    {"meta_text", meta_text, METH_VARARGS, "Send a note about this process."},
+    {"label_numpy", mt_label_numpy, METH_O, "Label NumPy array data."},
+    {"pymalloc_stats", pymalloc_stats, METH_O, "Send pymalloc's statistics now."},
+    {"exit_point", exit_point, METH_NOARGS, "The program is done: final statistics now."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pyframes", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__pyframes(void) {
+    /* Frame layouts differ between minor versions: refuse any other. */
+    char expected[16];
+    snprintf(expected, sizeof expected, "%d.%d.", PY_MAJOR_VERSION, PY_MINOR_VERSION);
+    if (strncmp(Py_GetVersion(), expected, strlen(expected)) != 0) {
+        PyErr_Format(PyExc_ImportError, "memtrace's frame reader was built for Python %d.%d",
+                     PY_MAJOR_VERSION, PY_MINOR_VERSION);
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}
