@@ -71,7 +71,7 @@ static MT_TLS mt_reader_thread reader_thread;
  * A walk that stopped deeper than that (the stack grew above the pin) moves the
  * pin up to a frame it just read, if that pin proves at once. */
 #define PIN_SHORT_LIVED 64
-#define PIN_LONG_LIVED 1024
+#define PIN_LONG_LIVED 256
 #define PIN_MAX_BELOW_TOP 8
 
 /* Interning tables: open addressing, insert-only, lock-free. A slot is
@@ -243,9 +243,10 @@ static void place_pin(const mt_python_reader *r, const mt_walk *w, int base) {
         stacks.anchor_h = base + w->n - 1 - w->anchor_at;
         if (!w->stopped)
             return; /* the pin waits for its proof */
-        if (stacks.pin_walks >= PIN_LONG_LIVED && stacks.pin_below_top > 0) {
-            stacks.pin_below_top--;
-            stacks.pin_walks = 0;
+        if (stacks.pin_walks >= PIN_LONG_LIVED) {
+            stacks.pin_walks = PIN_SHORT_LIVED; /* counts again, never as short-lived */
+            if (stacks.pin_below_top > 0)
+                stacks.pin_below_top--;
         }
         if (w->anchor_at > want)
             pin_at(r, w, base, want, 1);
@@ -277,6 +278,10 @@ static uint32_t current_stack(void) {
     int n = w.n;
     if (n == 0)
         return 0;
+    int top = stacks.depth - 1;
+    if (w.stopped && n == 1 && stacks.anchor_h == top && stacks.frame[top] == w.frame[0] &&
+        stacks.lasti[top] == w.lasti[0] && ++stacks.pin_walks < PIN_LONG_LIVED)
+        return stacks.node[top]; /* the pinned top frame, on the same line: a loop */
     int base = 0; /* height of frame[n - 1] */
     if (w.stopped) {
         base = stacks.anchor_h;
