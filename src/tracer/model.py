@@ -121,7 +121,7 @@ class Model:
             agg.track_temporary(threshold)
             for t, events in self.capture.events(proc.sid):
                 agg.feed(events, t)
-            proc.sites = agg.sites()
+            proc.sites = _with_temporary(proc.sites, agg.sites())
 
     @property
     def sample_rate(self) -> int:
@@ -144,6 +144,27 @@ class Model:
     @property
     def end(self) -> dict:
         return self.capture.end or {}
+
+
+def _with_temporary(sites: np.ndarray, replayed: np.ndarray) -> np.ndarray:
+    """The sites with the replay's temporary counts; everything else (live at the exit
+    point above all: the replay only knows the end of the stream) stays as it was.
+    A replay creates sites in the order the collector did, so site i is site i."""
+    out = sites.copy()
+    keys = ("stack", "tid", "lib", "kind", "flags")
+    n = min(len(out), len(replayed))
+    same = all((out[k][:n] == replayed[k][:n]).all() for k in keys)
+    if not same:  # a stream rebuilt differently: match sites by their key
+        index = {tuple(int(s[k]) for k in keys): i for i, s in enumerate(replayed)}
+        for i, s in enumerate(out):
+            j = index.get(tuple(int(s[k]) for k in keys))
+            if j is not None:
+                out["temp_bytes"][i] = replayed["temp_bytes"][j]
+                out["temp_count"][i] = replayed["temp_count"][j]
+        return out
+    out["temp_bytes"][:n] = replayed["temp_bytes"][:n]
+    out["temp_count"][:n] = replayed["temp_count"][:n]
+    return out
 
 
 def _parse_meta(data: bytes):

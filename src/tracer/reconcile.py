@@ -19,11 +19,13 @@ and, apart, `untouched`: traced bytes allocated but not resident. A row whose
 number cannot be had is None ("unknown") with the reason; its bytes then stay in
 the residual, so the table still adds up.
 """
+import bisect
 import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from tracer import _format as fmt
+from tracer.aggregate import peak_slack
 from tracer.model import Model, Process
 
 ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes",
@@ -208,8 +210,6 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
             "no glibc statistics from this process (not glibc's malloc, or it never allocated after the request)"
     else:
         out["mallinfo"] = mi
-        out["notes"].append(f"glibc statistics taken {abs(mi['position'] - snap.get('position', 0)):,} "
-                            "events from the snapshot")
         allocator_overhead_arena = max(0, mi["uordblks"] - small_live)
         allocator_free = max(0, min(arena_rss - small_resident - allocator_overhead_arena,
                                     mi["fordblks"]))
@@ -253,37 +253,85 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
 
 
 def _peak_snapshot(proc: Process) -> Optional[dict]:
-    """The snapshot nearest after the heap peak (one taken once the peak was reached)."""
+    """The first snapshot taken with the heap at its peak (the collector takes none
+    for growth within peak_slack of its last one, so that much short of it counts)."""
     peak = int(proc.totals.get("peak_heap", 0))
-    after = [s for s in proc.snapshots if s.get("peak_heap", 0) >= peak and "vmas" in s]
-    if after:
-        return min(after, key=lambda s: s["t"])
     usable = [s for s in proc.snapshots if "vmas" in s]
+    at_peak = [s for s in usable if s.get("peak_heap", 0) >= peak - peak_slack(peak)]
+    if at_peak:
+        return min(at_peak, key=lambda s: s["t"])
     return max(usable, key=lambda s: s.get("heap", 0)) if usable else None
 
 
-def reconcile_process(proc: Process) -> dict:
+def _event_time(marks: List[tuple], index: int) -> Optional[float]:
+    """Collector time of the drained batch that held event `index`."""
+    if not marks:
+        return None
+    i = bisect.bisect_right([m[0] for m in marks], index) - 1
+    return marks[max(i, 0)][1]
+
+
+def peak_distances(proc: Process, snap: dict, row: dict, marks: List[tuple]) -> dict:
+    """How far from the heap peak each part of the at-peak table was taken, in events
+    and in seconds of collector time (negative: before it): the snapshot (smaps and
+    the traced heap, read by the collector) and the program's own answers (glibc,
+    pymalloc), which come at its next allocator call or pending call."""
+    peak_event = int(proc.totals.get("peak_event", 0))
+    peak_time = float(proc.totals.get("peak_time", 0.0))
+    # heap statistics carry the ring's position; the peak, the aggregator's event index
+    # (they differ by the ring slots that held no event, counted at the snapshot)
+    offset = snap.get("position", 0) - snap.get("events", snap.get("position", 0))
+    out = {"snapshot": {"events": int(snap.get("events", snap.get("position", 0))) - peak_event,
+                        "seconds": float(snap["t"]) - peak_time}}
+    for part, key in (("glibc", "mallinfo"), ("pymalloc", "pymalloc")):
+        answer = row.get(key)
+        if answer is None:
+            out[part] = None
+            continue
+        event = int(answer["position"]) - offset
+        t = _event_time(marks, event)
+        out[part] = {"events": event - peak_event,
+                     "seconds": None if t is None else t - peak_time}
+    return out
+
+
+def reconcile_process(proc: Process, marks: Optional[List[tuple]] = None) -> dict:
+    """At the peak and at exit; `marks` (the capture's (first event, time) of each
+    drained batch) time the program's answers for the at-peak distances."""
     result = {}
     snap = _peak_snapshot(proc)
     if snap is None:
         result["at_peak"] = {"error": "no snapshot of this process was taken"}
     else:
         row = reconcile_snapshot(proc, snap)
-        row["distance_seconds"] = max(0.0, snap["t"] - float(proc.totals.get("peak_time", 0)))
+        if "error" not in row:
+            row["distance"] = peak_distances(proc, snap, row, marks or [])
+        row["distance_seconds"] = float(snap["t"]) - float(proc.totals.get("peak_time", 0))
         row["heap_at_snapshot"] = snap.get("heap")
         row["peak_heap"] = int(proc.totals.get("peak_heap", 0))
+        row["peak_time"] = float(proc.totals.get("peak_time", 0))
+        if "error" not in row:
+            # what memray-like tools call the peak counts address space never touched
+            # (OpenBLAS buffers, untouched calloc/np.zeros): this is the part in RAM
+            row["resident_peak_bytes"] = max(0, row["peak_heap"] - row["untouched_bytes"])
         result["at_peak"] = row
     exits = [s for s in proc.snapshots if s.get("kind") == "exit"]
+    usable = [s for s in proc.snapshots if "vmas" in s]
     if exits:
-        result["at_exit"] = reconcile_snapshot(proc, exits[-1], exit_=True)
+        last = exits[-1]
+        result["at_exit"] = reconcile_snapshot(proc, last, exit_=True)
+    elif usable:
+        last = usable[-1]
+        result["at_exit"] = reconcile_snapshot(proc, last)
+        result["at_exit"]["notes"].append(
+            "the process ended without exit(): this is its last snapshot")
     else:
-        usable = [s for s in proc.snapshots if "vmas" in s]
-        if usable:
-            last = reconcile_snapshot(proc, usable[-1])
-            last["notes"].append("the process ended without exit(): this is its last snapshot")
-            result["at_exit"] = last
-        else:
-            result["at_exit"] = {"error": "the process ended before any snapshot"}
+        result["at_exit"] = {"error": "the process ended before any snapshot"}
+    mi = result["at_exit"].get("mallinfo")
+    if mi is not None:
+        result["at_exit"]["notes"].append(
+            f"glibc statistics taken {abs(mi['position'] - last.get('position', 0)):,} "
+            "events from the snapshot")
     return result
 
 
@@ -293,8 +341,13 @@ def statistics_cost(proc: Process) -> float:
             + sum(r.get("cost_ns", 0) for r in pymalloc_stats(proc))) / 1e9
 
 
+def process_key(proc: Process) -> str:
+    """A process's key in per-process results: its pid (pid.stream for an image it exec'd away)."""
+    return str(proc.pid) if proc.end.get("how") != "exec" else f"{proc.pid}.{proc.sid}"
+
+
 def reconcile(model: Model) -> Dict[str, dict]:
-    return {str(p.pid) if p.end.get("how") != "exec" else f"{p.pid}.{p.sid}": reconcile_process(p)
+    return {process_key(p): reconcile_process(p, model.capture.marks(p.sid))
             for p in model.processes}
 
 
@@ -328,6 +381,15 @@ def timeline(model: Model, proc: Process) -> List[list]:
 
 
 def json_rows(rec: dict) -> dict:
-    """The integer fields of `stats --json` for one moment (None stays null)."""
+    """The fields of `stats --json` for one moment (None stays null); at the peak also
+    when each part was taken (see peak_distances)."""
+    if "error" in rec:
+        return {"error": rec["error"]}
     keys = ("rss_bytes",) + ROWS + ("untouched_bytes", "residual_bytes")
-    return {k: rec.get(k) for k in keys} if "error" not in rec else {"error": rec["error"]}
+    out = {k: rec.get(k) for k in keys}
+    out["t"] = rec.get("t")
+    for key, name in (("peak_heap", "peak_heap_bytes"), ("heap_at_snapshot", "heap_at_snapshot_bytes"),
+                      ("resident_peak_bytes", "resident_peak_bytes"), ("distance", "distance")):
+        if key in rec:
+            out[name] = rec[key]
+    return out
