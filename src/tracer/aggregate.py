@@ -9,13 +9,6 @@ from tracer._native import ffi, lib
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-PEAK_SLACK = 64 << 10
-
-
-def peak_slack(peak: int) -> int:
-    """How close to a heap peak a snapshot's own peak must be to count as taken at
-    it: growth smaller than this asks for no new snapshot."""
-    return PEAK_SLACK
 
 
 class Aggregator:

@@ -20,7 +20,7 @@ from typing import Dict, Optional
 from tracer import _format as fmt
 from tracer import procfs
 from tracer._native import ffi, lib
-from tracer.aggregate import Aggregator, peak_slack
+from tracer.aggregate import Aggregator
 from tracer.capture_writer import CaptureWriter, EventPacker
 from tracer.session import Session
 
@@ -33,14 +33,17 @@ META_BATCH = 1 << 20
 RSS_FLUSH_SECONDS = 1.0
 AGGREGATE_REFRESH_SECONDS = 5.0
 # Snapshots near the heap peak (docs/reconciliation.md, "When"): a peak with no
-# snapshot is read once it stops rising -- unchanged for PEAK_HOLD, or the heap fell
-# PEAK_DROP below it -- at most one snapshot per PEAK_SNAPSHOT_SPACING; while it keeps
-# rising, one per GROWTH_SNAPSHOT_SECONDS. Reading smaps costs 5-50 ms on a big
-# process, so snapshots may take SNAPSHOT_SHARE of the collector's time, in bursts of
-# at most SNAPSHOT_BURST seconds.
+# snapshot is read once it stops rising -- unchanged for PEAK_HOLD while RSS has not
+# grown by RSS_RISING over its last samples (the program is done writing new pages;
+# PEAK_HOLD_MAX at most), or the heap fell PEAK_DROP below it -- at most one snapshot
+# per PEAK_SNAPSHOT_SPACING; while it keeps rising, one per GROWTH_SNAPSHOT_SECONDS.
+# Reading smaps costs 5-50 ms on a big process, so snapshots may take SNAPSHOT_SHARE
+# of the collector's time, in bursts of at most SNAPSHOT_BURST seconds.
 PEAK_SNAPSHOT_SPACING = 0.05
 PEAK_HOLD = 0.02
-PEAK_DROP = 0.01
+PEAK_HOLD_MAX = 0.25
+RSS_RISING = 1 << 20
+PEAK_DROP, PEAK_DROP_MIN = 0.01, 64 << 10
 GROWTH_SNAPSHOT_SECONDS = 1.0
 SNAPSHOT_SHARE = 0.10
 SNAPSHOT_BURST = 0.5
@@ -66,11 +69,12 @@ class Stream:
         self.alive = True
         self.rss_pending = []
         self.rss_peak = 0
+        self.rss_recent = [0, 0, 0]  # the last three RSS samples (20 ms at 10 ms a sample)
         self.heap_pending = []
         self.heap_last_t = -1.0
         self.heap_max = 0
         self.next_stats = 0.0
-        self.snap_t = -1e9
+        self.snap_t = t  # (the first snapshot comes once the heap has a peak)
         self.snap_peak = 0
         self.exit_seen = False
         self.lost = 0
@@ -240,6 +244,7 @@ class Collector:
             st = procfs.status(stream.pid)
             if st is not None:
                 rss = st["RssAnon"] + st["RssFile"] + st["RssShmem"]
+                stream.rss_recent = stream.rss_recent[1:] + [rss]
                 stream.rss_peak = max(stream.rss_peak, rss)
                 stream.rss_pending.append((t, rss, st["RssAnon"], st["RssFile"], st["RssShmem"],
                                            st["VmSwap"]))
@@ -311,9 +316,11 @@ class Collector:
         # A peak with no snapshot yet: read /proc now (never waiting for the program)
         # once it has stopped rising; while it still rises, a snapshot now would only
         # be replaced by the next one.
-        if peak > stream.snap_peak + peak_slack(peak) and since >= PEAK_SNAPSHOT_SPACING:
-            held = t - totals["peak_time"] >= PEAK_HOLD
-            fell = heap < peak - max(peak_slack(peak), int(peak * PEAK_DROP))
+        if peak > stream.snap_peak and since >= PEAK_SNAPSHOT_SPACING:
+            held_for = t - totals["peak_time"]
+            rss_rising = stream.rss_recent[-1] - stream.rss_recent[0] >= RSS_RISING
+            held = held_for >= PEAK_HOLD and (not rss_rising or held_for >= PEAK_HOLD_MAX)
+            fell = heap < peak - max(PEAK_DROP_MIN, int(peak * PEAK_DROP))
             # a peak that is over is the snapshot most worth having: it may overdraw
             # the budget; one of a peak still rising must leave room for it
             floor = -SNAPSHOT_BURST if fell else 0.0 if held else SNAPSHOT_BURST / 2

@@ -52,7 +52,9 @@ class Process:
     t_start: float
     replayed: bool = False
     sample_rate: int = 0  # --sample-rate: byte numbers are estimates
-
+    # node -> innermost user frame of its stack (None: none); file -> is_library
+    _user_frames: dict = field(default_factory=dict, repr=False)
+    _library_files: dict = field(default_factory=dict, repr=False)
 
     @property
     def peak_rss(self) -> Optional[int]:
@@ -84,16 +86,38 @@ class Process:
 
     def is_library(self, file: str) -> bool:
         """Code of the stdlib, of installed packages or of the import machinery."""
-        return file.startswith("<frozen") or any(
-            file.startswith(p.rstrip("/") + "/") for p in self.library_paths)
+        known = self._library_files.get(file)
+        if known is None:
+            known = self._library_files[file] = file.startswith("<frozen") or any(
+                file.startswith(p.rstrip("/") + "/") for p in self.library_paths)
+        return known
 
     def user_frame(self, node: int) -> Optional[Frame]:
-        """The innermost frame in the user's own code (else the innermost frame)."""
-        frames = self.stack(node)
-        for frame in frames:
+        """The innermost frame in the user's own code (else the innermost frame).
+        Stacks share their outer frames: each node's answer is kept, so a walk stops
+        at the first node already answered."""
+        cache, chain, seen = self._user_frames, [], set()
+        found, walk = None, node
+        while walk and walk not in seen and len(chain) < MAX_STACK_DEPTH:
+            if walk in cache:
+                found = cache[walk]
+                break
+            seen.add(walk)
+            chain.append(walk)
+            entry = self.nodes.get(walk)
+            if entry is None:
+                found = Frame("<unknown>", 0, "<stack lost>")
+                break
+            frame = self.frame(walk)
             if not self.is_library(frame.file):
-                return frame
-        return frames[0] if frames else None
+                found = frame
+                break
+            walk = entry[0]
+        for n in chain:
+            cache[n] = found
+        if found is not None or not node:
+            return found
+        return self.frame(node)
 
     def thread_name(self, tid: int) -> str:
         name = self.threads.get(tid, "?")

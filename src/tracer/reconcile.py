@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from tracer import _format as fmt
-from tracer.aggregate import peak_slack
 from tracer.model import Model, Process
 
 ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes",
@@ -252,14 +251,29 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
     return out
 
 
+def peak_tolerance(peak: int) -> int:
+    """How far below its peak the heap may be in a snapshot that stands for the peak
+    (as far as the collector lets it fall before it calls a peak over: 1%)."""
+    return max(64 << 10, peak // 100)
+
+
 def _peak_snapshot(proc: Process) -> Optional[dict]:
-    """The first snapshot taken with the heap at its peak (the collector takes none
-    for growth within peak_slack of its last one, so that much short of it counts)."""
+    """The snapshot that stands for the heap peak: the first taken once the heap had
+    reached its peak while it was still there; else the one nearest in time whose heap
+    was as high (taken before a last small growth); else the first taken after the
+    peak (a peak gone before it could be read); else the one with the largest heap."""
     peak = int(proc.totals.get("peak_heap", 0))
+    peak_time = float(proc.totals.get("peak_time", 0.0))
     usable = [s for s in proc.snapshots if "vmas" in s]
-    at_peak = [s for s in usable if s.get("peak_heap", 0) >= peak - peak_slack(peak)]
-    if at_peak:
-        return min(at_peak, key=lambda s: s["t"])
+    high = [s for s in usable if s.get("heap", 0) >= peak - peak_tolerance(peak)]
+    after = [s for s in usable if s.get("peak_heap", 0) >= peak]
+    still = [s for s in high if s in after]
+    if still:
+        return min(still, key=lambda s: s["t"])
+    if high:
+        return min(high, key=lambda s: abs(s["t"] - peak_time))
+    if after:
+        return min(after, key=lambda s: s["t"])
     return max(usable, key=lambda s: s.get("heap", 0)) if usable else None
 
 
@@ -311,9 +325,12 @@ def reconcile_process(proc: Process, marks: Optional[List[tuple]] = None) -> dic
         row["peak_heap"] = int(proc.totals.get("peak_heap", 0))
         row["peak_time"] = float(proc.totals.get("peak_time", 0))
         if "error" not in row:
-            # what memray-like tools call the peak counts address space never touched
-            # (OpenBLAS buffers, untouched calloc/np.zeros): this is the part in RAM
+            # the peak counts address space never touched (OpenBLAS's buffers, calloc'd
+            # or np.zeros memory not written yet): this is the part that was in RAM, at
+            # most; of blocks freed before the snapshot (the heap below its peak) it
+            # cannot say whether they were resident
             row["resident_peak_bytes"] = max(0, row["peak_heap"] - row["untouched_bytes"])
+            row["resident_peak_unknown_bytes"] = max(0, row["peak_heap"] - (snap.get("heap") or 0))
         result["at_peak"] = row
     exits = [s for s in proc.snapshots if s.get("kind") == "exit"]
     usable = [s for s in proc.snapshots if "vmas" in s]
@@ -389,7 +406,9 @@ def json_rows(rec: dict) -> dict:
     out = {k: rec.get(k) for k in keys}
     out["t"] = rec.get("t")
     for key, name in (("peak_heap", "peak_heap_bytes"), ("heap_at_snapshot", "heap_at_snapshot_bytes"),
-                      ("resident_peak_bytes", "resident_peak_bytes"), ("distance", "distance")):
+                      ("resident_peak_bytes", "resident_peak_bytes"),
+                      ("resident_peak_unknown_bytes", "resident_peak_unknown_bytes"),
+                      ("distance", "distance")):
         if key in rec:
             out[name] = rec[key]
     return out

@@ -106,16 +106,33 @@ UNTOUCHED_WORTH_A_LINE = 1 << 20  # and 1% of the peak
 
 
 def process_peak(proc: Process, at_peak: dict, cwd: Optional[str]) -> dict:
-    """A process's peak with its resident part and what was never touched at it
-    (from the at-peak snapshot; None where no snapshot was taken)."""
+    """A process's peak with its resident part and what was never touched at it (from
+    the at-peak snapshot; None where none was taken). `resident_bytes` is at most
+    what was in RAM: `resident_unknown_bytes` of it were freed before the snapshot
+    was read (or allocated after it), so their residency is not known."""
     out = {"bytes": int(proc.totals.get("peak_heap", 0)),
            "t": float(proc.totals.get("peak_time", 0.0)),
-           "resident_bytes": None, "untouched_bytes": None, "untouched": []}
+           "resident_bytes": None, "resident_unknown_bytes": None, "untouched_bytes": None,
+           "untouched": []}
     if at_peak and "error" not in at_peak and "resident_peak_bytes" in at_peak:
         out["resident_bytes"] = int(at_peak["resident_peak_bytes"])
+        out["resident_unknown_bytes"] = int(at_peak["resident_peak_unknown_bytes"])
         out["untouched_bytes"] = out["bytes"] - out["resident_bytes"]
         out["untouched"] = untouched_causes(proc, at_peak, cwd)
     return out
+
+
+def describe_resident(peak: dict) -> str:
+    """', resident 95.3 MiB' (a range when part of it was freed before it was read)."""
+    from tracer.reports.summary import human
+
+    if peak["resident_bytes"] is None:
+        return ""
+    high, unknown = peak["resident_bytes"], peak["resident_unknown_bytes"] or 0
+    if unknown <= max(1 << 20, peak["bytes"] // 100):
+        return f", resident {human(high)}"
+    return (f", resident {human(max(0, high - unknown))} to {human(high)} ({human(unknown)} "
+            "of it was freed before memtrace could read the peak)")
 
 
 def headline(model: Model, results: dict) -> List[str]:
@@ -140,9 +157,8 @@ def headline(model: Model, results: dict) -> List[str]:
     if proc is None:
         return ["peak heap 0 B"]
     peak = process_peak(proc, results.get(process_key(proc), {}).get("at_peak"), cwd)
-    resident = ("" if peak["resident_bytes"] is None else
-                f", resident {human(peak['resident_bytes'])}")
-    lines = [f"peak heap {human(peak['bytes'])} at {peak['t']:.2f} s in pid {proc.pid}{resident}"]
+    lines = [f"peak heap {human(peak['bytes'])} at {peak['t']:.2f} s in pid {proc.pid}"
+             f"{describe_resident(peak)}"]
     untouched = peak["untouched_bytes"] or 0
     if untouched >= max(UNTOUCHED_WORTH_A_LINE, peak["bytes"] // 100):
         who = "; ".join(f"{human(c['bytes'])} {c['cause'].split(' (')[0]} ({clean(c['library'])}, "

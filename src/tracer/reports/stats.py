@@ -25,6 +25,7 @@ def stats(model: Model) -> dict:
             "peak_heap_time": float(tot.get("peak_time", 0.0)),
             # the part of the peak in RAM; the rest was address space never touched
             "peak_heap_resident_bytes": peak["resident_bytes"],
+            "peak_heap_resident_unknown_bytes": peak["resident_unknown_bytes"],
             "peak_heap_untouched_bytes": peak["untouched_bytes"],
             "untouched_at_peak": peak["untouched"],
             "peak_rss_bytes": (max(proc.peak_rss or 0, int(end.get("main_max_rss", 0)))

@@ -78,7 +78,7 @@ def render(model: Model, out, top: int = TOP) -> None:
       f"allocations · live at exit {human(t['heap'])}\n")
     for line in head[1:]:
         w(f"  {line}\n")
-    if t["total_allocated"]:
+    if t["numpy_bytes"]:  # (nothing to say of NumPy to a program without its arrays)
         share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
     try:
@@ -119,8 +119,8 @@ def render(model: Model, out, top: int = TOP) -> None:
         w(f"  processes: {len(model.processes)}\n")
         for proc in model.processes:
             peak = peaks.process_peak(proc, results.get(rec.process_key(proc), {}).get("at_peak"), cwd)
-            resident = "" if peak["resident_bytes"] is None else \
-                f" (resident {human(peak['resident_bytes'])})"
+            resident = peaks.describe_resident(peak).replace(", ", " (", 1) + ")" \
+                if peak["resident_bytes"] is not None else ""
             w(f"    pid {proc.pid} (parent {proc.ppid}) {clean(' '.join(proc.argv))[:60]}: "
               f"peak heap {human(peak['bytes'])} at {peak['t']:.2f} s{resident}, "
               f"{'peak RSS ' + human(proc.peak_rss) if proc.peak_rss else 'RSS not sampled'}, "
