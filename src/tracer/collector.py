@@ -73,6 +73,7 @@ class Stream:
         self.heap_pending = []
         self.heap_last_t = -1.0
         self.heap_max = 0
+        self.heap_last = (0, 0)  # (heap, max) the timeline last recorded
         self.next_stats = 0.0
         self.snap_t = t  # (the first snapshot comes once the heap has a peak)
         self.snap_peak = 0
@@ -227,20 +228,27 @@ class Collector:
             self.writer.chunk(fmt.CHUNK_META, stream.sid, stream.meta_pending)
             stream.meta_pending = bytearray()
 
-    def _note_heap(self, stream: Stream, t: float) -> None:
-        """Keep a heap timeline point per sample interval, with the max in between."""
+    def _note_heap(self, stream: Stream, t: float, drained: bool = True) -> None:
+        """Keep a heap timeline point per sample interval, with the max in between;
+        also when no events came (drained=False) if the heap is not yet recorded as
+        it stands, so that the timelines of several processes can be added up."""
         totals = stream.agg.totals()
-        stream.heap_max = max(stream.heap_max, totals["feed_max"])
+        if drained:
+            stream.heap_max = max(stream.heap_max, totals["feed_max"])
+        elif stream.heap_last == (totals["heap"], stream.heap_max):
+            return
         if t - stream.heap_last_t >= self.sample_interval:
             stream.heap_pending.append((t, totals["heap"], stream.heap_max))
             stream.heap_last_t = t
             stream.heap_max = totals["heap"]
+            stream.heap_last = (totals["heap"], totals["heap"])
 
     def _sample_rss(self, t: float) -> None:
         """RSS and its split, and a request for the target's heap statistics."""
         for stream in self.streams.values():
             if not stream.alive:
                 continue
+            self._note_heap(stream, t, drained=False)
             st = procfs.status(stream.pid)
             if st is not None:
                 rss = st["RssAnon"] + st["RssFile"] + st["RssShmem"]
@@ -310,29 +318,35 @@ class Collector:
             lib.mt_shm_ack_exit(stream.ptr)
             self._write_aggregate(stream, checkpoint="exit")
             return
+        since = t - stream.snap_t
+        floor = self._peak_due(stream, t)
+        if floor is not None and self._may_snapshot(t, floor):
+            # glibc's and pymalloc's books need the program: it answers in its next
+            # allocator call (a pending call for pymalloc); the nearest answer is used
+            # (the reconciliation says how far it was)
+            lib.mt_shm_request_stats(stream.ptr, 1)
+            self._snapshot(stream, "peak")
+        elif since >= PERIODIC_SNAPSHOT_SECONDS:
+            self._snapshot(stream, "periodic")
+
+    def _peak_due(self, stream: Stream, t: float) -> Optional[float]:
+        """Whether a peak with no snapshot yet should be read now (never waiting for
+        the program): once it has stopped rising -- while it still rises, a snapshot
+        would only be replaced by the next one. Returns the budget floor it may draw
+        to (a peak that is over is the one most worth having: it may overdraw; one of
+        a peak still rising must leave room for it), or None."""
         totals = stream.agg.totals()
         peak, heap = totals["peak_heap"], totals["heap"]
         since = t - stream.snap_t
-        # A peak with no snapshot yet: read /proc now (never waiting for the program)
-        # once it has stopped rising; while it still rises, a snapshot now would only
-        # be replaced by the next one.
-        if peak > stream.snap_peak and since >= PEAK_SNAPSHOT_SPACING:
-            held_for = t - totals["peak_time"]
-            rss_rising = stream.rss_recent[-1] - stream.rss_recent[0] >= RSS_RISING
-            held = held_for >= PEAK_HOLD and (not rss_rising or held_for >= PEAK_HOLD_MAX)
-            fell = heap < peak - max(PEAK_DROP_MIN, int(peak * PEAK_DROP))
-            # a peak that is over is the snapshot most worth having: it may overdraw
-            # the budget; one of a peak still rising must leave room for it
-            floor = -SNAPSHOT_BURST if fell else 0.0 if held else SNAPSHOT_BURST / 2
-            if (held or fell or since >= GROWTH_SNAPSHOT_SECONDS) and self._may_snapshot(t, floor):
-                # glibc's and pymalloc's books need the program: it answers in its
-                # next allocator call (a pending call for pymalloc); the nearest
-                # answer is used (the reconciliation says how far it was)
-                lib.mt_shm_request_stats(stream.ptr, 1)
-                self._snapshot(stream, "peak")
-                return
-        if since >= PERIODIC_SNAPSHOT_SECONDS:
-            self._snapshot(stream, "periodic")
+        if peak <= stream.snap_peak or since < PEAK_SNAPSHOT_SPACING:
+            return None
+        if heap < peak - max(PEAK_DROP_MIN, int(peak * PEAK_DROP)):
+            return -SNAPSHOT_BURST  # it fell
+        held_for = t - totals["peak_time"]
+        rss_rising = stream.rss_recent[-1] - stream.rss_recent[0] >= RSS_RISING
+        if held_for >= PEAK_HOLD and (not rss_rising or held_for >= PEAK_HOLD_MAX):
+            return 0.0
+        return SNAPSHOT_BURST / 2 if since >= GROWTH_SNAPSHOT_SECONDS else None
 
     def _flush_samples(self, stream: Stream, final: bool = False) -> None:
         """Write the pending RSS samples and heap timeline points."""
