@@ -18,6 +18,7 @@ def main():
     back = json.loads(text)
     blob = pickle.dumps(back)
     again = pickle.loads(blob)
+    assert again == records  # the round trip kept every record
     print("marker", sys.getsizeof(marker))
     print("sizes", len(text), len(blob), len(again))
 

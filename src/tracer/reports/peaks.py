@@ -64,7 +64,8 @@ def sum_of_peaks(model: Model) -> int:
     return sum(int(p.totals.get("peak_heap", 0)) for p in model.processes)
 
 
-BLAS = ("openblas", "libmkl", "blis")
+BLAS = ("libmkl", "libblis", "libflexiblas")
+UNTOUCHED_WORTH_A_LINE = 1 << 20  # and 1% of the peak
 
 
 def cause(proc: Process, site) -> str:
@@ -100,9 +101,6 @@ def untouched_causes(proc: Process, row: dict, cwd: Optional[str]) -> List[dict]
         groups[key] = groups.get(key, 0) + int(gap)
     return [{"bytes": b, "cause": c, "library": lib, "where": w}
             for (c, lib, w), b in sorted(groups.items(), key=lambda kv: -kv[1])]
-
-
-UNTOUCHED_WORTH_A_LINE = 1 << 20  # and 1% of the peak
 
 
 def process_peak(proc: Process, at_peak: dict, cwd: Optional[str]) -> dict:
@@ -151,7 +149,7 @@ def headline(model: Model, results: dict) -> List[str]:
                  f"; at most {human(tree['upper_bytes'])}, from each process's highest heap in "
                  f"each {tree['resolution'] * 1000:.0f} ms interval")
         return [f"peak heap of the process tree {human(tree['bytes'])} at {tree['t']:.2f} s "
-                f"({len(model.processes)} processes at one moment{exact}) · sum of each "
+                f"({len({p.pid for p in model.processes})} processes at one moment{exact}) · sum of each "
                 f"process's own peak {human(sum_of_peaks(model))} (at different moments)"]
     proc = model.processes[0] if model.processes else None
     if proc is None:
