@@ -88,7 +88,7 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
     return {
         "command": model.command, "ending": describe_end(model), "warnings": model.warnings,
         "notes": [model.estimate_note] if model.estimate_note else [],
-        "peak_heap": tree["bytes"] if tree else t["peak_heap"], "peak_text": " · ".join(
+        "peak_heap": tree["bytes"] if tree else 0, "peak_text": " · ".join(
             line.strip() for line in head),
         "sum_of_process_peaks": peaks.sum_of_peaks(model),
         "total_allocated": t["total_allocated"],
