@@ -90,6 +90,18 @@ void mt_agg_bytes_in_ranges(const mt_agg *agg, const uint64_t *starts, const uin
                             size_t n, int64_t *block_bytes, int64_t *anon_map_bytes,
                             int64_t *file_map_bytes, uint32_t *top_site, int64_t *top_bytes);
 
+/* One mapping of /proc/PID/smaps: its range, resident, anonymous and swapped
+ * bytes, permissions, and where its path lies in the text (path_len 0: none). */
+typedef struct mt_vma {
+    uint64_t start, end;
+    uint64_t rss, anon, swap;
+    uint32_t path_at, path_len;
+    char perms[8];
+} mt_vma;
+/* Parse smaps text (procfs.smaps_py is the reference); fills at most max mappings
+ * and returns how many the text holds. */
+size_t mt_parse_smaps(const char *text, size_t len, mt_vma *out, size_t max);
+
 /* Compact encoding of event batches for the capture file (docs/capture-format.md).
  * mt_encode writes at most n * MT_ENCODED_MAX bytes and returns how many;
  * mt_decode returns the number of events decoded, or -1 if the bytes are

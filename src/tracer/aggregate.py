@@ -9,6 +9,8 @@ from tracer._native import ffi, lib
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+
+
 class Aggregator:
     """Live blocks, mappings, per-site totals and the exact heap peak of one stream."""
 

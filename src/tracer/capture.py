@@ -249,8 +249,8 @@ def _snapshot_ok(snap: dict) -> bool:
     """The fields the reconciliation reads have their types (a time is required)."""
     if not _is_number(snap.get("t")) or ("vmas" in snap and not _vma_rows(snap["vmas"])):
         return False
-    if not all(_is_number(snap[k]) for k in ("position", "heap", "peak_heap", "peak_time")
-               if k in snap):
+    if not all(_is_number(snap[k]) for k in ("position", "heap", "peak_heap", "peak_time",
+                                             "events", "peak_event", "cost") if k in snap):
         return False
     status, sps = snap.get("status"), snap.get("stack_pointers", [])
     return (status is None or (isinstance(status, dict) and all(map(_is_number, status.values())))) \

@@ -20,7 +20,7 @@ from typing import Dict, Optional
 from tracer import _format as fmt
 from tracer import procfs
 from tracer._native import ffi, lib
-from tracer.aggregate import PAGE_SIZE, Aggregator
+from tracer.aggregate import Aggregator
 from tracer.capture_writer import CaptureWriter, EventPacker
 from tracer.session import Session
 
@@ -32,9 +32,21 @@ BATCHES_PER_ROUND = 4
 META_BATCH = 1 << 20
 RSS_FLUSH_SECONDS = 1.0
 AGGREGATE_REFRESH_SECONDS = 5.0
-PEAK_SNAPSHOT_GROWTH = 0.02     # a new snapshot when the peak grew by 2% ...
-PEAK_SNAPSHOT_SPACING = 0.05    # ... and 50 ms passed since the last one
-PASSED_PEAK_SPACING = 0.01
+# Snapshots near the heap peak (docs/reconciliation.md, "When"): a peak with no
+# snapshot is read once it stops rising -- unchanged for PEAK_HOLD while RSS has not
+# grown by RSS_RISING over its last samples (the program is done writing new pages;
+# PEAK_HOLD_MAX at most), or the heap fell PEAK_DROP below it -- at most one snapshot
+# per PEAK_SNAPSHOT_SPACING; while it keeps rising, one per GROWTH_SNAPSHOT_SECONDS.
+# Reading smaps costs 5-50 ms on a big process, so snapshots may take SNAPSHOT_SHARE
+# of the collector's time, in bursts of at most SNAPSHOT_BURST seconds.
+PEAK_SNAPSHOT_SPACING = 0.05
+PEAK_HOLD = 0.02
+PEAK_HOLD_MAX = 0.25
+RSS_RISING = 1 << 20
+PEAK_DROP, PEAK_DROP_MIN = 0.01, 64 << 10
+GROWTH_SNAPSHOT_SECONDS = 1.0
+SNAPSHOT_SHARE = 0.10
+SNAPSHOT_BURST = 0.5
 SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot is skipped
 PERIODIC_SNAPSHOT_SECONDS = 10.0
 IDLE_WAIT_MIN, IDLE_WAIT_MAX = 0.001, 0.008  # seconds between rounds
@@ -57,11 +69,13 @@ class Stream:
         self.alive = True
         self.rss_pending = []
         self.rss_peak = 0
+        self.rss_recent = [0, 0, 0]  # the last three RSS samples (20 ms at 10 ms a sample)
         self.heap_pending = []
         self.heap_last_t = -1.0
         self.heap_max = 0
+        self.heap_last = (0, 0)  # (heap, max) the timeline last recorded
         self.next_stats = 0.0
-        self.snap_t = -1e9
+        self.snap_t = t  # (the first snapshot comes once the heap has a peak)
         self.snap_peak = 0
         self.exit_seen = False
         self.lost = 0
@@ -99,6 +113,8 @@ class Collector:
         self._next_sample = 0.0
         self._next_rss_flush = 0.0
         self._next_aggregate = AGGREGATE_REFRESH_SECONDS
+        self.snap_budget = SNAPSHOT_BURST  # seconds of snapshot work allowed now
+        self.snap_budget_t = 0.0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -212,23 +228,31 @@ class Collector:
             self.writer.chunk(fmt.CHUNK_META, stream.sid, stream.meta_pending)
             stream.meta_pending = bytearray()
 
-    def _note_heap(self, stream: Stream, t: float) -> None:
-        """Keep a heap timeline point per sample interval, with the max in between."""
+    def _note_heap(self, stream: Stream, t: float, drained: bool = True) -> None:
+        """Keep a heap timeline point per sample interval, with the max in between;
+        also when no events came (drained=False) if the heap is not yet recorded as
+        it stands, so that the timelines of several processes can be added up."""
         totals = stream.agg.totals()
-        stream.heap_max = max(stream.heap_max, totals["feed_max"])
+        if drained:
+            stream.heap_max = max(stream.heap_max, totals["feed_max"])
+        elif stream.heap_last == (totals["heap"], stream.heap_max):
+            return
         if t - stream.heap_last_t >= self.sample_interval:
             stream.heap_pending.append((t, totals["heap"], stream.heap_max))
             stream.heap_last_t = t
             stream.heap_max = totals["heap"]
+            stream.heap_last = (totals["heap"], totals["heap"])
 
     def _sample_rss(self, t: float) -> None:
         """RSS and its split, and a request for the target's heap statistics."""
         for stream in self.streams.values():
             if not stream.alive:
                 continue
+            self._note_heap(stream, t, drained=False)
             st = procfs.status(stream.pid)
             if st is not None:
                 rss = st["RssAnon"] + st["RssFile"] + st["RssShmem"]
+                stream.rss_recent = stream.rss_recent[1:] + [rss]
                 stream.rss_peak = max(stream.rss_peak, rss)
                 stream.rss_pending.append((t, rss, st["RssAnon"], st["RssFile"], st["RssShmem"],
                                            st["VmSwap"]))
@@ -242,14 +266,19 @@ class Collector:
     def _snapshot(self, stream: Stream, kind: str) -> None:
         """Mappings with their resident bytes and the traced bytes inside each, now."""
         t = self.now()
+        started = time.perf_counter()
         vmas = procfs.smaps(stream.pid)
-        record = {"kind": kind, "t": t, "position": stream.counter(5)}
         totals = stream.agg.totals()
-        record.update(heap=totals["heap"], peak_heap=totals["peak_heap"],
-                      peak_time=totals["peak_time"], status=procfs.status(stream.pid))
+        # position: the ring's event index (heap statistics carry one too); events: the
+        # aggregator's count, the peak's index space; cost: seconds smaps took to read
+        record = {"kind": kind, "t": t, "position": stream.counter(5),
+                  "events": totals["n_events"], "heap": totals["heap"],
+                  "peak_heap": totals["peak_heap"], "peak_time": totals["peak_time"],
+                  "peak_event": totals["peak_event"], "status": procfs.status(stream.pid)}
         if vmas is None:
             record["error"] = f"/proc/{stream.pid}/smaps could not be read"
         else:
+            record["cost"] = round(time.perf_counter() - started, 6)
             n = len(vmas)
             starts = ffi.new("uint64_t[]", [v[0] for v in vmas])
             ends = ffi.new("uint64_t[]", [v[1] for v in vmas])
@@ -264,9 +293,18 @@ class Collector:
         stream.snap_t = t
         stream.snap_peak = totals["peak_heap"]
         self.writer.json_chunk(fmt.CHUNK_SNAPSHOT, stream.sid, record)
+        self.snap_budget -= time.perf_counter() - started
+
+    def _may_snapshot(self, t: float, floor: float) -> bool:
+        """Whether the snapshots' share of the collector's time allows one now (the
+        budget is above `floor`)."""
+        self.snap_budget = min(SNAPSHOT_BURST,
+                               self.snap_budget + (t - self.snap_budget_t) * SNAPSHOT_SHARE)
+        self.snap_budget_t = t
+        return self.snap_budget > floor
 
     def _watch(self, stream: Stream, t: float) -> None:
-        """Snapshots: near each new heap peak, now and then, and as the process exits."""
+        """Snapshots: at each new heap peak, now and then, and as the process exits."""
         state = stream.counter(3)
         if state == fmt.STATE_EXITING and not stream.exit_seen:
             stream.exit_seen = True
@@ -280,17 +318,35 @@ class Collector:
             lib.mt_shm_ack_exit(stream.ptr)
             self._write_aggregate(stream, checkpoint="exit")
             return
-        totals = stream.agg.totals()
-        peak, heap = totals["peak_heap"], totals["heap"]
-        grown = peak > stream.snap_peak * (1 + PEAK_SNAPSHOT_GROWTH) + PAGE_SIZE
-        # a peak we have no snapshot of is over: take one as close after it as we can
-        passed = (peak > stream.snap_peak * 1.005 + 65536 and heap < peak
-                  and t - stream.snap_t >= PASSED_PEAK_SPACING)
-        if (grown and t - stream.snap_t >= PEAK_SNAPSHOT_SPACING) or passed:
+        since = t - stream.snap_t
+        floor = self._peak_due(stream, t)
+        if floor is not None and self._may_snapshot(t, floor):
+            # glibc's and pymalloc's books need the program: it answers in its next
+            # allocator call (a pending call for pymalloc); the nearest answer is used
+            # (the reconciliation says how far it was)
             lib.mt_shm_request_stats(stream.ptr, 1)
             self._snapshot(stream, "peak")
-        elif t - stream.snap_t >= PERIODIC_SNAPSHOT_SECONDS:
+        elif since >= PERIODIC_SNAPSHOT_SECONDS:
             self._snapshot(stream, "periodic")
+
+    def _peak_due(self, stream: Stream, t: float) -> Optional[float]:
+        """Whether a peak with no snapshot yet should be read now (never waiting for
+        the program): once it has stopped rising -- while it still rises, a snapshot
+        would only be replaced by the next one. Returns the budget floor it may draw
+        to (a peak that is over is the one most worth having: it may overdraw; one of
+        a peak still rising must leave room for it), or None."""
+        totals = stream.agg.totals()
+        peak, heap = totals["peak_heap"], totals["heap"]
+        since = t - stream.snap_t
+        if peak <= stream.snap_peak or since < PEAK_SNAPSHOT_SPACING:
+            return None
+        if heap < peak - max(PEAK_DROP_MIN, int(peak * PEAK_DROP)):
+            return -SNAPSHOT_BURST  # it fell
+        held_for = t - totals["peak_time"]
+        rss_rising = stream.rss_recent[-1] - stream.rss_recent[0] >= RSS_RISING
+        if held_for >= PEAK_HOLD and (not rss_rising or held_for >= PEAK_HOLD_MAX):
+            return 0.0
+        return SNAPSHOT_BURST / 2 if since >= GROWTH_SNAPSHOT_SECONDS else None
 
     def _flush_samples(self, stream: Stream, final: bool = False) -> None:
         """Write the pending RSS samples and heap timeline points."""

@@ -53,7 +53,9 @@ class Process:
     replayed: bool = False
     sample_rate: int = 0  # --sample-rate: byte numbers are estimates
     stacks_read: Optional[str] = None  # pinned frames, or whole walks and why
-
+    # node -> innermost user frame of its stack (None: none); file -> is_library
+    _user_frames: dict = field(default_factory=dict, repr=False)
+    _library_files: dict = field(default_factory=dict, repr=False)
 
     @property
     def peak_rss(self) -> Optional[int]:
@@ -85,16 +87,38 @@ class Process:
 
     def is_library(self, file: str) -> bool:
         """Code of the stdlib, of installed packages or of the import machinery."""
-        return file.startswith("<frozen") or any(
-            file.startswith(p.rstrip("/") + "/") for p in self.library_paths)
+        known = self._library_files.get(file)
+        if known is None:
+            known = self._library_files[file] = file.startswith("<frozen") or any(
+                file.startswith(p.rstrip("/") + "/") for p in self.library_paths)
+        return known
 
     def user_frame(self, node: int) -> Optional[Frame]:
-        """The innermost frame in the user's own code (else the innermost frame)."""
-        frames = self.stack(node)
-        for frame in frames:
+        """The innermost frame in the user's own code (else the innermost frame).
+        Stacks share their outer frames: each node's answer is kept, so a walk stops
+        at the first node already answered."""
+        cache, chain, seen = self._user_frames, [], set()
+        found, walk = None, node
+        while walk and walk not in seen and len(chain) < MAX_STACK_DEPTH:
+            if walk in cache:
+                found = cache[walk]
+                break
+            seen.add(walk)
+            chain.append(walk)
+            entry = self.nodes.get(walk)
+            if entry is None:
+                found = Frame("<unknown>", 0, "<stack lost>")
+                break
+            frame = self.frame(walk)
             if not self.is_library(frame.file):
-                return frame
-        return frames[0] if frames else None
+                found = frame
+                break
+            walk = entry[0]
+        for n in chain:
+            cache[n] = found
+        if found is not None or not node:
+            return found
+        return self.frame(node)
 
     def thread_name(self, tid: int) -> str:
         name = self.threads.get(tid, "?")
@@ -122,7 +146,7 @@ class Model:
             agg.track_temporary(threshold)
             for t, events in self.capture.events(proc.sid):
                 agg.feed(events, t)
-            proc.sites = agg.sites()
+            proc.sites = _with_temporary(proc.sites, agg.sites())
 
     @property
     def sample_rate(self) -> int:
@@ -145,6 +169,27 @@ class Model:
     @property
     def end(self) -> dict:
         return self.capture.end or {}
+
+
+def _with_temporary(sites: np.ndarray, replayed: np.ndarray) -> np.ndarray:
+    """The sites with the replay's temporary counts; everything else (live at the exit
+    point above all: the replay only knows the end of the stream) stays as it was.
+    A replay creates sites in the order the collector did, so site i is site i."""
+    out = sites.copy()
+    keys = ("stack", "tid", "lib", "kind", "flags")
+    n = min(len(out), len(replayed))
+    same = all((out[k][:n] == replayed[k][:n]).all() for k in keys)
+    if not same:  # a stream rebuilt differently: match sites by their key
+        index = {tuple(int(s[k]) for k in keys): i for i, s in enumerate(replayed)}
+        for i, s in enumerate(out):
+            j = index.get(tuple(int(s[k]) for k in keys))
+            if j is not None:
+                out["temp_bytes"][i] = replayed["temp_bytes"][j]
+                out["temp_count"][i] = replayed["temp_count"][j]
+        return out
+    out["temp_bytes"][:n] = replayed["temp_bytes"][:n]
+    out["temp_count"][:n] = replayed["temp_count"][:n]
+    return out
 
 
 def _parse_meta(data: bytes):

@@ -19,6 +19,7 @@ and, apart, `untouched`: traced bytes allocated but not resident. A row whose
 number cannot be had is None ("unknown") with the reason; its bytes then stay in
 the residual, so the table still adds up.
 """
+import bisect
 import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -208,8 +209,6 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
             "no glibc statistics from this process (not glibc's malloc, or it never allocated after the request)"
     else:
         out["mallinfo"] = mi
-        out["notes"].append(f"glibc statistics taken {abs(mi['position'] - snap.get('position', 0)):,} "
-                            "events from the snapshot")
         allocator_overhead_arena = max(0, mi["uordblks"] - small_live)
         allocator_free = max(0, min(arena_rss - small_resident - allocator_overhead_arena,
                                     mi["fordblks"]))
@@ -252,38 +251,104 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
     return out
 
 
+def peak_tolerance(peak: int) -> int:
+    """How far below its peak the heap may be in a snapshot that stands for the peak
+    (as far as the collector lets it fall before it calls a peak over: 1%)."""
+    return max(64 << 10, peak // 100)
+
+
 def _peak_snapshot(proc: Process) -> Optional[dict]:
-    """The snapshot nearest after the heap peak (one taken once the peak was reached)."""
+    """The snapshot that stands for the heap peak: the first taken once the heap had
+    reached its peak while it was still there; else the one nearest in time whose heap
+    was as high (taken before a last small growth); else the first taken after the
+    peak (a peak gone before it could be read); else the one with the largest heap."""
     peak = int(proc.totals.get("peak_heap", 0))
-    after = [s for s in proc.snapshots if s.get("peak_heap", 0) >= peak and "vmas" in s]
+    peak_time = float(proc.totals.get("peak_time", 0.0))
+    usable = [s for s in proc.snapshots if "vmas" in s]
+    high = [s for s in usable if s.get("heap", 0) >= peak - peak_tolerance(peak)]
+    after = [s for s in usable if s.get("peak_heap", 0) >= peak]
+    still = [s for s in high if s in after]
+    if still:
+        return min(still, key=lambda s: s["t"])
+    if high:
+        return min(high, key=lambda s: abs(s["t"] - peak_time))
     if after:
         return min(after, key=lambda s: s["t"])
-    usable = [s for s in proc.snapshots if "vmas" in s]
     return max(usable, key=lambda s: s.get("heap", 0)) if usable else None
 
 
-def reconcile_process(proc: Process) -> dict:
+def _event_time(marks: List[tuple], index: int) -> Optional[float]:
+    """Collector time of the drained batch that held event `index`."""
+    if not marks:
+        return None
+    i = bisect.bisect_right([m[0] for m in marks], index) - 1
+    return marks[max(i, 0)][1]
+
+
+def peak_distances(proc: Process, snap: dict, row: dict, marks: List[tuple]) -> dict:
+    """How far from the heap peak each part of the at-peak table was taken, in events
+    and in seconds of collector time (negative: before it): the snapshot (smaps and
+    the traced heap, read by the collector) and the program's own answers (glibc,
+    pymalloc), which come at its next allocator call or pending call."""
+    peak_event = int(proc.totals.get("peak_event", 0))
+    peak_time = float(proc.totals.get("peak_time", 0.0))
+    # heap statistics carry the ring's position; the peak, the aggregator's event index
+    # (they differ by the ring slots that held no event, counted at the snapshot)
+    offset = snap.get("position", 0) - snap.get("events", snap.get("position", 0))
+    out = {"snapshot": {"events": int(snap.get("events", snap.get("position", 0))) - peak_event,
+                        "seconds": float(snap["t"]) - peak_time}}
+    for part, key in (("glibc", "mallinfo"), ("pymalloc", "pymalloc")):
+        answer = row.get(key)
+        if answer is None:
+            out[part] = None
+            continue
+        event = int(answer["position"]) - offset
+        t = _event_time(marks, event)
+        out[part] = {"events": event - peak_event,
+                     "seconds": None if t is None else t - peak_time}
+    return out
+
+
+def reconcile_process(proc: Process, marks: Optional[List[tuple]] = None) -> dict:
+    """At the peak and at exit; `marks` (the capture's (first event, time) of each
+    drained batch) time the program's answers for the at-peak distances."""
     result = {}
     snap = _peak_snapshot(proc)
     if snap is None:
         result["at_peak"] = {"error": "no snapshot of this process was taken"}
     else:
         row = reconcile_snapshot(proc, snap)
-        row["distance_seconds"] = max(0.0, snap["t"] - float(proc.totals.get("peak_time", 0)))
+        if "error" not in row:
+            row["distance"] = peak_distances(proc, snap, row, marks or [])
+        row["distance_seconds"] = float(snap["t"]) - float(proc.totals.get("peak_time", 0))
         row["heap_at_snapshot"] = snap.get("heap")
         row["peak_heap"] = int(proc.totals.get("peak_heap", 0))
+        row["peak_time"] = float(proc.totals.get("peak_time", 0))
+        if "error" not in row:
+            # the peak counts address space never touched (OpenBLAS's buffers, calloc'd
+            # or np.zeros memory not written yet): this is the part that was in RAM, at
+            # most; of blocks freed before the snapshot (the heap below its peak) it
+            # cannot say whether they were resident
+            row["resident_peak_bytes"] = max(0, row["peak_heap"] - row["untouched_bytes"])
+            row["resident_peak_unknown_bytes"] = max(0, row["peak_heap"] - (snap.get("heap") or 0))
         result["at_peak"] = row
     exits = [s for s in proc.snapshots if s.get("kind") == "exit"]
+    usable = [s for s in proc.snapshots if "vmas" in s]
     if exits:
-        result["at_exit"] = reconcile_snapshot(proc, exits[-1], exit_=True)
+        last = exits[-1]
+        result["at_exit"] = reconcile_snapshot(proc, last, exit_=True)
+    elif usable:
+        last = usable[-1]
+        result["at_exit"] = reconcile_snapshot(proc, last)
+        result["at_exit"]["notes"].append(
+            "the process ended without exit(): this is its last snapshot")
     else:
-        usable = [s for s in proc.snapshots if "vmas" in s]
-        if usable:
-            last = reconcile_snapshot(proc, usable[-1])
-            last["notes"].append("the process ended without exit(): this is its last snapshot")
-            result["at_exit"] = last
-        else:
-            result["at_exit"] = {"error": "the process ended before any snapshot"}
+        result["at_exit"] = {"error": "the process ended before any snapshot"}
+    mi = result["at_exit"].get("mallinfo")
+    if mi is not None:
+        result["at_exit"]["notes"].append(
+            f"glibc statistics taken {abs(mi['position'] - last.get('position', 0)):,} "
+            "events from the snapshot")
     return result
 
 
@@ -293,8 +358,13 @@ def statistics_cost(proc: Process) -> float:
             + sum(r.get("cost_ns", 0) for r in pymalloc_stats(proc))) / 1e9
 
 
+def process_key(proc: Process) -> str:
+    """A process's key in per-process results: its pid (pid.stream for an image it exec'd away)."""
+    return str(proc.pid) if proc.end.get("how") != "exec" else f"{proc.pid}.{proc.sid}"
+
+
 def reconcile(model: Model) -> Dict[str, dict]:
-    return {str(p.pid) if p.end.get("how") != "exec" else f"{p.pid}.{p.sid}": reconcile_process(p)
+    return {process_key(p): reconcile_process(p, model.capture.marks(p.sid))
             for p in model.processes}
 
 
@@ -328,6 +398,17 @@ def timeline(model: Model, proc: Process) -> List[list]:
 
 
 def json_rows(rec: dict) -> dict:
-    """The integer fields of `stats --json` for one moment (None stays null)."""
+    """The fields of `stats --json` for one moment (None stays null); at the peak also
+    when each part was taken (see peak_distances)."""
+    if "error" in rec:
+        return {"error": rec["error"]}
     keys = ("rss_bytes",) + ROWS + ("untouched_bytes", "residual_bytes")
-    return {k: rec.get(k) for k in keys} if "error" not in rec else {"error": rec["error"]}
+    out = {k: rec.get(k) for k in keys}
+    out["t"] = rec.get("t")
+    for key, name in (("peak_heap", "peak_heap_bytes"), ("heap_at_snapshot", "heap_at_snapshot_bytes"),
+                      ("resident_peak_bytes", "resident_peak_bytes"),
+                      ("resident_peak_unknown_bytes", "resident_peak_unknown_bytes"),
+                      ("distance", "distance")):
+        if key in rec:
+            out[name] = rec[key]
+    return out

@@ -1,6 +1,6 @@
 """`memtrace diff BEFORE AFTER`: per line and per library, what grew."""
 from tracer.model import Model
-from tracer.reports import tables
+from tracer.reports import peaks, tables
 from tracer.reports.summary import clean, human
 
 
@@ -28,14 +28,20 @@ def library_diff(before: Model, after: Model) -> list:
     return diff_rows(before, after, lambda r: r["library"], tables.by_library)
 
 
+def _peak(model: Model) -> int:
+    """The run's peak heap: its process tree's, at one moment."""
+    tree = peaks.tree_peak(model)
+    return tree["bytes"] if tree else 0
+
+
 def _signed(n: int) -> str:
     return ("+" if n > 0 else "-" if n < 0 else " ") + human(abs(n))
 
 
 def render(before: Model, after: Model, out, top: int = 20) -> None:
     tb, ta = tables.totals(before), tables.totals(after)
-    out.write(f"peak heap {human(tb['peak_heap'])} -> {human(ta['peak_heap'])} "
-              f"({_signed(ta['peak_heap'] - tb['peak_heap'])}); allocated "
+    pb, pa = (_peak(m) for m in (before, after))
+    out.write(f"peak heap {human(pb)} -> {human(pa)} ({_signed(pa - pb)}); allocated "
               f"{human(tb['total_allocated'])} -> {human(ta['total_allocated'])} "
               f"({_signed(ta['total_allocated'] - tb['total_allocated'])})\n")
     out.write("lines (held at peak, allocated):\n")

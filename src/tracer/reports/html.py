@@ -10,7 +10,7 @@ from typing import Optional
 
 from tracer import reconcile
 from tracer.model import Model
-from tracer.reports import flame, tables
+from tracer.reports import flame, peaks, tables
 from tracer.reports import reconciliation as reconciliation_report
 from tracer.reports.summary import describe_end
 
@@ -58,9 +58,12 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
         held = [[t, h] for t, _rss, _heap, h in reconcile.timeline(model, proc) if h is not None]
         if held:
             timeline.append({"name": "glibc-held" + label, "colour": "#2e7d32", "points": _thin(held)})
+    results = reconcile.reconcile(model)
+    cwd = model.capture.info.get("cwd")
     reconciliation = []
+    stats_processes = []
     for proc in model.processes:
-        result = reconcile.reconcile_process(proc)
+        result = results[reconcile.process_key(proc)]
         for moment in ("at_peak", "at_exit"):
             row = result[moment]
             if "error" in row:
@@ -69,21 +72,28 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
                 "pid": proc.pid, "moment": moment.replace("_", " "),
                 "rows": [[reconcile.ROW_TITLES[k], row.get(k)] for k in reconcile.ROWS + ("residual_bytes",)],
                 "rss": row["rss_bytes"], "untouched": row["untouched_bytes"],
-                "advice": reconciliation_report.advice(proc, row)})
-    peak_proc = max(model.processes, key=lambda p: p.totals.get("peak_heap", 0), default=None)
-    stats_processes = []
-    for proc in model.processes:
-        ending = tables.describe_process_end(model, proc)
+                "notes": reconciliation_report.peak_notes(row) if moment == "at_peak" else [],
+                "advice": []})
+        if reconciliation and reconciliation[-1]["pid"] == proc.pid:  # each piece once
+            reconciliation[-1]["advice"] = reconciliation_report.merged_advice(proc, result, cwd)
+        peak = peaks.process_peak(proc, result.get("at_peak"), cwd)
         stats_processes.append({
             "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv,
-            "peak_heap_bytes": int(proc.totals.get("peak_heap", 0)), "peak_rss_bytes": proc.peak_rss,
-            "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)), "ending": ending})
+            "peak_heap_bytes": peak["bytes"], "peak_heap_resident_bytes": peak["resident_bytes"],
+            "peak_rss_bytes": proc.peak_rss,
+            "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)),
+            "ending": tables.describe_process_end(model, proc)})
+    tree = peaks.tree_peak(model)
+    head = peaks.headline(model, results)
     return {
         "command": model.command, "ending": describe_end(model), "warnings": model.warnings,
         "notes": [model.estimate_note] if model.estimate_note else [],
-        "peak_heap": t["peak_heap"], "total_allocated": t["total_allocated"],
+        "peak_heap": tree["bytes"] if tree else 0, "peak_text": " · ".join(
+            line.strip() for line in head),
+        "sum_of_process_peaks": peaks.sum_of_peaks(model),
+        "total_allocated": t["total_allocated"],
         "n_allocations": t["n_allocations"], "numpy_bytes": t["numpy_bytes"],
-        "peak_time": float(peak_proc.totals.get("peak_time", 0.0)) if peak_proc else None,
+        "peak_time": tree["t"] if tree else None,
         "default_view": default_view, "views": views, "timeline": timeline,
         "lines": tables.by_line(model, user_code=True)[:50],
         "libraries": tables.by_library(model)[:30],

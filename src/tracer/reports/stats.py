@@ -3,7 +3,7 @@ import json
 
 from tracer import reconcile
 from tracer.model import Model
-from tracer.reports import tables
+from tracer.reports import peaks, tables
 
 FORMAT_VERSION = 1
 
@@ -11,9 +11,12 @@ FORMAT_VERSION = 1
 def stats(model: Model) -> dict:
     t = tables.totals(model)
     end = model.end
+    results = reconcile.reconcile(model)
+    cwd = model.capture.info.get("cwd")
     processes = []
     for proc in model.processes:
         tot = proc.totals
+        peak = peaks.process_peak(proc, results[reconcile.process_key(proc)].get("at_peak"), cwd)
         processes.append({
             "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv, "exe": proc.exe,
             "python": proc.python, "frames": proc.python is not None,
@@ -21,6 +24,11 @@ def stats(model: Model) -> dict:
             "stacks_read": proc.stacks_read,
             "peak_heap_bytes": int(tot.get("peak_heap", 0)),
             "peak_heap_time": float(tot.get("peak_time", 0.0)),
+            # the part of the peak in RAM; the rest was address space never touched
+            "peak_heap_resident_bytes": peak["resident_bytes"],
+            "peak_heap_resident_unknown_bytes": peak["resident_unknown_bytes"],
+            "peak_heap_untouched_bytes": peak["untouched_bytes"],
+            "untouched_at_peak": peak["untouched"],
             "peak_rss_bytes": (max(proc.peak_rss or 0, int(end.get("main_max_rss", 0)))
                                if proc.pid == end.get("main_pid") else proc.peak_rss),
             "total_allocated_bytes": int(tot.get("total_allocated", 0)),
@@ -34,6 +42,7 @@ def stats(model: Model) -> dict:
             "end": tables.process_end(model, proc),
             "warnings": proc.warnings,
         })
+    tree = peaks.tree_peak(model)
     return {
         "format_version": FORMAT_VERSION,
         "command": model.command,
@@ -44,7 +53,13 @@ def stats(model: Model) -> dict:
         "sample_rate": model.sample_rate,
         "estimates": bool(model.sample_rate),
         "dropped_events": t["dropped"],
-        "peak_heap_bytes": t["peak_heap"],
+        # the process tree's heap at one moment (exact for one process; for several,
+        # the highest sum seen, at most peak_heap_upper_bytes between samples)
+        "peak_heap_bytes": tree["bytes"] if tree else 0,
+        "peak_heap_time": tree["t"] if tree else None,
+        "peak_heap_upper_bytes": tree["upper_bytes"] if tree else 0,
+        "peak_heap_resolution_seconds": tree["resolution"] if tree else None,
+        "sum_of_process_peaks_bytes": peaks.sum_of_peaks(model),
         "total_allocated_bytes": t["total_allocated"],
         "n_allocations": t["n_allocations"],
         "live_at_exit_bytes": t["heap"],
@@ -55,7 +70,7 @@ def stats(model: Model) -> dict:
         "by_library": tables.by_library(model),
         "reconciliation": {pid: {"at_peak": reconcile.json_rows(r["at_peak"]),
                                  "at_exit": reconcile.json_rows(r["at_exit"])}
-                           for pid, r in reconcile.reconcile(model).items()},
+                           for pid, r in results.items()},
         "timeline": {str(p.pid): reconcile.timeline(model, p) for p in model.processes},
     }
 

@@ -1,8 +1,9 @@
 """`memtrace summary`: the terminal report (also printed at the end of a run)."""
 import unicodedata
 
+from tracer import reconcile as rec
 from tracer.model import Model, display_path
-from tracer.reports import tables
+from tracer.reports import peaks, tables
 
 TOP = 10
 _UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
@@ -68,16 +69,23 @@ def render(model: Model, out, top: int = TOP) -> None:
     for note in (model.estimate_note, native_only_note(model)):
         if note:
             w(f"  {note}\n")
-    peak_proc = max(model.processes, key=lambda p: p.totals.get("peak_heap", 0), default=None)
-    when = f" at {peak_proc.totals.get('peak_time', 0):.2f} s in pid {peak_proc.pid}" if peak_proc else ""
-    w(f"  peak heap {human(t['peak_heap'])}{when} · total allocated {human(t['total_allocated'])} "
-      f"in {t['n_allocations']:,} allocations · live at exit {human(t['heap'])}\n")
-    if t["total_allocated"]:
+    try:
+        results, failed = rec.reconcile(model), None
+    except Exception as exc:  # the reconciliation must never cost the user the summary
+        results, failed = {}, exc
+    head = peaks.headline(model, results)
+    w(f"  {head[0]} · total allocated {human(t['total_allocated'])} in {t['n_allocations']:,} "
+      f"allocations · live at exit {human(t['heap'])}\n")
+    for line in head[1:]:
+        w(f"  {line}\n")
+    if t["numpy_bytes"]:  # (nothing to say of NumPy to a program without its arrays)
         share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
     try:
         from tracer.reports.reconciliation import digest
-        for line in digest(model):
+        if failed is not None:
+            raise failed
+        for line in digest(model, results):
             w(f"  {line}\n")
     except Exception as exc:  # the digest must never cost the user the rest of the summary
         w(f"  reconciliation: not available ({exc})\n")
@@ -110,7 +118,10 @@ def render(model: Model, out, top: int = TOP) -> None:
     if len(model.processes) > 1:
         w(f"  processes: {len(model.processes)}\n")
         for proc in model.processes:
+            peak = peaks.process_peak(proc, results.get(rec.process_key(proc), {}).get("at_peak"), cwd)
+            resident = peaks.describe_resident(peak).replace(", ", " (", 1) + ")" \
+                if peak["resident_bytes"] is not None else ""
             w(f"    pid {proc.pid} (parent {proc.ppid}) {clean(' '.join(proc.argv))[:60]}: "
-              f"peak heap {human(proc.totals.get('peak_heap', 0))}, "
+              f"peak heap {human(peak['bytes'])} at {peak['t']:.2f} s{resident}, "
               f"{'peak RSS ' + human(proc.peak_rss) if proc.peak_rss else 'RSS not sampled'}, "
               f"{tables.describe_process_end(model, proc)}\n")

@@ -9,9 +9,11 @@ from tracer.model import Model, heap_mask, site_frame
 
 
 def totals(model: Model) -> dict:
-    """Run-wide numbers: sums over processes (peaks are per process, then summed)."""
-    keys = ("peak_heap", "total_allocated", "n_allocations", "heap")
+    """Run-wide numbers: sums over processes. Peaks are reached at different moments:
+    their sum is `sum_of_process_peaks` (the process tree's peak: peaks.tree_peak)."""
+    keys = ("total_allocated", "n_allocations", "heap")
     out = {k: sum(int(p.totals.get(k, 0)) for p in model.processes) for k in keys}
+    out["sum_of_process_peaks"] = sum(int(p.totals.get("peak_heap", 0)) for p in model.processes)
     out["dropped"] = sum(int(p.totals.get("dropped", 0)) for p in model.processes)
     out["numpy_bytes"] = sum(int(p.sites["alloc_bytes"][(p.sites["flags"] & fmt.FLAG_NUMPY) != 0].sum())
                              for p in model.processes)
