@@ -109,6 +109,54 @@ typedef struct mt_codec {
 } mt_codec;
 size_t mt_encode_more(mt_codec *state, const mt_event *events, size_t n, uint8_t *out);
 int64_t mt_decode_more(mt_codec *state, const uint8_t *in, size_t len, mt_event *out, size_t max);
+/* ---- Report helpers (src/tracer/stacks.py, reports/export.py) ---------------- */
+
+/* Index of a metadata byte stream, record by record as _format.iter_meta reads
+ * it (a record cut short ends it): type, payload offset and payload length of
+ * the first max records; returns how many records there are. */
+size_t mt_meta_index(const uint8_t *data, size_t len, uint16_t *type, uint64_t *offset,
+                     uint16_t *length, size_t max);
+
+/* Call trees (reports/flame.py): a node is a frame under its parent node; frames
+ * of stack rows reached from the same node with the same frame id are one node.
+ * The tree keeps the (parent node, frame id) -> node index across stack tables
+ * (processes), nodes being numbered by the caller's counter. */
+typedef struct mt_tree mt_tree;
+mt_tree *mt_tree_new(void);
+void mt_tree_free(mt_tree *tree);
+/* One stack table: parent[r] is the parent row of row r (-1: none), frame[r] its
+ * frame id. For each query i, node_out[i] is the node of row[i]'s frames hung under
+ * node base[i] (row -1: base itself). New nodes are numbered from first_id in the
+ * order they are made; returns how many were made (-1: no memory). */
+int64_t mt_tree_frames(mt_tree *tree, const int64_t *parent, const int64_t *frame, size_t nrows,
+                       const int64_t *base, const int64_t *row, size_t n, int64_t first_id,
+                       int64_t *node_out);
+/* The parent node and the row of each node the last mt_tree_frames made. */
+void mt_tree_made(const mt_tree *tree, int64_t *parent, int64_t *row);
+/* Subtree totals of a tree whose nodes come after their parents (node 0 the
+ * root): each node's values are added to its parent's, first is their minimum. */
+void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,
+                    int64_t *numpy, int64_t *first);
+
+/* JSON text of lists of non-negative integers, as Python's json.dumps writes
+ * them: [[v0, v1], [v2]] with list i being values[starts[i] .. starts[i+1]);
+ * out must hold 22 * starts[n] + 4 * n + 2 bytes. Returns the bytes written. */
+size_t mt_json_int_lists(const uint64_t *values, const uint64_t *starts, size_t n, char *out);
+
+/* pprof (profile.proto) encoding of many messages at once; each returns the
+ * bytes written to out. Values are varints (negative ones as 64-bit two's
+ * complement, as protobuf encodes int64); a zero scalar field is left out.
+ * Sample (Profile field 2): location ids ids[starts[i] .. starts[i+1]) (packed
+ * field 1) and the values (counts[i], sizes[i]) (packed field 2); out must hold
+ * 10 * starts[n] + 48 * n bytes. */
+size_t mt_pprof_samples(const uint64_t *ids, const uint64_t *starts, size_t n,
+                        const int64_t *counts, const int64_t *sizes, uint8_t *out);
+/* Location (field 4): id i + 1, one Line {function_id, line}; 48 bytes each at most. */
+size_t mt_pprof_locations(const uint64_t *functions, const int64_t *lines, size_t n,
+                          uint8_t *out);
+/* Function (field 5): id i + 1, name, system_name (= name) and filename string
+ * indexes; 48 bytes each at most. */
+size_t mt_pprof_functions(const uint64_t *names, const uint64_t *files, size_t n, uint8_t *out);
 /* CDEF-END */
 
 #endif /* MT_NATIVE_H */

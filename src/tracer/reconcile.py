@@ -19,9 +19,10 @@ and, apart, `untouched`: traced bytes allocated but not resident. A row whose
 number cannot be had is None ("unknown") with the reason; its bytes then stay in
 the residual, so the table still adds up.
 """
-import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+
+import numpy as np
 
 from tracer import _format as fmt
 from tracer.model import Model, Process
@@ -65,14 +66,13 @@ class Vma:
 
 def heap_stats(proc: Process) -> List[dict]:
     """glibc mallinfo2 records of a process: position, reason and the fields."""
-    out = []
-    for rtype, payload in fmt.iter_meta(bytes(proc.meta)):
-        if rtype == fmt.META_HEAPSTATS and len(payload) >= 96:
-            position, reason, cost_ns = struct.unpack_from("<QII", payload)
-            values = struct.unpack_from("<10Q", payload, 16)
-            out.append({"position": position, "reason": reason, "cost_ns": cost_ns,
-                        **dict(zip(fmt.MALLINFO_FIELDS, values))})
-    return out
+    cached = getattr(proc, "_heap_stats", None)
+    if cached is None:
+        records = proc.heapstats
+        names = records.dtype.names
+        columns = [records[name].tolist() for name in names]
+        cached = proc._heap_stats = [dict(zip(names, values)) for values in zip(*columns)]
+    return cached
 
 
 def pymalloc_stats(proc: Process) -> List[dict]:
@@ -303,27 +303,22 @@ def timeline(model: Model, proc: Process) -> List[list]:
     before t, and glibc's arena + mmapped bytes from its latest statistics before t
     (None until the first)."""
     marks = model.capture.marks(proc.sid)
-
-    def time_of(position):
-        best = None
-        for first, t in marks:
-            if first <= position:
-                best = t
-            else:
-                break
-        return best if best is not None else 0.0
-
-    held = sorted((time_of(r["position"]), r["arena"] + r["hblkhd"]) for r in heap_stats(proc))
+    firsts = np.array([first for first, _t in marks], np.uint64)
+    times = [float(t) for _first, t in marks] + [0.0]  # [-1]: before the first mark
+    # time of a position: that of the last mark before the first mark past it
+    # (np.maximum.accumulate keeps this exact however the marks are ordered)
+    past = np.searchsorted(np.maximum.accumulate(firsts), proc.heapstats["position"],
+                           side="right") if len(firsts) else np.zeros(len(proc.heapstats), np.int64)
+    held = sorted(zip([times[i - 1] for i in past.tolist()],
+                      (proc.heapstats["arena"] + proc.heapstats["hblkhd"]).tolist()))
     out, h, m = [], 0, 0
-    heap = proc.heap
-    for sample in proc.rss:
-        t = float(sample["t"])
-        while h < len(heap) and heap[h]["t"] <= t:
+    heap_t, heap = proc.heap["t"].tolist(), proc.heap["heap"].tolist()
+    for t, rss in zip(proc.rss["t"].tolist(), proc.rss["rss"].tolist()):
+        while h < len(heap) and heap_t[h] <= t:
             h += 1
         while m < len(held) and held[m][0] <= t:
             m += 1
-        out.append([round(t, 4), int(sample["rss"]), int(heap[h - 1]["heap"]) if h else 0,
-                    held[m - 1][1] if m else None])
+        out.append([round(t, 4), rss, heap[h - 1] if h else 0, held[m - 1][1] if m else None])
     return out
 
 

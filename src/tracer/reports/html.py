@@ -38,14 +38,14 @@ def _size_rows(model: Model) -> list:
 def report_data(model: Model, default_view: str = "peak", temporary: bool = False) -> dict:
     t = tables.totals(model)
     views = {}
+    metrics = [v for v in VIEW_ORDER if v != "threads" and (temporary or v != "temporary")]
+    trees = flame.build_trees(model, metrics)
+    trees["threads"] = flame.build_tree(model, "peak", by_thread=True)
     for view in VIEW_ORDER:
-        if view == "temporary" and not temporary:
-            continue
-        metric = "peak" if view == "threads" else view
-        root = flame.build_tree(model, metric, by_thread=(view == "threads"))
-        # a few thousand boxes per view keep the page a few MB whatever the capture
-        views[view] = {"title": flame.METRIC_TITLES[view],
-                       **flame.flatten(root, min_share=0.001, max_nodes=4000)}
+        if view in trees:
+            # a few thousand boxes per view keep the page a few MB whatever the capture
+            views[view] = {"title": flame.METRIC_TITLES[view],
+                           **flame.flatten(trees[view], min_share=0.001, max_nodes=4000)}
     timeline = []
     for proc in model.processes:
         label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""

@@ -1,6 +1,7 @@
 """`memtrace summary`: the terminal report (also printed at the end of a run)."""
 import unicodedata
 
+from tracer.errors import CaptureError
 from tracer.model import Model, display_path
 from tracer.reports import tables
 
@@ -57,7 +58,20 @@ def native_only_note(model: Model):
     return f"native-only trace of {name}: not a Python program (allocations are attributed to libraries)"
 
 
+def _digest(model: Model) -> list:
+    """The reconciliation's lines; a capture found corrupt only now (a snapshot's
+    mappings are read when needed) is an error before anything is written."""
+    try:
+        from tracer.reports.reconciliation import digest
+        return digest(model)
+    except CaptureError:
+        raise
+    except Exception as exc:  # the digest must never cost the user the rest of the summary
+        return [f"reconciliation: not available ({exc})"]
+
+
 def render(model: Model, out, top: int = TOP) -> None:
+    reconciliation_digest = _digest(model)
     w = out.write
     t = tables.totals(model)
     cwd = model.capture.info.get("cwd")
@@ -75,12 +89,8 @@ def render(model: Model, out, top: int = TOP) -> None:
     if t["total_allocated"]:
         share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
-    try:
-        from tracer.reports.reconciliation import digest
-        for line in digest(model):
-            w(f"  {line}\n")
-    except Exception as exc:  # the digest must never cost the user the rest of the summary
-        w(f"  reconciliation: not available ({exc})\n")
+    for line in reconciliation_digest:
+        w(f"  {line}\n")
     if t["dropped"]:
         w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
     unrecorded = sum(int(p.end.get("unrecorded_reentrant", 0)) for p in model.processes)
