@@ -1023,6 +1023,16 @@ oom:
     return -1;
 }
 
+int64_t mt_tree_children(mt_tree *t, const int64_t *parent, const int64_t *key, size_t n,
+                         int64_t first_id, int64_t *node_out) {
+    int64_t next = first_id;
+    t->n_made = 0;
+    for (size_t i = 0; i < n; i++)
+        if ((node_out[i] = tree_child(t, parent[i], key[i], (int64_t)i, &next)) < 0)
+            return -1;
+    return next - first_id;
+}
+
 void mt_tree_made(const mt_tree *t, int64_t *parent, int64_t *row) {
     for (size_t i = 0; i < t->n_made; i++) {
         parent[i] = t->made[i].parent;

@@ -131,7 +131,12 @@ void mt_tree_free(mt_tree *tree);
 int64_t mt_tree_frames(mt_tree *tree, const int64_t *parent, const int64_t *frame, size_t nrows,
                        const int64_t *base, const int64_t *row, size_t n, int64_t first_id,
                        int64_t *node_out);
-/* The parent node and the row of each node the last mt_tree_frames made. */
+/* The node of child key[i] under node parent[i], for each i (made on first sight,
+ * numbered from first_id); returns how many were made (-1: no memory). A made
+ * node's "row" is the i that made it. */
+int64_t mt_tree_children(mt_tree *tree, const int64_t *parent, const int64_t *key, size_t n,
+                         int64_t first_id, int64_t *node_out);
+/* The parent node and the row of each node the last call made. */
 void mt_tree_made(const mt_tree *tree, int64_t *parent, int64_t *row);
 /* Subtree totals of a tree whose nodes come after their parents (node 0 the
  * root): each node's values are added to its parent's, first is their minimum. */

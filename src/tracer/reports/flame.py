@@ -35,6 +35,17 @@ METRIC_TITLES = {
 }
 KINDS = ("python", "native", "thread", "process", "other")
 PYTHON, NATIVE, THREAD, PROCESS, OTHER = range(5)
+# Children keys below a node: frames are stacks.frame_key values (>= 0); a thread
+# is THREAD_KEY - tid, a library and allocator LEAF_KEY - (library * 256 + kind).
+THREAD_KEY, LEAF_KEY = -1, -(1 << 40)
+
+
+def _i64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.int64)
+
+
+def _ptr(a: np.ndarray):
+    return ffi.cast("int64_t *", ffi.from_buffer(a))
 
 
 class Tree:
@@ -62,9 +73,8 @@ class Tree:
         tree.numpy = st.group_sum(leaf, numpy, n)
         tree.first = np.full(n, np.iinfo(np.int64).max, np.int64)
         np.minimum.at(tree.first, leaf, first)
-        i64 = lambda a: ffi.cast("int64_t *", ffi.from_buffer(a))
-        lib.mt_tree_sum_up(i64(self.parent), n, i64(tree.bytes), i64(tree.count), i64(tree.numpy),
-                           i64(tree.first))
+        lib.mt_tree_sum_up(_ptr(self.parent), n, _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy),
+                           _ptr(tree.first))
         return tree
 
     def children(self, i: int, threshold: float = 0) -> List[int]:
@@ -99,8 +109,8 @@ class _Nodes:
         self.kind: List[np.ndarray] = []
         self.names, self.files = st.Interner(), st.Interner()
         self.n = 0
-        self.frames = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)
-        if self.frames == ffi.NULL:
+        self.index = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)  # (parent, key) -> node
+        if self.index == ffi.NULL:
             raise MemoryError("memtrace: cannot allocate a call tree")
         self.add([-1], ["all"], [""], [0], PROCESS)
 
@@ -121,16 +131,29 @@ class _Nodes:
     def add_frames(self, parent, frame, base, rows):
         """The node of each (base node, stack row) — see mt_tree_frames — and the
         (parent node, row) of each node this made; the caller adds those next."""
-        i64 = lambda a: ffi.cast("int64_t *", ffi.from_buffer(a))
-        parent, frame, base, rows = (np.ascontiguousarray(a, np.int64) for a in (parent, frame, base, rows))
+        parent, frame, base, rows = (_i64(a) for a in (parent, frame, base, rows))
         node = np.empty(len(rows), np.int64)
-        made = lib.mt_tree_frames(self.frames, i64(parent), i64(frame), len(parent), i64(base),
-                                  i64(rows), len(rows), self.n, i64(node))
+        made = lib.mt_tree_frames(self.index, _ptr(parent), _ptr(frame), len(parent), _ptr(base),
+                                  _ptr(rows), len(rows), self.n, _ptr(node))
+        return node, *self._made(made)
+
+    def add_children(self, parent, key, names, files, lines, kind) -> np.ndarray:
+        """The child `key` (an int below 0: frames have the others) of each parent
+        node, made on first sight and named from the arrays at its position."""
+        parent, key = _i64(parent), _i64(key)
+        node = np.empty(len(key), np.int64)
+        made = lib.mt_tree_children(self.index, _ptr(parent), _ptr(key), len(key), self.n, _ptr(node))
+        made_parent, first = self._made(made)
+        every = lambda values: np.broadcast_to(np.asarray(values, np.int64), (len(key),))[first]
+        self.add_ids(made_parent, every(names), every(files), every(lines), kind)
+        return node
+
+    def _made(self, made: int):
         if made < 0:
             raise MemoryError("memtrace: out of memory making a call tree")
-        made_parent, made_row = np.empty(made, np.int64), np.empty(made, np.int64)
-        lib.mt_tree_made(self.frames, i64(made_parent), i64(made_row))
-        return node, made_parent, made_row
+        parent, row = np.empty(made, np.int64), np.empty(made, np.int64)
+        lib.mt_tree_made(self.index, _ptr(parent), _ptr(row))
+        return parent, row
 
     def tree(self) -> Tree:
         cat = lambda cols: np.ascontiguousarray(np.concatenate(cols))
@@ -188,9 +211,9 @@ def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bo
     threaded = np.ones(len(sites), bool) if by_thread else rows == st.ROOT
     if threaded.any():
         tids, inverse = np.unique(sites["tid"][threaded], return_inverse=True)
-        names = [f"[thread {proc.thread_name(t)}]" for t in tids.tolist()]
-        base[threaded] = nodes.add(np.full(len(tids), top), names, [""] * len(tids),
-                                   [0] * len(tids), THREAD)[inverse]
+        names = nodes.names.many(f"[thread {proc.thread_name(t)}]" for t in tids.tolist())
+        base[threaded] = nodes.add_children(np.full(len(tids), top), THREAD_KEY - tids.astype(np.int64),
+                                            names, nodes.files(""), 0, THREAD)[inverse]
     node = base.copy()
     framed = rows != st.ROOT
     if framed.any():
@@ -200,9 +223,11 @@ def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bo
     pairs, pair_of = np.unique(pair, return_inverse=True)
     labels = nodes.names.many(f"{libraries.keys[p // 256]} → {fmt.KIND_NAMES[p % 256]}"
                               for p in pairs.tolist())
-    uniq, inverse = np.unique(node * len(pairs) + pair_of, return_inverse=True)
-    return nodes.add_ids(uniq // len(pairs), labels[uniq % len(pairs)], nodes.files(""), 0,
-                         NATIVE)[inverse]
+    leaves, inverse = np.unique(node * len(pairs) + pair_of, return_inverse=True)
+    node, pair_of = leaves // len(pairs), leaves % len(pairs)
+    made = nodes.add_children(node, LEAF_KEY - pairs[pair_of], labels[pair_of], nodes.files(""), 0,
+                              NATIVE)
+    return made[inverse]
 
 
 def _frame_nodes(nodes: _Nodes, proc: Process, base: np.ndarray, rows: np.ndarray,
