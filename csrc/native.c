@@ -1040,6 +1040,64 @@ void mt_tree_made(const mt_tree *t, int64_t *parent, int64_t *row) {
     }
 }
 
+int64_t mt_tree_fold(mt_tree *t, const int64_t *parent, const int64_t *key, const uint8_t *fold,
+                     size_t n, int64_t fold_key, int64_t *out) {
+    int64_t next = 1;
+    t->n_made = 0;
+    if (n)
+        out[0] = 0;
+    for (size_t i = 1; i < n; i++) {
+        int64_t p = parent[i];
+        if (fold[i] && fold[p]) {
+            out[i] = out[p];
+            continue;
+        }
+        if ((out[i] = tree_child(t, out[p], fold[i] ? fold_key : key[i], (int64_t)i, &next)) < 0)
+            return -1;
+    }
+    return next - 1;
+}
+
+typedef struct dfs_item {
+    int64_t node, entry; /* a node, and the entry of its parent */
+} dfs_item;
+
+size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids,
+                        size_t n, int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
+                        int64_t *shown_out) {
+    if (n == 0)
+        return 0;
+    dfs_item *stack = malloc(n * sizeof *stack); /* each node is pushed at most once */
+    if (stack == NULL)
+        return 0;
+    size_t top = 0, count = 0;
+    stack[top++] = (dfs_item){0, -1};
+    while (top) {
+        dfs_item e = stack[--top];
+        int64_t index = (int64_t)count;
+        order_out[count] = e.node;
+        parent_out[count++] = e.entry;
+        int64_t keep = start[e.node + 1] - start[e.node];
+        if ((int64_t)count + keep > max_nodes)
+            keep = 0;
+        shown_out[index] = keep;
+        if (keep < n_kids[e.node]) {
+            order_out[count] = -1 - e.node;
+            shown_out[count] = keep;
+            parent_out[count++] = index;
+        }
+        for (int64_t k = keep; k-- > 0;)
+            stack[top++] = (dfs_item){kids[start[e.node] + k], index};
+    }
+    free(stack);
+    return count;
+}
+
+void mt_tree_sum_down(const int64_t *parent, size_t n, const int64_t *add, int64_t *out) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = (i ? out[parent[i]] : 0) + add[i];
+}
+
 void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,
                     int64_t *numpy, int64_t *first) {
     for (size_t i = n; i-- > 1;) {

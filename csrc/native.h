@@ -138,6 +138,26 @@ int64_t mt_tree_children(mt_tree *tree, const int64_t *parent, const int64_t *ke
                          int64_t first_id, int64_t *node_out);
 /* The parent node and the row of each node the last call made. */
 void mt_tree_made(const mt_tree *tree, int64_t *parent, int64_t *row);
+/* The same tree with runs of folded nodes made one: source node i (numbered
+ * after its parent, 0 the root) becomes out[i] in a new tree (a fresh mt_tree,
+ * nodes numbered from 1 as made). A folded node under a folded parent joins its
+ * parent's node; any other is the child keyed key[i] (fold_key if folded) of its
+ * parent's node. Returns how many nodes were made (-1: no memory). */
+int64_t mt_tree_fold(mt_tree *tree, const int64_t *parent, const int64_t *key, const uint8_t *fold,
+                     size_t n, int64_t fold_key, int64_t *out);
+/* The HTML page's preorder (reports/flame.py flatten): node i's children that may
+ * be shown are kids[start[i] .. start[i + 1]), biggest first; it has n_kids[i]
+ * children in all. A node's children are shown while the entries stay within
+ * max_nodes; those not shown make one "other" entry. Entry k is order_out[k] (a
+ * node, or -1 - node for that node's "other" entry) under entry parent_out[k];
+ * shown_out[k] is how many of the node's children are shown. The out arrays hold
+ * 2 * n + 2; returns the number of entries (0 if out of memory). */
+size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids,
+                        size_t n, int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
+                        int64_t *shown_out);
+/* Running sums from the root down a tree whose nodes come after their parents:
+ * out[0] = add[0], out[i] = out[parent[i]] + add[i] (depths, with add = 1). */
+void mt_tree_sum_down(const int64_t *parent, size_t n, const int64_t *add, int64_t *out);
 /* Subtree totals of a tree whose nodes come after their parents (node 0 the
  * root): each node's values are added to its parent's, first is their minimum. */
 void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,

@@ -1,6 +1,6 @@
 """Straightforward reports, one site and one frame at a time, to check the
 vectorised ones against (tests/unit/test_report_parity.py and
-tests/integration/test_report_parity.py).
+tests/integration/test_report_parity_traced.py).
 
 Each works on a RefProcess: a process's metadata decoded record by record into
 dictionaries, and its stacks walked node by node. Sorting keeps Python's stable

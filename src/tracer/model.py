@@ -140,7 +140,7 @@ class Model:
             agg.track_temporary(threshold)
             for t, events in self.capture.events(proc.sid):
                 agg.feed(events, t)
-            proc.sites = agg.sites()
+            proc.sites = _with_temporary(proc.sites, agg.sites())
 
     @property
     def sample_rate(self) -> int:
@@ -208,6 +208,19 @@ def _replay(capture: Capture, sd: StreamData):
     return totals, agg.sites()
 
 
+def _with_temporary(sites: np.ndarray, replayed: np.ndarray) -> np.ndarray:
+    """The sites with the replay's temporary columns. The replay makes the same
+    sites in the same order as the capture's aggregate, whose other columns stay
+    (its live bytes are those at the program's exit point, as in every report)."""
+    same = len(sites) == len(replayed) and all(
+        np.array_equal(sites[k], replayed[k]) for k in ("stack", "tid", "lib", "kind", "flags"))
+    if not same:
+        return replayed
+    # in place: what was computed from the other columns still holds
+    sites["temp_bytes"], sites["temp_count"] = replayed["temp_bytes"], replayed["temp_count"]
+    return sites
+
+
 def _live_at_exit_point(sd: StreamData):
     """The final aggregate, with "live" taken at the program's exit point (before
     the interpreter or libc freed everything on the way out). Sites are append-only,
@@ -239,7 +252,7 @@ def build_model(capture: Capture) -> Model:
         elif sd.exit_totals is not None:
             totals, sites = _live_at_exit_point(sd)
         else:
-            totals, sites = sd.totals, sd.sites
+            totals, sites = sd.totals, sd.sites.copy()  # writable: track_temporary fills it
         meta = bytes(sd.meta)
         codes, table, libs, threads, texts, heapstats = _parse_meta(meta)
         text = {}
@@ -301,7 +314,8 @@ def site_frame_keys(proc: Process, sites: np.ndarray, functions: st.Interner,
     rows = table.rows(sites["stack"])
     if user_code:
         rows = proc.user_rows(rows)
-    code_fn = functions.many(zip(table.files, table.functions))
+    pairs, index = table.distinct("pairs")
+    code_fn = functions.many((file, function) for function, file in pairs)[index]
     fn = st.take(code_fn[table.code], rows, 0)
     line = st.take(table.line, rows, 0)
     fn[rows == st.LOST] = functions((LOST_FRAME[0], LOST_FRAME[2]))

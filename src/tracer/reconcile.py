@@ -272,6 +272,7 @@ def _peak_snapshot(proc: Process) -> Optional[dict]:
     return max(usable, key=lambda s: s.get("heap", 0)) if usable else None
 
 
+@_once
 def reconcile_process(proc: Process) -> dict:
     result = {}
     snap = _peak_snapshot(proc)

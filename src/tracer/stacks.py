@@ -97,6 +97,21 @@ class StackTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def distinct(self, what: str) -> Tuple[list, np.ndarray]:
+        """(distinct values, each code's index among them) of the codes' "files",
+        "functions" or "pairs" (function, file); reports intern these, not every code."""
+        cache = self.__dict__.setdefault("_distinct", {})
+        if what not in cache:
+            values = list(zip(self.functions, self.files)) if what == "pairs" else getattr(self, what)
+            index = {v: i for i, v in enumerate(dict.fromkeys(values))}
+            cache[what] = list(index), np.fromiter(map(index.__getitem__, values), np.int64, len(values))
+        return cache[what]
+
+    def interned(self, interner: "Interner", what: str) -> np.ndarray:
+        """The id in `interner` of each code's value (see distinct)."""
+        values, index = self.distinct(what)
+        return interner.many(values)[index]
+
     @staticmethod
     def _lookup(sorted_ids: np.ndarray, ids: np.ndarray, missing: int) -> np.ndarray:
         """Positions of ids in sorted_ids, `missing` where absent."""
@@ -119,17 +134,8 @@ class StackTable:
         """For each row, the first row on the way to the outermost frame (itself
         included) whose flag is set; LOST when the walk reaches a lost frame and
         lost_flag is set; ROOT when no frame qualifies."""
-        step = np.where(flag, np.arange(len(self)), self.parent)
-        if not lost_flag:
-            step[step == LOST] = ROOT
-        # pointer doubling: flagged rows point at themselves, others jump up
-        while True:
-            inner = step >= 0
-            moved = np.where(inner, step[np.where(inner, step, 0)], step)
-            if np.array_equal(moved, step):
-                break
-            step = moved
-        out = take(step, rows)
+        parent = self.parent if lost_flag else np.where(self.parent == LOST, ROOT, self.parent)
+        out = nearest_flagged(parent, flag, rows)
         if not lost_flag:
             out[out == LOST] = ROOT
         return out
@@ -153,6 +159,20 @@ class StackTable:
             at -= 1
             left -= 1
         return starts, frames
+
+
+def nearest_flagged(parent: np.ndarray, flag: np.ndarray, rows) -> np.ndarray:
+    """For each row, the first row from it towards the root (itself included)
+    whose flag is set, else where its chain ends (ROOT or LOST); parent links
+    must not go round (see chain_depths)."""
+    step = np.where(flag, np.arange(len(parent)), parent)
+    # pointer doubling: flagged rows point at themselves, others jump up
+    while True:
+        moved = take(step, step)
+        if np.array_equal(moved, step):
+            break
+        step = moved
+    return take(step, rows)
 
 
 def take(values: np.ndarray, rows, missing=None) -> np.ndarray:
@@ -195,6 +215,14 @@ class Interner:
         self.ids: Dict[object, int] = {}
         self.keys: List[object] = []
 
+    @classmethod
+    def of(cls, keys: list) -> "Interner":
+        """An interner holding these distinct keys, in this order."""
+        interner = cls()
+        interner.keys = list(keys)
+        interner.ids = dict(zip(interner.keys, range(len(interner.keys))))
+        return interner
+
     def __call__(self, key) -> int:
         i = self.ids.get(key)
         if i is None:
@@ -233,10 +261,14 @@ def first_of_each(ids: np.ndarray, size: Optional[int] = None) -> np.ndarray:
 
 
 def group_sum(ids: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
-    """Exact integer sums of values per id (np.bincount would go through float64)."""
+    """Exact integer sums of values per id."""
     dtype = np.uint64 if values.dtype.kind == "u" else np.int64
+    values = values.astype(dtype, copy=False)
+    # np.bincount adds in float64: exact while no sum can reach 2^53
+    if len(values) == 0 or int(np.abs(values).max()) * len(values) < 1 << 53:
+        return np.bincount(ids, weights=values, minlength=size).astype(dtype)
     out = np.zeros(size, dtype)
-    np.add.at(out, ids, values.astype(dtype))
+    np.add.at(out, ids, values)
     return out
 
 

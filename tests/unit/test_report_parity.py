@@ -226,3 +226,12 @@ def test_indented_json_text_is_the_standard_librarys():
         assert jsontext.dumps(doc, indent) == json.dumps(doc, indent=indent)
     with pytest.raises(TypeError):
         jsontext.dumps({"x": object()})
+
+
+def test_group_sums_are_exact_beyond_float_precision():
+    """Byte sums stay exact integers where float64 (np.bincount) would round."""
+    ids = np.array([0, 1, 0, 1, 2])
+    values = np.array([2**62, 1, 2**62 - 1, 2**53, -5], np.int64)
+    assert st.group_sum(ids, values, 4).tolist() == [2**63 - 1, 2**53 + 1, -5, 0]
+    small = np.array([3, 4, 5], np.uint64)
+    assert st.group_sum(np.array([1, 1, 0]), small, 2).tolist() == [5, 7]

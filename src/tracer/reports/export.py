@@ -62,8 +62,7 @@ def _process_samples(proc, sites, functions: st.Interner, frames: st.Interner):
     stacks, stack_of = np.unique(rows, return_inverse=True)
     path_starts, path = table.paths(stacks)
     # a frame id per row of the table (and one for the lost frame)
-    fn = np.append(functions.many(zip(table.functions, table.files))[table.code],
-                   functions((LOST_FRAME[2], LOST_FRAME[0])))
+    fn = np.append(table.interned(functions, "pairs")[table.code], functions((LOST_FRAME[2], LOST_FRAME[0])))
     row_keys = st.frame_key(fn, np.append(table.line, LOST_FRAME[1]))
     used, path_row = np.unique(np.where(path == st.LOST, len(table), path), return_inverse=True)
     path_ids = frames.many(row_keys[used].tolist())[path_row]

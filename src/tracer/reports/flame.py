@@ -33,11 +33,17 @@ METRIC_TITLES = {
     "temporary": "temporary allocations (freed before the next allocation on their thread)",
     "threads": "memory held at the heap peak, by thread",
 }
-KINDS = ("python", "native", "thread", "process", "other")
-PYTHON, NATIVE, THREAD, PROCESS, OTHER = range(5)
+KINDS = ("python", "native", "thread", "process", "other", "imports")
+PYTHON, NATIVE, THREAD, PROCESS, OTHER, IMPORTS = range(6)
 # Children keys below a node: frames are stacks.frame_key values (>= 0); a thread
-# is THREAD_KEY - tid, a library and allocator LEAF_KEY - (library * 256 + kind).
-THREAD_KEY, LEAF_KEY = -1, -(1 << 40)
+# is THREAD_KEY - tid, a library and allocator LEAF_KEY - (library * 256 + kind),
+# a process PROCESS_KEY - stream, folded import machinery IMPORTS_KEY.
+THREAD_KEY, LEAF_KEY, PROCESS_KEY, IMPORTS_KEY = -1, -(1 << 40), -(1 << 50), -(1 << 60)
+IMPORTS_NAME = "[import machinery]"
+# Python's own code that imports modules and runs them (`python -m`): frozen
+# modules (importlib._bootstrap, zipimport, runpy...) and their source files.
+IMPORT_FILES = ("/importlib/_bootstrap.py", "/importlib/_bootstrap_external.py",
+                "/importlib/__init__.py", "/runpy.py", "/zipimport.py", "/pkgutil.py")
 
 
 def _i64(a) -> np.ndarray:
@@ -48,18 +54,28 @@ def _ptr(a: np.ndarray):
     return ffi.cast("int64_t *", ffi.from_buffer(a))
 
 
+def is_import_machinery(file: str) -> bool:
+    return file.startswith("<frozen ") or file.endswith(IMPORT_FILES)
+
+
 class Tree:
     """A call tree as arrays, node 0 its root, every node numbered after its
     parent. Per node: parent, name and file (indexes into `names` and `files`),
-    line, kind (KINDS), the subtree's bytes, count and NumPy bytes, and `first`,
-    the position of the first site under it: children are listed biggest first,
-    ties in the order the sites first reach them."""
+    line, kind (KINDS), key (what it is under its parent: frames with one key
+    under one parent are one node), user (a frame of the user's own code), the
+    subtree's bytes, count and NumPy bytes, and `first`, the position of the first
+    site under it: children are listed biggest first, ties in the order the sites
+    first reach them."""
 
-    def __init__(self, parent, name, file, line, kind, names, files):
-        self.parent, self.name, self.file, self.line, self.kind = parent, name, file, line, kind
+    COLUMNS = ("parent", "name", "file", "line", "kind", "key", "user")
+
+    def __init__(self, columns: Dict[str, np.ndarray], names: List[str], files: List[str]):
+        for column in self.COLUMNS:
+            setattr(self, column, columns[column])
         self.names, self.files = names, files
         self.bytes = self.count = self.numpy = self.first = None
-        self._threshold = None
+        self.shape = self  # the tree whose columns these are (its values aside)
+        self._threshold = self._folded = None
 
     def __len__(self) -> int:
         return len(self.parent)
@@ -68,7 +84,8 @@ class Tree:
         """This tree's nodes with site values on their leaf nodes, summed up.
         Nodes no site with a value reaches keep 0 bytes: they are not listed."""
         n = len(self)
-        tree = Tree(self.parent, self.name, self.file, self.line, self.kind, self.names, self.files)
+        tree = Tree({c: getattr(self, c) for c in self.COLUMNS}, self.names, self.files)
+        tree.shape = self.shape
         tree.bytes, tree.count = st.group_sum(leaf, size, n), st.group_sum(leaf, count, n)
         tree.numpy = st.group_sum(leaf, numpy, n)
         tree.first = np.full(n, np.iinfo(np.int64).max, np.int64)
@@ -79,53 +96,136 @@ class Tree:
 
     def children(self, i: int, threshold: float = 0) -> List[int]:
         """Children of node i of at least `threshold` bytes, biggest first."""
+        start, kids = self.child_index(threshold)
+        return kids[start[i]:start[i + 1]].tolist()
+
+    def child_index(self, threshold: float):
+        """(start, kids): the children of node i of at least `threshold` bytes are
+        kids[start[i]:start[i + 1]], biggest first."""
         if self._threshold != threshold:
             big = np.flatnonzero((self.bytes[1:] >= threshold) & (self.bytes[1:] > 0)) + 1
             kids = big[np.lexsort((self.first[big], -self.bytes[big], self.parent[big]))]
-            self._start = np.searchsorted(self.parent[kids], np.arange(len(self) + 1)).tolist()
-            self._kids, self._threshold = kids.tolist(), threshold
-        return self._kids[self._start[i]:self._start[i + 1]]
+            self._start = np.concatenate(([0], np.cumsum(np.bincount(self.parent[kids], minlength=len(self)))))
+            self._kids, self._threshold = kids, threshold
+        return self._start, self._kids
 
     def children_totals(self):
         """Per node: number of children, and their bytes, count and NumPy bytes."""
-        kids = np.flatnonzero(self.bytes[1:] > 0) + 1
-        up = self.parent[kids]
-        return (np.bincount(up, minlength=len(self)),
-                *(st.group_sum(up, col[kids], len(self)) for col in (self.bytes, self.count, self.numpy)))
+        if self.__dict__.get("_totals") is None:
+            kids = np.flatnonzero(self.bytes[1:] > 0) + 1
+            up = self.parent[kids]
+            self._totals = (np.bincount(up, minlength=len(self)), *(
+                st.group_sum(up, col[kids], len(self)) for col in (self.bytes, self.count, self.numpy)))
+        return self._totals
+
+    def compact(self) -> "Tree":
+        """The nodes with bytes (and the root) alone: what the tree lists."""
+        keep = self.bytes > 0
+        keep[0] = True
+        new = np.cumsum(keep) - 1
+        columns = {c: getattr(self, c)[keep] for c in self.COLUMNS}
+        columns["parent"] = np.where(columns["parent"] < 0, -1, new[np.maximum(columns["parent"], 0)])
+        tree = Tree(columns, self.names, self.files)
+        for column in ("bytes", "count", "numpy", "first"):
+            setattr(tree, column, getattr(self, column)[keep])
+        return tree
 
     def label(self, i: int) -> str:
         name, file = self.names[self.name[i]], self.files[self.file[i]]
         return f"{name} ({file}:{int(self.line[i])})" if file else name
+
+    def sum_down(self, add) -> np.ndarray:
+        """Per node, the sum of `add` over it and its ancestors."""
+        add, out = _i64(np.broadcast_to(add, (len(self),))), np.empty(len(self), np.int64)
+        lib.mt_tree_sum_down(_ptr(_i64(self.parent)), len(self), _ptr(add), _ptr(out))
+        return out
+
+    def depths(self) -> np.ndarray:
+        """Edges from each node to the root."""
+        return self.sum_down(1) - 1
+
+    def fold_imports(self) -> "Tree":
+        """This tree with every run of import-machinery frames made one
+        IMPORTS_NAME node (whose children merge where their frames are equal)."""
+        shape = self.shape
+        if shape._folded is None:
+            shape._folded = shape._fold_shape()
+        new, folded = shape._folded
+        leaf = np.flatnonzero(shape.kind == NATIVE)  # the nodes that hold the sites' values
+        return folded.with_values(new[leaf], self.first[leaf], self.bytes[leaf], self.count[leaf],
+                                  self.numpy[leaf])
+
+    def _fold_shape(self):
+        """(the folded node of each node, the folded tree without values)."""
+        machinery = np.fromiter(map(is_import_machinery, self.files), bool, len(self.files))
+        fold = (machinery[self.file] & (self.kind == PYTHON)).astype(np.uint8)
+        index = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)
+        new = np.empty(len(self), np.int64)
+        made = lib.mt_tree_fold(index, _ptr(_i64(self.parent)), _ptr(_i64(self.key)),
+                                ffi.cast("uint8_t *", ffi.from_buffer(fold)), len(self), IMPORTS_KEY,
+                                _ptr(new))
+        parent, source = _made(index, made)
+        source = np.concatenate(([0], source))
+        columns = {c: getattr(self, c)[source] for c in self.COLUMNS}
+        columns["parent"] = np.concatenate(([-1], parent))
+        folded = fold[source] != 0
+        names = list(self.names) + [IMPORTS_NAME]
+        for column, value in (("name", len(names) - 1), ("file", self.files.index("")), ("line", 0),
+                              ("kind", IMPORTS), ("key", IMPORTS_KEY), ("user", False)):
+            columns[column][folded] = value
+        return new, Tree(columns, names, self.files)
+
+    def focus(self) -> int:
+        """Where the user's code is: the deepest node, above the user's own frames,
+        that holds 90% of the bytes of the outermost of them (0: the root)."""
+        inside = self.sum_down(self.user) > 0  # in the user's code, or called from it
+        outermost = self.user & ~inside[np.maximum(self.parent, 0)]
+        held = np.where(outermost, self.bytes, 0)
+        total = int(held.sum())
+        if total == 0:
+            return 0
+        ignored = [np.zeros(len(self), np.int64) for _ in range(3)]
+        lib.mt_tree_sum_up(_ptr(_i64(self.parent)), len(self), _ptr(held), *map(_ptr, ignored))
+        candidates = np.flatnonzero(~inside & (held * 10 >= total * 9))
+        return int(candidates[np.argmax(self.depths()[candidates])])
+
+
+def _made(index, made: int):
+    """(parent node, source row) of each node the last mt_tree_* call made."""
+    if made < 0:
+        raise MemoryError("memtrace: out of memory making a call tree")
+    parent, row = np.empty(made, np.int64), np.empty(made, np.int64)
+    lib.mt_tree_made(index, _ptr(parent), _ptr(row))
+    return parent, row
 
 
 class _Nodes:
     """A tree's nodes, added in batches (each under nodes added before)."""
 
     def __init__(self):
-        self.parent: List[np.ndarray] = []
-        self.name: List[np.ndarray] = []
-        self.file: List[np.ndarray] = []
-        self.line: List[np.ndarray] = []
-        self.kind: List[np.ndarray] = []
+        self.columns: Dict[str, List[np.ndarray]] = {c: [] for c in Tree.COLUMNS}
         self.names, self.files = st.Interner(), st.Interner()
         self.n = 0
         self.index = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)  # (parent, key) -> node
         if self.index == ffi.NULL:
             raise MemoryError("memtrace: cannot allocate a call tree")
-        self.add([-1], ["all"], [""], [0], PROCESS)
+        self.add([-1], ["all"], [""], 0, PROCESS, 0)
 
-    def add(self, parent, names, files, lines, kind) -> np.ndarray:
+    def add(self, parent, names, files, lines, kind, key, user=False) -> np.ndarray:
         """New nodes, names and files as strings."""
-        return self.add_ids(parent, self.names.many(names), self.files.many(files), lines, kind)
+        return self.add_ids(parent, self.names.many(names), self.files.many(files), lines, kind,
+                            key, user)
 
-    def add_ids(self, parent, name_ids, file_ids, lines, kind) -> np.ndarray:
+    def add_ids(self, parent, name_ids, file_ids, lines, kind, key, user=False) -> np.ndarray:
         """New nodes, names and files as ids of `names` and `files`."""
         parent = np.asarray(parent, np.int64)
         ids = np.arange(self.n, self.n + len(parent))
         self.n += len(parent)
-        for column, values in ((self.parent, parent), (self.name, name_ids), (self.file, file_ids),
-                               (self.line, lines), (self.kind, kind)):
-            column.append(np.broadcast_to(np.asarray(values, np.int64), (len(parent),)))
+        values = {"parent": parent, "name": name_ids, "file": file_ids, "line": lines, "kind": kind,
+                  "key": key, "user": user}
+        for column, value in values.items():
+            dtype = bool if column == "user" else np.int64
+            self.columns[column].append(np.broadcast_to(np.asarray(value, dtype), (len(parent),)))
         return ids
 
     def add_frames(self, parent, frame, base, rows):
@@ -135,30 +235,22 @@ class _Nodes:
         node = np.empty(len(rows), np.int64)
         made = lib.mt_tree_frames(self.index, _ptr(parent), _ptr(frame), len(parent), _ptr(base),
                                   _ptr(rows), len(rows), self.n, _ptr(node))
-        return node, *self._made(made)
+        return node, *_made(self.index, made)
 
-    def add_children(self, parent, key, names, files, lines, kind) -> np.ndarray:
+    def add_children(self, parent, key, names, files, kind) -> np.ndarray:
         """The child `key` (an int below 0: frames have the others) of each parent
         node, made on first sight and named from the arrays at its position."""
         parent, key = _i64(parent), _i64(key)
         node = np.empty(len(key), np.int64)
         made = lib.mt_tree_children(self.index, _ptr(parent), _ptr(key), len(key), self.n, _ptr(node))
-        made_parent, first = self._made(made)
+        made_parent, first = _made(self.index, made)
         every = lambda values: np.broadcast_to(np.asarray(values, np.int64), (len(key),))[first]
-        self.add_ids(made_parent, every(names), every(files), every(lines), kind)
+        self.add_ids(made_parent, every(names), every(files), 0, kind, key[first])
         return node
 
-    def _made(self, made: int):
-        if made < 0:
-            raise MemoryError("memtrace: out of memory making a call tree")
-        parent, row = np.empty(made, np.int64), np.empty(made, np.int64)
-        lib.mt_tree_made(self.index, _ptr(parent), _ptr(row))
-        return parent, row
-
     def tree(self) -> Tree:
-        cat = lambda cols: np.ascontiguousarray(np.concatenate(cols))
-        return Tree(cat(self.parent), cat(self.name), cat(self.file), cat(self.line),
-                    cat(self.kind), self.names.keys, self.files.keys)
+        columns = {c: np.ascontiguousarray(np.concatenate(v)) for c, v in self.columns.items()}
+        return Tree(columns, self.names.keys, self.files.keys)
 
 
 def build_tree(model: Model, metric: str = "peak", by_thread: bool = False,
@@ -166,41 +258,62 @@ def build_tree(model: Model, metric: str = "peak", by_thread: bool = False,
     """The call tree of one metric over all processes (or one pid). A node is a
     frame (function, file, line) under its caller's node; below the innermost
     frame, a leaf per calling library and allocator."""
-    return build_trees(model, (metric,), by_thread, pid)[metric]
+    return Trees(model, (metric,), by_thread, pid).tree(metric)
 
 
 def build_trees(model: Model, metrics, by_thread: bool = False,
                 pid: Optional[int] = None) -> Dict[str, Tree]:
-    """build_tree of several metrics, made once: each metric's tree is the nodes
-    its sites reach (the others, there with no bytes, are never listed)."""
-    columns = [METRICS[m] for m in metrics]
-    nodes, libraries, functions = _Nodes(), st.Interner(), st.Interner()
-    leaves, picked = [], []
-    processes = [p for p in model.processes if pid is None or p.pid == pid]
-    many = len({p.pid for p in processes}) > 1
-    for proc in processes:
-        sites = proc.sites[heap_mask(proc.sites)]
-        sites = sites[np.logical_or.reduce([sites[b] > 0 for b, _ in columns])]
-        if len(sites) == 0:
-            continue
-        top = 0
-        if many:
-            label = f"pid {proc.pid}: {' '.join(proc.argv)[:80]}"
-            top = int(nodes.add([0], [label], [""], [0], PROCESS)[0])
-        leaves.append(_process_leaves(nodes, proc, sites, top, by_thread, libraries, functions))
-        picked.append(sites)
-    shape = nodes.tree()
-    sites = np.concatenate(picked) if picked else np.zeros(0, fmt.SITE_DTYPE)
-    leaf = np.concatenate(leaves) if leaves else np.zeros(0, np.int64)
-    numpy_site = (sites["flags"] & fmt.FLAG_NUMPY) != 0
-    trees = {}
-    for metric, (bytes_col, count_col) in zip(metrics, columns):
-        mine = sites[bytes_col] > 0
-        size = np.where(mine, sites[bytes_col], 0).astype(np.int64)
-        count = np.where(mine, sites[count_col], 0).astype(np.int64)
-        first = np.where(mine, np.arange(len(sites)), np.iinfo(np.int64).max)
-        trees[metric] = shape.with_values(leaf, first, size, count, np.where(numpy_site, size, 0))
-    return trees
+    """build_tree of several metrics, their nodes made once."""
+    trees = Trees(model, metrics, by_thread, pid)
+    return {metric: trees.tree(metric) for metric in metrics}
+
+
+class Trees:
+    """The nodes of the trees of some metrics, made once from the heap sites where
+    any of them has bytes; each metric's tree is the nodes its own sites reach
+    (the others, there with no bytes, are never listed)."""
+
+    def __init__(self, model: Model, metrics, by_thread: bool = False, pid: Optional[int] = None):
+        self.model, self.by_thread, self.pid = model, by_thread, pid
+        self.processes = [p for p in model.processes if pid is None or p.pid == pid]
+        nodes, libraries, functions = _Nodes(), st.Interner(), st.Interner()
+        many = len({p.pid for p in self.processes}) > 1
+        leaves, self.picked = [], []  # per process: its leaf nodes, its picked sites' indexes
+        for proc in self.processes:
+            heap = heap_mask(proc.sites)
+            picked = np.flatnonzero(heap & np.logical_or.reduce(
+                [proc.sites[METRICS[m][0]] > 0 for m in metrics]))
+            self.picked.append(picked)
+            if len(picked) == 0:
+                continue
+            top = 0
+            if many:
+                label = f"pid {proc.pid}: {' '.join(proc.argv)[:80]}"
+                top = int(nodes.add([0], [label], [""], 0, PROCESS, PROCESS_KEY - proc.sid)[0])
+            leaves.append(_process_leaves(nodes, proc, proc.sites[picked], top, by_thread, libraries,
+                                          functions))
+        self.shape = nodes.tree()
+        self.leaf = np.concatenate(leaves) if leaves else np.zeros(0, np.int64)
+
+    def tree(self, metric: str) -> Tree:
+        """The tree of a metric, from the sites' values now (the temporary columns
+        are filled by a replay): its sites must be among those the nodes were made
+        from (temporary bytes are part of the total bytes)."""
+        bytes_col, count_col = METRICS[metric]
+        sites = [p.sites for p in self.processes]
+        for s, picked in zip(sites, self.picked):
+            made = np.zeros(len(s), bool)
+            made[picked] = True
+            if (heap_mask(s) & (s[bytes_col] > 0) & ~made).any():  # not expected: made anew
+                return Trees(self.model, (metric,), self.by_thread, self.pid).tree(metric)
+        chosen = np.concatenate([s[p] for s, p in zip(sites, self.picked)]) if sites \
+            else np.zeros(0, fmt.SITE_DTYPE)
+        mine = chosen[bytes_col] > 0
+        size = np.where(mine, chosen[bytes_col], 0).astype(np.int64)
+        count = np.where(mine, chosen[count_col], 0).astype(np.int64)
+        first = np.where(mine, np.arange(len(chosen)), np.iinfo(np.int64).max)
+        numpy = np.where((chosen["flags"] & fmt.FLAG_NUMPY) != 0, size, 0)
+        return self.shape.with_values(self.leaf, first, size, count, numpy)
 
 
 def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bool,
@@ -213,7 +326,7 @@ def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bo
         tids, inverse = np.unique(sites["tid"][threaded], return_inverse=True)
         names = nodes.names.many(f"[thread {proc.thread_name(t)}]" for t in tids.tolist())
         base[threaded] = nodes.add_children(np.full(len(tids), top), THREAD_KEY - tids.astype(np.int64),
-                                            names, nodes.files(""), 0, THREAD)[inverse]
+                                            names, nodes.files(""), THREAD)[inverse]
     node = base.copy()
     framed = rows != st.ROOT
     if framed.any():
@@ -225,8 +338,7 @@ def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bo
                               for p in pairs.tolist())
     leaves, inverse = np.unique(node * len(pairs) + pair_of, return_inverse=True)
     node, pair_of = leaves // len(pairs), leaves % len(pairs)
-    made = nodes.add_children(node, LEAF_KEY - pairs[pair_of], labels[pair_of], nodes.files(""), 0,
-                              NATIVE)
+    made = nodes.add_children(node, LEAF_KEY - pairs[pair_of], labels[pair_of], nodes.files(""), NATIVE)
     return made[inverse]
 
 
@@ -237,87 +349,74 @@ def _frame_nodes(nodes: _Nodes, proc: Process, base: np.ndarray, rows: np.ndarra
     table = proc.stacks
     lost = len(table)  # the lost frame, as one more row
     parent = np.append(np.where(table.parent == st.LOST, lost, table.parent), st.ROOT)
-    fn = np.append(functions.many(zip(table.functions, table.files))[table.code],
-                   functions(("<stack lost>", None)))
+    fn = np.append(table.interned(functions, "pairs")[table.code], functions(("<stack lost>", None)))
     line = np.append(table.line, 0)
     rows = np.where(rows == st.LOST, lost, rows)
-    node, made_parent, made = nodes.add_frames(parent, st.frame_key(fn, line), base, rows)
-    name = np.append(nodes.names.many(table.functions)[table.code], nodes.names("<stack lost>"))
-    file = np.append(nodes.files.many(table.files)[table.code], nodes.files(""))
+    frame = st.frame_key(fn, line)
+    node, made_parent, made = nodes.add_frames(parent, frame, base, rows)
+    name = np.append(table.interned(nodes.names, "functions")[table.code], nodes.names("<stack lost>"))
+    file = np.append(table.interned(nodes.files, "files")[table.code], nodes.files(""))
     kind = np.append(np.full(len(table), PYTHON), OTHER)
-    nodes.add_ids(made_parent, name[made], file[made], line[made], kind[made])
+    files, index = table.distinct("files")
+    machinery = np.fromiter(map(is_import_machinery, files), bool, len(files))[index]
+    user = np.append(~proc.library_codes()[table.code] & ~machinery[table.code], False)
+    nodes.add_ids(made_parent, name[made], file[made], line[made], kind[made], frame[made], user[made])
     return node
 
 
-def flatten(tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000) -> dict:
+def flatten(tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000,
+            focus: Optional[int] = None) -> dict:
     """Preorder arrays for the HTML page; subtrees under min_share of the root
-    (or beyond max_nodes) fold into one "[other]" node per parent."""
+    (or beyond max_nodes) fold into one "[other]" node per parent. With a focus
+    node, "focus" is its entry (or its nearest shown ancestor's)."""
     threshold = max(1, int(int(tree.bytes[0]) * min_share))
-    kids, rest_kept, rest_all = _child_sums(tree, threshold)
-    order, parents, others = [], [], []  # others: (name, bytes, count, numpy) of "[other]" nodes
-    stack = [(0, -1)]
-    while stack:
-        node, parent = stack.pop()
-        index = len(order)
-        order.append(node)
-        parents.append(parent)
-        keep = tree.children(node, threshold)
-        if index + 1 + len(keep) > max_nodes:
-            keep = []
-        if len(keep) < kids[node]:  # the others, as one node
-            order.append(-1 - len(others))
-            parents.append(index)
-            others.append((f"[other: {kids[node] - len(keep)} small]",
-                           *(rest_kept[node] if keep else rest_all[node])))
-        for c in reversed(keep):
-            stack.append((c, index))
-    return _columns(tree, order, parents, others)
+    start, kids = tree.child_index(threshold)
+    n_kids = _i64(tree.children_totals()[0])
+    order, parents, shown = (np.empty(2 * len(tree) + 2, np.int64) for _ in range(3))
+    count = lib.mt_tree_preorder(_ptr(_i64(start)), _ptr(_i64(kids)), _ptr(n_kids), len(tree),
+                                 max_nodes, _ptr(order), _ptr(parents), _ptr(shown))
+    if count == 0:
+        raise MemoryError("memtrace: out of memory laying out a call tree")
+    out = _columns(tree, order[:count], parents[:count], shown[:count], threshold)
+    if focus is not None:
+        entry = dict(zip(order[:count].tolist(), range(count)))
+        while focus not in entry:
+            focus = int(tree.parent[focus])
+        out["focus"] = entry[focus]
+    return out
 
 
-def _child_sums(tree: Tree, threshold: int):
-    """For each node that can be shown (at least threshold bytes): its number of
-    children, and (bytes, count, numpy) of its children under threshold and of
-    all its children."""
-    shown = np.union1d([0], np.flatnonzero(tree.bytes >= threshold))
-    kids = np.flatnonzero(tree.bytes[1:] > 0) + 1
-    up = tree.parent[kids]
-    small = tree.bytes[kids] < threshold
-    columns = (tree.bytes, tree.count, tree.numpy)
-    under = [st.group_sum(up[small], c[kids][small], len(tree))[shown].tolist() for c in columns]
-    every = [st.group_sum(up, c[kids], len(tree))[shown].tolist() for c in columns]
-    shown = shown.tolist()
-    count = np.bincount(up, minlength=len(tree))
-    return (dict(zip(shown, count[shown].tolist())), dict(zip(shown, zip(*under))),
-            dict(zip(shown, zip(*every))))
-
-
-def _columns(tree: Tree, order: list, parents: list, others: list) -> dict:
-    """The page's arrays for nodes in `order` (-1 - k: others[k]); names and files
-    are numbered in the order the nodes first use them."""
-    order = np.array(order, np.int64)
+def _columns(tree: Tree, order, parents, shown, threshold: int) -> dict:
+    """The page's arrays for the entries in `order` (-1 - node: that node's
+    children not shown, as one entry); names and files are numbered in the order
+    the entries first use them."""
     node = np.maximum(order, 0)
+    name, file, line, kind = (getattr(tree, c)[node] for c in ("name", "file", "line", "kind"))
+    values = {key: getattr(tree, key)[node] for key in ("bytes", "count", "numpy")}
+    names = st.Interner.of(tree.names)
     other = np.flatnonzero(order < 0)
-    names = st.Interner()
-    names.many(tree.names)
-    name = tree.name[node]
-    name[other] = names.many(o[0] for o in others)
-    file = tree.file[node]
-    file[other] = tree.files.index("") if "" in tree.files else len(tree.files)
-    files = list(tree.files) + [""]
-    out = {"parent": parents}
-    for key, ids, table in (("name", name, names.keys), ("file", file, files)):
+    if len(other):
+        owner, kept = -1 - order[other], shown[other]
+        n_kids, *every = tree.children_totals()
+        # the children under threshold (all of them when none is shown)
+        kids = np.flatnonzero((tree.bytes > 0) & (tree.bytes < threshold))
+        small = [st.group_sum(tree.parent[kids], col[kids], len(tree))
+                 for col in (tree.bytes, tree.count, tree.numpy)]
+        name[other] = names.many(f"[other: {n} small]" for n in (n_kids[owner] - kept).tolist())
+        file[other], line[other], kind[other] = tree.files.index(""), 0, OTHER
+        for key, part, whole in zip(("bytes", "count", "numpy"), small, every):
+            values[key][other] = np.where(kept > 0, part[owner], whole[owner])
+    out = {"parent": parents.tolist()}
+    tables = {}
+    for key, ids, table in (("name", name, names.keys), ("file", file, tree.files)):
         uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        by_first = np.argsort(first)
         rank = np.empty(len(uniq), np.int64)
-        rank[np.argsort(first)] = np.arange(len(uniq))
+        rank[by_first] = np.arange(len(uniq))
         out[key] = rank[inverse].tolist()
-        out[key + "s"] = [table[u] for u in uniq[np.argsort(first)].tolist()]
-    line, kind = tree.line[node], tree.kind[node]
-    line[other], kind[other] = 0, OTHER
+        tables[key + "s"] = [table[u] for u in uniq[by_first].tolist()]
     out["line"], out["kind"] = line.tolist(), kind.tolist()
-    for i, key in enumerate(("bytes", "count", "numpy"), 1):
-        column = getattr(tree, key)[node]
-        column[other] = [o[i] for o in others]
-        out[key] = column.tolist()
-    names_key, files_key = out.pop("names"), out.pop("files")
-    out["names"], out["files"] = names_key, files_key
+    for key in ("bytes", "count", "numpy"):
+        out[key] = values[key].tolist()
+    out.update(tables)
     return out

@@ -58,7 +58,7 @@ def sources(model: Model) -> List[str]:
         code = table.code[np.maximum(rows, 0)]
         own = ~proc.library_codes() & np.array([not f.startswith("<") for f in table.files], bool)
         keep = (rows >= 0) & own[code]
-        ids.append(files.many(table.files)[code[keep]])
+        ids.append(table.interned(files, "files")[code[keep]])
         sizes.append(sites["alloc_bytes"][keep])
     if not ids:
         return []

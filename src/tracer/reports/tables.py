@@ -32,9 +32,25 @@ def heap_sites(model: Model):
     return [(proc, proc.sites[heap_mask(proc.sites)]) for proc in model.processes]
 
 
+def memo(model: Model, key, make):
+    """make(), once per model while its processes keep the same site arrays (the
+    HTML report and the summary at the end of a run share the tables)."""
+    sites = [p.sites for p in model.processes]
+    cache = model.__dict__.setdefault("_tables", {})
+    hit = cache.get(key)
+    if hit is None or len(hit[0]) != len(sites) or any(a is not b for a, b in zip(hit[0], sites)):
+        hit = cache[key] = (sites, make())
+    return hit[1]
+
+
 def by_line(model: Model, user_code: bool = False) -> List[dict]:
     """Heap allocations grouped by innermost Python line (native buckets apart);
-    with user_code, by the innermost line of the user's own code instead."""
+    with user_code, by the innermost line of the user's own code instead.
+    (The rows are shared between callers: read them, do not change them.)"""
+    return memo(model, ("by_line", user_code), lambda: _by_line(model, user_code))
+
+
+def _by_line(model: Model, user_code: bool) -> List[dict]:
     functions, libraries = st.Interner(), st.Interner()
     parts = heap_sites(model)
     keys = [site_frame_keys(proc, sites, functions, user_code) for proc, sites in parts]
