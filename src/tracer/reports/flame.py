@@ -274,7 +274,7 @@ class Trees:
     (the others, there with no bytes, are never listed)."""
 
     def __init__(self, model: Model, metrics, by_thread: bool = False, pid: Optional[int] = None):
-        self.model, self.by_thread, self.pid = model, by_thread, pid
+        self.model, self.metrics, self.by_thread, self.pid = model, tuple(metrics), by_thread, pid
         self.processes = [p for p in model.processes if pid is None or p.pid == pid]
         nodes, libraries, functions = _Nodes(), st.Interner(), st.Interner()
         many = len({p.pid for p in self.processes}) > 1
@@ -300,20 +300,24 @@ class Trees:
         are filled by a replay): its sites must be among those the nodes were made
         from (temporary bytes are part of the total bytes)."""
         bytes_col, count_col = METRICS[metric]
-        sites = [p.sites for p in self.processes]
-        for s, picked in zip(sites, self.picked):
-            made = np.zeros(len(s), bool)
+        if metric not in self.metrics and not self._covers(bytes_col):
+            return Trees(self.model, (metric,), self.by_thread, self.pid).tree(metric)
+        column = lambda name: np.concatenate(
+            [p.sites[name][picked] for p, picked in zip(self.processes, self.picked)] or [np.zeros(0)])
+        size, count = column(bytes_col), column(count_col)
+        mine = np.flatnonzero(size > 0)
+        size = size[mine].astype(np.int64)
+        numpy = np.where((column("flags")[mine] & fmt.FLAG_NUMPY) != 0, size, 0)
+        return self.shape.with_values(self.leaf[mine], mine, size, count[mine].astype(np.int64), numpy)
+
+    def _covers(self, bytes_col: str) -> bool:
+        """Whether every heap site with bytes in this column is one of ours."""
+        for proc, picked in zip(self.processes, self.picked):
+            made = np.zeros(len(proc.sites), bool)
             made[picked] = True
-            if (heap_mask(s) & (s[bytes_col] > 0) & ~made).any():  # not expected: made anew
-                return Trees(self.model, (metric,), self.by_thread, self.pid).tree(metric)
-        chosen = np.concatenate([s[p] for s, p in zip(sites, self.picked)]) if sites \
-            else np.zeros(0, fmt.SITE_DTYPE)
-        mine = chosen[bytes_col] > 0
-        size = np.where(mine, chosen[bytes_col], 0).astype(np.int64)
-        count = np.where(mine, chosen[count_col], 0).astype(np.int64)
-        first = np.where(mine, np.arange(len(chosen)), np.iinfo(np.int64).max)
-        numpy = np.where((chosen["flags"] & fmt.FLAG_NUMPY) != 0, size, 0)
-        return self.shape.with_values(self.leaf, first, size, count, numpy)
+            if (heap_mask(proc.sites) & (proc.sites[bytes_col] > 0) & ~made).any():
+                return False
+        return True
 
 
 def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bool,
