@@ -66,12 +66,9 @@ class Process:
     @property
     def nodes(self) -> Dict[int, Tuple[int, int, int]]:
         """{node id: (parent id, code id, line)} of the stack trie."""
-        table = self.stacks
-        ids = table.ids.tolist()
-        parent = np.where(table.parent >= 0, table.ids[np.maximum(table.parent, 0)], 0)
-        code_ids = sorted(self.codes) + [0]
-        return {n: (p, code_ids[c], line) for n, p, c, line in
-                zip(ids, parent.tolist(), table.code.tolist(), table.line.tolist())}
+        records = self.stacks.records
+        return dict(zip(records["id"].tolist(), zip(records["parent"].tolist(), records["code"].tolist(),
+                                                    records["line"].tolist())))
 
     def frame_of_row(self, row: int) -> Frame:
         """The frame of a StackTable row (LOST: the lost frame)."""

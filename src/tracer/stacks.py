@@ -74,7 +74,8 @@ def _last_per_id(ids: np.ndarray) -> np.ndarray:
 
 
 class StackTable:
-    """The trie of one process. Row r is a node: parent[r] is a row, ROOT or LOST;
+    """The trie of one process. Row r is a node (records[r] its NODE record):
+    parent[r] is a row, ROOT or LOST;
     code[r] indexes `files`/`functions` (the last entry: a code never described);
     depth[r] is the number of frames from r to the outermost, a lost frame included."""
 
@@ -83,6 +84,7 @@ class StackTable:
         nodes = nodes[keep]
         if len(nodes) and nodes["id"][0] == 0:
             nodes = nodes[1:]  # node 0 means "no Python frame", never a frame
+        self.records = nodes  # the NODE records, as the capture has them
         self.ids = nodes["id"].astype(np.int64)
         self.line = nodes["line"].astype(np.int64)
         code_ids = np.array(sorted(codes), dtype=np.int64)

@@ -180,14 +180,15 @@ class Tree:
         that holds 90% of the bytes of the outermost of them (0: the root)."""
         inside = self.sum_down(self.user) > 0  # in the user's code, or called from it
         outermost = self.user & ~inside[np.maximum(self.parent, 0)]
-        held = np.where(outermost, self.bytes, 0)
-        total = int(held.sum())
-        if total == 0:
+        held = np.where(outermost, np.maximum(self.bytes, 0), 0)
+        if not held.any():
             return 0
+        # coarser units where the sums could overflow (only a share is wanted)
+        held >>= max(0, int(held.max()).bit_length() + len(self).bit_length() - 56)
         ignored = [np.zeros(len(self), np.int64) for _ in range(3)]
         lib.mt_tree_sum_up(_ptr(_i64(self.parent)), len(self), _ptr(held), *map(_ptr, ignored))
-        candidates = np.flatnonzero(~inside & (held * 10 >= total * 9))
-        return int(candidates[np.argmax(self.depths()[candidates])])
+        candidates = np.flatnonzero(~inside & (held * 10 >= held[0] * 9))
+        return int(candidates[np.argmax(self.depths()[candidates])]) if len(candidates) else 0
 
 
 def _made(index, made: int):
@@ -303,7 +304,8 @@ class Trees:
         if metric not in self.metrics and not self._covers(bytes_col):
             return Trees(self.model, (metric,), self.by_thread, self.pid).tree(metric)
         column = lambda name: np.concatenate(
-            [p.sites[name][picked] for p, picked in zip(self.processes, self.picked)] or [np.zeros(0)])
+            [np.zeros(0, fmt.SITE_DTYPE)[name]] +
+            [p.sites[name][picked] for p, picked in zip(self.processes, self.picked)])
         size, count = column(bytes_col), column(count_col)
         mine = np.flatnonzero(size > 0)
         size = size[mine].astype(np.int64)
