@@ -32,9 +32,8 @@ def meta_index(data: bytes) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     offsets = np.zeros(n, np.uint64)
     lengths = np.zeros(n, np.uint16)
     if n:
-        lib.mt_meta_index(buf, len(data), ffi.cast("uint16_t *", ffi.from_buffer(types)),
-                          ffi.cast("uint64_t *", ffi.from_buffer(offsets)),
-                          ffi.cast("uint16_t *", ffi.from_buffer(lengths)), n)
+        lib.mt_meta_index(buf, len(data), ffi.from_buffer("uint16_t[]", types),
+                          ffi.from_buffer("uint64_t[]", offsets), ffi.from_buffer("uint16_t[]", lengths), n)
     return types, offsets.astype(np.int64), lengths.astype(np.int64)
 
 

@@ -128,8 +128,7 @@ def _json_lists(values: np.ndarray, starts: np.ndarray) -> str:
     starts = np.ascontiguousarray(starts, np.uint64)
     n = len(starts) - 1
     buf = ffi.new("char[]", 22 * len(values) + 4 * n + 2)
-    size = lib.mt_json_int_lists(ffi.cast("uint64_t *", ffi.from_buffer(values)),
-                                 ffi.cast("uint64_t *", ffi.from_buffer(starts)), n, buf)
+    size = lib.mt_json_int_lists(_u64(values), _u64(starts), n, buf)
     return ffi.unpack(buf, size).decode("ascii")
 
 
@@ -154,7 +153,7 @@ def _field_bytes(number: int, data: bytes) -> bytes:
 
 
 def _u64(a) -> "ffi.CData":
-    return ffi.cast("uint64_t *", ffi.from_buffer(a))
+    return ffi.from_buffer("uint64_t[]", a)  # (keeps the array alive for the call)
 
 
 def pprof(model: Model, out, metric: str = "peak") -> None:
@@ -205,15 +204,15 @@ def _pprof_samples(ids, starts, counts, sizes) -> bytes:
     counts, sizes = np.ascontiguousarray(counts, np.int64), np.ascontiguousarray(sizes, np.int64)
     n = len(counts)
     buf = ffi.new("uint8_t[]", 10 * len(ids) + 48 * n + 1)
-    size = lib.mt_pprof_samples(_u64(ids), _u64(starts), n, ffi.cast("int64_t *", ffi.from_buffer(counts)),
-                                ffi.cast("int64_t *", ffi.from_buffer(sizes)), buf)
+    size = lib.mt_pprof_samples(_u64(ids), _u64(starts), n, ffi.from_buffer("int64_t[]", counts),
+                                ffi.from_buffer("int64_t[]", sizes), buf)
     return ffi.buffer(buf, size)[:]
 
 
 def _pprof_locations(functions, lines) -> bytes:
     functions, lines = np.ascontiguousarray(functions), np.ascontiguousarray(lines)
     buf = ffi.new("uint8_t[]", 48 * len(lines) + 1)
-    size = lib.mt_pprof_locations(_u64(functions), ffi.cast("int64_t *", ffi.from_buffer(lines)),
+    size = lib.mt_pprof_locations(_u64(functions), ffi.from_buffer("int64_t[]", lines),
                                   len(lines), buf)
     return ffi.buffer(buf, size)[:]
 

@@ -51,7 +51,9 @@ def _i64(a) -> np.ndarray:
 
 
 def _ptr(a: np.ndarray):
-    return ffi.cast("int64_t *", ffi.from_buffer(a))
+    """An int64_t * to the array's data (the same array, where it is int64 and
+    contiguous: outputs must be); the cdata keeps the array alive for the call."""
+    return ffi.from_buffer("int64_t[]", _i64(a))
 
 
 def is_import_machinery(file: str) -> bool:
@@ -118,17 +120,17 @@ class Tree:
                 st.group_sum(up, col[kids], len(self)) for col in (self.bytes, self.count, self.numpy)))
         return self._totals
 
-    def compact(self) -> "Tree":
-        """The nodes with bytes (and the root) alone: what the tree lists."""
-        keep = self.bytes > 0
-        keep[0] = True
+    def subset(self, keep: np.ndarray):
+        """(a tree of the nodes where keep is set, their numbers in this one); the
+        kept nodes' parents must be kept (the root is)."""
+        nodes = np.flatnonzero(keep)
         new = np.cumsum(keep) - 1
-        columns = {c: getattr(self, c)[keep] for c in self.COLUMNS}
+        columns = {c: getattr(self, c)[nodes] for c in self.COLUMNS}
         columns["parent"] = np.where(columns["parent"] < 0, -1, new[np.maximum(columns["parent"], 0)])
         tree = Tree(columns, self.names, self.files)
         for column in ("bytes", "count", "numpy", "first"):
-            setattr(tree, column, getattr(self, column)[keep])
-        return tree
+            setattr(tree, column, getattr(self, column)[nodes])
+        return tree, nodes
 
     def label(self, i: int) -> str:
         name, file = self.names[self.name[i]], self.files[self.file[i]]
@@ -137,7 +139,7 @@ class Tree:
     def sum_down(self, add) -> np.ndarray:
         """Per node, the sum of `add` over it and its ancestors."""
         add, out = _i64(np.broadcast_to(add, (len(self),))), np.empty(len(self), np.int64)
-        lib.mt_tree_sum_down(_ptr(_i64(self.parent)), len(self), _ptr(add), _ptr(out))
+        lib.mt_tree_sum_down(_ptr(self.parent), len(self), _ptr(add), _ptr(out))
         return out
 
     def depths(self) -> np.ndarray:
@@ -161,8 +163,8 @@ class Tree:
         fold = (machinery[self.file] & (self.kind == PYTHON)).astype(np.uint8)
         index = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)
         new = np.empty(len(self), np.int64)
-        made = lib.mt_tree_fold(index, _ptr(_i64(self.parent)), _ptr(_i64(self.key)),
-                                ffi.cast("uint8_t *", ffi.from_buffer(fold)), len(self), IMPORTS_KEY,
+        made = lib.mt_tree_fold(index, _ptr(self.parent), _ptr(self.key),
+                                ffi.from_buffer("uint8_t[]", fold), len(self), IMPORTS_KEY,
                                 _ptr(new))
         parent, source = _made(index, made)
         source = np.concatenate(([0], source))
@@ -186,7 +188,7 @@ class Tree:
         # coarser units where the sums could overflow (only a share is wanted)
         held >>= max(0, int(held.max()).bit_length() + len(self).bit_length() - 56)
         ignored = [np.zeros(len(self), np.int64) for _ in range(3)]
-        lib.mt_tree_sum_up(_ptr(_i64(self.parent)), len(self), _ptr(held), *map(_ptr, ignored))
+        lib.mt_tree_sum_up(_ptr(self.parent), len(self), _ptr(held), *map(_ptr, ignored))
         candidates = np.flatnonzero(~inside & (held * 10 >= held[0] * 9))
         return int(candidates[np.argmax(self.depths()[candidates])]) if len(candidates) else 0
 
@@ -376,42 +378,48 @@ def flatten(tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000,
     (or beyond max_nodes) fold into one "[other]" node per parent. With a focus
     node, "focus" is its entry (or its nearest shown ancestor's)."""
     threshold = max(1, int(int(tree.bytes[0]) * min_share))
-    start, kids = tree.child_index(threshold)
-    n_kids = _i64(tree.children_totals()[0])
-    order, parents, shown = (np.empty(2 * len(tree) + 2, np.int64) for _ in range(3))
-    count = lib.mt_tree_preorder(_ptr(_i64(start)), _ptr(_i64(kids)), _ptr(n_kids), len(tree),
-                                 max_nodes, _ptr(order), _ptr(parents), _ptr(shown))
+    # what is left out is summed on the whole tree; the rest is laid out on the
+    # nodes that can be shown (their parents can too: bytes grow towards the root)
+    n_kids, *every = tree.children_totals()
+    kids = np.flatnonzero((tree.bytes > 0) & (tree.bytes < threshold))
+    small = [st.group_sum(tree.parent[kids], col[kids], len(tree)) for col in (tree.bytes, tree.count, tree.numpy)]
+    keep = tree.bytes >= threshold
+    keep[0] = True
+    shown_tree, nodes = tree.subset(keep)
+    start, kids = shown_tree.child_index(threshold)
+    order, parents, shown = (np.empty(2 * len(shown_tree) + 2, np.int64) for _ in range(3))
+    count = lib.mt_tree_preorder(_ptr(start), _ptr(kids), _ptr(n_kids[nodes]),
+                                 len(shown_tree), max_nodes, _ptr(order), _ptr(parents), _ptr(shown))
     if count == 0:
         raise MemoryError("memtrace: out of memory laying out a call tree")
-    out = _columns(tree, order[:count], parents[:count], shown[:count], threshold)
+    order, parents, shown = order[:count], parents[:count], shown[:count]
+    # entries as nodes of the whole tree (-1 - node: that node's "other" entry)
+    whole = np.where(order >= 0, nodes[np.maximum(order, 0)], -1 - nodes[np.maximum(-1 - order, 0)])
+    out = _columns(tree, whole, parents, shown, n_kids, small, every)
     if focus is not None:
-        entry = dict(zip(order[:count].tolist(), range(count)))
+        entry = dict(zip(whole.tolist(), range(count)))
         while focus not in entry:
             focus = int(tree.parent[focus])
         out["focus"] = entry[focus]
     return out
 
 
-def _columns(tree: Tree, order, parents, shown, threshold: int) -> dict:
+def _columns(tree: Tree, order, parents, shown, n_kids, small, every) -> dict:
     """The page's arrays for the entries in `order` (-1 - node: that node's
-    children not shown, as one entry); names and files are numbered in the order
-    the entries first use them."""
+    children not shown, as one entry: the `small` ones' totals, or `every` one's
+    when none is shown); names and files are numbered in the order the entries
+    first use them."""
     node = np.maximum(order, 0)
     name, file, line, kind = (getattr(tree, c)[node] for c in ("name", "file", "line", "kind"))
     values = {key: getattr(tree, key)[node] for key in ("bytes", "count", "numpy")}
     names = st.Interner.of(tree.names)
     other = np.flatnonzero(order < 0)
     if len(other):
-        owner, kept = -1 - order[other], shown[other]
-        n_kids, *every = tree.children_totals()
-        # the children under threshold (all of them when none is shown)
-        kids = np.flatnonzero((tree.bytes > 0) & (tree.bytes < threshold))
-        small = [st.group_sum(tree.parent[kids], col[kids], len(tree))
-                 for col in (tree.bytes, tree.count, tree.numpy)]
-        name[other] = names.many(f"[other: {n} small]" for n in (n_kids[owner] - kept).tolist())
+        owner = -1 - order[other]
+        name[other] = names.many(f"[other: {n} small]" for n in (n_kids[owner] - shown[other]).tolist())
         file[other], line[other], kind[other] = tree.files.index(""), 0, OTHER
         for key, part, whole in zip(("bytes", "count", "numpy"), small, every):
-            values[key][other] = np.where(kept > 0, part[owner], whole[owner])
+            values[key][other] = np.where(shown[other] > 0, part[owner], whole[owner])
     out = {"parent": parents.tolist()}
     tables = {}
     for key, ids, table in (("name", name, names.keys), ("file", file, tree.files)):

@@ -123,8 +123,7 @@ def _trees(tree: flame.Tree) -> dict:
     """A view's flame graph, with import machinery folded and as it is; each
     starting on the user's code. (A few thousand boxes per tree keep the page a
     few MB whatever the capture.)"""
-    folded = tree.fold_imports().compact()
-    tree = tree.compact()
+    folded = tree.fold_imports()
     out = {"all": flame.flatten(tree, min_share=0.001, max_nodes=4000, focus=tree.focus())}
     if len(folded) != len(tree):
         out["folded"] = flame.flatten(folded, min_share=0.001, max_nodes=4000, focus=folded.focus())
