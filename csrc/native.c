@@ -1093,9 +1093,54 @@ size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t
     return count;
 }
 
+void mt_tree_child_sums(const int64_t *parent, size_t n, const int64_t *bytes, const int64_t *count,
+                        const int64_t *numpy, int64_t threshold, int64_t *n_kids, int64_t *all_bytes,
+                        int64_t *all_count, int64_t *all_numpy, int64_t *small_bytes,
+                        int64_t *small_count, int64_t *small_numpy) {
+    size_t size = n * sizeof(int64_t);
+    memset(n_kids, 0, size);
+    memset(all_bytes, 0, size);
+    memset(all_count, 0, size);
+    memset(all_numpy, 0, size);
+    memset(small_bytes, 0, size);
+    memset(small_count, 0, size);
+    memset(small_numpy, 0, size);
+    for (size_t i = 1; i < n; i++) {
+        if (bytes[i] <= 0)
+            continue; /* not in this metric's tree */
+        int64_t p = parent[i];
+        n_kids[p]++;
+        all_bytes[p] += bytes[i];
+        all_count[p] += count[i];
+        all_numpy[p] += numpy[i];
+        if (bytes[i] < threshold) {
+            small_bytes[p] += bytes[i];
+            small_count[p] += count[i];
+            small_numpy[p] += numpy[i];
+        }
+    }
+}
+
 void mt_tree_sum_down(const int64_t *parent, size_t n, const int64_t *add, int64_t *out) {
     for (size_t i = 0; i < n; i++)
         out[i] = (i ? out[parent[i]] : 0) + add[i];
+}
+
+void mt_tree_leaf_values(const int64_t *leaf, size_t n, const int64_t *size, const int64_t *count,
+                         const int64_t *numpy, const int64_t *pos, size_t n_nodes, int64_t *bytes,
+                         int64_t *counts, int64_t *numpys, int64_t *first) {
+    for (size_t i = 0; i < n_nodes; i++) {
+        bytes[i] = counts[i] = numpys[i] = 0;
+        first[i] = INT64_MAX;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int64_t node = leaf[i];
+        bytes[node] += size[i];
+        counts[node] += count[i];
+        numpys[node] += numpy[i];
+        if (pos[i] < first[node])
+            first[node] = pos[i];
+    }
 }
 
 void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,

@@ -155,9 +155,22 @@ int64_t mt_tree_fold(mt_tree *tree, const int64_t *parent, const int64_t *key, c
 size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids,
                         size_t n, int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
                         int64_t *shown_out);
+/* Per node of a tree (node 0 the root): how many children have bytes (> 0), and
+ * the bytes, count and NumPy bytes of those children (all[0..2]) and of those
+ * under threshold (small[0..2]). values: bytes, count, numpy, n each. */
+void mt_tree_child_sums(const int64_t *parent, size_t n, const int64_t *bytes, const int64_t *count,
+                        const int64_t *numpy, int64_t threshold, int64_t *n_kids, int64_t *all_bytes,
+                        int64_t *all_count, int64_t *all_numpy, int64_t *small_bytes,
+                        int64_t *small_count, int64_t *small_numpy);
 /* Running sums from the root down a tree whose nodes come after their parents:
  * out[0] = add[0], out[i] = out[parent[i]] + add[i] (depths, with add = 1). */
 void mt_tree_sum_down(const int64_t *parent, size_t n, const int64_t *add, int64_t *out);
+/* Site values onto their leaf nodes: bytes[leaf[i]] += size[i] (count, numpy
+ * likewise), first[leaf[i]] = the least pos[i]; the node arrays (n_nodes each)
+ * start at 0 (first at INT64_MAX). */
+void mt_tree_leaf_values(const int64_t *leaf, size_t n, const int64_t *size, const int64_t *count,
+                         const int64_t *numpy, const int64_t *pos, size_t n_nodes, int64_t *bytes,
+                         int64_t *counts, int64_t *numpys, int64_t *first);
 /* Subtree totals of a tree whose nodes come after their parents (node 0 the
  * root): each node's values are added to its parent's, first is their minimum. */
 void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,

@@ -88,10 +88,9 @@ class Tree:
         n = len(self)
         tree = Tree({c: getattr(self, c) for c in self.COLUMNS}, self.names, self.files)
         tree.shape = self.shape
-        tree.bytes, tree.count = st.group_sum(leaf, size, n), st.group_sum(leaf, count, n)
-        tree.numpy = st.group_sum(leaf, numpy, n)
-        tree.first = np.full(n, np.iinfo(np.int64).max, np.int64)
-        np.minimum.at(tree.first, leaf, first)
+        tree.bytes, tree.count, tree.numpy, tree.first = (np.empty(n, np.int64) for _ in range(4))
+        lib.mt_tree_leaf_values(_ptr(leaf), len(leaf), _ptr(size), _ptr(count), _ptr(numpy), _ptr(first), n,
+                                _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy), _ptr(tree.first))
         lib.mt_tree_sum_up(_ptr(self.parent), n, _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy),
                            _ptr(tree.first))
         return tree
@@ -111,14 +110,13 @@ class Tree:
             self._kids, self._threshold = kids, threshold
         return self._start, self._kids
 
-    def children_totals(self):
-        """Per node: number of children, and their bytes, count and NumPy bytes."""
-        if self.__dict__.get("_totals") is None:
-            kids = np.flatnonzero(self.bytes[1:] > 0) + 1
-            up = self.parent[kids]
-            self._totals = (np.bincount(up, minlength=len(self)), *(
-                st.group_sum(up, col[kids], len(self)) for col in (self.bytes, self.count, self.numpy)))
-        return self._totals
+    def children_totals(self, threshold: int = 0):
+        """Per node: its number of children, their bytes, count and NumPy bytes,
+        and those of its children under threshold: (n, [3 totals], [3 totals])."""
+        out = [np.empty(len(self), np.int64) for _ in range(7)]
+        lib.mt_tree_child_sums(_ptr(self.parent), len(self), _ptr(self.bytes), _ptr(self.count),
+                               _ptr(self.numpy), threshold, *map(_ptr, out))
+        return out[0], out[1:4], out[4:]
 
     def subset(self, keep: np.ndarray):
         """(a tree of the nodes where keep is set, their numbers in this one); the
@@ -380,9 +378,7 @@ def flatten(tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000,
     threshold = max(1, int(int(tree.bytes[0]) * min_share))
     # what is left out is summed on the whole tree; the rest is laid out on the
     # nodes that can be shown (their parents can too: bytes grow towards the root)
-    n_kids, *every = tree.children_totals()
-    kids = np.flatnonzero((tree.bytes > 0) & (tree.bytes < threshold))
-    small = [st.group_sum(tree.parent[kids], col[kids], len(tree)) for col in (tree.bytes, tree.count, tree.numpy)]
+    n_kids, every, small = tree.children_totals(threshold)
     keep = tree.bytes >= threshold
     keep[0] = True
     shown_tree, nodes = tree.subset(keep)

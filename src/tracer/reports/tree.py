@@ -9,7 +9,8 @@ def render(model: Model, out, metric: str = "peak", min_share: float = 0.01,
     tree = flame.build_tree(model, metric)
     size, count, numpy = tree.bytes.tolist(), tree.count.tolist(), tree.numpy.tolist()
     total = size[0] or 1
-    n_kids, kid_bytes = (a.tolist() for a in tree.children_totals()[:2])
+    n_kids, (kid_bytes, _count, _numpy), _small = tree.children_totals()
+    n_kids, kid_bytes = n_kids.tolist(), kid_bytes.tolist()
     out.write(f"{flame.METRIC_TITLES[metric]}: {human(size[0])} in {count[0]:,} blocks\n")
     stack = [(0, "", True, 0)]
     while stack:
