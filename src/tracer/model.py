@@ -249,7 +249,9 @@ def build_model(capture: Capture) -> Model:
         elif sd.exit_totals is not None:
             totals, sites = _live_at_exit_point(sd)
         else:
-            totals, sites = sd.totals, sd.sites.copy()  # writable: track_temporary fills it
+            totals, sites = sd.totals, sd.sites
+        if not sites.flags.writeable:
+            sites = sites.copy()  # track_temporary fills in its temporary columns
         meta = bytes(sd.meta)
         codes, table, libs, threads, texts, heapstats = _parse_meta(meta)
         text = {}

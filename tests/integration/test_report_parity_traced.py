@@ -145,3 +145,18 @@ def test_report_commands_run(traced, tmp_path):
         assert out.returncode == 0, (args, out.stderr)
     stats = json.loads(memtrace("stats", "--json", cap).stdout)
     assert stats["by_line"] == json.loads(json.dumps(tables.by_line(model)))
+
+
+def test_temporary_view_of_a_cut_short_capture(traced, tmp_path):
+    """A capture cut short has no final aggregate: its sites come from replaying the
+    events, and the temporary view (a second replay) fills in their columns."""
+    _script, model = traced
+    data = open(model.capture.path, "rb").read()
+    cut = tmp_path / "cut.mtrace"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    out = memtrace("tree", "--temporary", "--raw", cut)
+    assert out.returncode == 3, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("temporary allocations") and " 0 blocks" not in first, first
+    html = memtrace("flamegraph", "--temporary", "-o", tmp_path / "cut.html", cut)
+    assert html.returncode == 3 and (tmp_path / "cut.html").stat().st_size > 10_000, html.stderr
