@@ -5,14 +5,15 @@
 Without --capture, it writes a Python program whose functions call each other along
 ~--stacks different paths and allocate at the end of each (so every path is a stack
 of its own), traces it with `memtrace run --no-report`, and then runs each report
-command on the capture, whole commands (interpreter start included), plus the
-at-exit report (HTML + terminal summary, as `memtrace run` makes it) in process.
-It needs only this repository (memtrace installed from it) and NumPy.
+command on the capture, whole commands (interpreter start included), and the reports
+`memtrace run` writes at exit (HTML + terminal summary), timed in a process that has
+already imported them (as memtrace has by then). It needs only this repository
+(memtrace installed from it, with its NumPy).
 """
 import argparse
 import json
-import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,15 +31,22 @@ REPORTS = {
     "export speedscope": ["export", "--format", "speedscope", "-o", "{tmp}/out.speedscope.json"],
     "export pprof": ["export", "--format", "pprof", "-o", "{tmp}/out.pb.gz"],
 }
+# The reports `memtrace run` writes at exit, timed after their imports (which
+# memtrace makes while the program runs).
 AT_EXIT = """
-import io, sys, time
+import sys, time
+from tracer import cli
 from tracer.model import load
 from tracer.reports import html, summary
 t = time.perf_counter()
-model = load(sys.argv[1])
-with open(sys.argv[2], "w") as out:
-    html.render(model, out, temporary=True)
-summary.render(model, io.StringIO())
+if hasattr(cli, "write_reports"):
+    cli.write_reports(sys.argv[1])
+else:  # an older memtrace: the same steps
+    model = load(sys.argv[1])
+    small = sum(p.totals.get("n_events", 0) for p in model.processes) <= 2_000_000
+    with open(sys.argv[1] + ".html", "w") as out:
+        html.render(model, out, temporary=small)
+    summary.render(model, sys.stderr)
 print(time.perf_counter() - t)
 """
 
@@ -116,14 +124,16 @@ def main():
         tmp = Path(tmp)
         capture = Path(args.capture) if args.capture else make_capture(tmp, args.stacks)
         print(describe(capture))
+        copy = tmp / "at_exit.mtrace"  # the at-exit reports are written next to it
+        shutil.copyfile(capture, copy)
         times = {name: [] for name in REPORTS}
         times["at-exit report (in process)"] = []
         for _ in range(args.runs):
             for name, cmd in REPORTS.items():
                 argv = [py, "-m", "tracer", *(a.format(tmp=tmp) for a in cmd), str(capture)]
                 times[name].append(timed(argv))
-            out = subprocess.run([py, "-c", AT_EXIT, str(capture), os.path.join(tmp, "exit.html")],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run([py, "-c", AT_EXIT, str(copy)], check=True, capture_output=True,
+                                 text=True).stdout
             times["at-exit report (in process)"].append(float(out))
         medians = {name: statistics.median(v) for name, v in times.items()}
         print(f"{'report':32} {'median s':>9} {'min':>7} {'max':>7}   (runs: {args.runs})")

@@ -79,23 +79,29 @@ class RunCommand:
             heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate,
             redact_argv=args.redact_argv))
         if not args.no_report:
-            from tracer.model import load
-            from tracer.reports import html, summary
-
-            model = load(result.capture)
-            html_path = result.capture + ".html"
-            small = sum(p.totals.get("n_events", 0) for p in model.processes) <= 2_000_000
-            _write_output(html_path, lambda out: html.render(model, out, temporary=small),
-                          announce=False)
-            if not args.quiet:
-                summary.render(model, sys.stderr)
-                sys.stderr.write(f"  capture: {result.capture}\n  report:  {html_path}\n")
+            write_reports(result.capture, args.quiet)
         global _run_complete
         _run_complete = True
         return result.status
 
 
 REPORTS_PRELOAD_DELAY = 0.5  # seconds: after the collector and the target have started
+TEMPORARY_AT_EXIT_EVENTS = 2_000_000  # the HTML at exit replays at most this many events
+
+
+def write_reports(capture: str, quiet: bool = False) -> None:
+    """The reports at the end of `memtrace run`: the HTML report next to the capture
+    (with the temporary view when replaying the events is quick) and the summary."""
+    from tracer.model import load
+    from tracer.reports import html, summary
+
+    model = load(capture)
+    html_path = capture + ".html"
+    small = sum(p.totals.get("n_events", 0) for p in model.processes) <= TEMPORARY_AT_EXIT_EVENTS
+    _write_output(html_path, lambda out: html.render(model, out, temporary=small), announce=False)
+    if not quiet:
+        summary.render(model, sys.stderr)
+        sys.stderr.write(f"  capture: {capture}\n  report:  {html_path}\n")
 
 
 def _preload_reports() -> None:
