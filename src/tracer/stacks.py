@@ -43,8 +43,15 @@ HEAPSTATS_RECORD = np.dtype([("position", "<u8"), ("reason", "<u4"), ("cost_ns",
 
 def fixed_records(data: bytes, offsets: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Records of one fixed layout at these payload offsets (each long enough)."""
-    raw = np.frombuffer(data, np.uint8)
-    rows = raw[offsets[:, None] + np.arange(dtype.itemsize)]
+    if dtype.itemsize % 4 == 0 and not (offsets % 4).any():
+        # payloads follow 4-byte record headers at 4-byte boundaries: gather words
+        words = np.frombuffer(data, np.uint32, len(data) // 4)
+        at = offsets // 4
+        rows = np.empty((len(offsets), dtype.itemsize // 4), np.uint32)
+        for k in range(rows.shape[1]):
+            rows[:, k] = words[at + k]
+    else:
+        rows = np.frombuffer(data, np.uint8)[offsets[:, None] + np.arange(dtype.itemsize)]
     return np.ascontiguousarray(rows).view(dtype).reshape(-1)
 
 
@@ -118,6 +125,9 @@ class StackTable:
         """Positions of ids in sorted_ids, `missing` where absent."""
         if len(sorted_ids) == 0:
             return np.full(len(ids), missing, np.int64)
+        if sorted_ids[0] == 1 and sorted_ids[-1] == len(sorted_ids):  # ids 1..n, as the shim numbers them
+            at = ids - 1
+            return np.where((at >= 0) & (at < len(sorted_ids)), at, missing).astype(np.int64)
         at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         return np.where(sorted_ids[at] == ids, at, missing).astype(np.int64)
 

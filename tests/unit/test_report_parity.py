@@ -235,3 +235,14 @@ def test_group_sums_are_exact_beyond_float_precision():
     assert st.group_sum(ids, values, 4).tolist() == [2**63 - 1, 2**53 + 1, -5, 0]
     small = np.array([3, 4, 5], np.uint64)
     assert st.group_sum(np.array([1, 1, 0]), small, 2).tolist() == [5, 7]
+
+
+def test_node_ids_with_gaps():
+    """Node ids need not be 1..n (a capture cut short, or another numbering)."""
+    nodes = np.zeros(3, st.NODE_RECORD)
+    nodes["id"], nodes["parent"], nodes["code"], nodes["line"] = [9, 3, 7], [7, 0, 3], [5, 5, 6], [1, 2, 3]
+    table = st.StackTable(nodes, {5: ("a.py", "f", 1), 6: ("b.py", "g", 1)})
+    starts, frames = table.paths(table.rows([9, 4, 0]))
+    assert [table.ids[f] if f >= 0 else f for f in frames.tolist()] == [3, 7, 9, st.LOST]
+    assert starts.tolist() == [0, 3, 4, 4]
+    assert [table.files[table.code[r]] for r in table.rows([9, 7])] == ["a.py", "b.py"]
