@@ -106,6 +106,7 @@ def read_capture(path: str) -> Capture:
                                f"this memtrace reads format {fmt.FORMAT_VERSION}")
         info, end, streams, truncated = {}, None, {}, None
         previous = {}  # (type, stream) -> payload of the last DELTA_TYPES chunk
+        plain = zstandard.ZstdDecompressor()
         pos = fmt.FILE_HEADER.size
         while pos < size:
             header = f.read(fmt.CHUNK_HEADER.size)
@@ -121,7 +122,7 @@ def read_capture(path: str) -> Capture:
                 truncated = pos
                 break
             if ctype in (fmt.CHUNK_Z, fmt.CHUNK_ZD):
-                ctype, body = _unwrap(path, pos, f.read(length), ctype, sid, previous)
+                ctype, body = _unwrap(path, pos, f.read(length), ctype, sid, previous, plain)
             elif ctype in fmt.DELTA_TYPES:
                 body = f.read(length)
             else:
@@ -159,9 +160,10 @@ def read_capture(path: str) -> Capture:
     return Capture(path, info, streams, end, truncated)
 
 
-def _unwrap(path, pos, data, outer, sid, previous) -> tuple:
+def _unwrap(path, pos, data, outer, sid, previous, plain) -> tuple:
     """(inner type, payload) of a compressed chunk; a delta chunk (CHUNK_ZD) is
-    decompressed against its stream's previous payload of its type."""
+    decompressed against its stream's previous payload of its type, another with
+    `plain` (one decompressor for the whole read: a new one costs its memory)."""
     if len(data) >= fmt.ZCHUNK_HEADER.size:
         ctype, length = fmt.ZCHUNK_HEADER.unpack_from(data)
         if outer == fmt.CHUNK_ZD:
@@ -172,8 +174,7 @@ def _unwrap(path, pos, data, outer, sid, previous) -> tuple:
                 fmt.CHUNK_Z, fmt.CHUNK_ZD, fmt.CHUNK_ZEVENTS, fmt.CHUNK_EVENTS)
         if usable and length <= fmt.MAX_CHUNK:
             try:
-                d = zstandard.ZstdDecompressor(dict_data=prefix_dict(prefix)) if prefix else \
-                    zstandard.ZstdDecompressor()
+                d = zstandard.ZstdDecompressor(dict_data=prefix_dict(prefix)) if prefix else plain
                 body = d.decompress(data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
             except (zstandard.ZstdError, MemoryError):  # a corrupt length can be absurd
                 body = None
