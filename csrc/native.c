@@ -1121,6 +1121,11 @@ void mt_tree_child_sums(const int64_t *parent, size_t n, const int64_t *bytes, c
     }
 }
 
+void mt_nearest_flagged(const int64_t *parent, const uint8_t *flag, size_t n, int64_t *out) {
+    for (size_t r = 0; r < n; r++)
+        out[r] = flag[r] ? (int64_t)r : parent[r] < 0 ? parent[r] : out[parent[r]];
+}
+
 void mt_tree_sum_down(const int64_t *parent, size_t n, const int64_t *add, int64_t *out) {
     for (size_t i = 0; i < n; i++)
         out[i] = (i ? out[parent[i]] : 0) + add[i];

@@ -162,6 +162,10 @@ void mt_tree_child_sums(const int64_t *parent, size_t n, const int64_t *bytes, c
                         const int64_t *numpy, int64_t threshold, int64_t *n_kids, int64_t *all_bytes,
                         int64_t *all_count, int64_t *all_numpy, int64_t *small_bytes,
                         int64_t *small_count, int64_t *small_numpy);
+/* For each row of a forest whose rows come after their parents (parent[r] < r;
+ * -1, -2: none, lost): the first row from r towards the root, r included, whose
+ * flag is set, else the end of its chain (-1 or -2). */
+void mt_nearest_flagged(const int64_t *parent, const uint8_t *flag, size_t n, int64_t *out);
 /* Running sums from the root down a tree whose nodes come after their parents:
  * out[0] = add[0], out[i] = out[parent[i]] + add[i] (depths, with add = 1). */
 void mt_tree_sum_down(const int64_t *parent, size_t n, const int64_t *add, int64_t *out);

@@ -176,7 +176,14 @@ def nearest_flagged(parent: np.ndarray, flag: np.ndarray, rows) -> np.ndarray:
     """For each row, the first row from it towards the root (itself included)
     whose flag is set, else where its chain ends (ROOT or LOST); parent links
     must not go round (see chain_depths)."""
-    step = np.where(flag, np.arange(len(parent)), parent)
+    rows_now = np.arange(len(parent))
+    if (parent < rows_now).all():  # parents first (the shim numbers them so): one pass
+        step = np.empty(len(parent), np.int64)
+        lib.mt_nearest_flagged(ffi.from_buffer("int64_t[]", np.ascontiguousarray(parent, np.int64)),
+                               ffi.from_buffer("uint8_t[]", np.ascontiguousarray(flag, np.uint8)),
+                               len(parent), ffi.from_buffer("int64_t[]", step))
+        return take(step, rows)
+    step = np.where(flag, rows_now, parent)
     # pointer doubling: flagged rows point at themselves, others jump up
     while True:
         moved = take(step, step)

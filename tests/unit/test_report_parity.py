@@ -237,12 +237,17 @@ def test_group_sums_are_exact_beyond_float_precision():
     assert st.group_sum(np.array([1, 1, 0]), small, 2).tolist() == [5, 7]
 
 
-def test_node_ids_with_gaps():
-    """Node ids need not be 1..n (a capture cut short, or another numbering)."""
-    nodes = np.zeros(3, st.NODE_RECORD)
-    nodes["id"], nodes["parent"], nodes["code"], nodes["line"] = [9, 3, 7], [7, 0, 3], [5, 5, 6], [1, 2, 3]
+def test_node_ids_with_gaps_and_parents_numbered_after():
+    """Node ids need not be 1..n, nor parents numbered before their children."""
+    nodes = np.zeros(4, st.NODE_RECORD)
+    nodes["id"], nodes["parent"] = [9, 3, 7, 12], [7, 12, 3, 0]
+    nodes["code"], nodes["line"] = [5, 5, 6, 6], [1, 2, 3, 4]
     table = st.StackTable(nodes, {5: ("a.py", "f", 1), 6: ("b.py", "g", 1)})
     starts, frames = table.paths(table.rows([9, 4, 0]))
-    assert [table.ids[f] if f >= 0 else f for f in frames.tolist()] == [3, 7, 9, st.LOST]
-    assert starts.tolist() == [0, 3, 4, 4]
+    assert [table.ids[f] if f >= 0 else f for f in frames.tolist()] == [12, 3, 7, 9, st.LOST]
+    assert starts.tolist() == [0, 4, 5, 5]
     assert [table.files[table.code[r]] for r in table.rows([9, 7])] == ["a.py", "b.py"]
+    # the innermost frame in b.py, from each node
+    in_b = np.array([f == "b.py" for f in table.files])[table.code]
+    found = table.nearest(table.rows([9, 3, 12, 4]), in_b, lost_flag=False)
+    assert [table.ids[r] if r >= 0 else r for r in found.tolist()] == [7, 12, 12, st.ROOT]

@@ -28,8 +28,10 @@ def lib_name_ids(proc, libs: np.ndarray, names: st.Interner) -> np.ndarray:
 
 
 def heap_sites(model: Model):
-    """The heap sites of every process, one after the other, with their process."""
-    return [(proc, proc.sites[heap_mask(proc.sites)]) for proc in model.processes]
+    """The heap sites of every process, with their process (copies, made once: the
+    temporary columns in them are those of the first call)."""
+    return memo(model, "heap_sites",
+                lambda: [(proc, proc.sites[heap_mask(proc.sites)]) for proc in model.processes])
 
 
 def memo(model: Model, key, make):
