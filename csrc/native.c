@@ -15,6 +15,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 /* ---- Small growable arrays and hashing ------------------------------------ */
 
@@ -859,6 +862,13 @@ int64_t mt_decode(const uint8_t *in, size_t len, mt_event *out, size_t max) {
 }
 
 /* ---- Report helpers ------------------------------------------------------------ */
+
+void mt_keep_freed_memory(void) {
+#ifdef __GLIBC__
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+#endif
+}
 
 size_t mt_meta_index(const uint8_t *data, size_t len, uint16_t *type, uint64_t *offset,
                      uint16_t *length, size_t max) {

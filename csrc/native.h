@@ -111,6 +111,11 @@ size_t mt_encode_more(mt_codec *state, const mt_event *events, size_t n, uint8_t
 int64_t mt_decode_more(mt_codec *state, const uint8_t *in, size_t len, mt_event *out, size_t max);
 /* ---- Report helpers (src/tracer/stacks.py, reports/export.py) ---------------- */
 
+/* For a report process: keep freed memory in glibc's heap rather than unmapping
+ * each large block at free (reports make and drop arrays of megabytes by the
+ * hundred; mapping them afresh costs a page fault per page). No-op elsewhere. */
+void mt_keep_freed_memory(void);
+
 /* Index of a metadata byte stream, record by record as _format.iter_meta reads
  * it (a record cut short ends it): type, payload offset and payload length of
  * the first max records; returns how many records there are. */
