@@ -922,18 +922,22 @@ static pair_slot *pair_slot_of(const pair_map *m, int64_t a, int64_t b) {
     return &m->slots[j];
 }
 
+static int pair_resize(pair_map *m, size_t cap) {
+    pair_map bigger;
+    if (pair_init(&bigger, cap) < 0)
+        return -1;
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->slots[i].a != INT64_MIN)
+            *pair_slot_of(&bigger, m->slots[i].a, m->slots[i].b) = m->slots[i];
+    bigger.count = m->count;
+    free(m->slots);
+    *m = bigger;
+    return 0;
+}
+
 static int pair_put(pair_map *m, int64_t a, int64_t b, int64_t value) {
-    if ((m->count + 1) * 2 > m->cap) {
-        pair_map bigger;
-        if (pair_init(&bigger, m->cap * 2) < 0)
-            return -1;
-        for (size_t i = 0; i < m->cap; i++)
-            if (m->slots[i].a != INT64_MIN)
-                *pair_slot_of(&bigger, m->slots[i].a, m->slots[i].b) = m->slots[i];
-        bigger.count = m->count;
-        free(m->slots);
-        *m = bigger;
-    }
+    if ((m->count + 1) * 2 > m->cap && pair_resize(m, m->cap * 2) < 0)
+        return -1;
     pair_slot *s = pair_slot_of(m, a, b);
     if (s->a == INT64_MIN)
         m->count++;
@@ -996,6 +1000,14 @@ int64_t mt_tree_frames(mt_tree *t, const int64_t *parent, const int64_t *frame, 
     made_node *seen = malloc((nrows ? nrows : 1) * sizeof *seen); /* .parent: base, .row: node */
     if (seen == NULL)
         return -1;
+    /* room for a node per row at once: one table, not a doubling per power of two */
+    size_t want = t->children.cap;
+    while ((t->children.count + nrows + 1) * 2 > want)
+        want *= 2;
+    if (want > t->children.cap && pair_resize(&t->children, want) < 0) {
+        free(seen);
+        return -1;
+    }
     for (size_t r = 0; r < nrows; r++)
         seen[r].parent = -1;
     int64_t next = first_id;

@@ -6,7 +6,7 @@ a Content-Security-Policy forbids any fetch.
 """
 import json
 import threading
-from importlib import resources
+from pathlib import Path
 from typing import Optional
 
 from tracer import reconcile
@@ -147,7 +147,8 @@ def embed_json(obj) -> str:
 def render(model: Model, out, default_view: str = "peak", temporary: Optional[bool] = None) -> None:
     if temporary is None:
         temporary = default_view == "temporary"
-    template = resources.files("tracer.reports").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    # (next to this module: importlib.resources would cost its import to every report)
+    template = (Path(__file__).parent / TEMPLATE).read_text(encoding="utf-8")
     before, after = template.split("__MEMTRACE_DATA__")
     out.write(before)
     out.write(embed_json(report_data(model, default_view, temporary)))
