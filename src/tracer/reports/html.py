@@ -5,8 +5,8 @@ block, with <, > and & escaped, and the page's script writes it with textContent
 a Content-Security-Policy forbids any fetch.
 """
 import json
+import os
 import threading
-from pathlib import Path
 from typing import Optional
 
 from tracer import reconcile
@@ -148,7 +148,8 @@ def render(model: Model, out, default_view: str = "peak", temporary: Optional[bo
     if temporary is None:
         temporary = default_view == "temporary"
     # (next to this module: importlib.resources would cost its import to every report)
-    template = (Path(__file__).parent / TEMPLATE).read_text(encoding="utf-8")
+    with open(os.path.join(os.path.dirname(__file__), TEMPLATE), encoding="utf-8") as f:
+        template = f.read()
     before, after = template.split("__MEMTRACE_DATA__")
     out.write(before)
     out.write(embed_json(report_data(model, default_view, temporary)))
