@@ -108,7 +108,8 @@ def describe(capture: Path) -> str:
     model = load(str(capture))
     stacks = sum(len(set(p.sites["stack"].tolist())) for p in model.processes)
     sites = sum(len(p.sites) for p in model.processes)
-    return f"{capture.name}: {capture.stat().st_size / 1e6:.1f} MB, {sites:,} sites, {stacks:,} distinct stacks"
+    size = capture.stat().st_size / 1e6
+    return f"{capture.name}: {size:.1f} MB, {sites:,} sites, {stacks:,} distinct stacks"
 
 
 def main():

@@ -173,7 +173,8 @@ def _classify(v: dict, sps: List[int], tracer: List[tuple]) -> np.ndarray:
         ("bigblock", (v["blocks"] != 0) & (v["top_bytes"] * 2 >= (end - start).view(np.int64))),
         ("arena", v["blocks"] != 0),
         ("file", joins_prev & before(slash) & flag(["w" in q for q in perms])),  # a library's .bss
-        ("stack", joins_prev & before(guard) & flag([q.startswith("rw") for q in perms])),  # above its guard page
+        # a thread stack above its guard page
+        ("stack", joins_prev & before(guard) & flag([q.startswith("rw") for q in perms])),
         ("arena", joins_next & after(guard) & (start % (64 << 20) == 0)),  # glibc arena, reserve after it
     ]
     return np.select([r for _, r in rules], [k for k, _ in rules], "untracked").reshape(n)

@@ -106,7 +106,8 @@ class Tree:
         if self._threshold != threshold:
             big = np.flatnonzero((self.bytes[1:] >= threshold) & (self.bytes[1:] > 0)) + 1
             kids = big[np.lexsort((self.first[big], -self.bytes[big], self.parent[big]))]
-            self._start = np.concatenate(([0], np.cumsum(np.bincount(self.parent[kids], minlength=len(self)))))
+            per_node = np.bincount(self.parent[kids], minlength=len(self))
+            self._start = np.concatenate(([0], np.cumsum(per_node)))
             self._kids, self._threshold = kids, threshold
         return self._start, self._kids
 
