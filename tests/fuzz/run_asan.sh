@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
-WORK=${2:-$(mktemp -d /tmp/memtrace-asan.XXXXXX)}
+WORK=${2:-$(mktemp -d -t memtrace-asan.XXXXXX)}
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
 if [ ! -e "$ASAN_LIB" ] || [ "$ASAN_LIB" = "libasan.so" ]; then
   echo "run_asan.sh: gcc's libasan is not installed" >&2

@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 
-from r2util import MEMTRACE, memtrace
+from helpers import MEMTRACE, memtrace
 
 SECRET_ARG = "--password=hunter2-arg-SECRET"
 SECRET_ENV = "s3cr3t-ENV-value-7d1e"

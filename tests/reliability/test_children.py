@@ -2,13 +2,12 @@
 spawn and forkserver pools, subprocess (vfork/posix_spawn) and os.posix_spawn. Every
 process has its own stream with exact counts, the tree is rebuilt from pid/ppid, the
 parent's connection survives thousands of spawns."""
-import re
 import sys
 from collections import Counter
 
 import pytest
 
-from reltools import Raw, live_model_check, stats, traced
+from helpers import Raw, live_model_check, stats, traced
 
 POOL = """
 import ctypes, multiprocessing, os, sys
@@ -92,7 +91,7 @@ def test_multiprocessing_spawn_and_forkserver_tree(tmp_path, method):
     fork server for forkserver), no stream is duplicated or orphaned, and each worker's
     counts are exact."""
     raw, main, results = _pool_run(tmp_path, method)
-    expected = _check_exact_per_worker(raw, main, results)
+    _check_exact_per_worker(raw, main, results)
     procs = {}
     for sd, _ in raw.streams.values():
         if sd.end.get("how") != "exec":

@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from reltools import (KIND, Raw, Shared, cbuild, children_of, env_of, library_row,  # noqa: F401
-                      live_model_check, proc_state, reaped, reaper_popen, spawned_pid, stats,
-                      traced_popen, wait_for)
+from helpers import (Raw, Shared, children_of, env_of, live_model_check, proc_state, reaped,
+                     reaper_popen, spawned_pid, stats, traced_popen, wait_for)
 
 
 def _target_of(collector: int, exe_name: str, timeout=30) -> int:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from reltools import Raw, cbuild, proc_state, stats, traced, traced_popen, wait_for  # noqa: F401
+from helpers import Raw, proc_state, stats, traced, traced_popen, wait_for
 
 
 def _run_daemon(cbuild, tmp_path, *extra):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reltools import (Raw, Shared, cbuild, children_of, chunk_types, library_row,  # noqa: F401
-                      proc_state, stats, traced, traced_popen, wait_for)
+from helpers import (Raw, Shared, children_of, chunk_types, library_row, stats, traced,
+                     traced_popen, wait_for)
 from tracer import _format as fmt
 
 ENDINGS = [  # mode, exit status of memtrace, end as stats names it

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from reltools import Raw, cbuild, live_model_check, traced  # noqa: F401
+from helpers import Raw, live_model_check, traced
 
 
 def _children(raw, main):

@@ -13,14 +13,13 @@ reader (tests/fuzz/run_asan.sh).
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from r2util import ROOT, build, need_cc, trace
+from helpers import ROOT, build, memtrace, need_compiler, traced
 
 FUZZ = ROOT / "tests" / "fuzz" / "fuzz_reader.py"
 SEED_C = r"""
@@ -43,12 +42,12 @@ KNOWN = {
 
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory):
-    need_cc()
+    need_compiler()
     tmp = tmp_path_factory.mktemp("fuzzseed")
     (tmp / "seed.c").write_text(SEED_C)
     exe = build(tmp / "seed.c", tmp / "seedprog")
     cap = tmp / "seed.mtrace"
-    out = trace(cap, [exe])
+    out = traced([exe], cap, "--no-report")
     assert out.returncode == 0, out.stderr
     return cap
 
@@ -86,7 +85,8 @@ def test_fuzz_reader_every_offset(seed, tmp_path):
 @pytest.mark.slow
 def test_fuzz_reader_python_capture(tmp_path):
     cap = tmp_path / "py.mtrace"
-    out = trace(cap, [sys.executable, "-c", "import json; x = [bytearray(1000) for i in range(50)]"])
+    out = traced([sys.executable, "-c", "import json; x = [bytearray(1000) for i in range(50)]"],
+                 cap, "--no-report")
     assert out.returncode == 0
     data = fuzz(tmp_path, cap, "--flips", "300", timeout=3000)
     check(data)
@@ -94,7 +94,7 @@ def test_fuzz_reader_python_capture(tmp_path):
 
 @pytest.mark.slow
 def test_fuzz_reader_under_asan(seed, tmp_path):
-    need_cc()
+    need_compiler()
     asan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
     if asan.returncode != 0 or not os.path.isabs(asan.stdout.strip()):
         pytest.skip("gcc's libasan is not installed")
@@ -110,7 +110,7 @@ def test_fuzz_reader_under_asan(seed, tmp_path):
 
 @pytest.mark.slow
 def test_reader_has_no_undefined_behaviour_on_replay(seed, tmp_path):
-    need_cc()
+    need_compiler()
     native = tmp_path / "native"
     build_script = (
         "import importlib.util, os, sys\n"
@@ -181,7 +181,6 @@ def one_clean_line(out):
 
 
 def test_exit_aggregate_without_heap_is_refused(seed, tmp_path):
-    from r2util import memtrace
 
     def drop_heap(obj):
         if obj.get("checkpoint") == "exit":
@@ -198,7 +197,6 @@ def test_exit_aggregate_without_heap_is_refused(seed, tmp_path):
 def test_snapshot_without_time_is_refused(seed, tmp_path):
     """A damaged snapshot whose JSON still parses (a bit flip in a key) is corrupt,
     not a KeyError in the reconciliation (found by the fuzzer in a run)."""
-    from r2util import memtrace
 
     def drop_time(obj):
         obj["u"] = obj.pop("t")
@@ -214,7 +212,6 @@ def test_snapshot_without_time_is_refused(seed, tmp_path):
 
 
 def test_snapshot_with_short_vma_row_is_refused(seed, tmp_path):
-    from r2util import memtrace
 
     def shorten(obj):
         if obj.get("vmas"):

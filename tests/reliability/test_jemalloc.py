@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from r2util import TARGETS, build, shim_so, stats, streams, trace
+from helpers import TARGETS, build, shim_so, stats, streams, traced
 
 
 def jemalloc_path():
@@ -62,14 +62,13 @@ def run_python(tmp_path, env_preload=None, jemalloc_first=False):
     else:
         env["LD_PRELOAD"] = je
         argv = [sys.executable, script]
-    run = trace(cap, argv, timeout=60, env=env, cwd=tmp_path)
+    run = traced(argv, cap, "--no-report", timeout=60, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "done" in run.stdout
     return cap, script
 
 
 def rows(st, script):
-    from r2util import ROOT  # noqa: F401
     text = script.read_text().splitlines()
     marks = {m: n for n, line in enumerate(text, 1) for m in ("ALLOC", "FREE", "KEEP") if f"# {m}" in line}
     by = {}
@@ -120,7 +119,7 @@ def guarded(tmp_path_factory):
     exe = build(TARGETS / "jemalloc_guard.c", tmp / "jemalloc_guard")
     cap = tmp / "g.mtrace"
     env = dict(os.environ, LD_PRELOAD=jemalloc_path())
-    run = trace(cap, [exe], timeout=60, env=env)
+    run = traced([exe], cap, "--no-report", timeout=60, env=env)
     assert run.returncode == 0, run.stderr
     return cap, int(run.stdout.split()[1])
 

@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from r2util import TARGETS, build, memtrace, terminal_safe
+from helpers import TARGETS, build, memtrace, terminal_safe
 
 ANSI = "\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\x1b[2J\x1b[31m"
 HOSTILE = "</script><img src=x onerror=alert(1)>\"'&<>\u2028\u2029\u202e" + ANSI

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from reltools import Raw, cbuild, live_model_check, stats, traced  # noqa: F401
+from helpers import Raw, live_model_check, stats, traced
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ is recorded exactly once.
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from r2util import TARGETS, build, shim_so, stats, streams, trace
+from helpers import TARGETS, build, shim_so, stats, streams, traced
 
 
 def readelf(*args):
@@ -56,7 +55,7 @@ def churn(tmp_path_factory):
     lib = build(TARGETS / "tls_lib.c", tmp / "libbigtls.so", "-shared", "-fPIC")
     exe = build(TARGETS / "tls_churn.c", tmp / "tls_churn", "-pthread", "-ldl")
     cap = tmp / "tls.mtrace"
-    run = trace(cap, [exe, lib, "0.6"], timeout=90)
+    run = traced([exe, lib, "0.6"], cap, "--no-report", timeout=90)
     return run, cap
 
 
@@ -94,7 +93,7 @@ def test_every_malloc_is_filed_under_its_caller(tmp_path):
     slow = build(TARGETS / "dladdr_wait.c", tmp_path / "libslow.so", "-shared", "-fPIC",
                  "-DSLOW_LIB")
     cap = tmp_path / "dw.mtrace"
-    run = trace(cap, [exe, slow], timeout=60)
+    run = traced([exe, slow], cap, "--no-report", timeout=60)
     assert run.returncode == 0, run.stderr
     (p, events), = streams(cap)
     exe_ids = {lid for lid, path in p.libs.items() if path.endswith("/dladdr_wait")}
