@@ -10,6 +10,7 @@ Pytest fixtures live in tests/conftest.py; test files import these by name
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -166,6 +167,13 @@ def children_of(pid: int):
     return [int(x) for x in text.split()]
 
 
+def kill_if_running(pid) -> None:
+    """SIGKILL a program a test started if it is still running (a failed test must not
+    leave it behind)."""
+    if pid is not None and proc_state(pid) not in (None, "Z"):
+        os.kill(pid, signal.SIGKILL)
+
+
 def proc_state(pid: int):
     """Single-letter state from /proc/PID/stat, or None if the process is gone."""
     try:
@@ -173,6 +181,58 @@ def proc_state(pid: int):
     except OSError:
         return None
     return stat[stat.rindex(")") + 2]
+
+
+# Syscalls a thread waiting for something (a timer or another thread) sits in.
+_WAITING_SYSCALLS = {
+    "x86_64": {35: "nanosleep", 230: "clock_nanosleep", 202: "futex", 449: "futex_waitv"},
+    "aarch64": {101: "nanosleep", 115: "clock_nanosleep", 98: "futex", 449: "futex_waitv"},
+}.get(os.uname().machine, {})
+
+
+def thread_waiting(pid: int, tid: int) -> bool:
+    """The thread is asleep in the kernel (state S or D) inside a sleep or futex call:
+    waiting, not running and not merely waiting for a CPU."""
+    task = Path(f"/proc/{pid}/task/{tid}")
+    try:
+        stat = (task / "stat").read_text()
+        syscall = (task / "syscall").read_text().split()
+    except OSError:
+        return False
+    if stat[stat.rindex(")") + 2] not in "SD":
+        return False
+    if not syscall or not syscall[0].lstrip("-").isdigit():
+        return False  # "running"
+    return int(syscall[0]) in _WAITING_SYSCALLS
+
+
+def process_waiting(pid: int) -> bool:
+    """Every thread of the process is asleep in a sleep or futex call."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    return bool(tids) and all(thread_waiting(pid, tid) for tid in tids)
+
+
+def wait_until_blocked(pid: int, progress, polls: int = 10, interval: float = 0.02,
+                       timeout: float = 30.0, what: str = "the program to block"):
+    """Wait until the process is observably blocked: progress() (a counter the program
+    moves as it works) has not changed across `polls` consecutive polls `interval`
+    apart, and every one of its threads is asleep in a sleep or futex call at the
+    same time. Returns the counter. Fails the test after `timeout` seconds: a program
+    that keeps going is never taken for a blocked one."""
+    deadline = time.monotonic() + timeout
+    last, still = progress(), 0
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = progress()
+        still = still + 1 if now == last else 0
+        last = now
+        if still >= polls and process_waiting(pid):
+            return now
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} "
+                         f"(counter {last}, unchanged for {still} polls)")
 
 
 class Shared:

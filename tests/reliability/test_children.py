@@ -160,11 +160,12 @@ def test_thousand_subprocess_runs_and_posix_spawns(tmp_path):
     # every child that exec'd true was traced (the loader preloaded the shim) ...
     assert len(trues) == 2 * n
     assert {sd.info["ppid"] for sd in trues} == {main}
-    # ... and any stream a fork child opened before exec'ing is marked as exec'd
+    # ... and any stream a fork child opened before exec'ing is marked as exec'd, and
+    # continued by the stream of the program it exec'd
     pre_exec = [sd for sd, _ in raw.streams.values() if sd.end.get("how") == "exec"]
+    assert {sd.info["pid"] for sd in pre_exec} <= {sd.info["pid"] for sd in trues}
     st = stats(cap)
     argv0 = Counter(p["argv"][0] if p["argv"] else None for p in st["processes"]
                     if p["pid"] != main and p["end"].get("how") != "exec")
     assert argv0 == {"/bin/true": 2 * n}, argv0
     assert st["dropped_events"] == 0
-    print(f"\n2000 spawns: {len(trues)} child streams, {len(pre_exec)} pre-exec fork streams")

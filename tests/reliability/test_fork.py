@@ -45,7 +45,6 @@ def test_fork_storm_under_threads(cbuild, tmp_path):
     for _, kev in kids:
         live, problems = live_model_check(kev, forked=True)
         assert problems == [] and 3131 not in live.values()
-    print(f"\n{forks} forks in 3 s, {sum(per_thread.values())} parent allocations, all exact")
 
 
 def test_fork_in_signal_handler_1000_times(cbuild, tmp_path):

@@ -57,7 +57,6 @@ def test_ten_thousand_threads_with_allocating_teardown(cbuild, tmp_path):
     live, problems = live_model_check(ev)
     assert problems == []
     assert not set(live.values()) & {1111, 2222, 2223, 3333}
-    print(f"\nRssAnon after 1,000 threads {a1}, after 10,000 {a2}")
 
 
 @pytest.mark.slow
