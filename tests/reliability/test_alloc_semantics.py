@@ -1,4 +1,4 @@
-"""Item 22: realloc/calloc/memalign corner cases against a reference model.
+"""realloc/calloc/memalign corner cases against a reference model.
 
 The C target (tests/targets/alloc_semantics.c) keeps a ledger of the blocks it holds
 (what libc actually returned, at the size asked for) and prints it after each step,

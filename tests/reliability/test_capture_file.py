@@ -1,4 +1,4 @@
-"""Item 28: capture (and report) file safety.
+"""Capture (and report) file safety.
 
 - umask 000: the capture and the HTML report are still 0600;
 - a symlink planted at the output path: refused in one line (with and without -f), the

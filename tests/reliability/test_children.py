@@ -1,7 +1,7 @@
-"""Child processes the Python way (plan items 9, 10, 11): multiprocessing with fork,
-spawn and forkserver pools, subprocess (vfork/posix_spawn) and os.posix_spawn. Every
-process has its own stream with exact counts, the tree is rebuilt from pid/ppid, the
-parent's connection survives thousands of spawns."""
+"""Child processes the Python way: multiprocessing with fork, spawn and forkserver
+pools, subprocess (vfork/posix_spawn) and os.posix_spawn. Every process has its own
+stream with exact counts, the tree is rebuilt from pid/ppid, the parent's connection
+survives thousands of spawns."""
 import sys
 from collections import Counter
 

@@ -1,7 +1,6 @@
-"""What the traced program sees when the collector misbehaves: errno is never touched
-(plan item 5), a stopped collector only makes the program wait and loses nothing
-(item 14), a killed collector never kills or hangs the program nor changes its signal
-dispositions (item 13)."""
+"""What the traced program sees when the collector misbehaves: errno is never touched, a
+stopped collector only makes the program wait and loses nothing, a killed collector
+never kills or hangs the program nor changes its signal dispositions."""
 import os
 import re
 import signal
@@ -36,7 +35,7 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-# ---- item 5 ------------------------------------------------------------------------
+# ---- errno -------------------------------------------------------------------------
 
 def test_errno_unchanged_while_collector_runs_stops_and_dies(cbuild, tmp_path):
     """errno = EILSEQ survives every hooked call (malloc, calloc, realloc, reallocarray,
@@ -81,7 +80,7 @@ def test_errno_unchanged_while_collector_runs_stops_and_dies(cbuild, tmp_path):
     assert out.split("\n")[:3] == ["phase 1 changed 0", "phase 2 changed 0", "phase 3 changed 0"]
 
 
-# ---- item 14 -----------------------------------------------------------------------
+# ---- a stopped collector: backpressure ---------------------------------------------
 
 @pytest.mark.slow
 def test_sigstop_collector_10s_target_waits_then_finishes_exactly(cbuild, tmp_path):
@@ -140,7 +139,7 @@ def test_sigstop_collector_10s_target_waits_then_finishes_exactly(cbuild, tmp_pa
     assert st["dropped_events"] == 0 and st["complete"]
 
 
-# ---- a killed collector -----------------------------------------------------------
+# ---- a killed collector ------------------------------------------------------------
 
 def _signal_masks(text: str) -> dict:
     return dict(re.findall(r"^(SigIgn|SigCgt|SigBlk):\s+([0-9a-f]+)$", text, re.M))

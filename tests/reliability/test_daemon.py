@@ -1,6 +1,6 @@
-"""A daemon that closes every descriptor (plan item 12): the shim owns no descriptor
-once its stream is set up (the memfd went over the socket, which it closed), so
-nothing it does can land in the program's files, and the daemon is still traced."""
+"""A daemon that closes every descriptor: the shim owns no descriptor once its stream is
+set up (the memfd went over the socket, which it closed), so nothing it does can land in
+the program's files, and the daemon is still traced."""
 import os
 import signal
 import subprocess

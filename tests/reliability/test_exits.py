@@ -1,7 +1,7 @@
-"""How processes end (plan items 19, 20, 21): exit() from a worker thread while others
-allocate, the exits that skip atexit, abort, SIGKILL from inside and outside, and an
-OOM kill in a memory-limited cgroup. Whatever the process committed before it ended
-is in the capture, and the ending is named."""
+"""How processes end: exit() from a worker thread while others allocate, the exits that
+skip atexit, abort, SIGKILL from inside and outside, and an OOM kill in a memory-limited
+cgroup. Whatever the process committed before it ended is in the capture, and the ending
+is named."""
 import os
 import re
 import signal
@@ -27,7 +27,7 @@ ENDINGS = [  # mode, exit status of memtrace, end as stats names it
 ]
 
 
-# ---- item 20 -----------------------------------------------------------------------
+# ---- endings that skip atexit, and signal deaths -----------------------------------
 
 @pytest.mark.parametrize("mode,status,end", ENDINGS, ids=[m for m, _, _ in ENDINGS])
 def test_abrupt_exit_keeps_the_single_allocation(cbuild, tmp_path, mode, status, end):
@@ -116,7 +116,7 @@ def test_child_ending_is_named(tmp_path):
     assert ends[exited] != ends[killed], ends
 
 
-# ---- item 19 -----------------------------------------------------------------------
+# ---- exit() from a worker thread ---------------------------------------------------
 
 def test_exit_from_worker_thread_while_eight_threads_allocate(cbuild, tmp_path):
     """A thread calls exit(0) while 8 threads loop malloc/free: no crash or hang, exit
@@ -141,7 +141,7 @@ def test_exit_from_worker_thread_while_eight_threads_allocate(cbuild, tmp_path):
         assert stats(cap)["exit_code"] == 0
 
 
-# ---- SIGKILL and the OOM killer -----------------------------------------------------
+# ---- SIGKILL and the OOM killer ----------------------------------------------------
 
 def test_sigkill_after_100k_events_keeps_every_one(cbuild, tmp_path):
     """memray's test_tracking_with_SIGKILL, natively: 1 + 100,000 allocations, then the

@@ -1,5 +1,5 @@
-"""fork under load (plan items 6, 7, 8): no deadlock, every child's own stream holds
-exactly what the child did, the parent's stream holds exactly what the parent did."""
+"""fork under load: no deadlock, every child's own stream holds exactly what the child
+did, the parent's stream holds exactly what the parent did."""
 import re
 from collections import Counter
 

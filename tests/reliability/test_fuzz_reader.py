@@ -1,4 +1,4 @@
-"""Item 30: the capture reader and the reports against damaged captures.
+"""The capture reader and the reports against damaged captures.
 
 The harness is tests/fuzz/fuzz_reader.py (see its docstring): truncations, bit flips,
 absurd lengths and counts, wrong magic and versions, and synthetic captures with

@@ -1,4 +1,4 @@
-"""Items 2 and 3: an unprefixed jemalloc preloaded with the shim, in both orders.
+"""An unprefixed jemalloc preloaded with the shim, in both orders.
 
 - shim first (`LD_PRELOAD=libjemalloc.so.2 memtrace …`: the launcher puts the shim in
   front): RTLD_NEXT from the shim finds jemalloc, so every block comes from and goes
@@ -7,7 +7,7 @@
   malloc shadows the shim's, so the malloc family is not seen at all (documented
   limit); the program must still run normally, nothing is freed across allocators,
   and nothing goes negative.
-- item 3: jemalloc's malloc calls mmap while holding its locks; the shim's guard
+- jemalloc's malloc calls mmap while holding its locks: the shim's guard
   makes those nested mmaps pass through unrecorded — each user malloc is exactly one
   event and no jemalloc mmap is counted on top of it — and nothing deadlocks.
 """

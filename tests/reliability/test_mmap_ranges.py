@@ -1,4 +1,4 @@
-"""Item 23: mmap / MAP_FIXED overlays / partial and spanning munmap / mremap (MAYMOVE,
+"""mmap / MAP_FIXED overlays / partial and spanning munmap / mremap (MAYMOVE,
 FIXED, DONTUNMAP), as property-based tests (after Fil's `adding_removing_ranges`).
 
 Hypothesis draws op sequences; the C interpreter (tests/targets/mmap_interp.c) runs

@@ -1,4 +1,4 @@
-"""Item 26: programs the loader will not preload the shim into are refused by the
+"""Programs the loader will not preload the shim into are refused by the
 launcher in one line, quickly, with no capture left behind: static binaries, setuid
 and setgid binaries, and (for a user other than root) binaries with file
 capabilities (secure execution). And under AT_SECURE, a shim that does get loaded

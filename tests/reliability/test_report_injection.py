@@ -1,4 +1,4 @@
-"""Item 29: strings from the traced program cannot inject into reports.
+"""Strings from the traced program cannot inject into reports.
 
 Function names, file names (virtual and real), argv, a thread name and a library
 file name carry `</script><img src=x onerror=alert(1)>`, `"'&<>`, U+2028/U+2029, a

@@ -1,6 +1,6 @@
-"""Signals (plan items 15, 16, 17): allocation inside a 10 kHz SIGALRM handler, an
-application that routes signals to its own sigtimedwait thread, and a Python fork
-with -W error::DeprecationWarning (3.12+ warns when the process has other threads)."""
+"""Signals: allocation inside a 10 kHz SIGALRM handler, an application that routes
+signals to its own sigtimedwait thread, and a Python fork with
+-W always::DeprecationWarning (3.12+ warns when the process has other threads)."""
 import os
 import re
 import signal
@@ -66,7 +66,7 @@ def test_sigalrm_handler_allocations_recorded_or_counted(alarm_run):
     assert st["processes"][0]["unrecorded_calls"] == unrecorded
 
 
-# ---- signals routed to the application's own thread ---------------------------------
+# ---- signals routed to the application's own thread --------------------------------
 
 def _sigwait_run(argv):
     proc = subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -100,7 +100,7 @@ def test_sigterm_reaches_the_applications_sigwait_thread(cbuild, tmp_path):
     raw.assert_valid()
 
 
-# ---- item 17 -----------------------------------------------------------------------
+# ---- no thread of memtrace's in the program ----------------------------------------
 
 FORK_SCRIPT = """
 import os, sys

@@ -1,4 +1,4 @@
-"""Item 27: only the traced user's processes can feed the collector.
+"""Only the traced user's processes can feed the collector.
 
 While a traced program runs: the session folder is 0700 and the socket 0700 (bound
 under umask 077); no abstract-namespace socket exists (/proc/net/unix); user nobody

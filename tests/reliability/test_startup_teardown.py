@@ -1,5 +1,5 @@
-"""Start-up and thread teardown (plan items 1 and 18), and the load test: 8 threads x
-1,000,000 allocations with nothing dropped."""
+"""Start-up and thread teardown, and the load test: 8 threads x 1,000,000 allocations
+with nothing dropped."""
 import os
 import re
 

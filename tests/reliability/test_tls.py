@@ -1,4 +1,4 @@
-"""Item 4: the shim's TLS model.
+"""The shim's TLS model.
 
 Static: the preloaded shim uses initial-exec TLS only — no DTPMOD64/DTPOFF64
 relocations, no __tls_get_addr import (which may call malloc and re-enter the hooks:

@@ -1,4 +1,4 @@
-"""Item 24: frees of pointers the shim never saw — blocks from libc's own malloc (the
+"""Frees of pointers the shim never saw — blocks from libc's own malloc (the
 stand-in for memory allocated before the shim), blocks allocated inside an
 RTLD_DEEPBIND library, and pre-fork blocks freed by a forked child. No crash; each is
 counted as an unknown free; live bytes never go negative, at any moment."""
