@@ -201,6 +201,8 @@ def thread_waiting(pid: int, tid: int) -> bool:
         return False
     if stat[stat.rindex(")") + 2] not in "SD":
         return False
+    if not _WAITING_SYSCALLS:
+        return True  # a machine whose syscall numbers are not listed: the state alone
     if not syscall or not syscall[0].lstrip("-").isdigit():
         return False  # "running"
     return int(syscall[0]) in _WAITING_SYSCALLS
