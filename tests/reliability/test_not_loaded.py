@@ -25,8 +25,8 @@ def one_line(err: str) -> bool:
 
 def memtrace_as_nobody():
     """The memtrace command line for user nobody, who cannot read this venv's Python
-    (it may live under /root): a system Python running the launcher from the source
-    tree — the refusal happens before anything heavy is imported."""
+    (it may live in a private home folder): a system Python running the launcher from
+    the source tree — the refusal happens before anything heavy is imported."""
     system = shutil.which("python3", path="/usr/bin:/bin")
     if system is None:
         pytest.skip("no system python3 that user nobody can run")
