@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import line_of, memtrace
+from helpers import line_of, memtrace
 
 PROGRAM = """
 import ctypes
