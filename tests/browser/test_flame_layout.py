@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import line_of, memtrace
+from helpers import line_of, memtrace
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import report_reference as ref
-from conftest import line_of, memtrace
+from helpers import line_of, memtrace
 from tracer.model import load
 from tracer.reports import export, flame, lines, tables, tree
 from tracer.reports.flame import METRIC_TITLES
