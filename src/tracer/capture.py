@@ -37,6 +37,8 @@ class StreamData:
     exit_totals: Optional[dict] = None   # the aggregate at the program's exit point
     exit_sites: Optional[np.ndarray] = None
     end: Optional[dict] = None
+    # the latest regions chunk: (REGION_ROW_DTYPE rows, REGION_SITE_DTYPE records)
+    regions: Optional[tuple] = None
 
 
 @dataclass
@@ -267,6 +269,20 @@ def _json(path, pos, body):
     return value
 
 
+def _regions(path, pos, body) -> tuple:
+    """A regions chunk: u32 n, n rows, then site records naming their row."""
+    row_size, site_size = fmt.REGION_ROW_DTYPE.itemsize, fmt.REGION_SITE_DTYPE.itemsize
+    n = int.from_bytes(body[:4], "little") if len(body) >= 4 else -1
+    rest = len(body) - 4 - n * row_size
+    if n < 0 or rest < 0 or rest % site_size:
+        raise CaptureError(f"{path} is corrupt at byte {pos} (bad regions chunk)")
+    rows = np.frombuffer(body, fmt.REGION_ROW_DTYPE, n, 4)
+    sites = np.frombuffer(body, fmt.REGION_SITE_DTYPE, rest // site_size, 4 + n * row_size)
+    if len(sites) and int(sites["row"].max()) >= n:
+        raise CaptureError(f"{path} is corrupt at byte {pos} (bad regions chunk)")
+    return rows, sites
+
+
 def _load_chunk(path, pos, ctype, body, stream):
     if ctype == fmt.CHUNK_PROCESS:
         stream.info = _json(path, pos, body)
@@ -294,6 +310,8 @@ def _load_chunk(path, pos, ctype, body, stream):
             stream.totals, stream.sites = totals, sites
     elif ctype == fmt.CHUNK_PROCESS_END:
         stream.end = _json(path, pos, body)
+    elif ctype == fmt.CHUNK_REGIONS:
+        stream.regions = _regions(path, pos, body)
     elif ctype == fmt.CHUNK_SNAPSHOT:
         snap = _json(path, pos, body)
         if not _snapshot_ok(snap):

@@ -4,7 +4,11 @@
     memtrace summary CAPTURE
     memtrace stats --json CAPTURE
     memtrace flamegraph CAPTURE [--leaks|--temporary|--total] [-o OUT.html]
-    memtrace tree | lines | log | diff | export ...
+    memtrace tree | lines | log | diff | export | regions ...
+    memtrace pytest [PYTEST ARGS...]
+    memtrace jupyter install
+
+Every report takes --region NAME: only what was allocated inside that region.
 
 Anything that is not a subcommand is a program to run: `memtrace python x.py`
 is `memtrace run -- python x.py`. Errors are one line on stderr and a
@@ -102,6 +106,7 @@ class CaptureCommand:
         model = _load(args.capture)
         if getattr(args, "metric", None) == "temporary":
             model.track_temporary()
+        model = _focus(model, args.region)
         self.report(model, args)
         return _incomplete_status(model)
 
@@ -243,7 +248,7 @@ class DiffCommand:
     def run(self, args) -> int:
         from tracer.reports import diff
 
-        before, after = _load(args.before), _load(args.after)
+        before, after = _focus(_load(args.before), args.region), _focus(_load(args.after), args.region)
         diff.render(before, after, sys.stdout, args.top)
         return max(_incomplete_status(before), _incomplete_status(after))
 
@@ -270,6 +275,32 @@ class ExportCommand(CaptureCommand):
             _write_output(output, lambda out: export.pprof(model, out, args.metric), binary=True)
         else:
             _write_output(output, lambda out: export.csv_events(model, out))
+
+
+class RegionsCommand(CaptureCommand):
+    """List the regions of a capture (tracer.region, tests, notebook cells) with their numbers."""
+
+    name = "regions"
+
+    def prepare_parser(self, p):
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
+        p.add_argument("capture")
+        p.add_argument("--kind", choices=("region", "test", "cell"), help="only regions of this kind")
+        p.add_argument("-n", "--top", type=int, default=0, help="rows (default: all)")
+
+    def report(self, model, args) -> None:
+        from tracer.reports import regions
+
+        regions.render(model, sys.stdout, kind=args.kind, top=args.top)
+
+
+def _focus(model, region):
+    """The model seen through --region (unchanged without it)."""
+    if region is None:
+        return model
+    from tracer import regions
+
+    return regions.focus(model, region)
 
 
 def _metric_options(p) -> None:
@@ -332,12 +363,18 @@ def _incomplete_status(model) -> int:
 
 
 _COMMANDS = [RunCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
-             LinesCommand, LogCommand, DiffCommand, ExportCommand]
+             LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand]
 
 
 def _parser(command) -> _Parser:
     p = _Parser(prog=f"memtrace {command.name}", description=command.__doc__)
     command.prepare_parser(p)
+    if isinstance(command, (CaptureCommand, DiffCommand)) and not isinstance(command, RegionsCommand):
+        p.add_argument("--region", metavar="NAME",
+                       help="only what was allocated inside the region NAME (exact, else a glob; "
+                            "`memtrace regions` lists them)")
+    elif isinstance(command, RegionsCommand):
+        p.set_defaults(region=None)
     return p
 
 

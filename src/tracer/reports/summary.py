@@ -2,6 +2,7 @@
 import unicodedata
 
 from tracer import reconcile as rec
+from tracer import regions
 from tracer.model import Model, display_path
 from tracer.reports import peaks, tables
 
@@ -64,6 +65,9 @@ def render(model: Model, out, top: int = TOP) -> None:
     cwd = model.capture.info.get("cwd")
     command = " ".join(clean(a) for a in model.command)
     w(f"memtrace: {command} — {describe_end(model)}\n")
+    focused = regions.describe(model)
+    if focused:
+        w(f"  {clean(focused)}\n")
     for warning in model.warnings:
         w(f"  warning: {clean(warning)}\n")
     for note in (model.estimate_note, native_only_note(model)):
@@ -115,6 +119,15 @@ def render(model: Model, out, top: int = TOP) -> None:
         for row in leaks[:5]:
             where = f"{clean(display_path(row['file'], cwd))}:{row['line']}"
             w(f"    {human(row['live_at_exit_bytes']):>10}  {where}  {clean(row['function'])}\n")
+    region_rows = regions.table(model) if focused is None else []
+    if region_rows:
+        from tracer.reports import regions as region_report
+
+        top_regions = region_report.rows(model)
+        w(f"  regions by peak ({len(top_regions)}; `memtrace regions` lists them, "
+          "--region NAME shows one):\n")
+        for line in region_report.lines(model, top_regions[:5]):
+            w(f"    {line}\n")
     if len(model.processes) > 1:
         w(f"  processes: {len(model.processes)}\n")
         for proc in model.processes:
