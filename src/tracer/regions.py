@@ -167,9 +167,13 @@ def _focused(proc: Process, m: Merged) -> Process:
                   total_allocated=m.alloc_bytes, n_allocations=m.n_allocs,
                   live_blocks=int(keep["live_count"].sum()), rss_peak=0)
     end = m.t_leave if m.t_leave is not None else float("inf")
+    # the region's own heap at the moments it is known exactly: nothing at its
+    # start, its peak, and what it left live at its end
+    last = m.t_leave if m.t_leave is not None else max(m.peak_time, float(proc.end.get("t_end", 0)))
+    points = sorted({(m.t_enter, 0), (m.peak_time, m.peak_bytes), (last, m.live_at_end_bytes)})
+    heap = np.array([(t, v, v) for t, v in points], dtype=fmt.HEAP_DTYPE)
     return dataclasses.replace(
-        proc, sites=sites, totals=totals, snapshots=[],
-        heap=proc.heap[(proc.heap["t"] >= m.t_enter) & (proc.heap["t"] <= end)],
+        proc, sites=sites, totals=totals, snapshots=[], heap=heap,
         rss=proc.rss[(proc.rss["t"] >= m.t_enter) & (proc.rss["t"] <= end)],
         _user_frames={}, _library_files={})
 

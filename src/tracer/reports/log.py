@@ -27,12 +27,13 @@ def render(model: Model, out, min_size: int = 0, library: str = None, limit: int
             kinds = events["kind"]
             keep = (kinds != 10) & (kinds != fmt.MUNMAP) if not frees else np.ones(len(events), bool)
             if inside is not None:
-                keep &= inside.mask(events) | (kinds == fmt.REGION)
+                keep &= inside.mask(events)
             keep &= (events["flags"] & fmt.FLAG_KEEP) == 0  # DONTUNMAP: nothing was unmapped
             if min_size:
                 keep &= events["size"] >= min_size
             if wanted_libs is not None:
                 keep &= np.isin(events["lib"], wanted_libs)
+            keep |= kinds == fmt.REGION  # where threads enter and leave regions
             for e in events[keep]:
                 kind = fmt.KIND_NAMES[int(e["kind"])]
                 if kind == "region":  # a thread enters or leaves a region
