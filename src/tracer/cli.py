@@ -294,6 +294,21 @@ class RegionsCommand(CaptureCommand):
         regions.render(model, sys.stdout, kind=args.kind, top=args.top)
 
 
+class PytestCommand:
+    """Run pytest under memtrace (every test a region), then list the tests with the highest peak and the most left live."""
+
+    name = "pytest"
+    raw_args = True  # everything after `pytest` is pytest's (and the plugin's --memtrace-* options)
+
+    def run(self, args: List[str]) -> int:
+        from tracer import pytest_run
+
+        status = pytest_run.run(args)
+        global _run_complete
+        _run_complete = True
+        return status
+
+
 def _focus(model, region):
     """The model seen through --region (unchanged without it)."""
     if region is None:
@@ -363,7 +378,7 @@ def _incomplete_status(model) -> int:
 
 
 _COMMANDS = [RunCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
-             LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand]
+             LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand, PytestCommand]
 
 
 def _parser(command) -> _Parser:
@@ -398,6 +413,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             command, rest = commands[argv[0]](), argv[1:]
         else:
             command, rest = RunCommand(), argv
+        if getattr(command, "raw_args", False):
+            return command.run(rest)
         args = _parser(command).parse_args(rest)
         if getattr(args, "raw", False):
             from tracer.reports import summary
