@@ -125,7 +125,9 @@ enum mt_region_kind { MT_REGION_KIND_USER = 0, MT_REGION_KIND_TEST = 1, MT_REGIO
 enum mt_ask {
     MT_ASK_USAGE = 1,     /* {"found", "open", "live", "peak", "allocated", ...} */
     MT_ASK_AT_PEAK = 2,   /* the same, with the lines holding the region's peak */
-    MT_ASK_LIVE = 3       /* the same, with the lines holding what is live in it now */
+    MT_ASK_LIVE = 3,      /* the same, with the lines holding what is live in it now */
+    MT_ASK_CHECKPOINT = 4 /* write the process's aggregate and regions to the capture now:
+                             {"capture": path} (a notebook reads its own capture) */
 };
 
 enum mt_stats_reason { MT_STATS_REQUESTED = 0, MT_STATS_EXIT = 1 };

@@ -27,7 +27,7 @@ STATE_RUNNING, STATE_EXITED, STATE_DISABLED, STATE_EXITING = 0, 1, 2, 3
 META_HEAPSTATS, META_REGION = 6, 7
 REGION_KIND_USER, REGION_KIND_TEST, REGION_KIND_CELL = 0, 1, 2
 REGION_KINDS = {0: "region", 1: "test", 2: "cell"}
-ASK_USAGE, ASK_AT_PEAK, ASK_LIVE = 1, 2, 3
+ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4
 TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE, TEXT_STACKS = 8, 9, 10, 11
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                    "uordblks", "fordblks", "keepcost")

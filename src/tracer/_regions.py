@@ -20,7 +20,7 @@ import os
 import threading
 
 KIND_USER, KIND_TEST, KIND_CELL = 0, 1, 2      # csrc/events.h, mt_region_kind
-ASK_USAGE, ASK_AT_PEAK, ASK_LIVE = 1, 2, 3      # csrc/events.h, mt_ask
+ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4  # csrc/events.h, mt_ask
 ASK_TIMEOUT_MS = 10_000
 _CO_COROUTINE = 0x80
 
@@ -135,6 +135,18 @@ def _ask(what: int, rid: int):
 
     answer = json.loads(raw)
     return Usage(answer) if answer.get("found") else None
+
+
+def checkpoint():
+    """Have the collector write this process's numbers to its capture now; returns
+    the capture's path (None: not traced, or no answer)."""
+    calls = _bind()
+    raw = calls[2](ASK_CHECKPOINT, 0, ASK_TIMEOUT_MS) if calls else None
+    if not raw:
+        return None
+    import json
+
+    return json.loads(raw).get("capture")
 
 
 def usage():

@@ -9,6 +9,7 @@ keeps each stream's metadata bytes for that and parses them only when such a
 question comes. No NumPy: this runs in the collector.
 """
 import json
+import os
 import struct
 
 from tracer import _format as fmt
@@ -85,6 +86,14 @@ class Questions:
             collector._drain(stream, everything=True)
             if stream.counter(5) < q.position:
                 return  # another thread's event is not committed yet: next round
+        if q.what == fmt.ASK_CHECKPOINT:  # the program reads its own capture next
+            collector._flush_samples(stream)
+            collector._write_aggregate(stream)
+            collector.writer.flush()
+            path = os.path.abspath(collector.writer.path)
+            text = json.dumps({"found": True, "capture": path}).encode()
+            lib.mt_shm_answer(stream.ptr, q.seq, text, len(text))
+            return
         text = json.dumps(self._answer(stream, q), separators=(",", ":")).encode()
         if len(text) > ANSWER_BYTES:  # too many long frames: fewer of them
             answer = self._answer(stream, q)

@@ -309,6 +309,43 @@ class PytestCommand:
         return status
 
 
+class JupyterCommand:
+    """Jupyter: `install` registers the "Python 3 (memtrace)" kernel; `kernel` is what it runs."""
+
+    name = "jupyter"
+
+    def prepare_parser(self, p):
+        sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+        install = sub.add_parser("install", help="register the kernel spec")
+        where = install.add_mutually_exclusive_group()
+        where.add_argument("--user", action="store_true", help="for this user (the default)")
+        where.add_argument("--sys-prefix", action="store_true",
+                           help="in this Python's prefix (a virtualenv's own Jupyter)")
+        where.add_argument("--prefix", help="under this prefix (PREFIX/share/jupyter/kernels)")
+        install.add_argument("--name", default="memtrace", help="kernel name (default memtrace)")
+        install.add_argument("--display-name", default="Python 3 (memtrace)")
+        install.add_argument("--capture-dir", metavar="DIR",
+                             help="where kernels write their captures (default: the notebook's folder)")
+        kernel = sub.add_parser("kernel", help="run a kernel under memtrace (the spec's command)")
+        kernel.add_argument("-f", dest="connection_file", required=True)
+        kernel.add_argument("--capture-dir", metavar="DIR")
+
+    def run(self, args) -> int:
+        from tracer.jupyter import kernelspec
+
+        if args.action == "kernel":
+            status = kernelspec.run_kernel(args.connection_file, args.capture_dir)
+            global _run_complete
+            _run_complete = True
+            return status
+        prefix = sys.prefix if args.sys_prefix else args.prefix
+        path = kernelspec.install(user=prefix is None, prefix=prefix, name=args.name,
+                                  display_name=args.display_name, capture_dir=args.capture_dir)
+        sys.stderr.write(f"memtrace: installed the kernel {args.display_name!r} ({args.name}) in "
+                         f"{path}\n")
+        return 0
+
+
 def _focus(model, region):
     """The model seen through --region (unchanged without it)."""
     if region is None:
@@ -378,7 +415,8 @@ def _incomplete_status(model) -> int:
 
 
 _COMMANDS = [RunCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
-             LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand, PytestCommand]
+             LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand, PytestCommand,
+             JupyterCommand]
 
 
 def _parser(command) -> _Parser:

@@ -154,6 +154,7 @@ def focus(model: Model, pattern: str) -> Model:
     out = dataclasses.replace(model, processes=processes)
     out.region = pattern
     out.region_ids = wanted  # for the reports that read events (log, CSV)
+    out.live = getattr(model, "live", False)
     return out
 
 

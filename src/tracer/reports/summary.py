@@ -35,6 +35,8 @@ def human(n: float) -> str:
 
 def describe_end(model: Model) -> str:
     end = model.end
+    if getattr(model, "live", False):
+        return "still running"
     if not end:
         return "the capture is incomplete: the run was cut short"
     if end.get("signal"):
