@@ -28,13 +28,15 @@ _CO_COROUTINE = 0x80
 _calls = None
 _ids = {}  # (name, kind) -> region id in this process's stream (ids restart after fork)
 _lock = threading.Lock()
+_generation = 0  # bumped in a forked child: Region objects look their id up again
 
 
 def _after_fork():
     """A forked child has a stream of its own: its regions are named afresh."""
-    global _lock
+    global _lock, _generation
     _lock = threading.Lock()
     _ids.clear()
+    _generation += 1
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -92,8 +94,11 @@ def traced() -> bool:
 
 
 def _region_id(name: str, kind: int) -> int:
+    """The region's id in this process's stream (0: not traced)."""
     rid = _ids.get((name, kind))
     if rid is None:
+        if not _bind():
+            return 0
         with _lock:
             rid = _ids.get((name, kind))
             if rid is None:
@@ -159,18 +164,29 @@ class Region:
     """A named span of a thread's execution: a context manager, and a decorator
     (each call of the function is one instance of the region)."""
 
-    __slots__ = ("name", "kind")
+    __slots__ = ("name", "kind", "_id", "_generation")
 
     def __init__(self, name: str, kind: int = KIND_USER):
         self.name = name
         self.kind = kind
+        self._generation = -1
+
+    def _rid(self) -> int:
+        if self._generation != _generation:  # first use, or this is a forked child
+            self._id = _region_id(self.name, self.kind)
+            self._generation = _generation
+        return self._id
 
     def __enter__(self):
-        _calls[0](_region_id(self.name, self.kind), 1)
+        rid = self._rid()  # (finds the shim on first use)
+        if rid:
+            _calls[0](rid, 1)
         return self
 
     def __exit__(self, *exc):
-        _calls[0](_region_id(self.name, self.kind), 0)
+        rid = self._rid()
+        if rid:
+            _calls[0](rid, 0)
         return False
 
     def __call__(self, fn):
@@ -195,7 +211,7 @@ class Region:
         most at the region's peak, or live now (the region must be open)."""
         if not _bind():
             return None
-        return _ask(details or ASK_USAGE, _region_id(self.name, self.kind))
+        return _ask(details or ASK_USAGE, self._rid())
 
     def __repr__(self):
         return f"tracer.region({self.name!r})"

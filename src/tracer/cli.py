@@ -162,6 +162,13 @@ class ReconcileCommand(CaptureCommand):
     def report(self, model, args) -> None:
         from tracer.reports import reconciliation
 
+        if getattr(model, "region", None) is not None:  # RSS is a process's, never a region's
+            pids = {p.pid for p in model.processes}
+            sys.stdout.write(f"RSS belongs to processes, not regions: the reconciliation of the "
+                             f"process{'es' if len(pids) > 1 else ''} where region "
+                             f"{model.region!r} ran\n")
+            model = _load(args.capture)
+            model.processes = [p for p in model.processes if p.pid in pids]
         reconciliation.render(model, sys.stdout)
 
 

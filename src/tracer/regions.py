@@ -23,14 +23,22 @@ SITE_COLUMNS = ("alloc_bytes", "n_allocs", "live_bytes", "live_count", "temp_byt
                 "temp_count")
 
 
+_names: Dict[int, tuple] = {}  # id(metadata bytes) -> (those bytes, their regions)
+
+
 def names(proc: Process) -> Dict[int, Tuple[str, str]]:
-    """Region id -> (name, kind) of a process's regions, from its metadata."""
+    """Region id -> (name, kind) of a process's regions, from its metadata (read once
+    per metadata: a process seen through a region shares its original's)."""
+    known = _names.get(id(proc.meta))
+    if known is not None and known[0] is proc.meta:
+        return known[1]
     out = {}
     for rtype, payload in fmt.iter_meta(bytes(proc.meta)):
         if rtype == fmt.META_REGION and len(payload) >= 8:
             rid, kind = struct.unpack_from("<II", payload)
             out[rid] = (payload[8:].decode("utf-8", "replace"),
                         fmt.REGION_KINDS.get(kind, "region"))
+    _names[id(proc.meta)] = (proc.meta, out)
     return out
 
 

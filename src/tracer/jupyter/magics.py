@@ -93,6 +93,9 @@ def _where(row: dict, cells: dict) -> str:
     from tracer.reports.summary import clean
 
     source = linecache.getline(row["file"], row["line"]).strip()
+    if source.startswith(("get_ipython().run_cell_magic('memtrace'",
+                          "get_ipython().run_line_magic('memtrace_report'")):
+        source = "%%memtrace, IPython and memtrace's own work in the cell"
     source = f": {clean(source)[:80]}" if source else ""
     count = cells.get(row["file"])
     if count is not None:

@@ -91,7 +91,7 @@ def render(model: Model, out, top: int = TOP) -> None:
         from tracer.reports.reconciliation import digest
         if failed is not None:
             raise failed
-        for line in digest(model, results):
+        for line in digest(model, results) if not focused else []:  # (RSS is the process's)
             w(f"  {line}\n")
     except Exception as exc:  # the digest must never cost the user the rest of the summary
         w(f"  reconciliation: not available ({exc})\n")
