@@ -29,7 +29,7 @@
 #include "hash.h"
 
 #define OPEN_OWNER 0x80000000u /* an entry's owner: an open instance (else a region id) */
-#define MAX_REGIONS (1u << 24)  /* ids beyond: a corrupt capture, ignored */
+#define MAX_REGIONS (1u << 20)  /* ids beyond (a corrupt capture): ignored */
 
 typedef struct inst {
     uint32_t region, tid;
@@ -349,8 +349,8 @@ static void close_instance(mt_regions *r, uint32_t i, double t) {
 }
 
 static int enter(mt_regions *r, uint32_t tid, uint32_t id, double t) {
-    if (id == 0 || id >= MAX_REGIONS)
-        return 0;
+    if (id == 0 || id >= MAX_REGIONS || tid == 0)
+        return 0; /* (a corrupt capture) */
     if (grow((void **)&r->reg, &r->reg_cap, (size_t)id + 1, sizeof(region)) < 0)
         return -1;
     thread *th = thread_of(r, tid, 1);

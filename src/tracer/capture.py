@@ -90,8 +90,9 @@ class Capture:
         return out
 
 
-def read_capture(path: str) -> Capture:
-    """Index a capture: small chunks are loaded, event chunks only located."""
+def read_capture(path: str, snapshots: bool = True) -> Capture:
+    """Index a capture: small chunks are loaded, event chunks only located (snapshots
+    too, unless `snapshots` is False: only the reconciliation reads them)."""
     try:
         f = open(path, "rb")
     except OSError as exc:
@@ -133,7 +134,8 @@ def read_capture(path: str) -> Capture:
             if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
                 stream = streams[sid] = StreamData(sid)
             if body is not None:
-                _load_chunk(path, pos, ctype, body, stream)
+                if snapshots or ctype != fmt.CHUNK_SNAPSHOT:
+                    _load_chunk(path, pos, ctype, body, stream)
                 if ctype == fmt.CHUNK_INFO:
                     info = _json(path, pos, body)
             elif ctype == fmt.CHUNK_EVENTS:

@@ -406,6 +406,7 @@ class Collector:
                 ending["how"] = "_exit"  # left without running exit handlers
         self.writer.json_chunk(fmt.CHUNK_PROCESS_END, stream.sid, ending)
         self.writer.end_stream(stream.sid)
+        stream.meta_log, stream.names = bytearray(), None  # no more questions from it
         if stream.pidfd is not None:
             self.selector.unregister(stream.pidfd)
             os.close(stream.pidfd)

@@ -295,8 +295,8 @@ def build_model(capture: Capture, live: bool = False) -> Model:
     return model
 
 
-def load(path: str, live: bool = False) -> Model:
-    return build_model(read_capture(path), live)
+def load(path: str, live: bool = False, snapshots: bool = True) -> Model:
+    return build_model(read_capture(path, snapshots), live)
 
 
 # ---- views shared by the reports ------------------------------------------

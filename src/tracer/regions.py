@@ -77,17 +77,32 @@ class Merged:
     live_at_end_bytes: int  # left live by each instance as it ended, summed
     t_enter: float
     t_leave: Optional[float]  # None: still open
-    sites: np.ndarray       # per site index: SITE_COLUMNS, peak_bytes, peak_count
+    sites: Optional[np.ndarray]  # per site index: SITE_COLUMNS, peak_bytes, peak_count
 
 
-def merge(rows: np.ndarray, sites: np.ndarray, wanted) -> Optional[Merged]:
-    """Merge the rows of the region ids in `wanted` (and their site records)."""
-    picked = np.flatnonzero(np.isin(rows["region"], list(wanted)))
+def merge(rows: np.ndarray, sites: Optional[np.ndarray], wanted) -> Optional[Merged]:
+    """Merge the rows of the region ids in `wanted` (and their site records, unless
+    sites is None)."""
+    return _merge(rows, sites, np.flatnonzero(np.isin(rows["region"], list(wanted))))
+
+
+def _merge(rows: np.ndarray, sites: Optional[np.ndarray], picked: np.ndarray) -> Optional[Merged]:
     if len(picked) == 0:
         return None
     sel = rows[picked]
     best = picked[int(np.argmax(sel["peak_bytes"]))]
     open_rows = sel["instances"] == 0
+    return Merged(
+        instances=int(sel["instances"].sum()) + int(open_rows.sum()), open=int(open_rows.sum()),
+        peak_bytes=int(rows["peak_bytes"][best]), peak_time=float(rows["peak_time"][best]),
+        alloc_bytes=int(sel["alloc_bytes"].sum()), n_allocs=int(sel["n_allocs"].sum()),
+        live_at_end_bytes=int(sel["live_bytes"].sum()), t_enter=float(sel["t_enter"].min()),
+        t_leave=None if open_rows.any() else float(sel["t_leave"].max()),
+        sites=None if sites is None else _merge_sites(sites, picked, best))
+
+
+def _merge_sites(sites: np.ndarray, picked: np.ndarray, best: int) -> np.ndarray:
+    """Per site: the rows' columns added up, the peak ones from the best row only."""
     recs = sites[np.isin(sites["row"], picked)]
     index, inverse = np.unique(recs["site"], return_inverse=True)
     per_site = np.zeros(len(index), dtype=[("site", "<u4")] + [
@@ -98,12 +113,7 @@ def merge(rows: np.ndarray, sites: np.ndarray, wanted) -> Optional[Merged]:
     at_best = recs["row"] == best
     per_site["peak_bytes"][inverse[at_best]] = recs["peak_bytes"][at_best]
     per_site["peak_count"][inverse[at_best]] = recs["peak_count"][at_best]
-    return Merged(
-        instances=int(sel["instances"].sum()) + int(open_rows.sum()), open=int(open_rows.sum()),
-        peak_bytes=int(rows["peak_bytes"][best]), peak_time=float(rows["peak_time"][best]),
-        alloc_bytes=int(sel["alloc_bytes"].sum()), n_allocs=int(sel["n_allocs"].sum()),
-        live_at_end_bytes=int(sel["live_bytes"].sum()), t_enter=float(sel["t_enter"].min()),
-        t_leave=None if open_rows.any() else float(sel["t_leave"].max()), sites=per_site)
+    return per_site
 
 
 def table(model: Model) -> List[dict]:
@@ -113,12 +123,16 @@ def table(model: Model) -> List[dict]:
         recs = records(model, proc)
         if recs is None:
             continue
-        rows, sites = recs
+        rows = recs[0]
         named = names(proc)
-        for rid in sorted(set(rows["region"].tolist())):
-            m = merge(rows, sites, [rid])
+        ids, inverse = np.unique(rows["region"], return_inverse=True)
+        order = np.argsort(inverse, kind="stable")  # the rows of each region, together
+        starts = np.searchsorted(inverse[order], np.arange(len(ids)))
+        for k, rid in enumerate(ids.tolist()):
+            picked = order[starts[k]:starts[k + 1] if k + 1 < len(ids) else len(order)]
+            m = _merge(rows, None, picked)
             name, kind = named.get(rid, (f"<region {rid}>", "region"))
-            parent = rows["parent"][rows["region"] == rid][0]
+            parent = rows["parent"][picked[0]]
             out.append({
                 "pid": proc.pid, "name": name, "kind": kind, "instances": m.instances,
                 "open_at_end": m.open,

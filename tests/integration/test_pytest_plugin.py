@@ -143,3 +143,27 @@ def test_x():
                           "--memtrace-output", "bad.mtrace")
     result.assert_outcomes(failed=1)
     assert "Invalid memory size format: lots" in result.stdout.str()
+
+
+def test_limit_leaks_filter_fn_sees_the_stack(pytester):
+    pytester.makepyfile(test_filtered="""
+import pytest
+
+KEPT = []
+
+def cache_it():
+    KEPT.append(bytearray(3 << 20))
+
+@pytest.mark.limit_leaks("1 MB", filter_fn=lambda stack: stack.frames[0].function != "cache_it")
+def test_known_cache_is_ignored():
+    cache_it()
+
+@pytest.mark.limit_leaks("1 MB", filter_fn=lambda stack: stack.frames[0].function != "cache_it")
+def test_other_leak_still_fails():
+    KEPT.append(bytearray(3 << 20))
+""")
+    result = pytester.run(sys.executable, "-m", "tracer", "pytest", "-p", "no:cacheprovider",
+                          "--memtrace-output", "filtered.mtrace")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "test_other_leak_still_fails:" in result.stdout.str()
+    assert f"{(3 << 20) + 1:,} bytes, 1 block" in result.stdout.str()

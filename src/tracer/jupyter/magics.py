@@ -74,7 +74,9 @@ class MemtraceMagics(Magics):
         if path is None:
             print("memtrace: the collector did not answer", file=sys.stderr)
             return
-        model = load(path, live=True)
+        # a region's view needs no snapshot (RSS is the kernel's, not a cell's), and
+        # reading them is most of the time a long session's capture takes
+        model = load(path, live=True, snapshots=region is None)
         if region is not None:
             model = regions.focus(model, region)
         text = summary(model, title, self._cell_names())
