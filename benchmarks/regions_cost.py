@@ -3,7 +3,8 @@
 the feature, medians of --runs.
 
   marks     a loop of N `with tracer.region(...)` blocks: per enter+leave pair, traced
-            (through the frame reader's C calls, and through ctypes) and untraced
+            (through the frame reader's C calls, and through ctypes) and untraced, next
+            to the same loop over `contextlib.nullcontext()` (untraced)
   inside    an allocation loop (M bytearrays) run inside one region vs with no region:
             the program's wall time and the collector's CPU time (the aggregator's
             per-event region work)
@@ -22,13 +23,13 @@ import time
 from pathlib import Path
 
 MARKS = r"""
-import sys, time, tracer
+import contextlib, sys, time, tracer
 from tracer import _regions
 if sys.argv[1] == "ctypes":
     _regions._bind()
     _regions._calls = _regions._ctypes_calls()
 n = int(sys.argv[2])
-r = tracer.region("mark")
+r = contextlib.nullcontext() if sys.argv[1] == "null" else tracer.region("mark")
 t = time.perf_counter()
 for _ in range(n):
     with r:
@@ -96,12 +97,14 @@ def main():
     for name, text in (("marks", MARKS), ("inside", INSIDE), ("question", QUESTION)):
         scripts[name] = tmp / f"{name}.py"
         scripts[name].write_text(text)
-    rows = {k: [] for k in ("mark_ext_ns", "mark_ctypes_ns", "mark_untraced_ns", "plain_s",
+    rows = {k: [] for k in ("mark_ext_ns", "mark_ctypes_ns", "mark_untraced_ns", "nullcontext_ns",
+                            "plain_s",
                             "region_s", "plain_collector_s", "region_collector_s", "question_us")}
     for _ in range(args.runs):
         rows["mark_ext_ns"].append(traced(scripts["marks"], ["ext", args.marks], tmp)[0])
         rows["mark_ctypes_ns"].append(traced(scripts["marks"], ["ctypes", args.marks], tmp)[0])
         rows["mark_untraced_ns"].append(untraced(scripts["marks"], ["ext", args.marks]))
+        rows["nullcontext_ns"].append(untraced(scripts["marks"], ["null", args.marks]))
         for mode in ("plain", "region"):
             wall, cpu = traced(scripts["inside"], [mode, args.allocs], tmp)
             rows[f"{mode}_s"].append(wall)

@@ -195,7 +195,8 @@ with tracer.region("r") as r:
     pass
 assert r.usage() is None and tracer.usage() is None
 assert tracer.region(f) is f
-print("untraced ok", "tracer._pyframes" in sys.modules, "ctypes" in sys.modules)
+heavy = ("tracer._pyframes", "tracer._native", "ctypes", "cffi", "numpy", "json")
+print("untraced ok", [m for m in heavy if m in sys.modules])
 """
 
 
@@ -205,7 +206,7 @@ def test_outside_memtrace_regions_do_nothing(tmp_path):
     out = subprocess.run([sys.executable, script], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "untraced ok False False"   # nothing was even looked up
+    assert out.stdout.strip() == "untraced ok []"   # nothing heavy loaded, nothing looked up
 
 
 CTYPES_PROGRAM = """
