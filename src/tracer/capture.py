@@ -104,8 +104,8 @@ def read_capture(path: str, snapshots: bool = True) -> Capture:
             raise CaptureError(f"{path} is not a memtrace capture")
         _, version, _ = fmt.FILE_HEADER.unpack(head)
         if version not in fmt.READABLE_VERSIONS:
-            raise CaptureError(f"{path} was written in capture format {version}; "
-                               f"this memtrace reads format {fmt.FORMAT_VERSION}")
+            raise CaptureError(f"{path} was written in capture format {version}; this memtrace "
+                               f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}")
         info, end, streams, truncated = {}, None, {}, None
         previous = {}  # (type, stream) -> payload of the last DELTA_TYPES chunk
         pos = fmt.FILE_HEADER.size

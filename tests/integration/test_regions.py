@@ -272,3 +272,24 @@ with tracer.region({name!r}):
         assert "</script><img src=x onerror=alert(1)>" in out.stdout
     page = memtrace("flamegraph", traced.capture, "--region", name, "-o", "-").stdout
     assert "<img" not in page
+
+
+def test_captures_of_format_3_still_read_and_newer_ones_are_refused(trace, tmp_path):
+    traced = trace("kept = bytearray(1_000_000)\n")
+    assert traced.returncode == 0, traced.stderr
+    data = bytearray(traced.capture.read_bytes())
+    assert int.from_bytes(data[8:12], "little") == 4
+    # format 3 is format 4 without region marks and regions chunks: the same bytes read
+    older = tmp_path / "older.mtrace"
+    data[8:12] = (3).to_bytes(4, "little")
+    older.write_bytes(bytes(data))
+    now, before = stats(traced.capture), stats(older)
+    assert before["regions"] == [] and before["peak_heap_bytes"] == now["peak_heap_bytes"]
+    assert before["by_line"] == now["by_line"]
+    newer = tmp_path / "newer.mtrace"
+    data[8:12] = (5).to_bytes(4, "little")
+    newer.write_bytes(bytes(data))
+    out = memtrace("summary", newer)
+    assert out.returncode == 2
+    assert out.stderr == f"memtrace: {newer} was written in capture format 5; this memtrace reads " \
+                         "formats 1 to 4\n"
