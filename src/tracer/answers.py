@@ -22,22 +22,21 @@ ANSWER_BYTES = 1 << 16  # the answer area (csrc/transport.c)
 
 class Names:
     """Code objects, stack nodes, libraries, threads and regions of one stream, read
-    from its metadata bytes as they grow (records may be cut at the end: the rest
-    comes later)."""
+    from its metadata as it grows: the bytes written so far (`log`) followed by those
+    still pending. Each record is read once; one cut at the end waits for its rest."""
 
     def __init__(self):
-        self.parsed = 0
+        self.parsed = 0  # offset in log + pending of the first record not read yet
         self.codes, self.nodes, self.libs, self.threads, self.regions = {}, {}, {}, {}, {}
 
-    def update(self, data) -> None:
-        pos, end = self.parsed, len(data)
-        while pos + 4 <= end:
-            rtype, length = struct.unpack_from("<HH", data, pos)
-            if pos + 4 + length > end:
+    def update(self, log, pending) -> None:
+        end = len(log) + len(pending)
+        while self.parsed + 4 <= end:
+            rtype, length = struct.unpack("<HH", _span(log, pending, self.parsed, 4))
+            if self.parsed + 4 + length > end:
                 break
-            self._record(rtype, bytes(data[pos + 4:pos + 4 + length]))
-            pos += (4 + length + 3) & ~3
-        self.parsed = pos
+            self._record(rtype, _span(log, pending, self.parsed + 4, length))
+            self.parsed += (4 + length + 3) & ~3
 
     def _record(self, rtype: int, p: bytes) -> None:
         if rtype == fmt.META_CODE and len(p) >= 12:
@@ -67,6 +66,16 @@ class Names:
             out.append([function, file, line])
             stack = parent
         return out
+
+
+def _span(log, pending, at: int, n: int) -> bytes:
+    """n bytes at offset `at` of log + pending, copying only those."""
+    split = len(log)
+    if at + n <= split:
+        return bytes(log[at:at + n])
+    if at >= split:
+        return bytes(pending[at - split:at - split + n])
+    return bytes(log[at:]) + bytes(pending[:at + n - split])
 
 
 class Questions:
@@ -124,7 +133,7 @@ class Questions:
     def _names(self, stream) -> Names:
         if stream.names is None:
             stream.names = Names()
-        stream.names.update(stream.meta_log + stream.meta_pending)
+        stream.names.update(stream.meta_log, stream.meta_pending)
         return stream.names
 
     def _top(self, stream, names: Names, tid: int, region: int, column: str) -> list:
