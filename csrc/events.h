@@ -37,13 +37,24 @@
  * Metadata ring: records of [u16 type][u16 length of payload][payload], each
  * padded to 4 bytes, written under a spin lock (rare: once per new code
  * object, stack node, library or thread) and read by the collector.
+ *
+ * Regions (tracer.region): a MT_REGION event marks where a thread enters
+ * (size 1) or leaves (size 0) region `addr` (its id, named once by a
+ * MT_META_REGION record). It takes a ring slot like any event, so it is placed
+ * exactly among the thread's allocations and frees.
+ *
+ * Questions (mt_shm_header.ask_*): the program may ask the collector about its
+ * open region (a thread takes ask_lock, fills the question, publishes ask_seq
+ * and waits for answer_seq to equal it). The collector answers once it has
+ * aggregated every event claimed before the question, with JSON text in the
+ * answer area; the shim never aggregates anything itself.
  */
 #ifndef MT_EVENTS_H
 #define MT_EVENTS_H
 
 #include <stdint.h>
 
-#define MT_WIRE_VERSION 1
+#define MT_WIRE_VERSION 2
 #define MT_SHM_MAGIC "MTSHM001"
 #define MT_HELLO_MAGIC 0x4d54484cu /* "MTHL" */
 
@@ -64,7 +75,8 @@ enum mt_kind {
     MT_MMAP = 11,         /* a new mapping [addr, addr + size) */
     MT_MUNMAP = 12,       /* unmap [addr, addr + size): may cut or span mappings */
     MT_MREMAP = 13,       /* the new mapping of an mremap (old one: a MT_MUNMAP just before) */
-    MT_KIND_COUNT = 14
+    MT_REGION = 14,       /* the thread enters (size 1) or leaves (size 0) region addr */
+    MT_KIND_COUNT = 15
 };
 
 /* Event flags. */
@@ -92,6 +104,7 @@ typedef struct mt_event {
  *   LIB:    u16 lib_id, u16 pad, u32 pad, u64 base, path bytes
  *   THREAD: u32 tid, name bytes
  *   TEXT:   u16 key, bytes   (key: MT_TEXT_*)
+ *   REGION: u32 region_id, u32 region_kind (MT_REGION_KIND_*), name bytes (UTF-8)
  */
 enum mt_meta_type {
     MT_META_CODE = 1,
@@ -99,9 +112,22 @@ enum mt_meta_type {
     MT_META_LIB = 3,
     MT_META_THREAD = 4,
     MT_META_TEXT = 5,
-    MT_META_HEAPSTATS = 6  /* u64 position, u32 reason, u32 cost_ns, 10 x u64 of glibc's mallinfo2:
+    MT_META_HEAPSTATS = 6, /* u64 position, u32 reason, u32 cost_ns, 10 x u64 of glibc's mallinfo2:
                               arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks
                               fordblks keepcost */
+    MT_META_REGION = 7     /* names a region id, once per id in a stream */
+};
+
+/* Who opened a region (reports list tests and notebook cells apart). */
+enum mt_region_kind { MT_REGION_KIND_USER = 0, MT_REGION_KIND_TEST = 1, MT_REGION_KIND_CELL = 2 };
+
+/* What the program asks about a region (mt_shm_header.ask_what). */
+enum mt_ask {
+    MT_ASK_USAGE = 1,     /* {"found", "open", "live", "peak", "allocated", ...} */
+    MT_ASK_AT_PEAK = 2,   /* the same, with the lines holding the region's peak */
+    MT_ASK_LIVE = 3,      /* the same, with the lines holding what is live in it now */
+    MT_ASK_CHECKPOINT = 4 /* write the process's aggregate and regions to the capture now:
+                             {"capture": path} (a notebook reads its own capture) */
 };
 
 enum mt_stats_reason { MT_STATS_REQUESTED = 0, MT_STATS_EXIT = 1 };
@@ -167,6 +193,19 @@ typedef struct mt_shm_header {
     uint32_t python_served;
     uint64_t stats_cost_ns;  /* how long the last heap statistics took in the target */
     char pad5[MT_CACHELINE - 64];
+    /* Questions about regions (see above). ask_* are written by the asking thread
+     * under ask_lock; answer_* by the collector. */
+    uint32_t ask_lock;
+    uint32_t ask_seq;        /* published (release) once the question is filled */
+    uint32_t ask_what;       /* mt_ask */
+    uint32_t ask_tid;        /* the asking thread */
+    uint32_t ask_region;     /* region id (0: the thread's innermost open region) */
+    uint32_t answer_seq;     /* = ask_seq once answered (release) */
+    uint64_t ask_position;   /* events claimed when asked: the answer covers them all */
+    uint64_t answer_offset;  /* the answer area, from the start of the mapping */
+    uint32_t answer_bytes;
+    uint32_t answer_len;     /* bytes of JSON text in the last answer */
+    char pad6[2 * MT_CACHELINE - 48];
 } mt_shm_header;
 
 /* First message on the socket, with the memfd attached. */

@@ -11,6 +11,7 @@
 #include "native.h"
 
 #include "hash.h"
+#include "regions.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -41,6 +42,7 @@ typedef struct block {
     uint64_t addr; /* 0 = empty */
     uint64_t size;
     uint32_t site;
+    uint32_t region; /* the region instance it was allocated in + 1 (regions.c), 0: none */
 } block;
 
 typedef struct blocks {
@@ -70,9 +72,10 @@ static int blocks_rehash(blocks *b, size_t cap) {
     return 0;
 }
 
-static int blocks_put(blocks *b, uint64_t addr, uint64_t size, uint32_t site, block *replaced) {
+/* The slot now holding addr (NULL: no memory); *replaced: a block it replaced. */
+static block *blocks_put(blocks *b, uint64_t addr, uint64_t size, uint32_t site, block *replaced) {
     if ((b->count + 1) * 2 > b->cap && blocks_rehash(b, b->cap ? b->cap * 2 : 1024) < 0)
-        return -1;
+        return NULL;
     size_t j = mix64(addr) & (b->cap - 1);
     while (b->slots[j].addr && b->slots[j].addr != addr)
         j = (j + 1) & (b->cap - 1);
@@ -85,7 +88,8 @@ static int blocks_put(blocks *b, uint64_t addr, uint64_t size, uint32_t site, bl
     b->slots[j].addr = addr;
     b->slots[j].size = size;
     b->slots[j].site = site;
-    return 0;
+    b->slots[j].region = 0;
+    return &b->slots[j];
 }
 
 static int blocks_take(blocks *b, uint64_t addr, block *out) {
@@ -119,6 +123,8 @@ typedef struct mapping {
     uint64_t start, end;
     uint32_t site;
     uint32_t flags;
+    uint32_t region; /* as block.region */
+    uint32_t pad;
 } mapping;
 
 /* ---- Temporary allocations: each thread's last few allocations --------------- */
@@ -154,6 +160,8 @@ struct mt_agg {
     size_t n_recent, recent_cap;
     double sample_rate;    /* 0: not sampled */
     uint32_t last_site;    /* the site of the last allocation (a one-entry cache) */
+    mt_regions *regions;   /* owned; made at the first region mark (NULL: none yet) */
+    double t_feed;         /* the time of the batch being fed */
 };
 
 mt_agg *mt_agg_new(uint64_t page_size) {
@@ -207,23 +215,26 @@ static void note_allocation(mt_agg *a, uint32_t tid, uint64_t addr, uint32_t sit
     r->size[i] = size;
 }
 
-static void note_free(mt_agg *a, uint32_t tid, uint64_t addr) {
+/* 1 if the freed block counts as temporary. */
+static int note_free(mt_agg *a, uint32_t tid, uint64_t addr) {
     recent *r = recent_of(a, tid, 0);
     if (r == NULL)
-        return;
+        return 0;
     for (uint32_t i = 0; i < a->temp_threshold; i++)
         if (r->addr[i] == addr) {
             mt_site *s = &a->sites[r->site[i]];
             s->temp_bytes += r->size[i];
             s->temp_count++;
             r->addr[i] = 0;
-            return;
+            return 1;
         }
+    return 0;
 }
 
 void mt_agg_free(mt_agg *a) {
     if (a == NULL)
         return;
+    mt_regions_free(a->regions);
     free(a->recent);
     free(a->sites);
     free(a->site_index);
@@ -366,6 +377,8 @@ static int unmap_range(mt_agg *a, uint64_t start, uint64_t end, uint8_t *first_f
         change(a, m->site, -bytes, whole ? -1 : 0, is_heap_mapping(m->flags));
         if (!is_heap_mapping(m->flags))
             a->t.mapped_file -= bytes;
+        if (m->region)
+            mt_regions_release(a->regions, m->region, m->site, bytes, whole, 0, whole);
         if (whole) {
             memmove(m, m + 1, (a->n_maps - i - 1) * sizeof *m);
             a->n_maps--;
@@ -381,6 +394,8 @@ static int unmap_range(mt_agg *a, uint64_t start, uint64_t end, uint8_t *first_f
             m[1].start = cut_end;
             m[0].end = cut_start;
             a->sites[m->site].live_count++; /* one mapping became two */
+            if (m->region)
+                mt_regions_split(a->regions, m->region, m->site);
             return found;
         }
         if (cut_start == m->start)
@@ -392,7 +407,8 @@ static int unmap_range(mt_agg *a, uint64_t start, uint64_t end, uint8_t *first_f
     return found;
 }
 
-static int map_range(mt_agg *a, uint64_t start, uint64_t end, uint32_t site, uint8_t flags) {
+static int map_range(mt_agg *a, uint64_t start, uint64_t end, uint32_t site, uint8_t flags,
+                     uint32_t tid) {
     unmap_range(a, start, end, NULL); /* MAP_FIXED over an existing mapping replaces it */
     if (grow((void **)&a->maps, &a->maps_cap, a->n_maps + 1, sizeof(mapping)) < 0)
         return -1;
@@ -405,12 +421,15 @@ static int map_range(mt_agg *a, uint64_t start, uint64_t end, uint32_t site, uin
             hi = mid;
     }
     memmove(&a->maps[lo + 1], &a->maps[lo], (a->n_maps - lo) * sizeof(mapping));
-    a->maps[lo] = (mapping){start, end, site, flags};
+    a->maps[lo] = (mapping){start, end, site, flags, 0, 0};
     a->n_maps++;
     int64_t bytes = (int64_t)(end - start);
     change(a, site, bytes, 1, is_heap_mapping(flags));
     if (!is_heap_mapping(flags))
         a->t.mapped_file += bytes;
+    else if (a->regions)
+        a->maps[lo].region = mt_regions_alloc(a->regions, tid, site, bytes, a->t_feed,
+                                              a->t.n_events);
     return 0;
 }
 
@@ -420,6 +439,7 @@ static uint64_t page_up(const mt_agg *a, uint64_t n) {
 
 int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
     a->t.feed_max = a->t.heap;
+    a->t_feed = t;
     for (size_t i = 0; i < n; i++) {
         const mt_event *e = &events[i];
         a->t.n_events++;
@@ -430,10 +450,16 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
                 return -1;
             uint64_t size = e->flags & MT_FLAG_SAMPLED ? sample_weight(a, e->size) : e->size;
             block old;
-            if (blocks_put(&a->live, e->addr, size, (uint32_t)s, &old) < 0)
+            block *slot = blocks_put(&a->live, e->addr, size, (uint32_t)s, &old);
+            if (slot == NULL)
                 return -1;
-            if (old.addr)
+            if (old.addr) {
                 change(a, old.site, -(int64_t)old.size, -1, 1);
+                mt_regions_release(a->regions, old.region, old.site, (int64_t)old.size, 1, 0, 1);
+            }
+            if (a->regions)
+                slot->region = mt_regions_alloc(a->regions, e->tid, (uint32_t)s, (int64_t)size, t,
+                                                a->t.n_events);
             mt_site *site = &a->sites[s];
             site->alloc_bytes += size;
             site->n_allocs++;
@@ -451,8 +477,10 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
             if (blocks_take(&a->live, e->addr, &old)) {
                 change(a, old.site, -(int64_t)old.size, -1, 1);
                 a->t.n_frees++;
-                if (a->temp_threshold)
-                    note_free(a, e->tid, e->addr);
+                int temporary = a->temp_threshold && note_free(a, e->tid, e->addr);
+                if (old.region)
+                    mt_regions_release(a->regions, old.region, old.site, (int64_t)old.size, 1,
+                                       temporary, 1);
             } else {
                 a->t.unknown_frees++;
             }
@@ -470,7 +498,7 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
                 a->t.total_allocated += len;
                 a->t.n_allocations++;
             }
-            if (map_range(a, e->addr, e->addr + len, (uint32_t)s, flags) < 0)
+            if (map_range(a, e->addr, e->addr + len, (uint32_t)s, flags, e->tid) < 0)
                 return -1;
             maybe_peak(a, t);
         } else if (kind == MT_MUNMAP && (e->flags & MT_FLAG_KEEP)) {
@@ -481,6 +509,12 @@ int mt_agg_feed(mt_agg *a, const mt_event *events, size_t n, double t) {
                 return -1;
             if (e->flags & MT_FLAG_REMAP)
                 a->remap_flags = flags;
+        } else if (kind == MT_REGION) {
+            if (a->regions == NULL && (a->regions = mt_regions_new()) == NULL)
+                return -1;
+            if (mt_regions_mark(a->regions, e->tid, (uint32_t)e->addr, e->size != 0, t,
+                                a->t.n_events) < 0)
+                return -1;
         }
     }
     return 0;
@@ -510,6 +544,31 @@ size_t mt_agg_sites(const mt_agg *a, mt_site *out, size_t max) {
     return a->n_sites;
 }
 
+int mt_agg_site(const mt_agg *a, size_t i, mt_site *out) {
+    if (i >= a->n_sites)
+        return -1;
+    *out = a->sites[i];
+    out->dirty = 0;
+    return 0;
+}
+
+size_t mt_agg_region_rows(const mt_agg *a, mt_region_row *out, size_t max) {
+    return mt_regions_rows(a->regions, out, out ? max : 0);
+}
+
+size_t mt_agg_region_sites(const mt_agg *a, mt_region_site *out, size_t max) {
+    return mt_regions_sites(a->regions, out, out ? max : 0);
+}
+
+int mt_agg_region_usage(const mt_agg *a, uint32_t tid, uint32_t region, mt_region_row *out) {
+    return mt_regions_usage(a->regions, tid, region, out);
+}
+
+size_t mt_agg_region_usage_sites(const mt_agg *a, uint32_t tid, uint32_t region,
+                                 mt_region_site *out, size_t max) {
+    return mt_regions_usage_sites(a->regions, tid, region, out, out ? max : 0);
+}
+
 /* ---- Shared-memory stream --------------------------------------------------- */
 
 int mt_shm_check(const void *shm, size_t size) {
@@ -521,7 +580,7 @@ int mt_shm_check(const void *shm, size_t size) {
         (h->meta_bytes & (h->meta_bytes - 1)))
         return -1;
     if (h->ring_offset + (uint64_t)h->ring_slots * sizeof(mt_event) > size ||
-        h->meta_offset + h->meta_bytes > size)
+        h->meta_offset + h->meta_bytes > size || h->answer_offset + h->answer_bytes > size)
         return -1;
     return 0;
 }
@@ -626,6 +685,28 @@ void mt_shm_request_stats(void *shm, int python) {
 void mt_shm_ack_exit(void *shm) {
     mt_shm_header *h = shm;
     __atomic_store_n(&h->exit_ack, 1, __ATOMIC_RELEASE);
+}
+
+int mt_shm_question(const void *shm, mt_question *out) {
+    const mt_shm_header *h = shm;
+    uint32_t seq = __atomic_load_n(&h->ask_seq, __ATOMIC_ACQUIRE);
+    if (seq == __atomic_load_n(&h->answer_seq, __ATOMIC_RELAXED))
+        return 0;
+    out->seq = seq;
+    out->what = h->ask_what;
+    out->tid = h->ask_tid;
+    out->region = h->ask_region;
+    out->position = h->ask_position;
+    return 1;
+}
+
+void mt_shm_answer(void *shm, uint32_t seq, const char *text, size_t len) {
+    mt_shm_header *h = shm;
+    if (len > h->answer_bytes)
+        len = h->answer_bytes;
+    memcpy((char *)shm + h->answer_offset, text, len);
+    __atomic_store_n(&h->answer_len, (uint32_t)len, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->answer_seq, seq, __ATOMIC_RELEASE);
 }
 
 /* Index of the first range that ends after addr (n if none). */
@@ -773,8 +854,10 @@ size_t mt_parse_smaps(const char *text, size_t len, mt_vma *out, size_t max) {
  * Then the address as a zigzag varint delta from the previous event's, and
  * for everything but a free the size as a varint. A free of one of the last
  * MRU_SIZE blocks allocated (most frees) sets bit 6 instead and gives that
- * block's position in the most-recent-first list as a varint, no address. State
- * starts at zero in every batch, so each batch decodes on its own. */
+ * block's position in the most-recent-first list as a varint, no address. A
+ * region mark (MT_REGION) carries neither stack nor library: its region id and
+ * size as plain varints, leaving the address state as it was. State starts at
+ * zero in every batch, so each batch decodes on its own. */
 
 #define H_FLAGS 0x10
 #define H_TID 0x20
@@ -830,6 +913,17 @@ size_t mt_encode_more(mt_codec *st, const mt_event *events, size_t n, uint8_t *o
     uint8_t *p = out;
     for (size_t i = 0; i < n; i++) {
         const mt_event *e = &events[i];
+        if (e->kind == MT_REGION) {
+            uint8_t h = MT_REGION | (e->flags ? H_FLAGS : 0) | (e->tid != st->tid ? H_TID : 0);
+            *p++ = h;
+            if (h & H_FLAGS)
+                *p++ = e->flags;
+            if (h & H_TID)
+                p = put_varint(p, st->tid = e->tid);
+            p = put_varint(p, e->addr);
+            p = put_varint(p, e->size);
+            continue;
+        }
         int is_free = e->kind == MT_FREE;
         int at = is_free ? mru_find(st, e->addr) : -1;
         uint8_t h = e->kind & 0x0f;
@@ -898,6 +992,13 @@ int64_t mt_decode_more(mt_codec *st, const uint8_t *in, size_t len, mt_event *ou
             st->tid = (uint32_t)v;
         }
         e->tid = st->tid;
+        if (e->kind == MT_REGION) {
+            if ((h & (H_STACK | H_LIB)) || !(p = get_varint(p, end, &e->addr)) ||
+                !(p = get_varint(p, end, &e->size)))
+                return -1;
+            n++;
+            continue;
+        }
         if (e->kind == MT_FREE && (h & H_RECENT)) {
             if (p >= end || *p >= st->n_recent)
                 return -1;

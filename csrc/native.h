@@ -67,6 +67,53 @@ void mt_agg_totals(const mt_agg *agg, mt_totals *out);
 void mt_agg_size_histogram(const mt_agg *agg, uint64_t *out);
 /* Copy up to max sites into out; returns the number of sites. */
 size_t mt_agg_sites(const mt_agg *agg, mt_site *out, size_t max);
+/* Copy site i into out: 0, or -1 if there is no such site. */
+int mt_agg_site(const mt_agg *agg, size_t i, mt_site *out);
+
+/* Regions (tracer.region; csrc/regions.c). A row is a region's closed instances
+ * folded together (instances > 0) or one instance still open (instances = 0). */
+typedef struct mt_region_row {
+    uint32_t region;          /* region id (named by a MT_META_REGION record) */
+    uint32_t tid;             /* an open instance's thread (0: closed instances) */
+    uint32_t instances;       /* closed instances folded in this row */
+    uint32_t parent;          /* the region around it (its first instance), 0: none */
+    int64_t peak_bytes;       /* highest live within one instance (the highest one's) */
+    double peak_time;         /* seconds, of the batch that reached it */
+    uint64_t peak_event;      /* the aggregator's event index then */
+    double t_enter, t_leave;  /* first entered, last left (open: -1) */
+    uint64_t alloc_bytes;     /* allocated inside (nested regions included) */
+    uint64_t n_allocs;
+    int64_t live_bytes;       /* closed: live at each instance's close, summed; open: now */
+    int64_t live_count;
+    int64_t last_peak_bytes;  /* the last closed instance's own numbers */
+    int64_t last_live_bytes;
+    uint64_t last_alloc_bytes;
+} mt_region_row;
+
+/* One site's numbers inside a row's instances (same columns as mt_site: peak_* at
+ * the row's peak, live_* as live_bytes of the row). */
+typedef struct mt_region_site {
+    uint32_t row;             /* index of its row in the same output */
+    uint32_t site;            /* index of the site (mt_agg_sites) */
+    uint64_t alloc_bytes;
+    uint64_t n_allocs;
+    int64_t live_bytes;
+    int64_t live_count;
+    int64_t peak_bytes;
+    int64_t peak_count;
+    uint64_t temp_bytes;
+    uint64_t temp_count;
+} mt_region_site;
+
+/* Every row / site record (count only when out is NULL); returns the count. */
+size_t mt_agg_region_rows(const mt_agg *agg, mt_region_row *out, size_t max);
+size_t mt_agg_region_sites(const mt_agg *agg, mt_region_site *out, size_t max);
+/* Region id (0: any) open on thread tid, innermost first: 1 and its row; else
+ * 2 and the row of the region's closed instances; 0 if never seen. */
+int mt_agg_region_usage(const mt_agg *agg, uint32_t tid, uint32_t region, mt_region_row *out);
+/* The site records of that open instance (0 if none is open). */
+size_t mt_agg_region_usage_sites(const mt_agg *agg, uint32_t tid, uint32_t region,
+                                 mt_region_site *out, size_t max);
 
 /* Shared-memory stream (the mapping the shim created, see events.h). */
 int mt_shm_check(const void *shm, size_t size);
@@ -81,6 +128,14 @@ uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattribute
 /* Ask the target for heap statistics (python: pymalloc's too); let an exiting target go. */
 void mt_shm_request_stats(void *shm, int python);
 void mt_shm_ack_exit(void *shm);
+/* A question from the program (events.h): 1 and its fields if one waits. */
+typedef struct mt_question {
+    uint32_t seq, what, tid, region;
+    uint64_t position;
+} mt_question;
+int mt_shm_question(const void *shm, mt_question *out);
+/* Answer question seq with len bytes of text (cut to the answer area). */
+void mt_shm_answer(void *shm, uint32_t seq, const char *text, size_t len);
 
 /* Live traced bytes inside each of n sorted, disjoint ranges [starts[i], ends[i]):
  * malloc-family blocks (by start address) and mappings (by overlap, anonymous and

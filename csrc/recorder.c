@@ -761,3 +761,48 @@ EXPORT void mt_meta_text(uint16_t key, const char *text, size_t len) {
     mt_meta_write(h, MT_META_TEXT, &key, sizeof key, text, len);
     mt_self.in_hook--;
 }
+
+/* ---- Regions (tracer.region; see events.h) -------------------------------- */
+
+/* The calling thread enters (enter = 1) or leaves (0) region `id`: one event in
+ * the thread's order, so every allocation and free before or after it is
+ * attributed on the right side of the mark. */
+EXPORT void mt_region_mark(uint32_t id, int enter) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return;
+    mt_self.in_hook++;
+    if (__builtin_expect(mt_self.tid == 0, 0))
+        first_event_of_thread();
+    uint64_t pos = mt_ring_claim(h, 1);
+    if (pos != UINT64_MAX)
+        put(h, pos, MT_REGION, 0, (void *)(uintptr_t)id, enter ? 1 : 0, 0, 0);
+    mt_self.in_hook--;
+}
+
+/* Name region `id` (once per id in a stream; kind: mt_region_kind). */
+EXPORT void mt_region_name(uint32_t id, uint32_t kind, const char *name, size_t len) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return;
+    struct {
+        uint32_t id, kind;
+    } head = {id, kind};
+    mt_self.in_hook++;
+    mt_meta_write(h, MT_META_REGION, &head, sizeof head, name, len);
+    mt_self.in_hook--;
+}
+
+/* Ask the collector about region `id` on this thread (0: its innermost open
+ * region): JSON text into out, its length, or -1 when there is no answer. */
+EXPORT int mt_region_ask(uint32_t what, uint32_t id, char *out, size_t cap, uint32_t timeout_ms) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return -1;
+    mt_self.in_hook++;
+    if (__builtin_expect(mt_self.tid == 0, 0))
+        first_event_of_thread();
+    int n = mt_transport_ask(h, what, mt_self.tid, id, out, cap, timeout_ms);
+    mt_self.in_hook--;
+    return n;
+}

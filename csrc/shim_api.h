@@ -91,4 +91,13 @@ typedef void (*mt_untraced_fn)(int on);
 typedef mt_reader_thread *(*mt_reader_thread_fn)(void);
 typedef void (*mt_exit_point_fn)(void);
 
+/* Regions (tracer.region, src/tracer/_regions.py): mark, name, ask the collector. */
+#define MT_SYM_REGION_MARK "mt_region_mark"
+typedef void (*mt_region_mark_fn)(uint32_t id, int enter);
+#define MT_SYM_REGION_NAME "mt_region_name"
+typedef void (*mt_region_name_fn)(uint32_t id, uint32_t kind, const char *name, size_t len);
+#define MT_SYM_REGION_ASK "mt_region_ask"
+typedef int (*mt_region_ask_fn)(uint32_t what, uint32_t id, char *out, size_t cap,
+                                uint32_t timeout_ms);
+
 #endif /* MT_SHIM_API_H */

@@ -21,12 +21,13 @@
 
 #define MT_DEFAULT_RING_SLOTS (1u << 18) /* 8 MiB of events */
 #define MT_META_BYTES (1u << 20)
+#define MT_ANSWER_BYTES (1u << 16) /* the collector's answers about regions (JSON) */
 #define MT_SPINS_BEFORE_SLEEP 2000
 #define MT_LIVENESS_CHECK_NS (200 * 1000 * 1000LL)
 
 mt_shm_header *mt_stream;
 
-_Static_assert(sizeof(mt_shm_header) == 4 * MT_CACHELINE, "mt_shm_header is four cache lines");
+_Static_assert(sizeof(mt_shm_header) == 6 * MT_CACHELINE, "mt_shm_header is six cache lines");
 
 /* Read once from the environment at first init and reused after fork, so a
  * program that edits its environment cannot cut its children off. */
@@ -193,7 +194,7 @@ static void send_identity(mt_shm_header *h) {
 static int open_stream(void) {
     int ret = MT_ERR;
     uint32_t header = sizeof(mt_shm_header);
-    stream_size = header + (size_t)ring_slots * sizeof(mt_event) + MT_META_BYTES;
+    stream_size = header + MT_ANSWER_BYTES + (size_t)ring_slots * sizeof(mt_event) + MT_META_BYTES;
     int fd = (int)syscall(SYS_memfd_create, "memtrace", MFD_CLOEXEC);
     if (fd < 0)
         return MT_ERR;
@@ -208,8 +209,10 @@ static int open_stream(void) {
     h->header_size = header;
     h->ring_slots = ring_slots;
     h->meta_bytes = MT_META_BYTES;
-    h->ring_offset = header;
-    h->meta_offset = header + (uint64_t)ring_slots * sizeof(mt_event);
+    h->answer_offset = header;
+    h->answer_bytes = MT_ANSWER_BYTES;
+    h->ring_offset = header + MT_ANSWER_BYTES;
+    h->meta_offset = h->ring_offset + (uint64_t)ring_slots * sizeof(mt_event);
     h->pid = (uint32_t)getpid();
     h->ppid = (uint32_t)parent_pid;
     /* Slots start with seq 0, which no position's commit value (pos + 1) equals
@@ -249,7 +252,7 @@ void mt_transport_after_fork_child(void) {
 
 /* Wake a collector waiting between rounds: a connection that sends nothing
  * (it is accepted, then dropped). Never blocks; a failure only costs latency. */
-static void wake_collector(void) {
+void mt_transport_wake(void) {
     int sock = connect_collector(SOCK_NONBLOCK);
     if (sock >= 0)
         close(sock);
@@ -262,7 +265,7 @@ void mt_transport_exit_handshake(void) {
     int saved = errno;
     if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_RUNNING) {
         __atomic_store_n(&h->state, MT_STATE_EXITING, __ATOMIC_RELEASE);
-        wake_collector();
+        mt_transport_wake();
         for (int ms = 0; ms < MT_EXIT_WAIT_MS && !__atomic_load_n(&h->exit_ack, __ATOMIC_ACQUIRE);
              ms++) {
             struct timespec pause = {0, 1000 * 1000};
@@ -275,18 +278,60 @@ void mt_transport_exit_handshake(void) {
     errno = saved;
 }
 
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int mt_transport_ask(mt_shm_header *h, uint32_t what, uint32_t tid, uint32_t region,
+                     char *out, size_t cap, uint32_t timeout_ms) {
+    int saved = errno;
+    int ret = -1;
+    while (__atomic_exchange_n(&h->ask_lock, 1, __ATOMIC_ACQUIRE)) {
+        struct timespec pause = {0, 20 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    uint32_t seq = h->ask_seq + 1;
+    h->ask_what = what;
+    h->ask_tid = tid;
+    h->ask_region = region;
+    h->ask_position = __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&h->ask_seq, seq, __ATOMIC_RELEASE);
+    mt_transport_wake();
+    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000LL;
+    int64_t next_check = now_ns() + MT_LIVENESS_CHECK_NS;
+    while (__atomic_load_n(&h->answer_seq, __ATOMIC_ACQUIRE) != seq) {
+        struct timespec pause = {0, 50 * 1000};
+        nanosleep(&pause, NULL);
+        int64_t t = now_ns();
+        if (t > deadline || __atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED)
+            goto error;
+        if (t >= next_check) {
+            next_check = t + MT_LIVENESS_CHECK_NS;
+            if (collector_gone())
+                goto error;
+        }
+    }
+    size_t len = __atomic_load_n(&h->answer_len, __ATOMIC_RELAXED);
+    if (len > h->answer_bytes)
+        len = h->answer_bytes;
+    if (len > cap)
+        len = cap;
+    memcpy(out, (const char *)h + h->answer_offset, len);
+    ret = (int)len;
+error:
+    __atomic_store_n(&h->ask_lock, 0, __ATOMIC_RELEASE);
+    errno = saved;
+    return ret;
+}
+
 uint64_t mt_ring_claim(mt_shm_header *h, uint32_t n) {
     if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED) {
         __atomic_fetch_add(&h->dropped, n, __ATOMIC_RELAXED);
         return UINT64_MAX;
     }
     return __atomic_fetch_add(&h->head, n, __ATOMIC_RELAXED);
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 /* The ring is full: the collector is behind. Block (backpressure, never

@@ -55,6 +55,15 @@ void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, 
  * process still exists (bounded wait), then mark the stream as ended by exit(). */
 void mt_transport_exit_handshake(void);
 
+/* Wake the collector now (a connection it drops): it answers sooner. */
+void mt_transport_wake(void);
+
+/* Ask the collector a question about a region (see events.h) and wait up to
+ * timeout_ms for its answer: the length of the JSON text copied into out, or -1
+ * (no answer: the collector is gone or too slow). One question at a time. */
+int mt_transport_ask(mt_shm_header *h, uint32_t what, uint32_t tid, uint32_t region,
+                     char *out, size_t cap, uint32_t timeout_ms);
+
 /* mmap/munmap without going through the shim's own hooks. */
 void *mt_sys_mmap(size_t len);
 void mt_sys_munmap(void *p, size_t len);

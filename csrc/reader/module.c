@@ -98,6 +98,68 @@ static PyObject *exit_point(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- Regions (tracer.region, src/tracer/_regions.py) ----------------------
+ * Thin calls into the shim, so that marking a region costs a C call rather
+ * than a ctypes one. The module may be loaded without a shim (untraced): then
+ * region_bind() says so and nothing else is called. */
+
+static mt_region_mark_fn region_mark_fn;
+static mt_region_name_fn region_name_fn;
+static mt_region_ask_fn region_ask_fn;
+
+/* region_bind() -> bool: whether this process has a shim that takes regions. */
+static PyObject *region_bind(PyObject *self, PyObject *args) {
+    region_mark_fn = (mt_region_mark_fn)mt_shim_symbol(MT_SYM_REGION_MARK);
+    region_name_fn = (mt_region_name_fn)mt_shim_symbol(MT_SYM_REGION_NAME);
+    region_ask_fn = (mt_region_ask_fn)mt_shim_symbol(MT_SYM_REGION_ASK);
+    return PyBool_FromLong(region_mark_fn && region_name_fn && region_ask_fn);
+}
+
+/* region_mark(id, enter): the calling thread enters (1) or leaves (0) region id. */
+static PyObject *region_mark(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 2 || region_mark_fn == NULL) {
+        PyErr_SetString(PyExc_TypeError, "region_mark(id, enter) after region_bind()");
+        return NULL;
+    }
+    unsigned long id = PyLong_AsUnsignedLong(args[0]);
+    long enter = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    region_mark_fn((uint32_t)id, enter != 0);
+    Py_RETURN_NONE;
+}
+
+/* region_name(id, kind, name): name region id once (name: UTF-8 bytes). */
+static PyObject *region_name(PyObject *self, PyObject *args) {
+    unsigned int id, kind;
+    const char *name;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "IIy#", &id, &kind, &name, &len))
+        return NULL;
+    if (region_name_fn)
+        region_name_fn(id, kind, name, (size_t)len);
+    Py_RETURN_NONE;
+}
+
+/* region_ask(what, id, timeout_ms) -> bytes | None: the collector's JSON answer
+ * about region id on this thread (0: its innermost open region); the GIL is
+ * released while waiting. */
+static PyObject *region_ask(PyObject *self, PyObject *args) {
+    unsigned int what, id, timeout_ms;
+    if (!PyArg_ParseTuple(args, "III", &what, &id, &timeout_ms))
+        return NULL;
+    if (region_ask_fn == NULL)
+        Py_RETURN_NONE;
+    char answer[1 << 16]; /* the answer area's size (transport.c) */
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = region_ask_fn(what, id, answer, sizeof answer, timeout_ms);
+    Py_END_ALLOW_THREADS
+    if (n < 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(answer, n);
+}
+
 static PyMethodDef methods[] = {
     {"install", install, METH_NOARGS, "Start recording Python frames."},
     {"pins", pins, METH_NOARGS, "How this Python's stacks are read."},
@@ -106,6 +168,11 @@ static PyMethodDef methods[] = {
     {"label_numpy", mt_label_numpy, METH_O, "Label NumPy array data."},
     {"pymalloc_stats", pymalloc_stats, METH_O, "Send pymalloc's statistics now."},
     {"exit_point", exit_point, METH_NOARGS, "The program is done: final statistics now."},
+    {"region_bind", region_bind, METH_NOARGS, "Whether this process's shim takes regions."},
+    {"region_mark", (PyCFunction)(void (*)(void))region_mark, METH_FASTCALL,
+     "Enter (1) or leave (0) a region."},
+    {"region_name", region_name, METH_VARARGS, "Name a region id."},
+    {"region_ask", region_ask, METH_VARARGS, "Ask the collector about a region."},
     {NULL, NULL, 0, NULL},
 };
 

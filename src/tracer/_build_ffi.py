@@ -38,7 +38,8 @@ ffibuilder.cdef(_strip_comments(_event_struct() + "\n" + _native_api()))
 ffibuilder.set_source(
     "tracer._native",
     '#include "native.h"',
-    sources=[os.path.relpath(CSRC / "native.c")],  # setuptools wants relative source paths
+    # setuptools wants relative source paths
+    sources=[os.path.relpath(CSRC / name) for name in ("native.c", "regions.c")],
     include_dirs=[str(CSRC)],
     extra_compile_args=["-O2", "-std=gnu11"],
     libraries=["m"],

@@ -13,10 +13,10 @@ from tracer._native import ffi
 KIND_NAMES = {
     0: "none", 1: "malloc", 2: "calloc", 3: "realloc", 4: "reallocarray",
     5: "posix_memalign", 6: "aligned_alloc", 7: "memalign", 8: "valloc", 9: "pvalloc",
-    10: "free", 11: "mmap", 12: "munmap", 13: "mremap",
+    10: "free", 11: "mmap", 12: "munmap", 13: "mremap", 14: "region",
 }
 LAST_ALLOC = 9
-FREE, MMAP, MUNMAP, MREMAP = 10, 11, 12, 13
+FREE, MMAP, MUNMAP, MREMAP, REGION = 10, 11, 12, 13, 14
 FLAG_NUMPY, FLAG_ANON, FLAG_REMAP, FLAG_SHARED, FLAG_SAMPLED, FLAG_KEEP = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 META_CODE, META_NODE, META_LIB, META_THREAD, META_TEXT = 1, 2, 3, 4, 5
@@ -24,7 +24,10 @@ TEXT_PYTHON_VERSION, TEXT_FRAMES_OFF, TEXT_NUMPY, TEXT_WARNING, TEXT_LIBRARY_PAT
 TEXT_ARGV, TEXT_EXE = 6, 7
 
 STATE_RUNNING, STATE_EXITED, STATE_DISABLED, STATE_EXITING = 0, 1, 2, 3
-META_HEAPSTATS = 6
+META_HEAPSTATS, META_REGION = 6, 7
+REGION_KIND_USER, REGION_KIND_TEST, REGION_KIND_CELL = 0, 1, 2
+REGION_KINDS = {0: "region", 1: "test", 2: "cell"}
+ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4
 TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE, TEXT_STACKS = 8, 9, 10, 11
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                    "uordblks", "fordblks", "keepcost")
@@ -43,10 +46,24 @@ SITE_FIELDS = [
 
 TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
 
+# Regions (csrc/native.h): a region's closed instances or one open instance, and
+# the numbers of each site inside them.
+REGION_ROW_FIELDS = [
+    ("region", "<u4"), ("tid", "<u4"), ("instances", "<u4"), ("parent", "<u4"),
+    ("peak_bytes", "<i8"), ("peak_time", "<f8"), ("peak_event", "<u8"), ("t_enter", "<f8"),
+    ("t_leave", "<f8"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"), ("live_bytes", "<i8"),
+    ("live_count", "<i8"), ("last_peak_bytes", "<i8"), ("last_live_bytes", "<i8"),
+    ("last_alloc_bytes", "<u8")]
+REGION_SITE_FIELDS = [
+    ("row", "<u4"), ("site", "<u4"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"),
+    ("live_bytes", "<i8"), ("live_count", "<i8"), ("peak_bytes", "<i8"), ("peak_count", "<i8"),
+    ("temp_bytes", "<u8"), ("temp_count", "<u8")]
+
 # ---- capture file (docs/capture-format.md) -------------------------------
 MAGIC = b"MTRACE\x00\n"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)             # 1: no compressed events chunks; 2: no delta chunks
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)          # 1: no compressed events chunks; 2: no delta chunks;
+                                          # 3: no regions
 FILE_HEADER = struct.Struct("<8sII")      # magic, format version, reserved
 CHUNK_HEADER = struct.Struct("<IIQ")      # type, stream id, payload length
 EVENTS_HEADER = struct.Struct("<dQQ")     # seconds since start, index of first event, count
@@ -74,13 +91,14 @@ CHUNK_ZEVENTS = 11     # batches of encoded events, zstd-compressed together (se
 CHUNK_Z = 12           # u32 inner type, u32 inner length, zstd frame of that chunk's payload
 CHUNK_ZD = 13          # the same, compressed against the payload of the stream's previous
                        # chunk of that inner type (a zstd raw-content dictionary)
-DELTA_TYPES = (CHUNK_AGGREGATE, CHUNK_SNAPSHOT)  # each repeats most of the previous one
+CHUNK_REGIONS = 14     # u32 n, n region rows, then region site records (with each aggregate)
+DELTA_TYPES = (CHUNK_AGGREGATE, CHUNK_SNAPSHOT, CHUNK_REGIONS)  # each repeats most of the previous
 ZCHUNK_HEADER = struct.Struct("<II")
 ZCHUNK_MIN = 1024      # smaller payloads are written as they are
 
 CHUNK_NAMES = {1: "info", 2: "process", 3: "events", 4: "meta", 5: "rss", 6: "aggregate",
                7: "process_end", 8: "end", 9: "heap", 10: "snapshot", 11: "zevents", 12: "compressed",
-               13: "delta"}
+               13: "delta", 14: "regions"}
 
 RSS_FIELDS = [("t", "<f8"), ("rss", "<u8"), ("anon", "<u8"), ("file", "<u8"),
               ("shmem", "<u8"), ("swap", "<u8")]
@@ -112,6 +130,8 @@ def _dtype(fields, ctype=None):
 
 
 _DTYPES = {"EVENT_DTYPE": (EVENT_FIELDS, "mt_event"), "SITE_DTYPE": (SITE_FIELDS, "mt_site"),
+           "REGION_ROW_DTYPE": (REGION_ROW_FIELDS, "mt_region_row"),
+           "REGION_SITE_DTYPE": (REGION_SITE_FIELDS, "mt_region_site"),
            "RSS_DTYPE": (RSS_FIELDS, None), "HEAP_DTYPE": (HEAP_FIELDS, None)}
 
 

@@ -64,6 +64,27 @@ class Aggregator:
         n = lib.MT_SIZE_BUCKETS
         return {"count": list(out[0:n]), "bytes": list(out[n:2 * n])}
 
+    def region_records(self) -> tuple:
+        """(rows, site records) of the regions, as packed mt_region_row and
+        mt_region_site records (b"" when no region was ever entered)."""
+        n = lib.mt_agg_region_rows(self._agg, ffi.NULL, 0)
+        if n == 0:
+            return b"", b""
+        rows = ffi.new("mt_region_row[]", n)
+        lib.mt_agg_region_rows(self._agg, rows, n)
+        m = lib.mt_agg_region_sites(self._agg, ffi.NULL, 0)
+        sites = ffi.new("mt_region_site[]", max(m, 1))
+        lib.mt_agg_region_sites(self._agg, sites, m)
+        return bytes(ffi.buffer(rows)), bytes(ffi.buffer(sites, m * ffi.sizeof("mt_region_site")))
+
+    def regions_payload(self):
+        """The regions chunk (u32 row count, rows, site records), or None if none."""
+        rows, sites = self.region_records()
+        if not rows:
+            return None
+        n = len(rows) // ffi.sizeof("mt_region_row")
+        return [n.to_bytes(4, "little"), rows, sites]
+
     def chunk_payload(self, extra: dict) -> list:
         """The aggregate chunk: u32 JSON length, JSON (totals + extra), site records."""
         head = json.dumps({**self.totals(), "size_histogram": self.size_histogram(), **extra},

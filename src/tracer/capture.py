@@ -38,6 +38,8 @@ class StreamData:
     exit_totals: Optional[dict] = None   # the aggregate at the program's exit point
     exit_sites: Optional[np.ndarray] = None
     end: Optional[dict] = None
+    # the latest regions chunk: (REGION_ROW_DTYPE rows, REGION_SITE_DTYPE records)
+    regions: Optional[tuple] = None
 
 
 @dataclass
@@ -89,8 +91,9 @@ class Capture:
         return out
 
 
-def read_capture(path: str) -> Capture:
-    """Index a capture: small chunks are loaded, event chunks only located."""
+def read_capture(path: str, snapshots: bool = True) -> Capture:
+    """Index a capture: small chunks are loaded, event chunks only located (snapshots
+    too, unless `snapshots` is False: only the reconciliation reads them)."""
     try:
         f = open(path, "rb")
     except OSError as exc:
@@ -102,8 +105,8 @@ def read_capture(path: str) -> Capture:
             raise CaptureError(f"{path} is not a memtrace capture")
         _, version, _ = fmt.FILE_HEADER.unpack(head)
         if version not in fmt.READABLE_VERSIONS:
-            raise CaptureError(f"{path} was written in capture format {version}; "
-                               f"this memtrace reads format {fmt.FORMAT_VERSION}")
+            raise CaptureError(f"{path} was written in capture format {version}; this memtrace "
+                               f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}")
         info, end, streams, truncated = {}, None, {}, None
         previous = {}  # (type, stream) -> payload of the last DELTA_TYPES chunk
         plain = zstandard.ZstdDecompressor()
@@ -133,7 +136,8 @@ def read_capture(path: str) -> Capture:
             if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
                 stream = streams[sid] = StreamData(sid)
             if body is not None:
-                _load_chunk(path, pos, ctype, body, stream)
+                if snapshots or ctype != fmt.CHUNK_SNAPSHOT:
+                    _load_chunk(path, pos, ctype, body, stream)
                 if ctype == fmt.CHUNK_INFO:
                     info = _json(path, pos, body)
             elif ctype == fmt.CHUNK_EVENTS:
@@ -322,6 +326,20 @@ def _json(path, pos, body):
     return value
 
 
+def _regions(path, pos, body) -> tuple:
+    """A regions chunk: u32 n, n rows, then site records naming their row."""
+    row_size, site_size = fmt.REGION_ROW_DTYPE.itemsize, fmt.REGION_SITE_DTYPE.itemsize
+    n = int.from_bytes(body[:4], "little") if len(body) >= 4 else -1
+    rest = len(body) - 4 - n * row_size
+    if n < 0 or rest < 0 or rest % site_size:
+        raise CaptureError(f"{path} is corrupt at byte {pos} (bad regions chunk)")
+    rows = np.frombuffer(body, fmt.REGION_ROW_DTYPE, n, 4)
+    sites = np.frombuffer(body, fmt.REGION_SITE_DTYPE, rest // site_size, 4 + n * row_size)
+    if len(sites) and int(sites["row"].max()) >= n:
+        raise CaptureError(f"{path} is corrupt at byte {pos} (bad regions chunk)")
+    return rows, sites
+
+
 def _load_chunk(path, pos, ctype, body, stream):
     if ctype == fmt.CHUNK_PROCESS:
         stream.info = _json(path, pos, body)
@@ -349,5 +367,7 @@ def _load_chunk(path, pos, ctype, body, stream):
             stream.totals, stream.sites = totals, sites
     elif ctype == fmt.CHUNK_PROCESS_END:
         stream.end = _json(path, pos, body)
+    elif ctype == fmt.CHUNK_REGIONS:
+        stream.regions = _regions(path, pos, body)
     elif ctype == fmt.CHUNK_SNAPSHOT:
         stream.snapshots.append(Snapshot(path, pos, body))

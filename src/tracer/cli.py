@@ -4,7 +4,11 @@
     memtrace summary CAPTURE
     memtrace stats --json CAPTURE
     memtrace flamegraph CAPTURE [--leaks|--temporary|--total] [-o OUT.html]
-    memtrace tree | lines | log | diff | export ...
+    memtrace tree | lines | log | diff | export | regions ...
+    memtrace pytest [PYTEST ARGS...]
+    memtrace jupyter install
+
+Every report takes --region NAME: only what was allocated inside that region.
 
 Anything that is not a subcommand is a program to run: `memtrace python x.py`
 is `memtrace run -- python x.py`. Errors are one line on stderr and a
@@ -130,6 +134,7 @@ class CaptureCommand:
         model = _load(args.capture)
         if getattr(args, "metric", None) == "temporary":
             model.track_temporary()
+        model = _focus(model, args.region)
         self.report(model, args)
         return _incomplete_status(model)
 
@@ -185,6 +190,13 @@ class ReconcileCommand(CaptureCommand):
     def report(self, model, args) -> None:
         from tracer.reports import reconciliation
 
+        if getattr(model, "region", None) is not None:  # RSS is a process's, never a region's
+            pids = {p.pid for p in model.processes}
+            sys.stdout.write(f"RSS belongs to processes, not regions: the reconciliation of the "
+                             f"process{'es' if len(pids) > 1 else ''} where region "
+                             f"{model.region!r} ran\n")
+            model = _load(args.capture)
+            model.processes = [p for p in model.processes if p.pid in pids]
         reconciliation.render(model, sys.stdout)
 
 
@@ -272,7 +284,7 @@ class DiffCommand:
         from tracer.reports import diff
 
         _keep_freed_memory()
-        before, after = _load(args.before), _load(args.after)
+        before, after = _focus(_load(args.before), args.region), _focus(_load(args.after), args.region)
         diff.render(before, after, sys.stdout, args.top)
         return max(_incomplete_status(before), _incomplete_status(after))
 
@@ -299,6 +311,84 @@ class ExportCommand(CaptureCommand):
             _write_output(output, lambda out: export.pprof(model, out, args.metric), binary=True)
         else:
             _write_output(output, lambda out: export.csv_events(model, out))
+
+
+class RegionsCommand(CaptureCommand):
+    """List the regions of a capture (tracer.region, tests, notebook cells) with their numbers."""
+
+    name = "regions"
+
+    def prepare_parser(self, p):
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
+        p.add_argument("capture")
+        p.add_argument("--kind", choices=("region", "test", "cell"), help="only regions of this kind")
+        p.add_argument("-n", "--top", type=int, default=0, help="rows (default: all)")
+
+    def report(self, model, args) -> None:
+        from tracer.reports import regions
+
+        regions.render(model, sys.stdout, kind=args.kind, top=args.top)
+
+
+class PytestCommand:
+    """Run pytest under memtrace (every test a region), then list the tests with the highest peak and the most left live."""
+
+    name = "pytest"
+    raw_args = True  # everything after `pytest` is pytest's (and the plugin's --memtrace-* options)
+
+    def run(self, args: List[str]) -> int:
+        from tracer import pytest_run
+
+        status = pytest_run.run(args)
+        global _run_complete
+        _run_complete = True
+        return status
+
+
+class JupyterCommand:
+    """Jupyter: `install` registers the "Python 3 (memtrace)" kernel; `kernel` is what it runs."""
+
+    name = "jupyter"
+
+    def prepare_parser(self, p):
+        sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+        install = sub.add_parser("install", help="register the kernel spec")
+        where = install.add_mutually_exclusive_group()
+        where.add_argument("--user", action="store_true", help="for this user (the default)")
+        where.add_argument("--sys-prefix", action="store_true",
+                           help="in this Python's prefix (a virtualenv's own Jupyter)")
+        where.add_argument("--prefix", help="under this prefix (PREFIX/share/jupyter/kernels)")
+        install.add_argument("--name", default="memtrace", help="kernel name (default memtrace)")
+        install.add_argument("--display-name", default="Python 3 (memtrace)")
+        install.add_argument("--capture-dir", metavar="DIR",
+                             help="where kernels write their captures (default: the notebook's folder)")
+        kernel = sub.add_parser("kernel", help="run a kernel under memtrace (the spec's command)")
+        kernel.add_argument("-f", dest="connection_file", required=True)
+        kernel.add_argument("--capture-dir", metavar="DIR")
+
+    def run(self, args) -> int:
+        from tracer.jupyter import kernelspec
+
+        if args.action == "kernel":
+            status = kernelspec.run_kernel(args.connection_file, args.capture_dir)
+            global _run_complete
+            _run_complete = True
+            return status
+        prefix = sys.prefix if args.sys_prefix else args.prefix
+        path = kernelspec.install(user=prefix is None, prefix=prefix, name=args.name,
+                                  display_name=args.display_name, capture_dir=args.capture_dir)
+        sys.stderr.write(f"memtrace: installed the kernel {args.display_name!r} ({args.name}) in "
+                         f"{path}\n")
+        return 0
+
+
+def _focus(model, region):
+    """The model seen through --region (unchanged without it)."""
+    if region is None:
+        return model
+    from tracer import regions
+
+    return regions.focus(model, region)
 
 
 def _metric_options(p) -> None:
@@ -370,12 +460,19 @@ def _incomplete_status(model) -> int:
 
 
 _COMMANDS = [RunCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
-             LinesCommand, LogCommand, DiffCommand, ExportCommand]
+             LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand, PytestCommand,
+             JupyterCommand]
 
 
 def _parser(command) -> _Parser:
     p = _Parser(prog=f"memtrace {command.name}", description=command.__doc__)
     command.prepare_parser(p)
+    if isinstance(command, (CaptureCommand, DiffCommand)) and not isinstance(command, RegionsCommand):
+        p.add_argument("--region", metavar="NAME",
+                       help="only what was allocated inside the region NAME (exact, else a glob; "
+                            "`memtrace regions` lists them)")
+    elif isinstance(command, RegionsCommand):
+        p.set_defaults(region=None)
     return p
 
 
@@ -399,6 +496,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             command, rest = commands[argv[0]](), argv[1:]
         else:
             command, rest = RunCommand(), argv
+        if getattr(command, "raw_args", False):
+            return command.run(rest)
         args = _parser(command).parse_args(rest)
         if getattr(args, "raw", False):
             from tracer.reports import summary

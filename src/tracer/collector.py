@@ -21,12 +21,13 @@ from tracer import _format as fmt
 from tracer import procfs
 from tracer._native import ffi, lib
 from tracer.aggregate import Aggregator
+from tracer.answers import Questions
 from tracer.capture_writer import CaptureWriter, EventPacker
 from tracer.session import Session
 
 HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
 HELLO_MAGIC = 0x4D54484C
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 BATCH_EVENTS = 1 << 16
 BATCHES_PER_ROUND = 4
 META_BATCH = 1 << 20
@@ -81,6 +82,8 @@ class Stream:
         self.lost = 0
         self.n_events = 0
         self.meta_pending = bytearray()  # metadata gathered for one compressed chunk
+        self.meta_log = bytearray()  # every metadata byte written: answers name stacks from it
+        self.names = None  # answers.Names, made by the first question with details
         self.ended_by_exec = False
         self.packer: Optional[EventPacker] = None  # set by the collector
         self.forks = 0  # children it forked, read when its stream ends
@@ -115,6 +118,7 @@ class Collector:
         self._next_aggregate = AGGREGATE_REFRESH_SECONDS
         self.snap_budget = SNAPSHOT_BURST  # seconds of snapshot work allowed now
         self.snap_budget_t = 0.0
+        self.questions = Questions()  # the programs' questions about their regions
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -226,6 +230,7 @@ class Collector:
         an aggregate is written."""
         if stream.meta_pending:
             self.writer.chunk(fmt.CHUNK_META, stream.sid, stream.meta_pending)
+            stream.meta_log += stream.meta_pending
             stream.meta_pending = bytearray()
 
     def _note_heap(self, stream: Stream, t: float, drained: bool = True) -> None:
@@ -374,6 +379,9 @@ class Collector:
             stream.packer.flush(self.now())
         self._write_meta(stream)
         self.writer.chunk(fmt.CHUNK_AGGREGATE, stream.sid, *stream.agg.chunk_payload(extra))
+        regions = stream.agg.regions_payload()
+        if regions:
+            self.writer.chunk(fmt.CHUNK_REGIONS, stream.sid, *regions)
 
     def _finish(self, stream: Stream, still_running: bool = False) -> None:
         """The process ended (or the trace is ending): drain all, write its results."""
@@ -398,6 +406,7 @@ class Collector:
                 ending["how"] = "_exit"  # left without running exit handlers
         self.writer.json_chunk(fmt.CHUNK_PROCESS_END, stream.sid, ending)
         self.writer.end_stream(stream.sid)
+        stream.meta_log, stream.names = bytearray(), None  # no more questions from it
         if stream.pidfd is not None:
             self.selector.unregister(stream.pidfd)
             os.close(stream.pidfd)
@@ -446,6 +455,7 @@ class Collector:
         for stream in list(self.streams.values()):
             if stream.alive:
                 drained += self._drain(stream)
+                self.questions.answer(self, stream)
         t = self.now()
         for stream in list(self.streams.values()):
             if stream.alive:

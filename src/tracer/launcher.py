@@ -141,8 +141,11 @@ def program_label(argv: List[str]) -> str:
     return base
 
 
-def target_env(socket_path: str, sample_rate: int = 0) -> dict:
+def target_env(socket_path: str, sample_rate: int = 0, capture: Optional[str] = None) -> dict:
     env = dict(os.environ)
+    env.pop("MEMTRACE_CAPTURE", None)
+    if capture:  # where the program's own capture goes (the pytest plugin and notebooks say so)
+        env["MEMTRACE_CAPTURE"] = os.path.abspath(capture)
     env.pop("MEMTRACE_SAMPLE_RATE", None)  # only ever what the collector was told
     if sample_rate:
         env["MEMTRACE_SAMPLE_RATE"] = str(sample_rate)
@@ -235,7 +238,7 @@ def run(opts: RunOptions) -> RunResult:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
     writer = collector = None
     try:
-        env = target_env(session.socket_path, opts.sample_rate)
+        env = target_env(session.socket_path, opts.sample_rate, opts.output)
         if opts.output and not opts.force and os.path.lexists(opts.output):
             # refuse before starting anything (the writer checks again, atomically)
             raise MemtraceError(f"{opts.output} already exists (use -f to overwrite it)")

@@ -244,16 +244,20 @@ def _live_at_exit_point(sd: StreamData):
     return totals, sites
 
 
-def build_model(capture: Capture) -> Model:
+def build_model(capture: Capture, live: bool = False) -> Model:
+    """live: the run is still going (a traced program reading its own capture, e.g. a
+    notebook's kernel): each stream's latest aggregate is used as it is, and the
+    capture is not called incomplete."""
     model = Model(capture)
-    if capture.truncated_at is not None or capture.end is None:
+    model.live = live
+    if not live and (capture.truncated_at is not None or capture.end is None):
         model.warnings.append("the capture is incomplete (the run was cut short); "
                               "numbers cover what was recorded up to its end")
     for sid in sorted(capture.streams):
         sd = capture.streams[sid]
         if not sd.info:
             continue  # chunks of a stream whose announcement was lost
-        replayed = sd.totals is None or sd.end is None
+        replayed = sd.totals is None or (sd.end is None and not live)
         if replayed:
             totals, sites = _replay(capture, sd)
         elif sd.exit_totals is not None:
@@ -287,8 +291,8 @@ def build_model(capture: Capture) -> Model:
     return model
 
 
-def load(path: str) -> Model:
-    return build_model(read_capture(path))
+def load(path: str, live: bool = False, snapshots: bool = True) -> Model:
+    return build_model(read_capture(path, snapshots), live)
 
 
 # ---- views shared by the reports ------------------------------------------

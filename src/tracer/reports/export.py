@@ -16,6 +16,7 @@ from tracer import _format as fmt
 from tracer import stacks as st
 from tracer._native import ffi, lib
 from tracer.model import LOST_FRAME, Model, heap_mask
+from tracer.regions import event_filter
 from tracer.reports.flame import METRICS
 from tracer.reports.tables import lib_name_ids
 
@@ -236,10 +237,13 @@ def csv_events(model: Model, out) -> int:
         frames = {}
         mapping_anon = {}  # start of each traced mapping -> anonymous?
         moved_anon = True  # the kind of the mapping an mremap moves (as the aggregator rules)
+        inside = event_filter(model, proc)  # --region: only what happened inside it
         for t, events in model.capture.events(proc.sid):
+            if inside is not None:
+                events = events[inside.mask(events)]
             for e in events:
                 kind, flags, addr = int(e["kind"]), int(e["flags"]), int(e["addr"])
-                if kind == fmt.FREE:
+                if kind in (fmt.FREE, fmt.REGION):
                     continue
                 if kind == fmt.MUNMAP:
                     anon = mapping_anon.pop(addr, True) if not flags & fmt.FLAG_KEEP \

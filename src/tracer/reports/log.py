@@ -6,6 +6,7 @@ import numpy as np
 
 from tracer import _format as fmt
 from tracer.model import Model
+from tracer.regions import event_filter, names as region_names
 from tracer.reports.summary import clean
 
 
@@ -20,16 +21,27 @@ def render(model: Model, out, min_size: int = 0, library: str = None, limit: int
                                     if fnmatch.fnmatch(name, library) or library in name],
                                    dtype=np.uint16)
         where = {}
+        inside = event_filter(model, proc)  # --region: only what happened inside it
+        regions = region_names(proc)
         for t, events in model.capture.events(proc.sid):
             kinds = events["kind"]
             keep = (kinds != 10) & (kinds != fmt.MUNMAP) if not frees else np.ones(len(events), bool)
+            if inside is not None:
+                keep &= inside.mask(events)
             keep &= (events["flags"] & fmt.FLAG_KEEP) == 0  # DONTUNMAP: nothing was unmapped
             if min_size:
                 keep &= events["size"] >= min_size
             if wanted_libs is not None:
                 keep &= np.isin(events["lib"], wanted_libs)
+            keep |= kinds == fmt.REGION  # where threads enter and leave regions
             for e in events[keep]:
                 kind = fmt.KIND_NAMES[int(e["kind"])]
+                if kind == "region":  # a thread enters or leaves a region
+                    name = regions.get(int(e["addr"]), (f"<region {int(e['addr'])}>",))[0]
+                    if inside is None or int(e["addr"]) in inside.wanted:
+                        out.write(f"{t:9.3f} {proc.pid} {int(e['tid'])} "
+                                  f"{'enter' if int(e['size']) else 'leave'} region {clean(name)!r}\n")
+                    continue
                 stack = int(e["stack"])
                 if stack not in where:
                     frame = proc.frame(stack) if stack else None

@@ -1,5 +1,5 @@
 """`memtrace stats --json`: the capture's numbers as one JSON document."""
-from tracer import reconcile
+from tracer import reconcile, regions
 from tracer.model import Model
 from tracer.reports import jsontext, peaks, tables
 
@@ -44,6 +44,10 @@ def stats(model: Model) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "command": model.command,
+        # --region: every number below is of what was allocated inside that region
+        "region": getattr(model, "region", None),
+        # each region's own numbers (docs/regions.md)
+        "regions": regions.table(model),
         "exit_code": end.get("exit_code"),
         "signal": end.get("signal"),
         "complete": not model.warnings,

@@ -2,6 +2,7 @@
 import unicodedata
 
 from tracer import reconcile as rec
+from tracer import regions
 from tracer.errors import CaptureError
 from tracer.model import Model, display_path
 from tracer.reports import peaks, tables
@@ -35,6 +36,8 @@ def human(n: float) -> str:
 
 def describe_end(model: Model) -> str:
     end = model.end
+    if getattr(model, "live", False):
+        return "still running"
     if not end:
         return "the capture is incomplete: the run was cut short"
     if end.get("signal"):
@@ -80,6 +83,9 @@ def render(model: Model, out, top: int = TOP) -> None:
     cwd = model.capture.info.get("cwd")
     command = " ".join(clean(a) for a in model.command)
     w(f"memtrace: {command} — {describe_end(model)}\n")
+    focused = regions.describe(model)
+    if focused:
+        w(f"  {clean(focused)}\n")
     for warning in model.warnings:
         w(f"  warning: {clean(warning)}\n")
     for note in (model.estimate_note, native_only_note(model)):
@@ -93,8 +99,9 @@ def render(model: Model, out, top: int = TOP) -> None:
     if t["numpy_bytes"]:  # (nothing to say of NumPy to a program without its arrays)
         share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
-    for line in reconciliation_digest:
-        w(f"  {line}\n")
+    for line in reconciliation_digest if not focused else []:  # (RSS is the process's)
+        w(f"  {line}
+")
     if t["dropped"]:
         w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
     unrecorded = sum(int(p.end.get("unrecorded_reentrant", 0)) for p in model.processes)
@@ -121,6 +128,15 @@ def render(model: Model, out, top: int = TOP) -> None:
         for row in leaks[:5]:
             where = f"{clean(display_path(row['file'], cwd))}:{row['line']}"
             w(f"    {human(row['live_at_exit_bytes']):>10}  {where}  {clean(row['function'])}\n")
+    region_rows = regions.table(model) if focused is None else []
+    if region_rows:
+        from tracer.reports import regions as region_report
+
+        top_regions = region_report.rows(model)
+        w(f"  regions by peak ({len(top_regions)}; `memtrace regions` lists them, "
+          "--region NAME shows one):\n")
+        for line in region_report.lines(model, top_regions[:5]):
+            w(f"    {line}\n")
     if len(model.processes) > 1:
         w(f"  processes: {len(model.processes)}\n")
         for proc in model.processes:

@@ -1,0 +1,162 @@
+"""The collector's answers to a traced program's questions about its regions
+(`tracer.usage()`, `Region.usage()`, the pytest plugin's limits): its side of the
+ask/answer area of csrc/events.h.
+
+A question is answered once every event claimed before it was asked has been
+aggregated, from the C aggregator's numbers for the asking thread's region. A
+question with details also names the stacks that hold the most; the collector
+keeps each stream's metadata bytes for that and parses them only when such a
+question comes. No NumPy: this runs in the collector.
+"""
+import json
+import os
+import struct
+
+from tracer import _format as fmt
+from tracer._native import ffi, lib
+
+TOP_STACKS = 10
+MAX_FRAMES = 16
+ANSWER_BYTES = 1 << 16  # the answer area (csrc/transport.c)
+
+
+class Names:
+    """Code objects, stack nodes, libraries, threads and regions of one stream, read
+    from its metadata as it grows: the bytes written so far (`log`) followed by those
+    still pending. Each record is read once; one cut at the end waits for its rest."""
+
+    def __init__(self):
+        self.parsed = 0  # offset in log + pending of the first record not read yet
+        self.codes, self.nodes, self.libs, self.threads, self.regions = {}, {}, {}, {}, {}
+
+    def update(self, log, pending) -> None:
+        end = len(log) + len(pending)
+        while self.parsed + 4 <= end:
+            rtype, length = struct.unpack("<HH", _span(log, pending, self.parsed, 4))
+            if self.parsed + 4 + length > end:
+                break
+            self._record(rtype, _span(log, pending, self.parsed + 4, length))
+            self.parsed += (4 + length + 3) & ~3
+
+    def _record(self, rtype: int, p: bytes) -> None:
+        if rtype == fmt.META_CODE and len(p) >= 12:
+            cid, _first, flen, nlen = struct.unpack_from("<IiHH", p)
+            self.codes[cid] = (p[12:12 + flen].decode("utf-8", "replace"),
+                               p[12 + flen:12 + flen + nlen].decode("utf-8", "replace"))
+        elif rtype == fmt.META_NODE and len(p) >= 16:
+            nid, parent, code, line = struct.unpack_from("<IIIi", p)
+            self.nodes[nid] = (parent, code, line)
+        elif rtype == fmt.META_LIB and len(p) >= 16:
+            self.libs[struct.unpack_from("<H", p)[0]] = p[16:].decode("utf-8", "replace")
+        elif rtype == fmt.META_THREAD and len(p) >= 4:
+            self.threads[struct.unpack_from("<I", p)[0]] = p[4:].decode("utf-8", "replace")
+        elif rtype == fmt.META_REGION and len(p) >= 8:
+            self.regions[struct.unpack_from("<I", p)[0]] = p[8:].decode("utf-8", "replace")
+
+    def frames(self, stack: int, tid: int) -> list:
+        """[function, file, line] of a stack, innermost first."""
+        if stack == 0:
+            return [[f"[no Python frame] thread {self.threads.get(tid, '?')} (tid {tid})",
+                     "<native>", 0]]
+        out, seen = [], set()
+        while stack and stack not in seen and len(out) < MAX_FRAMES:
+            seen.add(stack)
+            parent, code, line = self.nodes.get(stack, (0, 0, 0))
+            file, function = self.codes.get(code, ("<unknown>", "<unknown>"))
+            out.append([function, file, line])
+            stack = parent
+        return out
+
+
+def _span(log, pending, at: int, n: int) -> bytes:
+    """n bytes at offset `at` of log + pending, copying only those."""
+    split = len(log)
+    if at + n <= split:
+        return bytes(log[at:at + n])
+    if at >= split:
+        return bytes(pending[at - split:at - split + n])
+    return bytes(log[at:]) + bytes(pending[:at + n - split])
+
+
+class Questions:
+    """Finds and answers the questions of the collector's streams."""
+
+    def __init__(self):
+        self.question = ffi.new("mt_question *")
+        self.row = ffi.new("mt_region_row *")
+        self.site = ffi.new("mt_site *")
+
+    def answer(self, collector, stream) -> None:
+        """Answer the stream's waiting question, if any, once its events are in."""
+        q = self.question
+        if not lib.mt_shm_question(stream.ptr, q):
+            return
+        if stream.counter(5) < q.position:
+            collector._drain(stream, everything=True)
+            if stream.counter(5) < q.position:
+                return  # another thread's event is not committed yet: next round
+        if q.what == fmt.ASK_CHECKPOINT:  # the program reads its own capture next
+            collector._flush_samples(stream)
+            collector._write_aggregate(stream)
+            collector.writer.flush()
+            path = os.path.abspath(collector.writer.path)
+            text = json.dumps({"found": True, "capture": path}).encode()
+            lib.mt_shm_answer(stream.ptr, q.seq, text, len(text))
+            return
+        text = json.dumps(self._answer(stream, q), separators=(",", ":")).encode()
+        if len(text) > ANSWER_BYTES:  # too many long frames: fewer of them
+            answer = self._answer(stream, q)
+            for line in answer.get("lines", []):
+                line["stack"] = line["stack"][:2]
+            text = json.dumps(answer, separators=(",", ":")).encode()[:ANSWER_BYTES]
+        lib.mt_shm_answer(stream.ptr, q.seq, text, len(text))
+
+    def _answer(self, stream, q) -> dict:
+        agg, row = stream.agg._agg, self.row
+        found = lib.mt_agg_region_usage(agg, q.tid, q.region, row)
+        if found == 0:
+            return {"found": False}
+        names = self._names(stream)
+        out = {"found": True, "open": found == 1, "region": row.region,
+               "name": names.regions.get(row.region)}
+        if found == 1:  # the instance open on the thread, so far
+            out.update(live=row.live_bytes, peak=row.peak_bytes, allocated=row.alloc_bytes,
+                       n_allocations=row.n_allocs, instances=None)
+        else:  # the last instance that ended
+            out.update(live=row.last_live_bytes, peak=row.last_peak_bytes,
+                       allocated=row.last_alloc_bytes, instances=row.instances)
+        if found == 1 and q.what in (fmt.ASK_AT_PEAK, fmt.ASK_LIVE):
+            column = "peak" if q.what == fmt.ASK_AT_PEAK else "live"
+            out["lines"] = self._top(stream, names, q.tid, row.region, column)
+        return out
+
+    def _names(self, stream) -> Names:
+        if stream.names is None:
+            stream.names = Names()
+        stream.names.update(stream.meta_log, stream.meta_pending)
+        return stream.names
+
+    def _top(self, stream, names: Names, tid: int, region: int, column: str) -> list:
+        """The stacks holding the most of the open instance's `column` bytes."""
+        agg = stream.agg._agg
+        n = lib.mt_agg_region_usage_sites(agg, tid, region, ffi.NULL, 0)
+        if n == 0:
+            return []
+        records = ffi.new("mt_region_site[]", n)
+        lib.mt_agg_region_usage_sites(agg, tid, region, records, n)
+        by_stack = {}
+        for r in records:
+            held = getattr(r, column + "_bytes")
+            if held <= 0 or lib.mt_agg_site(agg, r.site, self.site) != 0:
+                continue
+            s = self.site
+            key = (s.stack, s.tid if s.stack == 0 else 0)
+            entry = by_stack.setdefault(key, [0, 0, {}])
+            entry[0] += held
+            entry[1] += getattr(r, column + "_count")
+            entry[2][s.lib] = entry[2].get(s.lib, 0) + held
+        top = sorted(by_stack.items(), key=lambda kv: -kv[1][0])[:TOP_STACKS]
+        return [{"bytes": held, "count": count,
+                 "library": names.libs.get(max(libs, key=libs.get), "").rsplit("/", 1)[-1],
+                 "stack": names.frames(stack, thread)}
+                for (stack, thread), (held, count, libs) in top]

@@ -1,0 +1,82 @@
+"""A %%memtrace cell's flame graph as a notebook shows it — the report in an iframe's
+srcdoc — in a real headless Chromium: it renders the region's frames, fetches nothing,
+logs no error, and its script cannot reach the page around it."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from conftest import memtrace
+
+playwright = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("IPython")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+
+PROGRAM = """
+import tracer
+
+def outside():
+    return bytearray(9_000_000)
+
+def grow_inside():
+    return [bytearray(1_000_000) for _ in range(6)]
+
+with tracer.region("cell"):
+    kept = grow_inside()
+other = outside()
+"""
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from tracer.jupyter.magics import frame, summary
+    from tracer.model import load
+    from tracer.regions import focus
+
+    tmp = tmp_path_factory.mktemp("frame")
+    (tmp / "prog.py").write_text(PROGRAM)
+    run = memtrace("run", "-q", "--no-report", "-o", tmp / "p.mtrace", "--", sys.executable,
+                   tmp / "prog.py", cwd=tmp)
+    assert run.returncode == 0, run.stderr
+    model = focus(load(str(tmp / "p.mtrace")), "cell")
+    notebook = tmp / "notebook.html"
+    notebook.write_text(f"<!DOCTYPE html><html><body><div id='outside'>notebook</div>"
+                        f"<pre>{summary(model, 'cell', {})}</pre>{frame(model)}</body></html>")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.problems, page.requests = [], []
+        page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+        page.on("pageerror", lambda e: page.problems.append(str(e)))
+        page.on("request", lambda r: page.requests.append(r.url))
+        page.goto(notebook.as_uri())
+        inner = next(f for f in page.frames if f != page.main_frame)
+        inner.wait_for_function("window.memtrace && window.memtrace.ready")
+        yield page, inner
+        browser.close()
+
+
+def test_the_cells_frames_are_drawn(page):
+    _page, inner = page
+    state = inner.evaluate("window.memtrace.state()")
+    assert state["boxes"] > 2
+    names = inner.evaluate("window.memtrace.names()")
+    assert any("grow_inside" in n for n in names)
+    assert not any("outside" == n.split(" ")[0] for n in names)   # not the region's
+    data = json.loads(inner.evaluate("document.getElementById('memtrace-data').textContent"))
+    assert data["peak_heap"] >= 6_000_006
+
+
+def test_offline_and_sandboxed(page):
+    outer, inner = page
+    assert [u for u in outer.requests if not u.startswith(("file:", "about:"))] == []
+    assert outer.problems == []
+    reach = inner.evaluate("() => { try { return window.parent.document.body.innerHTML }"
+                           " catch (e) { return 'blocked' } }")
+    assert reach == "blocked"
