@@ -197,8 +197,7 @@ def _focused(proc: Process, m: Merged) -> Process:
     heap = np.array([(t, v, v) for t, v in points], dtype=fmt.HEAP_DTYPE)
     return dataclasses.replace(
         proc, sites=sites, totals=totals, snapshots=[], heap=heap,
-        rss=proc.rss[(proc.rss["t"] >= m.t_enter) & (proc.rss["t"] <= end)],
-        _user_frames={}, _library_files={})
+        rss=proc.rss[(proc.rss["t"] >= m.t_enter) & (proc.rss["t"] <= end)])
 
 
 def describe(model: Model) -> Optional[str]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import memtrace
+from helpers import memtrace
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("IPython")
@@ -58,6 +58,8 @@ def page(tmp_path_factory):
         page.goto(notebook.as_uri())
         inner = next(f for f in page.frames if f != page.main_frame)
         inner.wait_for_function("window.memtrace && window.memtrace.ready")
+        # the iframe gets its width after its script ran: the graph is drawn again then
+        inner.wait_for_function("window.memtrace.state().boxes > 2", timeout=10_000)
         yield page, inner
         browser.close()
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import memtrace
+from helpers import memtrace
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

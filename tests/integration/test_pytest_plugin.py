@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import memtrace
+from helpers import memtrace
 
 pytest_plugins = ["pytester"]
 

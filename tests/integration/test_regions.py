@@ -4,11 +4,10 @@ at all outside memtrace."""
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from conftest import line_of, lines_of, memtrace
+from helpers import line_of, lines_of, memtrace
 
 REGIONS_PROGRAM = """
 import threading

@@ -49,8 +49,8 @@ def render_tests(model: Model, out, top: int = 10) -> None:
         out.write(f"memtrace: no test ran under memtrace (capture: {path})\n")
         return
     out.write(f"{' memtrace: ' + str(len(tests)) + ' tests, each its own region ':=^80}\n")
-    out.write(f"tests with the highest peak (the most bytes allocated inside the test, live "
-              f"at one moment):\n")
+    out.write("tests with the highest peak (the most bytes allocated inside the test, live "
+              "at one moment):\n")
     for line in lines(model, tests[:top], label="test"):
         out.write(f"  {line}\n")
     leaving = [r for r in rows(model, "test", key="live_at_end_bytes") if r["live_at_end_bytes"] > 0]

@@ -100,8 +100,7 @@ def render(model: Model, out, top: int = TOP) -> None:
         share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
     for line in reconciliation_digest if not focused else []:  # (RSS is the process's)
-        w(f"  {line}
-")
+        w(f"  {line}\n")
     if t["dropped"]:
         w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
     unrecorded = sum(int(p.end.get("unrecorded_reentrant", 0)) for p in model.processes)
