@@ -608,6 +608,10 @@ uint64_t mt_shm_counter(const void *shm, int which) {
         return __atomic_load_n(&h->forks, __ATOMIC_RELAXED);
     case 8:
         return __atomic_load_n(&h->exit_status, __ATOMIC_RELAXED);
+    case 9:
+        return __atomic_load_n(&h->census_sent, __ATOMIC_ACQUIRE);
+    case 10:
+        return __atomic_load_n(&h->census_ack, __ATOMIC_RELAXED);
     }
     return 0;
 }
@@ -623,6 +627,36 @@ void mt_shm_request_stats(void *shm, int python) {
 void mt_shm_ack_exit(void *shm) {
     mt_shm_header *h = shm;
     __atomic_store_n(&h->exit_ack, 1, __ATOMIC_RELEASE);
+}
+
+void mt_shm_request_census(void *shm) {
+    mt_shm_header *h = shm;
+    /* before the python request that makes the target look for it */
+    __atomic_fetch_add(&h->census_request, 1, __ATOMIC_RELEASE);
+    mt_shm_request_stats(shm, 1);
+}
+
+void mt_shm_ack_census(void *shm, uint32_t sent) {
+    mt_shm_header *h = shm;
+    __atomic_store_n(&h->census_ack, sent, __ATOMIC_RELEASE);
+}
+
+void mt_agg_blocks_at(const mt_agg *a, const uint64_t *addrs, size_t n, uint32_t *site,
+                      uint64_t *size) {
+    size_t mask = a->live.cap ? a->live.cap - 1 : 0;
+    for (size_t i = 0; i < n; i++) {
+        site[i] = UINT32_MAX;
+        size[i] = 0;
+        if (a->live.cap == 0 || addrs[i] == 0)
+            continue;
+        for (size_t j = mix64(addrs[i]) & mask; a->live.slots[j].addr; j = (j + 1) & mask) {
+            if (a->live.slots[j].addr == addrs[i]) {
+                site[i] = a->live.slots[j].site;
+                size[i] = a->live.slots[j].size;
+                break;
+            }
+        }
+    }
 }
 
 /* Index of the first range that ends after addr (n if none). */

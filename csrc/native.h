@@ -77,10 +77,19 @@ size_t mt_ring_drain(void *shm, mt_event *out, size_t max);
 size_t mt_ring_drain_dead(void *shm, mt_event *out, size_t max, uint64_t *lost);
 /* Copy committed metadata bytes into out; returns how many. */
 size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
-uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns, 7 forks, 8 exit_status */
+uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns, 7 forks, 8 exit_status, 9 census_sent, 10 census_ack */
 /* Ask the target for heap statistics (python: pymalloc's too); let an exiting target go. */
 void mt_shm_request_stats(void *shm, int python);
 void mt_shm_ack_exit(void *shm);
+/* Object census (--objects): ask for one (with pymalloc's statistics); let a target
+ * that sent census `sent` go on once its blocks are joined. */
+void mt_shm_request_census(void *shm);
+void mt_shm_ack_census(void *shm, uint32_t sent);
+
+/* The live malloc-family block starting at each of n addresses: its site (UINT32_MAX:
+ * none starts there) and size. Read-only: the object census joins its objects with it. */
+void mt_agg_blocks_at(const mt_agg *agg, const uint64_t *addrs, size_t n, uint32_t *site,
+                      uint64_t *size);
 
 /* Live traced bytes inside each of n sorted, disjoint ranges [starts[i], ends[i]):
  * malloc-family blocks (by start address) and mappings (by overlap, anonymous and

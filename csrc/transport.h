@@ -55,6 +55,11 @@ void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, 
  * process still exists (bounded wait), then mark the stream as ended by exit(). */
 void mt_transport_exit_handshake(void);
 
+/* Object census (events.h): claim the collector's request, and say a census
+ * record was written (waits, bounded, for the collector to join it). */
+int mt_transport_census_due(void);
+void mt_transport_census_sent(void);
+
 /* mmap/munmap without going through the shim's own hooks. */
 void *mt_sys_mmap(size_t len);
 void mt_sys_munmap(void *p, size_t len);

@@ -92,6 +92,7 @@ static PyObject *pymalloc_stats(PyObject *self, PyObject *arg) {
 /* exit_point(): the program is done; pymalloc's books, then the shim's exit handshake. */
 static PyObject *exit_point(PyObject *self, PyObject *args) {
     mt_send_pymalloc_stats(1);
+    mt_take_census(1); /* (only with --objects) */
     mt_exit_point_fn fn = (mt_exit_point_fn)mt_shim_symbol(MT_SYM_EXIT_POINT);
     if (fn)
         fn();
@@ -106,6 +107,9 @@ static PyMethodDef methods[] = {
     {"label_numpy", mt_label_numpy, METH_O, "Label NumPy array data."},
     {"pymalloc_stats", pymalloc_stats, METH_O, "Send pymalloc's statistics now."},
     {"exit_point", exit_point, METH_NOARGS, "The program is done: final statistics now."},
+    {"census_setup", mt_census_setup, METH_VARARGS, "Switch the object census on."},
+    {"census_numpy", mt_census_numpy, METH_O, "Count NumPy arrays' data in the census."},
+    {"census", mt_census_now, METH_O, "Take an object census now."},
     {NULL, NULL, 0, NULL},
 };
 

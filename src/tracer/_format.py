@@ -26,6 +26,7 @@ TEXT_ARGV, TEXT_EXE = 6, 7
 STATE_RUNNING, STATE_EXITED, STATE_DISABLED, STATE_EXITING = 0, 1, 2, 3
 META_HEAPSTATS = 6
 TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE, TEXT_STACKS = 8, 9, 10, 11
+TEXT_CENSUS, TEXT_CENSUS_LINES = 12, 13  # an object census (JSON), its blocks joined by the collector
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                    "uordblks", "fordblks", "keepcost")
 

@@ -59,6 +59,10 @@ class RunCommand:
         p.add_argument("--redact-argv", action="store_true",
                        help="keep only argv[0] of each traced process (its arguments become "
                             "<redacted>) in the capture and every report")
+        p.add_argument("--objects", action="store_true",
+                       help="census of live Python objects by type (count, sys.getsizeof, NumPy "
+                            "nbytes owned or viewed, allocating lines) at the heap peak and at "
+                            "exit, taken on the main thread (docs/objects.md)")
         p.add_argument("--no-heap-stats", action="store_true",
                        help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
@@ -75,7 +79,7 @@ class RunCommand:
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval,
             heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate,
-            redact_argv=args.redact_argv))
+            redact_argv=args.redact_argv, objects=args.objects))
         if not args.no_report:
             from tracer.model import load
             from tracer.reports import html, summary

@@ -18,7 +18,7 @@ import time
 from typing import Dict, Optional
 
 from tracer import _format as fmt
-from tracer import procfs
+from tracer import census, procfs
 from tracer._native import ffi, lib
 from tracer.aggregate import Aggregator
 from tracer.capture_writer import CaptureWriter, EventPacker
@@ -81,6 +81,9 @@ class Stream:
         self.lost = 0
         self.n_events = 0
         self.meta_pending = bytearray()  # metadata gathered for one compressed chunk
+        self.meta_all = bytearray()  # all of it, for live views (bounded by distinct stacks)
+        self.census_scan = 0  # where in meta_all the next census record is looked for
+        self.census_next = 0.0  # no census asked for before then (--objects)
         self.ended_by_exec = False
         self.packer: Optional[EventPacker] = None  # set by the collector
         self.forks = 0  # children it forked, read when its stream ends
@@ -91,8 +94,10 @@ class Stream:
 
 class Collector:
     def __init__(self, session: Session, writer: CaptureWriter, t0: float,
-                 sample_interval: float = 0.01, heap_stats: bool = True, sample_rate: int = 0):
+                 sample_interval: float = 0.01, heap_stats: bool = True, sample_rate: int = 0,
+                 objects: bool = False):
         self.writer = writer
+        self.objects = objects  # --objects: a census of Python objects at peak and exit
         self.sample_rate = sample_rate
         self.heap_stats = heap_stats
         self.main_pid = None  # set by the launcher once the target is started
@@ -216,6 +221,7 @@ class Collector:
             if m == 0:
                 break
             stream.meta_pending += memoryview(self.meta_buffer)[:m]
+            stream.meta_all += memoryview(self.meta_buffer)[:m]
             if len(stream.meta_pending) >= META_BATCH:
                 self._write_meta(stream)
         return total
@@ -324,7 +330,10 @@ class Collector:
             # glibc's and pymalloc's books need the program: it answers in its next
             # allocator call (a pending call for pymalloc); the nearest answer is used
             # (the reconciliation says how far it was)
-            lib.mt_shm_request_stats(stream.ptr, 1)
+            if self.objects and t >= stream.census_next:
+                lib.mt_shm_request_census(stream.ptr)  # (pymalloc's statistics with it)
+            else:
+                lib.mt_shm_request_stats(stream.ptr, 1)
             self._snapshot(stream, "peak")
         elif since >= PERIODIC_SNAPSHOT_SECONDS:
             self._snapshot(stream, "periodic")
@@ -449,6 +458,8 @@ class Collector:
         t = self.now()
         for stream in list(self.streams.values()):
             if stream.alive:
+                if self.objects and stream.counter(9) != stream.counter(10):
+                    census.join(self, stream)
                 if self.heap_stats:
                     self._watch(stream, t)
                 elif stream.counter(3) == fmt.STATE_EXITING:

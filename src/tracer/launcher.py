@@ -35,6 +35,7 @@ class RunOptions(NamedTuple):
     heap_stats: bool = True
     sample_rate: int = 0  # --sample-rate BYTES; 0 records every event
     redact_argv: bool = False
+    objects: bool = False  # --objects: census of live Python objects at peak and exit
 
 
 class RunResult(NamedTuple):
@@ -141,9 +142,12 @@ def program_label(argv: List[str]) -> str:
     return base
 
 
-def target_env(socket_path: str, sample_rate: int = 0) -> dict:
+def target_env(socket_path: str, sample_rate: int = 0, objects: bool = False) -> dict:
     env = dict(os.environ)
     env.pop("MEMTRACE_SAMPLE_RATE", None)  # only ever what the collector was told
+    env.pop("MEMTRACE_OBJECTS", None)
+    if objects:
+        env["MEMTRACE_OBJECTS"] = "1"  # the bootstrap sets the census up
     if sample_rate:
         env["MEMTRACE_SAMPLE_RATE"] = str(sample_rate)
     preload = env.get("LD_PRELOAD", "")
@@ -235,7 +239,7 @@ def run(opts: RunOptions) -> RunResult:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
     writer = collector = None
     try:
-        env = target_env(session.socket_path, opts.sample_rate)
+        env = target_env(session.socket_path, opts.sample_rate, opts.objects)
         if opts.output and not opts.force and os.path.lexists(opts.output):
             # refuse before starting anything (the writer checks again, atomically)
             raise MemtraceError(f"{opts.output} already exists (use -f to overwrite it)")
@@ -263,7 +267,7 @@ def run(opts: RunOptions) -> RunResult:
             proc.wait()
             raise
         collector = Collector(session, writer, t0, opts.sample_interval, opts.heap_stats,
-                              opts.sample_rate)
+                              opts.sample_rate, opts.objects)
         collector.main_pid = proc.pid
         writer.json_chunk(fmt.CHUNK_INFO, 0, {
             "command": redact(opts.argv) if opts.redact_argv else opts.argv, "program": program, "memtrace_version": __version__,

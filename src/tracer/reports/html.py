@@ -10,7 +10,7 @@ from typing import Optional
 
 from tracer import reconcile
 from tracer.model import Model
-from tracer.reports import flame, peaks, tables
+from tracer.reports import flame, objects, peaks, tables
 from tracer.reports import reconciliation as reconciliation_report
 from tracer.reports.summary import describe_end
 
@@ -99,6 +99,7 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
         "libraries": tables.by_library(model)[:30],
         "sizes": _size_rows(model), "processes": stats_processes,
         "reconciliation": reconciliation,
+        "objects": objects.html_rows(model),
     }
 
 

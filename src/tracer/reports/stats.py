@@ -3,7 +3,7 @@ import json
 
 from tracer import reconcile
 from tracer.model import Model
-from tracer.reports import peaks, tables
+from tracer.reports import objects, peaks, tables
 
 FORMAT_VERSION = 1
 
@@ -41,6 +41,8 @@ def stats(model: Model) -> dict:
             "unrecorded_calls": int(proc.end.get("unrecorded_reentrant", 0)),
             "end": tables.process_end(model, proc),
             "warnings": proc.warnings,
+            # --objects: live Python objects by type at the heap peak and at exit
+            "objects": objects.process_views(model, proc),
         })
     tree = peaks.tree_peak(model)
     return {

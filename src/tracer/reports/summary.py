@@ -115,6 +115,8 @@ def render(model: Model, out, top: int = TOP) -> None:
         for row in leaks[:5]:
             where = f"{clean(display_path(row['file'], cwd))}:{row['line']}"
             w(f"    {human(row['live_at_exit_bytes']):>10}  {where}  {clean(row['function'])}\n")
+    from tracer.reports import objects  # (it uses this module's helpers)
+    objects.render_summary(model, w)
     if len(model.processes) > 1:
         w(f"  processes: {len(model.processes)}\n")
         for proc in model.processes:

@@ -1,0 +1,80 @@
+"""The collector's side of the object census (`memtrace run --objects`, docs/objects.md).
+
+The target writes a census (metadata text key TEXT_CENSUS, JSON) and waits, holding
+the GIL, until the collector has drained every event before it: no object of the
+census can be freed meanwhile, so looking its blocks up in the live table now is
+exact. The collector writes what it found as a TEXT_CENSUS_LINES record of its
+own into the stream's metadata, then lets the target go on. No NumPy here.
+"""
+import json
+import struct
+
+from tracer import _format as fmt
+from tracer._native import ffi, lib
+
+# A census record as it sits in the metadata: its text key, then its JSON.
+_SIGNATURE = struct.pack("<H", fmt.TEXT_CENSUS) + b'{"reason":"'
+BUDGET = 0.10  # censuses asked for at peaks take at most this share of the time
+
+
+def join(collector, stream) -> None:
+    """A census was sent: drain up to it, join its blocks, write the lines, let it go."""
+    sent = stream.counter(9)
+    collector._drain(stream, everything=True)
+    for record in _new_records(stream):
+        lines = _lines(stream, record, collector.now())
+        payload = struct.pack("<H", fmt.TEXT_CENSUS_LINES) + json.dumps(
+            lines, separators=(",", ":")).encode()
+        entry = struct.pack("<HH", fmt.META_TEXT, len(payload)) + payload
+        entry += b"\0" * (-len(entry) % 4)
+        # the drain above took every committed record: the metadata ends at a
+        # record boundary, where one of the collector's own may go
+        stream.meta_pending += entry
+        stream.meta_all += entry
+        cost = record.get("cost_ns", 0) / 1e9
+        stream.census_next = collector.now() + cost * (1 - BUDGET) / BUDGET
+    stream.census_scan = len(stream.meta_all)
+    lib.mt_shm_ack_census(stream.ptr, sent)
+
+
+def _new_records(stream):
+    """Census records that arrived since the last join."""
+    data, at = stream.meta_all, stream.census_scan
+    while True:
+        at = data.find(_SIGNATURE, at)
+        if at < 4:
+            return
+        rtype, length = struct.unpack_from("<HH", data, at - 4)
+        start = at
+        at += len(_SIGNATURE)
+        if rtype != fmt.META_TEXT or start + length > len(data):
+            continue
+        try:
+            yield json.loads(bytes(data[start + 2:start + length]))
+        except ValueError:
+            continue
+
+
+def _lines(stream, record, t: float) -> dict:
+    """Per type of the census, its blocks that are live traced blocks, by site."""
+    types = []
+    for index, row in enumerate(record.get("types", [])):
+        blocks = row.get("blocks") or []
+        if not blocks:
+            continue
+        n = len(blocks)
+        addrs = ffi.new("uint64_t[]", [int(b[0]) for b in blocks])
+        sites, sizes = ffi.new("uint32_t[]", n), ffi.new("uint64_t[]", n)
+        lib.mt_agg_blocks_at(stream.agg._agg, addrs, n, sites, sizes)
+        by_site = {}
+        for i in range(n):
+            if sites[i] != 0xFFFFFFFF:
+                entry = by_site.setdefault(sites[i], [0, 0])
+                entry[0] += 1
+                entry[1] += int(blocks[i][1])
+        types.append({"type": index, "blocks": n, "block_bytes": sum(int(b[1]) for b in blocks),
+                      "sites": sorted(([s, c, b] for s, (c, b) in by_site.items()),
+                                      key=lambda e: -e[2])})
+    totals = stream.agg.totals()
+    return {"position": record.get("position"), "t": t, "events": totals["n_events"],
+            "types": types}
