@@ -76,5 +76,7 @@ def _lines(stream, record, t: float) -> dict:
                       "sites": sorted(([s, c, b] for s, (c, b) in by_site.items()),
                                       key=lambda e: -e[2])})
     totals = stream.agg.totals()
+    # the target is still waiting: the traced heap now is the heap at its census
     return {"position": record.get("position"), "t": t, "events": totals["n_events"],
+            "heap": totals["heap"],
             "types": types}

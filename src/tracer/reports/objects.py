@@ -12,7 +12,7 @@ from tracer import _format as fmt
 from tracer.model import Model, Process, display_path, site_frame
 from tracer.reports.summary import clean, human
 
-TOP_TYPES = 20   # types per census in stats --json and the HTML report
+TOP_TYPES = 20   # types per census in the HTML report (stats --json: all the census lists)
 TOP_LINES = 3    # allocating lines per type
 
 
@@ -37,13 +37,19 @@ def censuses(proc: Process) -> List[dict]:
     return found
 
 
+def _heap(census: dict) -> int:
+    return int((census.get("joined") or {}).get("heap") or 0)
+
+
 def pick(proc: Process) -> dict:
-    """{"at_peak": census nearest the heap peak, "at_exit": the exit point's} (None: none)."""
+    """{"at_peak": the census that stands for the heap peak, "at_exit": the exit point's}
+    (None: none). At the peak: the census taken when the traced heap was highest (the
+    collector asks for one at each at-peak snapshot); of equals, the nearest in time."""
     all_ = censuses(proc)
     at_exit = next((c for c in reversed(all_) if c.get("reason") == "exit"), None)
-    peak_event = int(proc.totals.get("peak_event", 0))
-    at_peak = min((c for c in all_ if c.get("reason") == "peak"),
-                  key=lambda c: abs(int(c.get("position", 0)) - peak_event), default=None)
+    peak_time = float(proc.totals.get("peak_time", 0.0))
+    at_peak = max((c for c in all_ if c.get("reason") == "peak"), default=None, key=lambda c: (
+        _heap(c), -abs(float((c.get("joined") or {}).get("t") or 0.0) - peak_time)))
     return {"at_peak": at_peak, "at_exit": at_exit}
 
 
@@ -69,7 +75,7 @@ def view(proc: Process, census: Optional[dict], cwd: Optional[str]) -> Optional[
     joined = census.get("joined") or {}
     by_type = {t.get("type"): t for t in joined.get("types", [])}
     types = []
-    for index, row in enumerate(census.get("types", [])[:TOP_TYPES]):
+    for index, row in enumerate(census.get("types", [])):
         j = by_type.get(index)
         lines = _lines(proc, j, cwd)
         out = {"type": row.get("type"), "count": row.get("count", 0), "bytes": row.get("bytes", 0),
@@ -91,6 +97,9 @@ def view(proc: Process, census: Optional[dict], cwd: Optional[str]) -> Optional[
         "distance_seconds": round(t - float(proc.totals.get("peak_time", 0.0)), 4)
         if census.get("reason") == "peak" and t is not None else None,
         "cost_seconds": census.get("cost_ns", 0) / 1e9,
+        # the traced heap when it was taken (the program waited for the collector)
+        "heap_bytes": joined.get("heap"),
+        "peak_heap_bytes": int(proc.totals.get("peak_heap", 0)),
         "objects": census.get("objects", 0), "bytes": census.get("bytes", 0),
         "untracked_objects": census.get("untracked", 0), "n_types": census.get("n_types", 0),
         "types": types, "other": census.get("other"), "joined": bool(joined),
@@ -116,9 +125,10 @@ def numpy_text(numpy: Optional[dict]) -> str:
 def heading(moment: str, v: dict) -> str:
     where = "at the heap peak" if moment == "at_peak" else "at exit"
     cost = f"took {v['cost_seconds'] * 1e3:.1f} ms of the main thread"
-    if moment == "at_peak" and v["distance_events"] is not None:
-        after = v["distance_events"]
-        cost += f", {abs(after):,} events {'after' if after >= 0 else 'before'} the peak"
+    if moment == "at_peak" and v["distance_seconds"] is not None:
+        after = v["distance_seconds"]
+        cost += (f", {abs(after) * 1e3:.0f} ms {'after' if after >= 0 else 'before'} the peak, "
+                 f"heap then {human(v['heap_bytes'] or 0)} of {human(v['peak_heap_bytes'])}")
     return (f"Python objects {where}: {v['objects']:,} objects, {human(v['bytes'])} "
             f"(sys.getsizeof) in {v['n_types']:,} types; census {cost}")
 
@@ -155,5 +165,5 @@ def html_rows(model: Model) -> List[dict]:
             out.append({"pid": proc.pid, "title": heading(moment, v), "rows": [
                 [row["count"], row["bytes"], row["type"], numpy_text(row["numpy"]),
                  "; ".join(f"{ln['file']}:{ln['line']} ({human(ln['bytes'])})" for ln in row["lines"])]
-                for row in v["types"]]})
+                for row in v["types"][:TOP_TYPES]]})
     return out
