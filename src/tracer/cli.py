@@ -1,6 +1,7 @@
 """The `memtrace` command line.
 
     memtrace [run] [options] [--] PROGRAM [ARGS...]
+    memtrace live PID|SOCKET
     memtrace summary CAPTURE
     memtrace stats --json CAPTURE
     memtrace flamegraph CAPTURE [--leaks|--temporary|--total] [-o OUT.html]
@@ -63,6 +64,9 @@ class RunCommand:
                        help="census of live Python objects by type (count, sys.getsizeof, NumPy "
                             "nbytes owned or viewed, allocating lines) at the heap peak and at "
                             "exit, taken on the main thread (docs/objects.md)")
+        p.add_argument("--live", action="store_true",
+                       help="watch the run in a terminal view (heap, RSS, top lines, threads, "
+                            "processes); the program's output goes to CAPTURE.out (docs/live.md)")
         p.add_argument("--no-heap-stats", action="store_true",
                        help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
@@ -79,7 +83,7 @@ class RunCommand:
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval,
             heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate,
-            redact_argv=args.redact_argv, objects=args.objects))
+            redact_argv=args.redact_argv, objects=args.objects, live=args.live))
         if not args.no_report:
             from tracer.model import load
             from tracer.reports import html, summary
@@ -89,12 +93,34 @@ class RunCommand:
             small = sum(p.totals.get("n_events", 0) for p in model.processes) <= 2_000_000
             _write_output(html_path, lambda out: html.render(model, out, temporary=small),
                           announce=False)
+        if result.view is not None:
+            result.view.wait()  # the summary comes once the user has left the view
+            sys.stderr.write(f"memtrace: the program's output: {result.view.log_path}\n")
+        if not args.no_report:
             if not args.quiet:
                 summary.render(model, sys.stderr)
                 sys.stderr.write(f"  capture: {result.capture}\n  report:  {html_path}\n")
         global _run_complete
         _run_complete = True
         return result.status
+
+
+class LiveCommand:
+    """Watch a traced program's memory live: `memtrace live PID|SOCKET`."""
+
+    name = "live"
+
+    def prepare_parser(self, p):
+        p.add_argument("target", help="the PID of a program traced by memtrace (or of memtrace "
+                                      "itself), or a run's live socket")
+        p.add_argument("--output-log", help=argparse.SUPPRESS)  # run --live: the program's output
+
+    def run(self, args) -> int:
+        from tracer.live import app
+        from tracer.live.client import find_socket
+
+        app.run(find_socket(args.target), args.output_log)
+        return 0
 
 
 class CaptureCommand:
@@ -335,7 +361,7 @@ def _incomplete_status(model) -> int:
     return INCOMPLETE_CAPTURE_STATUS if model.warnings else 0
 
 
-_COMMANDS = [RunCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
+_COMMANDS = [RunCommand, LiveCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
              LinesCommand, LogCommand, DiffCommand, ExportCommand]
 
 

@@ -120,6 +120,7 @@ class Collector:
         self._next_aggregate = AGGREGATE_REFRESH_SECONDS
         self.snap_budget = SNAPSHOT_BURST  # seconds of snapshot work allowed now
         self.snap_budget_t = 0.0
+        self.live = None  # the live view's server (tracer.live.server), set by the launcher
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -467,6 +468,11 @@ class Collector:
         for key, _ in self.selector.select(0):
             if key.data is not None and key.data.alive:
                 self._finish(key.data)  # its pidfd is readable: the process ended
+        if self.live is not None:  # live views: a history point now and then, answers
+            for stream in self.streams.values():
+                if stream.alive:
+                    self.live.note(stream, t)
+            self.live.poll(t)
         if self.heap_stats and t >= self._next_sample:
             self._sample_rss(t)
             self._next_sample = t + self.sample_interval
