@@ -12,7 +12,8 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, RichLog, Sparkline, Static
+from textual.widget import Widget
+from textual.widgets import Footer, RichLog, Sparkline
 
 from tracer.live.client import SORT_TITLES, SORTS, LiveClient, StreamView
 from tracer.model import display_path
@@ -20,26 +21,54 @@ from tracer.reports.summary import clean, human
 
 REFRESH_SECONDS = 0.5
 LINES_SHOWN = 30
+LINE_COLUMNS = ["live", "blocks", "held at peak", "allocated", "allocations", "line (your code)",
+                "function"]
+THREAD_COLUMNS = ["tid", "CPU s", "live, no Python frame", "state", "thread"]
+PROCESS_COLUMNS = ["", "pid", "parent", "heap", "peak heap", "RSS", "state", "command"]
 CHART_POINTS = 120  # the last minute at the view's rate
 
 
-def plain(s) -> Text:
-    """A program's string as inert text."""
-    return Text(clean(s))
+def grid(headers: List[str], rows: List[List[str]], numeric: int) -> Text:
+    """A table as text: the first `numeric` columns right-aligned. Drawing one text is
+    far cheaper than a table widget's cells, twice a second. Cells from the traced
+    program must come through clean() (plain text, never markup)."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i < numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = Text(line(headers), style="bold", no_wrap=True, overflow="crop")
+    for r in rows:
+        out.append("\n" + line(r), style="")
+    return out
 
 
-def right(s: str) -> Text:
-    return Text(s, justify="right")
-
-
-def line_rows(client: LiveClient, stream: StreamView, sort: str, now: float) -> List[list]:
+def line_rows(client: LiveClient, stream: StreamView, sort: str, now: float) -> List[List[str]]:
     rows, cwd = [], client.head.get("cwd")
     for r in stream.lines(sort, now, inherited=client.inherited_paths(stream, now))[:LINES_SHOWN]:
         where = f"{display_path(r['file'], cwd)}:{r['line']}" if r["file"] != "<native>" else ""
-        rows.append([right(human(r["live_bytes"])), right(f"{r['live_count']:,}"),
-                     right(human(r["peak_bytes"])), right(human(r["alloc_bytes"])),
-                     right(f"{r['n_allocs']:,}"), plain(where), plain(r["function"])])
+        rows.append([human(r["live_bytes"]), f"{r['live_count']:,}", human(r["peak_bytes"]),
+                     human(r["alloc_bytes"]), f"{r['n_allocs']:,}", clean(where),
+                     clean(r["function"])])
     return rows
+
+
+class Board(Widget):
+    """Text redrawn when it changes (Static.update would lay the whole screen out
+    again)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.value = Text("")
+
+    def show(self, value: Text) -> None:
+        if value != self.value:
+            self.value = value
+            self.refresh()
+
+    def render(self) -> Text:
+        return self.value
 
 
 def chart(points: List[list], column: int) -> List[float]:
@@ -51,13 +80,15 @@ class LiveApp(App):
 
     TITLE = "memtrace live"
     CSS = """
+    Board { text-wrap: nowrap; text-overflow: clip; }
     #status { height: 2; padding: 0 1; background: $boost; }
     #charts { height: 5; }
     .chart { width: 1fr; padding: 0 1; }
     .chart Sparkline { height: 3; }
-    #lines { height: 1fr; }
+    .chart .label { height: 1; }
+    #lines { height: 1fr; padding: 0 1; }
     #bottom { height: 9; }
-    #threads, #procs { width: 1fr; }
+    #threads, #procs { width: 1fr; padding: 0 1; }
     #output { height: 5; border-top: solid $primary; }
     """
     BINDINGS = [Binding("s", "sort", "sort lines"), Binding("[", "process(-1)", "previous process"),
@@ -75,28 +106,21 @@ class LiveApp(App):
         self.log_file = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="status")
+        yield Board(id="status")
         with Horizontal(id="charts"):
             for name in ("heap", "rss", "held"):
                 with Vertical(classes="chart"):
-                    yield Static(id=f"{name}-label")
+                    yield Board(id=f"{name}-label", classes="label")
                     yield Sparkline([], id=f"{name}-chart", summary_function=max)
-        yield DataTable(id="lines", cursor_type="none", zebra_stripes=True)
+        yield Board(id="lines")
         with Horizontal(id="bottom"):
-            yield DataTable(id="threads", cursor_type="none")
-            yield DataTable(id="procs", cursor_type="none")
+            yield Board(id="threads")
+            yield Board(id="procs")
         if self.output_log:
             yield RichLog(id="output", max_lines=200, wrap=False)
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#lines", DataTable).add_columns(
-            "live", "blocks", "held at peak", "allocated", "allocations", "line (your code)",
-            "function")
-        self.query_one("#threads", DataTable).add_columns("tid", "thread", "state", "CPU s",
-                                                          "live, no Python frame")
-        self.query_one("#procs", DataTable).add_columns("", "pid", "parent", "command", "heap",
-                                                        "peak heap", "RSS", "state")
         self.refresh_view()
         self.set_interval(REFRESH_SECONDS, self.refresh_view)
 
@@ -136,17 +160,15 @@ class LiveApp(App):
         client = self.client
         streams = list(client.streams.values()) if client else []
         if not streams:
-            self.query_one("#status", Static).update(Text(self.gone or "waiting for the program…"))
+            self.query_one("#status", Board).show(Text(self.gone or "waiting for the program…"))
             return
         self.selected = min(self.selected, len(streams) - 1)
         stream = streams[self.selected]
         now = time.monotonic()
         self._status(client, stream, now)
         self._charts(stream)
-        table = self.query_one("#lines", DataTable)
-        table.clear()
-        for row in line_rows(client, stream, self.sort, now):
-            table.add_row(*row)
+        self.query_one("#lines", Board).show(grid(LINE_COLUMNS, line_rows(client, stream, self.sort,
+                                                                          now), 5))
         self._threads(stream, now)
         self._processes(streams, now)
 
@@ -171,7 +193,7 @@ class LiveApp(App):
                       f"{human(t.get('total_allocated', 0))}  ·  lines sorted by "
                       f"{SORT_TITLES[self.sort]} (s)  ·  process {self.selected + 1} of "
                       f"{len(client.streams)} ([ ])")
-        self.query_one("#status", Static).update(Text("\n").join([first, second]))
+        self.query_one("#status", Board).show(Text("\n").join([first, second]))
 
     def _charts(self, stream: StreamView) -> None:
         points = stream.history
@@ -184,26 +206,21 @@ class LiveApp(App):
             top = max(data) if data else 0
             label = f"{title} {human(now_value) if now_value is not None else 'unknown'}" \
                     f" · chart max {human(top)}"
-            self.query_one(f"#{name}-label", Static).update(Text(label))
+            self.query_one(f"#{name}-label", Board).show(Text(label))
             self.query_one(f"#{name}-chart", Sparkline).data = data or [0.0]
 
     def _threads(self, stream: StreamView, now: float) -> None:
-        table = self.query_one("#threads", DataTable)
-        table.clear()
-        for th in stream.threads(now)[:50]:
-            table.add_row(right(str(th["tid"])), plain(th["name"] + (" (main)" if th["main"] else "")),
-                          Text(th["state"]), right(f"{th['cpu_seconds']:.1f}"),
-                          right(human(th["native_live_bytes"])))
+        rows = [[str(th["tid"]), f"{th['cpu_seconds']:.1f}", human(th["native_live_bytes"]),
+                 th["state"], clean(th["name"] + (" (main)" if th["main"] else ""))]
+                for th in stream.threads(now)[:50]]
+        self.query_one("#threads", Board).show(grid(THREAD_COLUMNS, rows, 3))
 
     def _processes(self, streams: List[StreamView], now: float) -> None:
-        table = self.query_one("#procs", DataTable)
-        table.clear()
-        for i, s in enumerate(streams):
-            t = s.totals
-            table.add_row(Text("▶" if i == self.selected else " "), right(str(s.pid)),
-                          right(str(s.ppid)), plain(" ".join(s.argv(now))[:40]),
-                          right(human(t.get("heap", 0))), right(human(t.get("peak_heap", 0))),
-                          right(human(s.rss)), Text("running" if s.alive else "ended"))
+        rows = [["▶" if i == self.selected else " ", str(s.pid), str(s.ppid),
+                 human(s.totals.get("heap", 0)), human(s.totals.get("peak_heap", 0)), human(s.rss),
+                 "running" if s.alive else "ended", clean(" ".join(s.argv(now)))[:60]]
+                for i, s in enumerate(streams)]
+        self.query_one("#procs", Board).show(grid(PROCESS_COLUMNS, rows, 6))
 
     def _tail_output(self) -> None:
         """The program's newest output lines (run --live sends them to a file)."""
@@ -218,7 +235,7 @@ class LiveApp(App):
         if data:
             log = self.query_one("#output", RichLog)
             for line in data.decode("utf-8", "replace").splitlines():
-                log.write(plain(line))
+                log.write(Text(clean(line)))
 
 
 def run(socket_path: str, output_log: Optional[str] = None) -> None:
