@@ -73,7 +73,8 @@ def run_traced(script: str, tmp: str, *options) -> dict:
                     *options, "--", sys.executable, script], check=True,
                    stdout=subprocess.DEVNULL)
     end = _end(cap)
-    return {"wall": end["duration"], "cpu": end["main_cpu_seconds"]}
+    return {"wall": end["duration"], "cpu": end["main_cpu_seconds"],
+            "collector_cpu": end["collector_cpu_seconds"]}
 
 
 def run_live(script: str, tmp: str) -> dict:
@@ -97,7 +98,8 @@ def run_live(script: str, tmp: str) -> dict:
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True, env=env)
     end = _end(cap)
-    return {"wall": end["duration"], "cpu": end["main_cpu_seconds"]}
+    return {"wall": end["duration"], "cpu": end["main_cpu_seconds"],
+            "collector_cpu": end["collector_cpu_seconds"]}
 
 
 def main() -> None:
@@ -126,11 +128,13 @@ def main() -> None:
             for variant, values in rows.items():
                 wall = [r["wall"] for r in values]
                 cpu = [r["cpu"] for r in values if r["cpu"] is not None]
+                col = [r["collector_cpu"] for r in values if r.get("collector_cpu") is not None]
                 print(f"{workload:12} {variant:9} wall median {statistics.median(wall):6.2f} s "
                       f"(runs {', '.join(f'{w:.2f}' for w in wall)})  "
                       f"x untraced {statistics.median(wall) / plain:5.2f}  "
                       f"x memtrace {statistics.median(wall) / base:5.2f}"
-                      + (f"  program CPU {statistics.median(cpu):.2f} s" if cpu else ""))
+                      + (f"  program CPU {statistics.median(cpu):.2f} s" if cpu else "")
+                      + (f"  collector CPU {statistics.median(col):.2f} s" if col else ""))
     if out_json:
         with open(out_json, "w") as f:
             json.dump(results, f, indent=1)

@@ -119,7 +119,10 @@ class LiveCommand:
         from tracer.live import app
         from tracer.live.client import find_socket
 
-        app.run(find_socket(args.target), args.output_log)
+        path = find_socket(args.target)
+        # the view takes only the CPU time the program and the collector leave
+        os.nice(10)
+        app.run(path, args.output_log)
         return 0
 
 

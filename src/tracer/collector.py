@@ -333,6 +333,7 @@ class Collector:
             # (the reconciliation says how far it was)
             if self.objects and t >= stream.census_next:
                 lib.mt_shm_request_census(stream.ptr)  # (pymalloc's statistics with it)
+                stream.census_next = float("inf")  # none more until this one is joined
             else:
                 lib.mt_shm_request_stats(stream.ptr, 1)
             self._snapshot(stream, "peak")
