@@ -19,11 +19,14 @@ class Order:
 
 def price_all(prices):
     scratch = np.repeat(prices, 10)                  # 80,000,000 bytes, only here
-    return float(scratch[::10].sum())
+    total = 0.0
+    for k in range(1, 40):                           # some work while it is held
+        total += float(np.sqrt(scratch[::k]).sum())
+    return total
 
 
 if __name__ == "__main__":
-    prices = np.linspace(1.0, 2.0, 1_000_000)       # 8,000,000 bytes
+    prices = np.full(1_000_000, 1.5)                 # 8,000,000 bytes
     cheap = prices[: len(prices) // 2]               # a view: 4,000,000 bytes, no data of its own
     orders = [Order(i % 7, float(i)) for i in range(100_000)]
     print(f"total {price_all(prices):.1f} over {len(orders)} orders, {cheap.size} cheap")

@@ -14,7 +14,19 @@ from tracer._native import ffi, lib
 
 # A census record as it sits in the metadata: its text key, then its JSON.
 _SIGNATURE = struct.pack("<H", fmt.TEXT_CENSUS) + b'{"reason":"'
-BUDGET = 0.10  # censuses asked for at peaks take at most this share of the time
+BUDGET = 0.10  # censuses asked for at peaks take about this share of the time
+HIGHER = 1.25  # ... unless the heap is this much higher than at the last census
+
+
+def due(stream, t: float) -> bool:
+    """Whether the at-peak snapshot being taken should ask for a census: when the
+    censuses so far leave room in the budget, or when the peak is well above the heap
+    of the last one (the first census often comes while modules load; the peak that
+    matters may come soon after). None while one is asked for and not yet joined."""
+    if stream.census_next == float("inf"):
+        return False
+    peak = stream.agg.totals()["peak_heap"]
+    return t >= stream.census_next or peak >= HIGHER * stream.census_heap
 
 
 def join(collector, stream) -> None:
@@ -33,7 +45,10 @@ def join(collector, stream) -> None:
         stream.meta_all += entry
         cost = record.get("cost_ns", 0) / 1e9
         stream.census_next = collector.now() + cost * (1 - BUDGET) / BUDGET
+        stream.census_heap = lines["heap"]
     stream.census_scan = len(stream.meta_all)
+    if stream.census_next == float("inf"):  # asked for, and no record came
+        stream.census_next = collector.now()
     lib.mt_shm_ack_census(stream.ptr, sent)
 
 

@@ -84,6 +84,7 @@ class Stream:
         self.meta_all = bytearray()  # all of it, for live views (bounded by distinct stacks)
         self.census_scan = 0  # where in meta_all the next census record is looked for
         self.census_next = 0.0  # no census asked for before then (--objects)
+        self.census_heap = 0  # the traced heap at the last census
         self.ended_by_exec = False
         self.packer: Optional[EventPacker] = None  # set by the collector
         self.forks = 0  # children it forked, read when its stream ends
@@ -331,7 +332,7 @@ class Collector:
             # glibc's and pymalloc's books need the program: it answers in its next
             # allocator call (a pending call for pymalloc); the nearest answer is used
             # (the reconciliation says how far it was)
-            if self.objects and t >= stream.census_next:
+            if self.objects and census.due(stream, t):
                 lib.mt_shm_request_census(stream.ptr)  # (pymalloc's statistics with it)
                 stream.census_next = float("inf")  # none more until this one is joined
             else:

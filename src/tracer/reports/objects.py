@@ -148,7 +148,8 @@ def render_summary(model: Model, w, top: int = 8) -> None:
             for row in v["types"][:top]:
                 extra = numpy_text(row["numpy"])
                 line = row["lines"][0] if row["lines"] else None
-                where = f"  ← {clean(line['file'])}:{line['line']}" if line else ""
+                where = "" if not line else "  ← no Python frame" if line["file"] == "<native>" \
+                    else f"  ← {clean(line['file'])}:{line['line']}"
                 est = " (estimated)" if row["sizes_estimated"] else ""
                 w(f"    {row['count']:>10,}  {human(row['bytes']):>10}{est}  {clean(row['type'])}"
                   f"{'  [' + extra + ']' if extra else ''}{where}\n")
