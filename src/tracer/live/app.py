@@ -44,6 +44,11 @@ def grid(headers: List[str], rows: List[List[str]], numeric: int) -> Text:
     return out
 
 
+def command(argv: List[str]) -> str:
+    """argv with the program's folder left out (the table is narrow)."""
+    return clean(" ".join([argv[0].rsplit("/", 1)[-1]] + argv[1:])) if argv else ""
+
+
 def line_rows(client: LiveClient, stream: StreamView, sort: str, now: float) -> List[List[str]]:
     rows, cwd = [], client.head.get("cwd")
     for r in stream.lines(sort, now, inherited=client.inherited_paths(stream, now))[:LINES_SHOWN]:
@@ -181,7 +186,7 @@ class LiveApp(App):
             state = f"the program ended ({how}) after {end.get('duration', 0):.1f} s; q leaves"
         else:
             state = "running"
-        argv = " ".join(stream.argv(now)) or f"pid {stream.pid}"
+        argv = command(stream.argv(now)) or f"pid {stream.pid}"
         t = stream.totals
         first = Text(f"pid {stream.pid}  ", style="bold")
         first.append(clean(argv)[:100])
@@ -218,7 +223,7 @@ class LiveApp(App):
     def _processes(self, streams: List[StreamView], now: float) -> None:
         rows = [["▶" if i == self.selected else " ", str(s.pid), str(s.ppid),
                  human(s.totals.get("heap", 0)), human(s.totals.get("peak_heap", 0)), human(s.rss),
-                 "running" if s.alive else "ended", clean(" ".join(s.argv(now)))[:60]]
+                 "running" if s.alive else "ended", command(s.argv(now))[:60]]
                 for i, s in enumerate(streams)]
         self.query_one("#procs", Board).show(grid(PROCESS_COLUMNS, rows, 6))
 
