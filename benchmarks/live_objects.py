@@ -51,8 +51,12 @@ for step in range(30):
 print(total, len(rows), len(views))
 """
 
-WORKLOADS = {"alloc_heavy": ALLOC_HEAVY, "objects": OBJECTS}
+# the same for about ten seconds: a job long enough to watch
+ALLOC_LONG = ALLOC_HEAVY.replace("1_500_000", "10_000_000")
+
+WORKLOADS = {"alloc_heavy": ALLOC_HEAVY, "alloc_long": ALLOC_LONG, "objects": OBJECTS}
 VARIANTS = {"alloc_heavy": ("untraced", "memtrace", "--live"),
+            "alloc_long": ("memtrace", "--live"),
             "objects": ("untraced", "memtrace", "--objects")}
 
 
@@ -124,7 +128,7 @@ def main() -> None:
                         rows[variant].append(run_traced(script, tmp, variant))
             results[workload] = rows
             base = statistics.median(r["wall"] for r in rows["memtrace"])
-            plain = statistics.median(r["wall"] for r in rows["untraced"])
+            plain = statistics.median(r["wall"] for r in rows.get("untraced", rows["memtrace"]))
             for variant, values in rows.items():
                 wall = [r["wall"] for r in values]
                 cpu = [r["cpu"] for r in values if r["cpu"] is not None]
@@ -132,7 +136,8 @@ def main() -> None:
                 print(f"{workload:12} {variant:9} wall median {statistics.median(wall):6.2f} s "
                       f"(runs {', '.join(f'{w:.2f}' for w in wall)})  "
                       f"x untraced {statistics.median(wall) / plain:5.2f}  "
-                      f"x memtrace {statistics.median(wall) / base:5.2f}"
+                      f"x memtrace {statistics.median(wall) / base:5.2f}  paired x memtrace "
+                      f"{statistics.median(v['wall'] / m['wall'] for v, m in zip(values, rows['memtrace'])):5.2f}"
                       + (f"  program CPU {statistics.median(cpu):.2f} s" if cpu else "")
                       + (f"  collector CPU {statistics.median(col):.2f} s" if col else ""))
     if out_json:

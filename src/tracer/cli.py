@@ -116,12 +116,14 @@ class LiveCommand:
         p.add_argument("--output-log", help=argparse.SUPPRESS)  # run --live: the program's output
 
     def run(self, args) -> int:
-        from tracer.live import app
+        # the view, from its first import on, takes only the CPU time the program and
+        # the collector leave
+        os.nice(10)
         from tracer.live.client import find_socket
 
         path = find_socket(args.target)
-        # the view takes only the CPU time the program and the collector leave
-        os.nice(10)
+        from tracer.live import app
+
         app.run(path, args.output_log)
         return 0
 
