@@ -587,6 +587,37 @@ size_t mt_meta_drain(void *shm, uint8_t *out, size_t max) {
     return n;
 }
 
+size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside,
+                    size_t aside_cap, size_t *aside_len, size_t *consumed, uint8_t *heapstats,
+                    int *heapstats_seen) {
+    size_t pos = 0, kept = 0;
+    while (pos + 4 <= len) {
+        uint16_t type, length, key = 0;
+        memcpy(&type, in + pos, 2);
+        memcpy(&length, in + pos + 2, 2);
+        size_t size = (4 + (size_t)length + 3) & ~(size_t)3;
+        if (pos + size > len)
+            break;
+        if (type == MT_META_TEXT && length >= 2)
+            memcpy(&key, in + pos + 4, 2);
+        if (type == MT_META_HEAPSTATS && length >= 96) {
+            memcpy(heapstats, in + pos + 4, 96);
+            *heapstats_seen = 1;
+        } else if (type == MT_META_TEXT && key == MT_TEXT_CENSUS) {
+            if (*aside_len + size <= aside_cap) {
+                memcpy(aside + *aside_len, in + pos, size);
+                *aside_len += size;
+            }
+        } else if (!(type == MT_META_TEXT && key == MT_TEXT_PYMALLOC)) {
+            memcpy(keep + kept, in + pos, size);
+            kept += size;
+        }
+        pos += size;
+    }
+    *consumed = pos;
+    return kept;
+}
+
 uint64_t mt_shm_counter(const void *shm, int which) {
     const mt_shm_header *h = shm;
     switch (which) {

@@ -12,8 +12,6 @@ import struct
 from tracer import _format as fmt
 from tracer._native import ffi, lib
 
-# A census record as it sits in the metadata: its text key, then its JSON.
-_SIGNATURE = struct.pack("<H", fmt.TEXT_CENSUS) + b'{"reason":"'
 BUDGET = 0.10  # censuses asked for at peaks take about this share of the time
 HIGHER = 1.25  # ... unless the heap is this much higher than at the last census
 
@@ -42,32 +40,24 @@ def join(collector, stream) -> None:
         # the drain above took every committed record: the metadata ends at a
         # record boundary, where one of the collector's own may go
         stream.meta_pending += entry
-        stream.meta_all += entry
         cost = record.get("cost_ns", 0) / 1e9
         stream.census_next = collector.now() + cost * (1 - BUDGET) / BUDGET
         stream.census_heap = lines["heap"]
-    stream.census_scan = len(stream.meta_all)
     if stream.census_next == float("inf"):  # asked for, and no record came
         stream.census_next = collector.now()
     lib.mt_shm_ack_census(stream.ptr, sent)
 
 
 def _new_records(stream):
-    """Census records that arrived since the last join."""
-    data, at = stream.meta_all, stream.census_scan
-    while True:
-        at = data.find(_SIGNATURE, at)
-        if at < 4:
-            return
-        rtype, length = struct.unpack_from("<HH", data, at - 4)
-        start = at
-        at += len(_SIGNATURE)
-        if rtype != fmt.META_TEXT or start + length > len(data):
-            continue
+    """Census records that arrived since the last join (the collector set them aside)."""
+    data, stream.kept.aside = bytes(stream.kept.aside), bytearray()
+    for _rtype, payload in fmt.iter_meta(data):
         try:
-            yield json.loads(bytes(data[start + 2:start + length]))
+            record = json.loads(payload[2:])
         except ValueError:
-            continue
+            continue  # cut short with its process
+        if isinstance(record, dict):
+            yield record
 
 
 def _lines(stream, record, t: float) -> dict:

@@ -22,6 +22,7 @@ from tracer import census, procfs
 from tracer._native import ffi, lib
 from tracer.aggregate import Aggregator
 from tracer.capture_writer import CaptureWriter, EventPacker
+from tracer.names import Kept
 from tracer.session import Session
 
 HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
@@ -81,8 +82,7 @@ class Stream:
         self.lost = 0
         self.n_events = 0
         self.meta_pending = bytearray()  # metadata gathered for one compressed chunk
-        self.meta_all = bytearray()  # all of it, for live views (bounded by distinct stacks)
-        self.census_scan = 0  # where in meta_all the next census record is looked for
+        self.kept = Kept()  # the metadata kept for live views and censuses (names.py)
         self.census_next = 0.0  # no census asked for before then (--objects)
         self.census_heap = 0  # the traced heap at the last census
         self.ended_by_exec = False
@@ -223,7 +223,7 @@ class Collector:
             if m == 0:
                 break
             stream.meta_pending += memoryview(self.meta_buffer)[:m]
-            stream.meta_all += memoryview(self.meta_buffer)[:m]
+            stream.kept.add(memoryview(self.meta_buffer)[:m])
             if len(stream.meta_pending) >= META_BATCH:
                 self._write_meta(stream)
         return total

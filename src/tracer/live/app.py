@@ -202,11 +202,9 @@ class LiveApp(App):
 
     def _charts(self, stream: StreamView) -> None:
         points = stream.history
-        held = [[stream.held_at(p[4])] for p in points]
         series = {"heap": (chart(points, 2), stream.totals.get("heap", 0), "heap"),
                   "rss": (chart(points, 3), stream.rss, "RSS"),
-                  "held": (chart(held, 0), stream.held_at(int(stream.totals.get("n_events", 0))),
-                           "allocator-held")}
+                  "held": (chart(points, 5), stream.held, "allocator-held")}
         for name, (data, now_value, title) in series.items():
             top = max(data) if data else 0
             label = f"{title} {human(now_value) if now_value is not None else 'unknown'}" \

@@ -6,11 +6,9 @@ it makes names stack nodes. That Process is made again only when a node it does
 not know comes up (at most every REBUILD_SECONDS): metadata is interned, so a
 running program sends few new nodes once it is under way.
 """
-import bisect
 import json
 import os
 import socket
-import struct
 import time
 from typing import Dict, List, Optional
 
@@ -80,8 +78,7 @@ class StreamView:
         self.pid = self.ppid = 0
         self.alive = True
         self.meta = bytearray()
-        self.meta_scanned = 0
-        self.held: List[tuple] = []  # (position, glibc arena + mmapped bytes)
+        self.held: Optional[int] = None  # glibc's arena + mmapped bytes, latest
         self.totals: dict = {}
         self.sites = np.zeros(0, dtype=fmt.SITE_DTYPE)
         self.history: List[list] = []
@@ -94,7 +91,7 @@ class StreamView:
 
     def update(self, entry: dict, sites: bytes, meta: bytes) -> None:
         self.pid, self.ppid, self.alive = entry["pid"], entry["ppid"], entry["alive"]
-        self.totals, self.rss = entry["totals"], entry["rss"]
+        self.totals, self.rss, self.held = entry["totals"], entry["rss"], entry["held"]
         self.sites = np.frombuffer(sites, dtype=fmt.SITE_DTYPE)
         if entry["meta_from"] == len(self.meta):
             self.meta += meta
@@ -102,23 +99,6 @@ class StreamView:
             self.history = []
             self.generation = entry["history_generation"]
         self.history += entry["history"]
-        self._scan_heapstats()
-
-    def _scan_heapstats(self) -> None:
-        """glibc's books from the metadata that came since the last look."""
-        pos = self.meta_scanned
-        for rtype, payload in fmt.iter_meta(bytes(self.meta[pos:])):
-            pos += (4 + len(payload) + 3) & ~3
-            if rtype == fmt.META_HEAPSTATS and len(payload) >= 96:
-                position, = struct.unpack_from("<Q", payload)
-                values = dict(zip(fmt.MALLINFO_FIELDS, struct.unpack_from("<10Q", payload, 16)))
-                self.held.append((position, values["arena"] + values["hblkhd"]))
-        self.meta_scanned = pos
-
-    def held_at(self, events: int) -> Optional[int]:
-        """Allocator-held bytes from glibc's latest answer before that many events."""
-        i = bisect.bisect_right(self.held, (events, float("inf")))
-        return self.held[i - 1][1] if i else None
 
     # ---- names ----------------------------------------------------------------
 

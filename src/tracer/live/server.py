@@ -37,7 +37,9 @@ class _Client:
 
 
 class _History:
-    """[t, heap, highest heap since the previous point, RSS, events] every HISTORY_STEP."""
+    """[t, heap, highest heap since the previous point, RSS, events, allocator-held]
+    every HISTORY_STEP (allocator-held: glibc's arena + mmapped bytes in its latest
+    statistics, None before the first)."""
 
     def __init__(self):
         self.points = []
@@ -45,17 +47,17 @@ class _History:
         self.high = 0
         self.next_t = 0.0
 
-    def note(self, t: float, heap: int, high: int, rss: int, events: int) -> None:
+    def note(self, t: float, heap: int, high: int, rss: int, events: int, held) -> None:
         self.high = max(self.high, high, heap)
         if t < self.next_t:
             return
-        self.points.append([round(t, 3), heap, self.high, rss, events])
+        self.points.append([round(t, 3), heap, self.high, rss, events, held])
         self.high = heap
         self.next_t = t + HISTORY_STEP * (1 << self.generation)
         if len(self.points) > HISTORY_MAX:
             merged = []
             for a, b in zip(self.points[0::2], self.points[1::2]):
-                merged.append([b[0], b[1], max(a[2], b[2]), b[3], b[4]])
+                merged.append([b[0], b[1], max(a[2], b[2]), b[3], b[4], b[5]])
             self.points = merged + self.points[len(merged) * 2:]
             self.generation += 1
 
@@ -90,8 +92,9 @@ class LiveServer:
         if t < history.next_t:
             return
         totals = stream.agg.totals()
+        held = stream.kept.held
         history.note(t, totals["heap"], max(stream.heap_max, totals["feed_max"]),
-                     stream.rss_recent[-1], totals["n_events"])
+                     stream.rss_recent[-1], totals["n_events"], held[1] if held else None)
 
     def poll(self, t: float) -> None:
         """Accept views and answer their requests, without waiting for anything."""
@@ -202,7 +205,7 @@ class LiveServer:
             sid = str(stream.sid)
             sites = stream.agg.site_records()
             start = have.get(sid, 0) if isinstance(have.get(sid, 0), int) else 0
-            meta = bytes(stream.meta_all[start:])
+            meta = bytes(stream.kept.names[start:])
             history = self.histories.get(stream.sid) or _History()
             seen = generations.get(sid) or [-1, 0]
             first = seen[1] if seen[0] == history.generation else 0
@@ -210,6 +213,7 @@ class LiveServer:
                 "sid": stream.sid, "pid": stream.pid, "ppid": stream.ppid,
                 "t_start": stream.t_start, "alive": stream.alive, "totals": stream.agg.totals(),
                 "rss": stream.rss_recent[-1], "rss_peak": stream.rss_peak,
+                "held": stream.kept.held[1] if stream.kept.held else None,
                 "sites_length": len(sites), "meta_from": start, "meta_length": len(meta),
                 "history_generation": history.generation, "history_from": first,
                 "history": history.points[first:]})
