@@ -1,6 +1,6 @@
 """Overhead of `--live` and of `--objects`, side by side with the same run without them.
 
-    python benchmarks/live_objects.py [RUNS]        (needs tmux for --live)
+    python benchmarks/live_objects.py [RUNS] [WORKLOAD...] [--json OUT]   (tmux for --live)
 
 For each workload, RUNS rounds, each running the variants back to back in turn (so a
 slow moment of the machine hits every variant of a round): untraced, memtrace, and
@@ -54,10 +54,15 @@ print(total, len(rows), len(views))
 # the same for about ten seconds: a job long enough to watch
 ALLOC_LONG = ALLOC_HEAVY.replace("1_500_000", "10_000_000")
 
-WORKLOADS = {"alloc_heavy": ALLOC_HEAVY, "alloc_long": ALLOC_LONG, "objects": OBJECTS}
+# real programs (benchmarks/realworld), smaller than their defaults
+REAL = {"pandas": ("pandas_roundtrip.py", "500000", "67108864"), "pure_python": ("pure_python.py", "300000")}
+
+WORKLOADS = {"alloc_heavy": ALLOC_HEAVY, "alloc_long": ALLOC_LONG, "objects": OBJECTS, **REAL}
 VARIANTS = {"alloc_heavy": ("untraced", "memtrace", "--live"),
             "alloc_long": ("memtrace", "--live"),
-            "objects": ("untraced", "memtrace", "--objects")}
+            "objects": ("untraced", "memtrace", "--objects"),
+            "pandas": ("untraced", "memtrace", "--objects"),
+            "pure_python": ("untraced", "memtrace", "--objects")}
 
 
 def _end(capture: str) -> dict:
@@ -65,30 +70,30 @@ def _end(capture: str) -> dict:
     return read_capture(capture).end or {}
 
 
-def run_untraced(script: str) -> dict:
+def run_untraced(script) -> dict:
     t0 = time.monotonic()
-    subprocess.run([sys.executable, script], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, *script], check=True, stdout=subprocess.DEVNULL)
     return {"wall": time.monotonic() - t0, "cpu": None}
 
 
-def run_traced(script: str, tmp: str, *options) -> dict:
+def run_traced(script, tmp: str, *options) -> dict:
     cap = os.path.join(tmp, f"run-{uuid.uuid4().hex[:6]}.mtrace")
     subprocess.run([sys.executable, "-m", "tracer", "run", "-q", "--no-report", "-o", cap,
-                    *options, "--", sys.executable, script], check=True,
+                    *options, "--", sys.executable, *script], check=True,
                    stdout=subprocess.DEVNULL)
     end = _end(cap)
     return {"wall": end["duration"], "cpu": end["main_cpu_seconds"],
             "collector_cpu": end["collector_cpu_seconds"]}
 
 
-def run_live(script: str, tmp: str) -> dict:
+def run_live(script, tmp: str) -> dict:
     cap = os.path.join(tmp, f"live-{uuid.uuid4().hex[:6]}.mtrace")
     name = "mtbench" + uuid.uuid4().hex[:6]
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     tmux = ["tmux", "-L", name]
     subprocess.run(tmux + ["new-session", "-d", "-s", name, "-x", "160", "-y", "40", "-c", tmp,
                            f"{sys.executable} -m tracer run -q --no-report -o {cap} --live -- "
-                           f"{sys.executable} {script}; echo EXIT=$?; sleep 30"],
+                           f"{sys.executable} {' '.join(script)}; echo EXIT=$?; sleep 30"],
                    check=True, env=env)
     try:
         while True:
@@ -111,10 +116,16 @@ def main() -> None:
     out_json = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        only = [a for a in sys.argv[1:] if a in WORKLOADS]
         for workload, source in WORKLOADS.items():
-            script = os.path.join(tmp, workload + ".py")
-            with open(script, "w") as f:
-                f.write(source)
+            if only and workload not in only:
+                continue
+            if isinstance(source, tuple):
+                script = [os.path.join(HERE, "realworld", source[0]), *source[1:]]
+            else:
+                script = [os.path.join(tmp, workload + ".py")]
+                with open(script[0], "w") as f:
+                    f.write(source)
             rows = {v: [] for v in VARIANTS[workload]}
             for _ in range(runs):
                 for variant in VARIANTS[workload]:

@@ -12,16 +12,17 @@ import struct
 from tracer import _format as fmt
 from tracer._native import ffi, lib
 
-BUDGET = 0.10  # censuses asked for at peaks take about this share of the time
-HIGHER = 1.25  # ... unless the heap is this much higher than at the last census
+BUDGET = 0.10  # censuses asked for at peaks take at most this share of the time
+HIGHER = 1.25  # a peak this much above the last census's heap need not wait its turn
 
 
 def due(stream, t: float) -> bool:
-    """Whether the at-peak snapshot being taken should ask for a census: when the
-    censuses so far leave room in the budget, or when the peak is well above the heap
-    of the last one (the first census often comes while modules load; the peak that
-    matters may come soon after). None while one is asked for and not yet joined."""
-    if stream.census_next == float("inf"):
+    """Whether the at-peak snapshot being taken should ask for a census: never while
+    one is asked for and not yet joined, nor while the censuses so far have taken more
+    than BUDGET of the process's time; then, once the last one's turn has passed (9
+    times its cost later), or at once for a peak well above its heap (the first census
+    often comes while modules load; the peak that matters may come soon after)."""
+    if stream.census_next == float("inf") or stream.census_spent > BUDGET * (t - stream.t_start):
         return False
     peak = stream.agg.totals()["peak_heap"]
     return t >= stream.census_next or peak >= HIGHER * stream.census_heap
@@ -43,6 +44,7 @@ def join(collector, stream) -> None:
         cost = record.get("cost_ns", 0) / 1e9
         stream.census_next = collector.now() + cost * (1 - BUDGET) / BUDGET
         stream.census_heap = lines["heap"]
+        stream.census_spent += cost
     if stream.census_next == float("inf"):  # asked for, and no record came
         stream.census_next = collector.now()
     lib.mt_shm_ack_census(stream.ptr, sent)

@@ -85,6 +85,7 @@ class Stream:
         self.kept = Kept()  # the metadata kept for live views and censuses (names.py)
         self.census_next = 0.0  # no census asked for before then (--objects)
         self.census_heap = 0  # the traced heap at the last census
+        self.census_spent = 0.0  # seconds the process spent in censuses so far
         self.ended_by_exec = False
         self.packer: Optional[EventPacker] = None  # set by the collector
         self.forks = 0  # children it forked, read when its stream ends
