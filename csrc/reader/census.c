@@ -106,6 +106,8 @@ typedef struct {
     uint64_t own_count, own_nbytes, view_count, view_nbytes;
     int64_t fixed_size;  /* sys.getsizeof of every instance (-1: call it per object) */
     int python_sizeof;   /* __sizeof__ is Python code: sizes estimated, never called */
+    PyCFunction direct;  /* its C __sizeof__, called as such (NULL: call sys.getsizeof) */
+    int64_t pre;         /* sys.getsizeof minus __sizeof__ (-1: not learned yet) */
     uint32_t n_cand;
     size_t cand_at;      /* 1 + index of its min-heap (by weight) in the pool; 0: none */
 } type_row;
@@ -144,11 +146,32 @@ static int types_rehash(census *c) {
     return 0;
 }
 
-/* sys.getsizeof may only be called when the type's __sizeof__ is C code. */
+/* sys.getsizeof may only be called when the type's __sizeof__ is C code. That C
+ * function is then called directly (sys.getsizeof makes a bound method each time):
+ * sys.getsizeof adds what lies in front of the object, the same for every object of
+ * a type -- but for type objects (static ones have none) and types whose objects
+ * say themselves whether they are collected (tp_is_gc), which keep sys.getsizeof. */
 static void classify_sizeof(type_row *r, PyTypeObject *tp) {
     PyObject *descr = _PyType_Lookup(tp, sizeof_name); /* borrowed; no code runs */
     r->fixed_size = -1;
+    r->pre = -1;
+    r->direct = NULL;
     r->python_sizeof = descr == NULL || !PyObject_TypeCheck(descr, &PyMethodDescr_Type);
+    if (!r->python_sizeof && tp->tp_is_gc == NULL && !PyType_IsSubtype(tp, &PyType_Type)) {
+        PyMethodDef *m = ((PyMethodDescrObject *)descr)->d_method;
+        if ((m->ml_flags & (METH_NOARGS | METH_VARARGS | METH_O | METH_KEYWORDS)) == METH_NOARGS)
+            r->direct = m->ml_meth;
+    }
+}
+
+/* __sizeof__ through its C function: -1 on an error (cleared). */
+static Py_ssize_t direct_sizeof(type_row *r, PyObject *o) {
+    PyObject *v = r->direct(o, NULL);
+    Py_ssize_t n = v ? PyLong_AsSsize_t(v) : -1;
+    Py_XDECREF(v);
+    if (n < 0)
+        PyErr_Clear();
+    return n;
 }
 
 static type_row *type_of(census *c, PyTypeObject *tp) {
@@ -263,6 +286,11 @@ static uint64_t size_of(PyObject *o, PyTypeObject *tp, type_row *r) {
         return estimated_size(o, tp);
     if (r->fixed_size >= 0)
         return (uint64_t)r->fixed_size;
+    if (r->direct && r->pre >= 0) {
+        Py_ssize_t n = direct_sizeof(r, o);
+        if (n >= 0)
+            return (uint64_t)(n + r->pre);
+    }
     PyObject *v = PyObject_CallOneArg(getsizeof_fn, o);
     Py_ssize_t n = v ? PyLong_AsSsize_t(v) : -1;
     Py_XDECREF(v);
@@ -273,6 +301,13 @@ static uint64_t size_of(PyObject *o, PyTypeObject *tp, type_row *r) {
     /* object.__sizeof__ of a fixed-size type: the same for every instance */
     if (tp->tp_itemsize == 0 && _PyType_Lookup(tp, sizeof_name) == object_sizeof)
         r->fixed_size = n;
+    else if (r->direct && r->pre < 0) { /* learn what sys.getsizeof adds for this type */
+        Py_ssize_t own = direct_sizeof(r, o);
+        if (own >= 0 && own <= n)
+            r->pre = n - own;
+        else
+            r->direct = NULL;
+    }
     return (uint64_t)n;
 }
 

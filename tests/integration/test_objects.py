@@ -11,7 +11,7 @@ from conftest import line_of
 np = pytest.importorskip("numpy")
 
 PROGRAM = r'''
-import json, sys, time
+import array, json, sys, time
 import numpy as np
 
 class Kept:
@@ -30,6 +30,7 @@ HOSTILE = type("Evil<img src=x>\x1b[31m\u202e", (), {})
 kept = [Kept(i) for i in range(1000)]
 weighed = [Weighed() for _ in range(300)]
 hostile = [HOSTILE() for _ in range(20_000)]
+sized = [array.array("d", range(i * 7)) for i in range(500)]   # each of its own size
 arr = np.arange(250_000, dtype=np.float64)      # ARRAY
 view = arr[::4]                                  # VIEW
 
@@ -42,6 +43,7 @@ def at_peak():
 
 total = at_peak()
 facts = {"sizeof_kept": sys.getsizeof(kept[0]), "nbytes": arr.nbytes, "view_nbytes": view.nbytes,
+         "sizeof_sized": sum(map(sys.getsizeof, sized)),
          "result": total + float(arr.sum()), "weighed_calls": Weighed.calls}
 print(json.dumps(facts))
 '''
@@ -78,6 +80,9 @@ def test_exit_census_counts_exactly(census_run):
     assert kept["count"] == 1000
     assert kept["bytes"] == 1000 * facts["sizeof_kept"]
     assert not kept["sizes_estimated"]
+    # objects of a type whose sizes differ: each at its own sys.getsizeof
+    sized = _type(census, "array.array")
+    assert sized["count"] == 500 and sized["bytes"] == facts["sizeof_sized"]
     # and splits the array's nbytes: owning for the array, a view for the view
     arrays = _type(census, "numpy.ndarray")
     assert arrays["numpy"] == {"owning_count": 1, "owning_nbytes": facts["nbytes"],
