@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DIRS = [HERE.parent.parent / "shared" / "bench" / "workloads", HERE / "workloads"]
+DIRS = [HERE / "workloads"]
 NAMES = ["alloc_storm", "malloc_heavy", "numpy_churn", "py_objects", "threads", "call_heavy"]
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Overhead of memtrace (full and --sample-rate 512K) against every peer installed here,
-# side by side in one run per workload folder: ../shared/bench/compare.py, medians of N
+# side by side in one run per workload folder: benchmarks/compare.py, medians of N
 # paired runs (Fil writes a folder per run: {out}-dir). memtrace is started as `python -m tracer` (like memray's `python -m memray`),
 # not through a version-manager shim.
 #   bash benchmarks/compare_all.sh [RUNS]
@@ -8,7 +8,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 runs=${1:-5}
 stamp=$(date -u +%Y%m%d-%H%M%S)
-compare="$here/../../shared/bench/compare.py"
+compare="$here/compare.py"
 tracers=(
   --tracer "memtrace={python} -m tracer run --no-report -o {out} -- {python} {script}"
   --tracer "memtrace-512K={python} -m tracer run --no-report --sample-rate 512K -o {out} -- {python} {script}"
@@ -18,6 +18,4 @@ tracers=(
 command -v fil-profile >/dev/null && tracers+=(--tracer "fil=fil-profile -o {out}-dir run {script}")
 python -c "import scalene" 2>/dev/null && tracers+=(--tracer "scalene={python} -m scalene run -o {out} {script}")
 command -v heaptrack >/dev/null && tracers+=(--tracer "heaptrack=heaptrack -o {out} {python} {script}")
-python "$compare" -n "$runs" --only none "${tracers[@]}" --json "$here/results/shared-$stamp.json"
-python "$compare" -n "$runs" --only none --dir "$here/workloads" -w call_heavy "${tracers[@]}" \
-  --json "$here/results/ours-$stamp.json"
+python "$compare" -n "$runs" --only none "${tracers[@]}" --json "$here/results/all-$stamp.json"

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-WORKLOADS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "workloads"
+WORKLOADS = Path(__file__).resolve().parent / "workloads"
 
 
 def target_cpu(extra, script, out):

@@ -2,7 +2,7 @@
 
     python benchmarks/sampling_accuracy.py [--rate 512K] [--runs 3] [WORKLOAD.py]
 
-Traces the workload (default: the shared numpy_churn) once in full and RUNS times
+Traces the workload (default: workloads/numpy_churn.py) once in full and RUNS times
 sampled, then compares the bytes allocated per line (by_line, innermost frames) for
 every line holding at least 1% of the bytes: the worst relative error per run.
 """
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = HERE.parent.parent / "shared" / "bench" / "workloads" / "numpy_churn.py"
+DEFAULT = HERE / "workloads" / "numpy_churn.py"
 
 
 def by_line(script, tmp, name, extra=()):

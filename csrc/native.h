@@ -139,6 +139,101 @@ typedef struct mt_codec {
 } mt_codec;
 size_t mt_encode_more(mt_codec *state, const mt_event *events, size_t n, uint8_t *out);
 int64_t mt_decode_more(mt_codec *state, const uint8_t *in, size_t len, mt_event *out, size_t max);
+/* ---- Report helpers (src/tracer/stacks.py, reports/export.py) ---------------- */
+
+/* For a report process: keep freed memory in glibc's heap rather than unmapping
+ * each large block at free (reports make and drop arrays of megabytes by the
+ * hundred; mapping them afresh costs a page fault per page). No-op elsewhere. */
+void mt_keep_freed_memory(void);
+
+/* Index of a metadata byte stream, record by record as _format.iter_meta reads
+ * it (a record cut short ends it): type, payload offset and payload length of
+ * the first max records; returns how many records there are. */
+size_t mt_meta_index(const uint8_t *data, size_t len, uint16_t *type, uint64_t *offset,
+                     uint16_t *length, size_t max);
+
+/* Call trees (reports/flame.py): a node is a frame under its parent node; frames
+ * of stack rows reached from the same node with the same frame id are one node.
+ * The tree keeps the (parent node, frame id) -> node index across stack tables
+ * (processes), nodes being numbered by the caller's counter. */
+typedef struct mt_tree mt_tree;
+mt_tree *mt_tree_new(void);
+void mt_tree_free(mt_tree *tree);
+/* One stack table: parent[r] is the parent row of row r (-1: none), frame[r] its
+ * frame id. For each query i, node_out[i] is the node of row[i]'s frames hung under
+ * node base[i] (row -1: base itself). New nodes are numbered from first_id in the
+ * order they are made; returns how many were made (-1: no memory). */
+int64_t mt_tree_frames(mt_tree *tree, const int64_t *parent, const int64_t *frame, size_t nrows,
+                       const int64_t *base, const int64_t *row, size_t n, int64_t first_id,
+                       int64_t *node_out);
+/* The node of child key[i] under node parent[i], for each i (made on first sight,
+ * numbered from first_id); returns how many were made (-1: no memory). A made
+ * node's "row" is the i that made it. */
+int64_t mt_tree_children(mt_tree *tree, const int64_t *parent, const int64_t *key, size_t n,
+                         int64_t first_id, int64_t *node_out);
+/* The parent node and the row of each node the last call made. */
+void mt_tree_made(const mt_tree *tree, int64_t *parent, int64_t *row);
+/* The same tree with runs of folded nodes made one: source node i (numbered
+ * after its parent, 0 the root) becomes out[i] in a new tree (a fresh mt_tree,
+ * nodes numbered from 1 as made). A folded node under a folded parent joins its
+ * parent's node; any other is the child keyed key[i] (fold_key if folded) of its
+ * parent's node. Returns how many nodes were made (-1: no memory). */
+int64_t mt_tree_fold(mt_tree *tree, const int64_t *parent, const int64_t *key, const uint8_t *fold,
+                     size_t n, int64_t fold_key, int64_t *out);
+/* The HTML page's preorder (reports/flame.py flatten): node i's children that may
+ * be shown are kids[start[i] .. start[i + 1]), biggest first; it has n_kids[i]
+ * children in all. A node's children are shown while the entries stay within
+ * max_nodes; those not shown make one "other" entry. Entry k is order_out[k] (a
+ * node, or -1 - node for that node's "other" entry) under entry parent_out[k];
+ * shown_out[k] is how many of the node's children are shown. The out arrays hold
+ * 2 * n + 2; returns the number of entries (0 if out of memory). */
+size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids,
+                        size_t n, int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
+                        int64_t *shown_out);
+/* Per node of a tree (node 0 the root): how many children have bytes (> 0), and
+ * the bytes, count and NumPy bytes of those children (all[0..2]) and of those
+ * under threshold (small[0..2]). values: bytes, count, numpy, n each. */
+void mt_tree_child_sums(const int64_t *parent, size_t n, const int64_t *bytes, const int64_t *count,
+                        const int64_t *numpy, int64_t threshold, int64_t *n_kids, int64_t *all_bytes,
+                        int64_t *all_count, int64_t *all_numpy, int64_t *small_bytes,
+                        int64_t *small_count, int64_t *small_numpy);
+/* For each row of a forest whose rows come after their parents (parent[r] < r;
+ * -1, -2: none, lost): the first row from r towards the root, r included, whose
+ * flag is set, else the end of its chain (-1 or -2). */
+void mt_nearest_flagged(const int64_t *parent, const uint8_t *flag, size_t n, int64_t *out);
+/* Running sums from the root down a tree whose nodes come after their parents:
+ * out[0] = add[0], out[i] = out[parent[i]] + add[i] (depths, with add = 1). */
+void mt_tree_sum_down(const int64_t *parent, size_t n, const int64_t *add, int64_t *out);
+/* Site values onto their leaf nodes: bytes[leaf[i]] += size[i] (count, numpy
+ * likewise), first[leaf[i]] = the least pos[i]; the node arrays (n_nodes each)
+ * start at 0 (first at INT64_MAX). */
+void mt_tree_leaf_values(const int64_t *leaf, size_t n, const int64_t *size, const int64_t *count,
+                         const int64_t *numpy, const int64_t *pos, size_t n_nodes, int64_t *bytes,
+                         int64_t *counts, int64_t *numpys, int64_t *first);
+/* Subtree totals of a tree whose nodes come after their parents (node 0 the
+ * root): each node's values are added to its parent's, first is their minimum. */
+void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,
+                    int64_t *numpy, int64_t *first);
+
+/* JSON text of lists of non-negative integers, as Python's json.dumps writes
+ * them: [[v0, v1], [v2]] with list i being values[starts[i] .. starts[i+1]);
+ * out must hold 22 * starts[n] + 4 * n + 2 bytes. Returns the bytes written. */
+size_t mt_json_int_lists(const uint64_t *values, const uint64_t *starts, size_t n, char *out);
+
+/* pprof (profile.proto) encoding of many messages at once; each returns the
+ * bytes written to out. Values are varints (negative ones as 64-bit two's
+ * complement, as protobuf encodes int64); a zero scalar field is left out.
+ * Sample (Profile field 2): location ids ids[starts[i] .. starts[i+1]) (packed
+ * field 1) and the values (counts[i], sizes[i]) (packed field 2); out must hold
+ * 10 * starts[n] + 48 * n bytes. */
+size_t mt_pprof_samples(const uint64_t *ids, const uint64_t *starts, size_t n,
+                        const int64_t *counts, const int64_t *sizes, uint8_t *out);
+/* Location (field 4): id i + 1, one Line {function_id, line}; 48 bytes each at most. */
+size_t mt_pprof_locations(const uint64_t *functions, const int64_t *lines, size_t n,
+                          uint8_t *out);
+/* Function (field 5): id i + 1, name, system_name (= name) and filename string
+ * indexes; 48 bytes each at most. */
+size_t mt_pprof_functions(const uint64_t *names, const uint64_t *files, size_t n, uint8_t *out);
 /* CDEF-END */
 
 #endif /* MT_NATIVE_H */

@@ -6,6 +6,7 @@ payload` (see docs/capture-format.md and _format.py).
 """
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -31,7 +32,7 @@ class StreamData:
     event_chunks: List[tuple] = field(default_factory=list)
     rss: List[np.ndarray] = field(default_factory=list)
     heap: List[np.ndarray] = field(default_factory=list)
-    snapshots: List[dict] = field(default_factory=list)
+    snapshots: List["Snapshot"] = field(default_factory=list)
     totals: Optional[dict] = None
     sites: Optional[np.ndarray] = None
     exit_totals: Optional[dict] = None   # the aggregate at the program's exit point
@@ -105,6 +106,7 @@ def read_capture(path: str) -> Capture:
                                f"this memtrace reads format {fmt.FORMAT_VERSION}")
         info, end, streams, truncated = {}, None, {}, None
         previous = {}  # (type, stream) -> payload of the last DELTA_TYPES chunk
+        plain = zstandard.ZstdDecompressor()
         pos = fmt.FILE_HEADER.size
         while pos < size:
             header = f.read(fmt.CHUNK_HEADER.size)
@@ -120,7 +122,7 @@ def read_capture(path: str) -> Capture:
                 truncated = pos
                 break
             if ctype in (fmt.CHUNK_Z, fmt.CHUNK_ZD):
-                ctype, body = _unwrap(path, pos, f.read(length), ctype, sid, previous)
+                ctype, body = _unwrap(path, pos, f.read(length), ctype, sid, previous, plain)
             elif ctype in fmt.DELTA_TYPES:
                 body = f.read(length)
             else:
@@ -158,9 +160,10 @@ def read_capture(path: str) -> Capture:
     return Capture(path, info, streams, end, truncated)
 
 
-def _unwrap(path, pos, data, outer, sid, previous) -> tuple:
+def _unwrap(path, pos, data, outer, sid, previous, plain) -> tuple:
     """(inner type, payload) of a compressed chunk; a delta chunk (CHUNK_ZD) is
-    decompressed against its stream's previous payload of its type."""
+    decompressed against its stream's previous payload of its type, another with
+    `plain` (one decompressor for the whole read: a new one costs its memory)."""
     if len(data) >= fmt.ZCHUNK_HEADER.size:
         ctype, length = fmt.ZCHUNK_HEADER.unpack_from(data)
         if outer == fmt.CHUNK_ZD:
@@ -171,8 +174,7 @@ def _unwrap(path, pos, data, outer, sid, previous) -> tuple:
                 fmt.CHUNK_Z, fmt.CHUNK_ZD, fmt.CHUNK_ZEVENTS, fmt.CHUNK_EVENTS)
         if usable and length <= fmt.MAX_CHUNK:
             try:
-                d = zstandard.ZstdDecompressor(dict_data=prefix_dict(prefix)) if prefix else \
-                    zstandard.ZstdDecompressor()
+                d = zstandard.ZstdDecompressor(dict_data=prefix_dict(prefix)) if prefix else plain
                 body = d.decompress(data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
             except (zstandard.ZstdError, MemoryError):  # a corrupt length can be absurd
                 body = None
@@ -190,7 +192,9 @@ def _zevents_index(path, pos, f, length) -> tuple:
         raise corrupt("short events chunk")
     first, raw_len, n, columns_len = fmt.ZEVENTS_HEADER.unpack(f.read(fmt.ZEVENTS_HEADER.size))
     heads = fmt.ZEVENTS_HEADER.size + columns_len
-    if not 0 < n <= fmt.MAX_BATCHES or heads > length or raw_len > fmt.MAX_ZEVENTS_RAW:
+    # (an event index near 2^64 cannot be counted to: a flipped bit)
+    if not 0 < n <= fmt.MAX_BATCHES or heads > length or raw_len > fmt.MAX_ZEVENTS_RAW \
+            or first >= 1 << 62:
         raise corrupt("bad events chunk header")
     try:
         columns = zstandard.ZstdDecompressor().decompress(f.read(columns_len),
@@ -239,10 +243,9 @@ _VMA_TYPES = (int, int, int, int, int, str, str, int, int, int, int, int)
 
 
 def _vma_rows(rows) -> bool:
-    return isinstance(rows, list) and all(
-        isinstance(r, list) and len(r) == len(_VMA_TYPES) and
-        all(isinstance(x, t) and not isinstance(x, bool) for x, t in zip(r, _VMA_TYPES))
-        for r in rows)
+    # values decoded from JSON have exact types (a bool is not an int here)
+    return type(rows) is list and all(
+        type(r) is list and tuple(map(type, r)) == _VMA_TYPES for r in rows)
 
 
 def _snapshot_ok(snap: dict) -> bool:
@@ -255,6 +258,58 @@ def _snapshot_ok(snap: dict) -> bool:
     status, sps = snap.get("status"), snap.get("stack_pointers", [])
     return (status is None or (isinstance(status, dict) and all(map(_is_number, status.values())))) \
         and isinstance(sps, list) and all(isinstance(x, int) for x in sps)
+
+
+class Snapshot(Mapping):
+    """A snapshot chunk's JSON object. Its mappings ("vmas", nearly all of its
+    bytes) are decoded and checked when first read: reports read those of one or
+    two snapshots, and the other fields of every one. (The collector writes the
+    mappings after the other fields; a snapshot written otherwise is decoded whole.)"""
+
+    def __init__(self, path: str, pos: int, body: bytes):
+        self._where, self._rest = (path, pos), None
+        cut = body.find(b',"vmas":')
+        head = _json_or_none(body[:cut] + b"}") if cut > 0 else None
+        if head is None or "t" not in head:
+            head = _json(path, pos, body)
+        else:
+            self._rest = b"{" + body[cut + 1:]
+        self._fields = self._checked(head)
+
+    def _checked(self, fields: dict) -> dict:
+        if not _snapshot_ok(fields):
+            raise CaptureError(f"{self._where[0]} is corrupt at byte {self._where[1]} (bad snapshot)")
+        return fields
+
+    def _all(self) -> dict:
+        if self._rest is not None:
+            rest = _json(*self._where, self._rest)
+            self._fields, self._rest = self._checked({**self._fields, **rest}), None
+        return self._fields
+
+    def __getitem__(self, key):
+        if key in self._fields:
+            return self._fields[key]
+        return self._all()[key]
+
+    def __contains__(self, key) -> bool:
+        if key in self._fields or (key == "vmas" and self._rest is not None):
+            return True
+        return key in self._all()
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def _json_or_none(body):
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _json(path, pos, body):
@@ -295,7 +350,4 @@ def _load_chunk(path, pos, ctype, body, stream):
     elif ctype == fmt.CHUNK_PROCESS_END:
         stream.end = _json(path, pos, body)
     elif ctype == fmt.CHUNK_SNAPSHOT:
-        snap = _json(path, pos, body)
-        if not _snapshot_ok(snap):
-            raise CaptureError(f"{path} is corrupt at byte {pos} (bad snapshot)")
-        stream.snapshots.append(snap)
+        stream.snapshots.append(Snapshot(path, pos, body))

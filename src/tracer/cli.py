@@ -79,27 +79,17 @@ class RunCommand:
             raise MemtraceError("no program to run (usage: memtrace [run] [options] PROGRAM [ARGS...])")
         if args.sample_interval <= 0:
             raise MemtraceError("--sample-interval must be positive")
+        if not args.no_report:
+            _preload_reports()
         result = launcher.run(launcher.RunOptions(
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval,
             heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate,
             redact_argv=args.redact_argv, objects=args.objects, live=args.live))
         if not args.no_report:
-            from tracer.model import load
-            from tracer.reports import html, summary
-
-            model = load(result.capture)
-            html_path = result.capture + ".html"
-            small = sum(p.totals.get("n_events", 0) for p in model.processes) <= 2_000_000
-            _write_output(html_path, lambda out: html.render(model, out, temporary=small),
-                          announce=False)
-        if result.view is not None:
-            result.view.wait()  # the summary comes once the user has left the view
-            sys.stderr.write(f"memtrace: the program's output: {result.view.log_path}\n")
-        if not args.no_report:
-            if not args.quiet:
-                summary.render(model, sys.stderr)
-                sys.stderr.write(f"  capture: {result.capture}\n  report:  {html_path}\n")
+            write_reports(result.capture, args.quiet, result.view)
+        elif result.view is not None:
+            _close_view(result.view)
         global _run_complete
         _run_complete = True
         return result.status
@@ -128,12 +118,57 @@ class LiveCommand:
         return 0
 
 
+REPORTS_PRELOAD_DELAY = 0.5  # seconds: after the collector and the target have started
+TEMPORARY_AT_EXIT_EVENTS = 2_000_000  # the HTML at exit replays at most this many events
+
+
+def write_reports(capture: str, quiet: bool = False, view=None) -> None:
+    """The reports at the end of `memtrace run`: the HTML report next to the capture
+    (with the temporary view when replaying the events is quick) and the summary
+    (with --live, once the user has left the view)."""
+    from tracer.model import load
+    from tracer.reports import html, summary
+
+    _keep_freed_memory()
+    model = load(capture)
+    html_path = capture + ".html"
+    small = sum(p.totals.get("n_events", 0) for p in model.processes) <= TEMPORARY_AT_EXIT_EVENTS
+    _write_output(html_path, lambda out: html.render(model, out, temporary=small), announce=False)
+    if view is not None:
+        _close_view(view)
+    if not quiet:
+        summary.render(model, sys.stderr)
+        sys.stderr.write(f"  capture: {capture}\n  report:  {html_path}\n")
+
+
+def _close_view(view) -> None:
+    """--live: wait until the user leaves the view, then say where the output went."""
+    view.wait()
+    sys.stderr.write(f"memtrace: the program's output: {view.log_path}\n")
+
+
+def _preload_reports() -> None:
+    """Import what the reports at exit need (NumPy most of all: ~0.1 s) while the
+    target runs, on a thread that waits until both have started: the collector
+    thread's C calls run without the GIL, so the import costs it little, and a
+    run's reports then start at once."""
+    import threading
+
+    def load():
+        import time
+        time.sleep(REPORTS_PRELOAD_DELAY)
+        from tracer.reports import html, summary  # noqa: F401 (model, NumPy and the rest)
+
+    threading.Thread(target=load, name="memtrace-preload", daemon=True).start()
+
+
 class CaptureCommand:
     """A report made from one capture: load it (a cut-short one with a warning line),
     replay it for temporary allocations when asked, report, and exit 3 if it was
     incomplete."""
 
     def run(self, args) -> int:
+        _keep_freed_memory()
         model = _load(args.capture)
         if getattr(args, "metric", None) == "temporary":
             model.track_temporary()
@@ -278,6 +313,7 @@ class DiffCommand:
     def run(self, args) -> int:
         from tracer.reports import diff
 
+        _keep_freed_memory()
         before, after = _load(args.before), _load(args.after)
         diff.render(before, after, sys.stdout, args.top)
         return max(_incomplete_status(before), _incomplete_status(after))
@@ -345,6 +381,15 @@ def _write_output(path: str, write, binary: bool = False, announce: bool = True)
 
 
 INCOMPLETE_CAPTURE_STATUS = 3
+
+
+def _keep_freed_memory() -> None:
+    """Reports free and make arrays of megabytes by the hundred: glibc keeps the
+    freed memory for the next ones instead of unmapping it (~0.1 s of page faults
+    on a 2 MB capture). A report's process is short-lived."""
+    from tracer._native import lib
+
+    lib.mt_keep_freed_memory()
 
 
 def _load(path):

@@ -12,10 +12,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tracer import _format as fmt
+from tracer import stacks as st
 from tracer.aggregate import Aggregator
 from tracer.capture import Capture, StreamData, read_capture
 
-MAX_STACK_DEPTH = 4096  # guards against cyclic parent links in a corrupt capture
+LOST_FRAME = ("<unknown>", 0, "<stack lost>")  # file, line, function
 
 
 @dataclass
@@ -39,13 +40,14 @@ class Process:
     totals: dict
     sites: np.ndarray
     codes: Dict[int, Tuple[str, str, int]]
-    nodes: Dict[int, Tuple[int, int, int]]
+    stacks: st.StackTable
     libs: Dict[int, str]
     threads: Dict[int, str]
     rss: np.ndarray
     heap: np.ndarray
     library_paths: Tuple[str, ...]
     texts: List[Tuple[int, str]]
+    heapstats: np.ndarray  # glibc mallinfo2 records (stacks.HEAPSTATS_RECORD)
     meta: bytes
     snapshots: List[dict]
     end: dict
@@ -53,9 +55,6 @@ class Process:
     replayed: bool = False
     sample_rate: int = 0  # --sample-rate: byte numbers are estimates
     stacks_read: Optional[str] = None  # pinned frames, or whole walks and why
-    # node -> innermost user frame of its stack (None: none); file -> is_library
-    _user_frames: dict = field(default_factory=dict, repr=False)
-    _library_files: dict = field(default_factory=dict, repr=False)
 
     @property
     def peak_rss(self) -> Optional[int]:
@@ -64,61 +63,53 @@ class Process:
         peak = max(peak, int(self.totals.get("rss_peak", 0)))
         return peak or None
 
+    @property
+    def nodes(self) -> Dict[int, Tuple[int, int, int]]:
+        """{node id: (parent id, code id, line)} of the stack trie."""
+        records = self.stacks.records
+        return dict(zip(records["id"].tolist(), zip(records["parent"].tolist(), records["code"].tolist(),
+                                                    records["line"].tolist())))
+
+    def frame_of_row(self, row: int) -> Frame:
+        """The frame of a StackTable row (LOST: the lost frame)."""
+        if row < 0:
+            return Frame(*LOST_FRAME)
+        code = int(self.stacks.code[row])
+        return Frame(self.stacks.files[code], int(self.stacks.line[row]), self.stacks.functions[code])
+
     def frame(self, node: int) -> Optional[Frame]:
-        entry = self.nodes.get(node)
-        if entry is None:
-            return None
-        _parent, code, line = entry
-        file, name, _first = self.codes.get(code, ("<unknown>", "<unknown>", 0))
-        return Frame(file, line, name)
+        row = self.stacks.row_of(node) if node else st.LOST
+        return None if row < 0 else self.frame_of_row(row)
 
     def stack(self, node: int) -> List[Frame]:
         """Frames from innermost to outermost."""
-        frames, seen = [], set()
-        while node and node not in seen and len(frames) < MAX_STACK_DEPTH:
-            seen.add(node)
-            entry = self.nodes.get(node)
-            if entry is None:
-                frames.append(Frame("<unknown>", 0, "<stack lost>"))
-                break
-            frames.append(self.frame(node))
-            node = entry[0]
-        return frames
+        starts, rows = self.stacks.paths([self.stacks.row_of(node)])
+        return [self.frame_of_row(r) for r in reversed(rows.tolist())]
 
     def is_library(self, file: str) -> bool:
         """Code of the stdlib, of installed packages or of the import machinery."""
-        known = self._library_files.get(file)
-        if known is None:
-            known = self._library_files[file] = file.startswith("<frozen") or any(
-                file.startswith(p.rstrip("/") + "/") for p in self.library_paths)
-        return known
+        return bool(st.is_library_file([file], self.library_paths)[0])
+
+    def library_codes(self) -> np.ndarray:
+        """is_library of each code of the stack table (its last entry: unknown code)."""
+        cached = getattr(self, "_library_codes", None)
+        if cached is None:
+            cached = self._library_codes = st.is_library_file(self.stacks.files, self.library_paths)
+        return cached
+
+    def user_rows(self, rows: np.ndarray) -> np.ndarray:
+        """user_frame for many stack rows at once: the innermost row in user code,
+        LOST for a lost frame, else the row itself."""
+        user = ~self.library_codes()[self.stacks.code]
+        found = self.stacks.nearest(rows, user, lost_flag=True)
+        return np.where(found == st.ROOT, rows, found)
 
     def user_frame(self, node: int) -> Optional[Frame]:
-        """The innermost frame in the user's own code (else the innermost frame).
-        Stacks share their outer frames: each node's answer is kept, so a walk stops
-        at the first node already answered."""
-        cache, chain, seen = self._user_frames, [], set()
-        found, walk = None, node
-        while walk and walk not in seen and len(chain) < MAX_STACK_DEPTH:
-            if walk in cache:
-                found = cache[walk]
-                break
-            seen.add(walk)
-            chain.append(walk)
-            entry = self.nodes.get(walk)
-            if entry is None:
-                found = Frame("<unknown>", 0, "<stack lost>")
-                break
-            frame = self.frame(walk)
-            if not self.is_library(frame.file):
-                found = frame
-                break
-            walk = entry[0]
-        for n in chain:
-            cache[n] = found
-        if found is not None or not node:
-            return found
-        return self.frame(node)
+        """The innermost frame in the user's own code (else the innermost frame)."""
+        if not node:
+            return None
+        row = int(self.user_rows(np.array([self.stacks.row_of(node)]))[0])
+        return self.frame_of_row(row)
 
     def thread_name(self, tid: int) -> str:
         name = self.threads.get(tid, "?")
@@ -172,38 +163,40 @@ class Model:
 
 
 def _with_temporary(sites: np.ndarray, replayed: np.ndarray) -> np.ndarray:
-    """The sites with the replay's temporary counts; everything else (live at the exit
-    point above all: the replay only knows the end of the stream) stays as it was.
+    """The sites with the replay's temporary counts, filled in place (what reports
+    computed from the other columns still holds); everything else, live at the exit
+    point above all (the replay only knows the end of the stream), stays as it was.
     A replay creates sites in the order the collector did, so site i is site i."""
-    out = sites.copy()
+    if not sites.flags.writeable:
+        sites = sites.copy()
     keys = ("stack", "tid", "lib", "kind", "flags")
-    n = min(len(out), len(replayed))
-    same = all((out[k][:n] == replayed[k][:n]).all() for k in keys)
-    if not same:  # a stream rebuilt differently: match sites by their key
-        index = {tuple(int(s[k]) for k in keys): i for i, s in enumerate(replayed)}
-        for i, s in enumerate(out):
-            j = index.get(tuple(int(s[k]) for k in keys))
-            if j is not None:
-                out["temp_bytes"][i] = replayed["temp_bytes"][j]
-                out["temp_count"][i] = replayed["temp_count"][j]
-        return out
-    out["temp_bytes"][:n] = replayed["temp_bytes"][:n]
-    out["temp_count"][:n] = replayed["temp_count"][:n]
-    return out
+    n = min(len(sites), len(replayed))
+    if all(np.array_equal(sites[k][:n], replayed[k][:n]) for k in keys):
+        sites["temp_bytes"][:n] = replayed["temp_bytes"][:n]
+        sites["temp_count"][:n] = replayed["temp_count"][:n]
+        return sites
+    # a stream rebuilt differently: match sites by their key
+    index = {tuple(int(s[k]) for k in keys): i for i, s in enumerate(replayed)}
+    for i, s in enumerate(sites):
+        j = index.get(tuple(int(s[k]) for k in keys))
+        if j is not None:
+            sites["temp_bytes"][i] = replayed["temp_bytes"][j]
+            sites["temp_count"][i] = replayed["temp_count"][j]
+    return sites
 
 
 def _parse_meta(data: bytes):
-    codes, nodes, libs, threads, texts = {}, {}, {}, {}, []
-    for rtype, payload in fmt.iter_meta(bytes(data)):
-        if rtype == fmt.META_CODE and len(payload) >= 12:
-            cid, first, flen, nlen = struct.unpack_from("<IiHH", payload)
-            file = payload[12:12 + flen].decode("utf-8", "replace")
-            name = payload[12 + flen:12 + flen + nlen].decode("utf-8", "replace")
-            codes[cid] = (file, name, first)
-        elif rtype == fmt.META_NODE and len(payload) >= 16:
-            nid, parent, code, line = struct.unpack_from("<IIIi", payload)
-            nodes[nid] = (parent, code, line)
-        elif rtype == fmt.META_LIB and len(payload) >= 16:
+    """Codes, the stack table, libraries, threads and texts of a metadata stream."""
+    types, offsets, lengths = st.meta_index(data)
+    nodes = (types == fmt.META_NODE) & (lengths >= 16)
+    code = (types == fmt.META_CODE) & (lengths >= 12)
+    codes = st.code_records(data, offsets[code], lengths[code])
+    table = st.StackTable(st.fixed_records(data, offsets[nodes], st.NODE_RECORD), codes)
+    stats = (types == fmt.META_HEAPSTATS) & (lengths >= st.HEAPSTATS_RECORD.itemsize)
+    heapstats = st.fixed_records(data, offsets[stats], st.HEAPSTATS_RECORD)
+    libs, threads, texts = {}, {}, []
+    for rtype, payload in st.meta_text_records(data, types, offsets, lengths):
+        if rtype == fmt.META_LIB and len(payload) >= 16:
             lid, = struct.unpack_from("<H", payload)
             libs[lid] = payload[16:].decode("utf-8", "replace")
         elif rtype == fmt.META_THREAD and len(payload) >= 4:
@@ -212,7 +205,7 @@ def _parse_meta(data: bytes):
         elif rtype == fmt.META_TEXT and len(payload) >= 2:
             key, = struct.unpack_from("<H", payload)
             texts.append((key, payload[2:].decode("utf-8", "replace")))
-    return codes, nodes, libs, threads, texts
+    return codes, table, libs, threads, texts, heapstats
 
 
 def _argv(text: dict) -> List[str]:
@@ -267,7 +260,10 @@ def build_model(capture: Capture) -> Model:
             totals, sites = _live_at_exit_point(sd)
         else:
             totals, sites = sd.totals, sd.sites
-        codes, nodes, libs, threads, texts = _parse_meta(sd.meta)
+        if not sites.flags.writeable:
+            sites = sites.copy()  # track_temporary fills in its temporary columns
+        meta = bytes(sd.meta)
+        codes, table, libs, threads, texts, heapstats = _parse_meta(meta)
         text = {}
         warnings = []
         for key, value in texts:
@@ -283,9 +279,9 @@ def build_model(capture: Capture) -> Model:
             exe=text.get(fmt.TEXT_EXE) or sd.info.get("exe"),
             python=text.get(fmt.TEXT_PYTHON_VERSION), frames_off=text.get(fmt.TEXT_FRAMES_OFF),
             numpy=text.get(fmt.TEXT_NUMPY), warnings=warnings, totals=totals, sites=sites,
-            codes=codes, nodes=nodes, libs=libs, threads=threads, rss=rss, heap=heap,
+            codes=codes, stacks=table, libs=libs, threads=threads, rss=rss, heap=heap,
             library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
-            texts=texts, meta=bytes(sd.meta), snapshots=sd.snapshots, end=sd.end or {},
+            texts=texts, heapstats=heapstats, meta=meta, snapshots=sd.snapshots, end=sd.end or {},
             t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed,
             sample_rate=_sample_rate(sd), stacks_read=text.get(fmt.TEXT_STACKS)))
     return model
@@ -316,7 +312,28 @@ def site_frame(proc: Process, site, user_code: bool = False) -> Frame:
     if stack == 0:
         return native_bucket(proc, int(site["tid"]))
     frame = proc.user_frame(stack) if user_code else proc.frame(stack)
-    return frame or Frame("<unknown>", 0, "<stack lost>")
+    return frame or Frame(*LOST_FRAME)
+
+
+def site_frame_keys(proc: Process, sites: np.ndarray, functions: st.Interner,
+                    user_code: bool = False) -> np.ndarray:
+    """site_frame of every site at once, as stacks.frame_key values over
+    `functions`, an interner of (file, function) pairs shared across processes."""
+    table = proc.stacks
+    rows = table.rows(sites["stack"])
+    if user_code:
+        rows = proc.user_rows(rows)
+    pairs, index = table.distinct("pairs")
+    code_fn = functions.many((file, function) for function, file in pairs)[index]
+    fn = st.take(code_fn[table.code], rows, 0)
+    line = st.take(table.line, rows, 0)
+    fn[rows == st.LOST] = functions((LOST_FRAME[0], LOST_FRAME[2]))
+    native = np.flatnonzero(rows == st.ROOT)
+    if len(native):
+        tids, inverse = np.unique(sites["tid"][native], return_inverse=True)
+        buckets = [native_bucket(proc, tid) for tid in tids.tolist()]
+        fn[native] = functions.many((b.file, b.function) for b in buckets)[inverse]
+    return st.frame_key(fn, line)
 
 
 def display_path(path: str, cwd: Optional[str]) -> str:

@@ -20,11 +20,12 @@ number cannot be had is None ("unknown") with the reason; its bytes then stay in
 the residual, so the table still adds up.
 """
 import bisect
-import struct
-from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from tracer import _format as fmt
+from tracer.errors import CaptureError
 from tracer.model import Model, Process
 
 ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes",
@@ -44,38 +45,52 @@ ROW_TITLES = {
 TRACER_FILES = ("/tracer/_preload", "/tracer/_pyframes", "memfd:memtrace")
 
 
-@dataclass
-class Vma:
-    start: int
-    end: int
-    rss: int
-    anon: int
-    swap: int
-    perms: str
-    path: str
-    blocks: int        # traced malloc-family bytes starting in it
-    anon_map: int      # traced anonymous mmap bytes overlapping it
-    file_map: int
-    top_site: int
-    top_bytes: int
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
+VMA_COLUMNS = ("start", "end", "rss", "anon", "swap", "perms", "path", "blocks", "anon_map",
+               "file_map", "top_site", "top_bytes")
+# blocks: traced malloc-family bytes starting in the mapping; anon_map / file_map:
+# traced anonymous / file-backed mmap bytes overlapping it; top_site and top_bytes:
+# the site of its largest traced block and that block's bytes
 
 
-def heap_stats(proc: Process) -> List[dict]:
-    """glibc mallinfo2 records of a process: position, reason and the fields."""
-    out = []
-    for rtype, payload in fmt.iter_meta(bytes(proc.meta)):
-        if rtype == fmt.META_HEAPSTATS and len(payload) >= 96:
-            position, reason, cost_ns = struct.unpack_from("<QII", payload)
-            values = struct.unpack_from("<10Q", payload, 16)
-            out.append({"position": position, "reason": reason, "cost_ns": cost_ns,
-                        **dict(zip(fmt.MALLINFO_FIELDS, values))})
+def vma_columns(rows: list) -> Dict[str, object]:
+    """A snapshot's mapping rows as columns: int64 arrays, and lists of strings."""
+    cols = list(zip(*rows)) if rows else [()] * len(VMA_COLUMNS)
+    out = {}
+    for name, values in zip(VMA_COLUMNS, cols):
+        if name in ("perms", "path"):
+            out[name] = list(values)
+            continue
+        try:  # addresses are unsigned (the [vsyscall] page is above 2^63)
+            out[name] = np.array(values, np.uint64 if name in ("start", "end") else np.int64)
+        except OverflowError:  # not a number /proc or the collector can give
+            raise CaptureError(f"a snapshot of the capture holds an impossible {name}") from None
     return out
 
 
+def _once(make):
+    """A per-process reader, computed once per Process (reports ask many times)."""
+    attr = "_reconcile_" + make.__name__
+
+    def cached(proc: Process):
+        value = proc.__dict__.get(attr)
+        if value is None:
+            value = proc.__dict__[attr] = make(proc)
+        return value
+
+    cached.__name__, cached.__doc__ = make.__name__, make.__doc__
+    return cached
+
+
+@_once
+def heap_stats(proc: Process) -> List[dict]:
+    """glibc mallinfo2 records of a process: position, reason and the fields."""
+    records = proc.heapstats
+    names = records.dtype.names
+    columns = [records[name].tolist() for name in names]
+    return [dict(zip(names, values)) for values in zip(*columns)]
+
+
+@_once
 def pymalloc_stats(proc: Process) -> List[dict]:
     """pymalloc records: position, reason, arena and block byte counts."""
     out = []
@@ -111,6 +126,7 @@ def pymalloc_stats(proc: Process) -> List[dict]:
     return out
 
 
+@_once
 def tracer_ranges(proc: Process) -> List[tuple]:
     ranges = []
     for key, text in proc.texts:
@@ -131,37 +147,38 @@ def _nearest(records: List[dict], position: int, reason: Optional[int] = None) -
     return min(pool, key=lambda r: abs(r["position"] - position))
 
 
-def _classify(vmas: List[Vma], sps: List[int], tracer: List[tuple]) -> List[str]:
-    kinds = []
-    for i, v in enumerate(vmas):
-        prev = vmas[i - 1] if i else None
-        nxt = vmas[i + 1] if i + 1 < len(vmas) else None
-        path = v.path
-        if any(t in path for t in TRACER_FILES) or any(a < v.end and v.start < b for a, b in tracer):
-            kinds.append("tracer")
-        elif path == "[stack]" or any(v.start <= sp < v.end for sp in sps):
-            kinds.append("stack")
-        elif path == "[heap]":
-            kinds.append("arena")
-        elif path and not path.startswith("[anon"):
-            kinds.append("file")  # files, memfds, [vdso], [vvar]
-        elif v.anon_map:
-            kinds.append("mapped")
-        elif v.blocks:
-            # one big block filling it: a chunk glibc mmapped for it; else an arena heap
-            kinds.append("bigblock" if v.top_bytes * 2 >= v.size else "arena")
-        elif prev is not None and prev.end == v.start and prev.path.startswith("/") \
-                and "w" in v.perms:
-            kinds.append("file")  # a library's zero-filled data (.bss)
-        elif prev is not None and prev.end == v.start and prev.perms.startswith("---") \
-                and v.perms.startswith("rw"):
-            kinds.append("stack")  # a thread stack above its guard page
-        elif nxt is not None and nxt.start == v.end and nxt.perms.startswith("---") \
-                and v.start % (64 << 20) == 0:
-            kinds.append("arena")  # a glibc arena heap, reserved space after it
-        else:
-            kinds.append("untracked")
-    return kinds
+def _classify(v: dict, sps: List[int], tracer: List[tuple]) -> np.ndarray:
+    """What each mapping is (the first rule that holds, in this order)."""
+    start, end, paths, perms = v["start"], v["end"], v["path"], v["perms"]
+    n = len(start)
+    flag = lambda values: np.array(values, bool).reshape(n)
+    before = lambda a: np.concatenate(([False], a[:-1])) if n else a
+    after = lambda a: np.concatenate((a[1:], [False])) if n else a
+    in_tracer = flag([any(t in p for t in TRACER_FILES) for p in paths])
+    for a, b in tracer:
+        in_tracer |= (a < end) & (start < b)
+    sps = np.sort(np.array([sp for sp in sps if 0 <= sp < 1 << 64], np.uint64))
+    has_sp = np.searchsorted(sps, start, "left") < np.searchsorted(sps, end, "left")
+    slash, guard = flag([p.startswith("/") for p in paths]), flag([q.startswith("---") for q in perms])
+    joins_prev = before(end) == start if n else has_sp
+    joins_next = after(start) == end if n else has_sp
+    if n:
+        joins_prev[0] = joins_next[-1] = False
+    rules = [
+        ("tracer", in_tracer),
+        ("stack", flag([p == "[stack]" for p in paths]) | has_sp),
+        ("arena", flag([p == "[heap]" for p in paths])),
+        ("file", flag([bool(p) and not p.startswith("[anon") for p in paths])),  # files, memfds, [vdso]
+        ("mapped", v["anon_map"] != 0),
+        # one big block filling it: a chunk glibc mmapped for it; else an arena heap
+        ("bigblock", (v["blocks"] != 0) & (v["top_bytes"] * 2 >= (end - start).view(np.int64))),
+        ("arena", v["blocks"] != 0),
+        ("file", joins_prev & before(slash) & flag(["w" in q for q in perms])),  # a library's .bss
+        # a thread stack above its guard page
+        ("stack", joins_prev & before(guard) & flag([q.startswith("rw") for q in perms])),
+        ("arena", joins_next & after(guard) & (start % (64 << 20) == 0)),  # glibc arena, reserve after it
+    ]
+    return np.select([r for _, r in rules], [k for k, _ in rules], "untracked").reshape(n)
 
 
 def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
@@ -170,34 +187,28 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
     if "vmas" not in snap:
         out["error"] = str(snap.get("error", "no mappings were read"))
         return out
-    vmas = [Vma(*v) for v in snap["vmas"]]  # rows checked when the capture was read
-    kinds = _classify(vmas, snap.get("stack_pointers", []), tracer_ranges(proc))
-    rss = sum(v.rss for v in vmas)
-    sums: Dict[str, int] = {}
-    for v, k in zip(vmas, kinds):
-        sums[k] = sums.get(k, 0) + v.rss
-    arena_vmas = [v for v, k in zip(vmas, kinds) if k == "arena"]
-    arena_rss = sum(v.rss for v in arena_vmas)
-    small_live = sum(v.blocks for v in arena_vmas)
+    v = vma_columns(snap["vmas"])  # rows checked when the snapshot was read
+    kinds = _classify(v, snap.get("stack_pointers", []), tracer_ranges(proc))
+    rss = int(v["rss"].sum())
+    sums = {k: int(v["rss"][kinds == k].sum()) for k in np.unique(kinds).tolist()}
+    arena = kinds == "arena"
+    arena_rss = int(v["rss"][arena].sum())
+    small_live = int(v["blocks"][arena].sum())
     small_resident = min(small_live, arena_rss)
 
     # Traced mappings and blocks glibc mmapped: resident, untouched, leftover.
-    mapped_resident = untouched = bigblock_overhead = unexplained_mapped = 0
+    mapped, bigblock = kinds == "mapped", kinds == "bigblock"
+    traced = v["blocks"] + v["anon_map"]
+    resident = np.minimum(traced, v["rss"])
+    gap, left = traced - resident, v["rss"] - resident
+    either = mapped | bigblock
+    mapped_resident, untouched = int(resident[either].sum()), int(gap[either].sum())
+    bigblock_overhead = int(left[bigblock].sum())  # the chunk header's page
+    unexplained_mapped = int(left[mapped].sum())
     untouched_sites: Dict[int, int] = {}
-    for v, k in zip(vmas, kinds):
-        if k not in ("mapped", "bigblock"):
-            continue
-        traced = v.blocks + v.anon_map
-        resident = min(traced, v.rss)
-        mapped_resident += resident
-        gap = traced - resident
-        untouched += gap
-        if gap and v.top_site >= 0:
-            untouched_sites[v.top_site] = untouched_sites.get(v.top_site, 0) + gap
-        if k == "bigblock":
-            bigblock_overhead += v.rss - resident  # the chunk header's page
-        else:
-            unexplained_mapped += v.rss - resident
+    for site, bytes_ in zip(v["top_site"][either & (gap != 0) & (v["top_site"] >= 0)].tolist(),
+                            gap[either & (gap != 0) & (v["top_site"] >= 0)].tolist()):
+        untouched_sites[site] = untouched_sites.get(site, 0) + bytes_
     out["untouched_bytes"] = untouched
 
     # glibc's books at the nearest moment.
@@ -364,8 +375,13 @@ def process_key(proc: Process) -> str:
 
 
 def reconcile(model: Model) -> Dict[str, dict]:
-    return {process_key(p): reconcile_process(p, model.capture.marks(p.sid))
+    """Every process's tables (computed once per model: reports ask several times)."""
+    cached = model.__dict__.get("_reconciled")
+    if cached is None:
+        cached = model.__dict__["_reconciled"] = {
+            process_key(p): reconcile_process(p, model.capture.marks(p.sid))
             for p in model.processes}
+    return cached
 
 
 def timeline(model: Model, proc: Process) -> List[list]:
@@ -373,27 +389,22 @@ def timeline(model: Model, proc: Process) -> List[list]:
     before t, and glibc's arena + mmapped bytes from its latest statistics before t
     (None until the first)."""
     marks = model.capture.marks(proc.sid)
-
-    def time_of(position):
-        best = None
-        for first, t in marks:
-            if first <= position:
-                best = t
-            else:
-                break
-        return best if best is not None else 0.0
-
-    held = sorted((time_of(r["position"]), r["arena"] + r["hblkhd"]) for r in heap_stats(proc))
+    firsts = np.array([first for first, _t in marks], np.uint64)
+    times = [float(t) for _first, t in marks] + [0.0]  # [-1]: before the first mark
+    # time of a position: that of the last mark before the first mark past it
+    # (np.maximum.accumulate keeps this exact however the marks are ordered)
+    past = np.searchsorted(np.maximum.accumulate(firsts), proc.heapstats["position"],
+                           side="right") if len(firsts) else np.zeros(len(proc.heapstats), np.int64)
+    held = sorted(zip([times[i - 1] for i in past.tolist()],
+                      (proc.heapstats["arena"] + proc.heapstats["hblkhd"]).tolist()))
     out, h, m = [], 0, 0
-    heap = proc.heap
-    for sample in proc.rss:
-        t = float(sample["t"])
-        while h < len(heap) and heap[h]["t"] <= t:
+    heap_t, heap = proc.heap["t"].tolist(), proc.heap["heap"].tolist()
+    for t, rss in zip(proc.rss["t"].tolist(), proc.rss["rss"].tolist()):
+        while h < len(heap) and heap_t[h] <= t:
             h += 1
         while m < len(held) and held[m][0] <= t:
             m += 1
-        out.append([round(t, 4), int(sample["rss"]), int(heap[h - 1]["heap"]) if h else 0,
-                    held[m - 1][1] if m else None])
+        out.append([round(t, 4), rss, heap[h - 1] if h else 0, held[m - 1][1] if m else None])
     return out
 
 

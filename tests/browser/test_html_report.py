@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import memtrace
+from helpers import memtrace
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

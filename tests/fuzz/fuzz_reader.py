@@ -1,4 +1,4 @@
-"""Fuzz the capture reader and the reports with damaged captures (PITFALLS item 30).
+"""Fuzz the capture reader and the reports with damaged captures.
 
     python tests/fuzz/fuzz_reader.py make SEED.mtrace CORPUS_DIR [--every-offset] [--flips N]
     python tests/fuzz/fuzz_reader.py run CORPUS_DIR [--native DIR] [--json RESULT]

@@ -1,5 +1,5 @@
 """Known malloc/realloc/free/mmap calls from known lines, counted exactly."""
-from conftest import line_of, lines_of
+from helpers import line_of, lines_of
 
 CTYPES_PROGRAM = """
 import ctypes, mmap

@@ -1,7 +1,7 @@
 """Bad input: one clear line, a non-zero exit, no traceback."""
 import sys
 
-from conftest import memtrace
+from helpers import memtrace
 
 
 def one_line(err: str) -> bool:

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import line_of, lines_of, memtrace
+from helpers import line_of, lines_of, memtrace
 
 
 def test_existing_sitecustomize_still_runs(tmp_path):

@@ -3,7 +3,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import MEMTRACE, line_of, lines_of
+from helpers import MEMTRACE, line_of, lines_of
 
 
 def test_exit_code_and_stdio_pass_through(trace):

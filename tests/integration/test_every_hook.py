@@ -1,24 +1,16 @@
 """Every hooked function, called with known sizes by a C program: exact bytes per
 allocator, errno kept, failures recorded as nothing, partial unmaps and mremap tracked."""
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import memtrace
-
-TARGET = Path(__file__).resolve().parents[1] / "targets" / "every_hook.c"
+from helpers import build, memtrace
 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler")
     tmp = tmp_path_factory.mktemp("hooks")
-    exe = tmp / "every_hook"
-    subprocess.run(["cc", "-O0", "-o", str(exe), str(TARGET)], check=True)
+    exe = build("every_hook.c", tmp / "every_hook")
     cap = tmp / "hooks.mtrace"
     run = memtrace("run", "-q", "-o", cap, "--", exe)
     assert run.returncode == 0, run.stderr

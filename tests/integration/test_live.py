@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import line_of, memtrace
+from helpers import line_of, memtrace
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

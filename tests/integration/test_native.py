@@ -1,10 +1,8 @@
 """A C program traced native-only: its mallocs attributed to its own executable."""
-import shutil
-import subprocess
 
 import pytest
 
-from conftest import memtrace
+from helpers import build, memtrace
 
 C_PROGRAM = r"""
 #include <stdio.h>
@@ -26,13 +24,9 @@ int main(void) {
 
 @pytest.fixture
 def c_program(tmp_path):
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler")
     src = tmp_path / "alloc.c"
     src.write_text(C_PROGRAM)
-    exe = tmp_path / "allocprog"
-    subprocess.run(["cc", "-O0", "-o", str(exe), str(src)], check=True)
-    return exe
+    return build(src, tmp_path / "allocprog")
 
 
 def test_c_program_native_only(c_program, tmp_path):

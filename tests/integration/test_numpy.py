@@ -1,7 +1,7 @@
 """NumPy array data is labelled and attributed to its line, exactly."""
 import pytest
 
-from conftest import line_of, lines_of
+from helpers import line_of, lines_of
 
 np = pytest.importorskip("numpy")
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import line_of
+from helpers import line_of
 
 np = pytest.importorskip("numpy")
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import memtrace
+from helpers import memtrace
 
 PROGRAM = r'''
 import ctypes, sys, threading

@@ -1,6 +1,6 @@
 """fork, multiprocessing and subprocess children: each traced, under its own pid."""
 
-from conftest import line_of, lines_of
+from helpers import line_of, lines_of
 
 PROLOGUE = """
 import ctypes, os, sys

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import line_of, memtrace
+from helpers import line_of, memtrace
 
 PROGRAM = """
 import ctypes
@@ -204,3 +204,23 @@ def test_every_report_reads_a_truncated_capture(capture, tmp_path):
         assert "cut short" in out.stderr and "Traceback" not in out.stderr
     out = memtrace("diff", cut, cap)
     assert out.returncode == 3
+
+
+def test_summary_at_exit_is_the_summary_of_the_capture(tmp_path):
+    """GIVEN a program that frees memory while it exits; WHEN `memtrace run` prints its
+    summary (after the HTML report replayed the events for the temporary view) and
+    `memtrace summary` reads the capture later; THEN both say the same, "still live
+    at exit" included: the program's exit point, in every report."""
+    script = tmp_path / "late_free.py"
+    script.write_text("import atexit\n"
+                      "KEEP = [bytearray(100_000) for _ in range(30)]\n"
+                      "atexit.register(KEEP.clear)\n")
+    cap = tmp_path / "late.mtrace"
+    run = memtrace("run", "-o", cap, "--", sys.executable, script, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    at_exit = [line for line in run.stderr.splitlines()
+               if not line.lstrip().startswith(("capture:", "report:"))]
+    later = memtrace("summary", cap)
+    assert later.returncode == 0, later.stderr
+    assert at_exit == later.stdout.splitlines()
+    assert "still live at exit:" in later.stdout

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from conftest import line_of, lines_of
+from helpers import line_of, lines_of, memtrace
 
 np = pytest.importorskip("numpy")
 
@@ -91,7 +91,6 @@ def test_sampling_with_threads_and_fork(trace):
 
 
 def test_bad_sample_rate_is_one_line(tmp_path):
-    from conftest import memtrace
     out = memtrace("run", "--sample-rate", "lots", "--", "true", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "--sample-rate" in out.stderr

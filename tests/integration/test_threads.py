@@ -1,5 +1,5 @@
 """Each thread's allocations land on its own line, counts exact, nothing dropped."""
-from conftest import line_of, lines_of
+from helpers import line_of, lines_of
 
 FOUR_THREADS = """
 import ctypes, threading

@@ -1,16 +1,14 @@
 """Helpers for the real-world tests: trace one of the programs in benchmarks/realworld/
 as a user would (`memtrace run`, end-of-run summary on), then check the contracts the
-headline numbers must keep on it."""
-import json
+headline numbers must keep on it. The general helpers are in tests/helpers.py."""
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import MEMTRACE, memtrace
+from helpers import ROOT, memtrace, stats
 
-PROGRAMS = Path(__file__).resolve().parents[2] / "benchmarks" / "realworld"
+PROGRAMS = ROOT / "benchmarks" / "realworld"
 PEAK_WINDOW = 0.05   # the at-peak snapshot is read within 50 ms of the peak ...
 RSS_SHARE = 0.05     # ... and its RSS is within 5% of the highest RSS sampled around it
 ADVICE_TOPICS = ("glibc holds", "pymalloc arenas keep", "never touched",
@@ -50,15 +48,14 @@ class Run:
 def trace(tmp_path: Path, program, *args, name=None) -> Run:
     program = Path(program) if Path(program).is_absolute() else PROGRAMS / program
     capture = tmp_path / f"{name or program.stem}.mtrace"
-    run = subprocess.run(MEMTRACE + ["run", "-f", "-o", str(capture), "--", sys.executable,
-                                     str(program), *map(str, args)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = memtrace("run", "-f", "-o", capture, "--", sys.executable, program, *args,
+                   timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    stats = json.loads(memtrace("stats", "--json", capture).stdout)
     summary = memtrace("summary", capture)
     reconcile = memtrace("reconcile", capture)
     assert summary.returncode == 0 and reconcile.returncode == 0, summary.stderr + reconcile.stderr
-    return Run(program, capture, run.stdout, run.stderr, stats, summary.stdout, reconcile.stdout)
+    return Run(program, capture, run.stdout, run.stderr, stats(capture), summary.stdout,
+               reconcile.stdout)
 
 
 def check_read_at_peak(run: Run, pid=None) -> dict:

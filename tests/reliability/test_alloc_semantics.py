@@ -1,4 +1,4 @@
-"""Item 22: realloc/calloc/memalign corner cases against a reference model.
+"""realloc/calloc/memalign corner cases against a reference model.
 
 The C target (tests/targets/alloc_semantics.c) keeps a ledger of the blocks it holds
 (what libc actually returned, at the size asked for) and prints it after each step,
@@ -14,7 +14,7 @@ ledger exactly, twice over:
 import numpy as np
 import pytest
 
-from r2util import TARGETS, build, stats, streams, trace
+from helpers import TARGETS, build, stats, streams, traced
 
 MARK = 987000
 ALLOC_KINDS = range(1, 10)
@@ -26,7 +26,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("semantics")
     exe = build(TARGETS / "alloc_semantics.c", tmp / "alloc_semantics", "-ldl")
     cap = tmp / "sem.mtrace"
-    out = trace(cap, [exe])
+    out = traced([exe], cap, "--no-report")
     assert out.returncode == 0, out.stdout + out.stderr
     ledgers = {}
     for line in out.stdout.splitlines():

@@ -1,4 +1,4 @@
-"""Item 28: capture (and report) file safety.
+"""Capture (and report) file safety.
 
 - umask 000: the capture and the HTML report are still 0600;
 - a symlink planted at the output path: refused in one line (with and without -f), the
@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 
-from r2util import MEMTRACE, memtrace
+from helpers import MEMTRACE, memtrace
 
 SECRET_ARG = "--password=hunter2-arg-SECRET"
 SECRET_ENV = "s3cr3t-ENV-value-7d1e"

@@ -1,4 +1,4 @@
-"""Item 23: mmap / MAP_FIXED overlays / partial and spanning munmap / mremap (MAYMOVE,
+"""mmap / MAP_FIXED overlays / partial and spanning munmap / mremap (MAYMOVE,
 FIXED, DONTUNMAP), as property-based tests (after Fil's `adding_removing_ranges`).
 
 Hypothesis draws op sequences; the C interpreter (tests/targets/mmap_interp.c) runs
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from r2util import TARGETS, build, stats, streams, trace
+from helpers import TARGETS, build, stats, streams, traced
 
 MMAP, MUNMAP, MREMAP = 11, 12, 13
 WARMUP = ["a,1", "A,0,1,1,0,0", "U,0,0,1", "m,60,1", "u,60,1", "r,60,1,1,0,0"]
@@ -152,7 +152,7 @@ def check_sequence(interpreter, op_list):
     exe, tmp = interpreter
     cap = tmp / "m.mtrace"
     argv = [exe, str(len(WARMUP))] + WARMUP + [as_arg(o) for o in op_list]
-    run = trace(cap, argv, timeout=60)
+    run = traced(argv, cap, "--no-report", timeout=60)
     assert run.returncode == 0, run.stderr
     results, froms, lens, maps, arena, _n, page = parse(run.stdout)
     all_ops = [tuple(int(x) if x.isdigit() else x for x in w.split(",")) for w in WARMUP] + op_list

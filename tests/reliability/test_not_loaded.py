@@ -1,4 +1,4 @@
-"""Item 26: programs the loader will not preload the shim into are refused by the
+"""Programs the loader will not preload the shim into are refused by the
 launcher in one line, quickly, with no capture left behind: static binaries, setuid
 and setgid binaries, and (for a user other than root) binaries with file
 capabilities (secure execution). And under AT_SECURE, a shim that does get loaded
@@ -9,12 +9,11 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 
-from r2util import MEMTRACE, ROOT, TARGETS, build, need_cc, shim_so
+from helpers import MEMTRACE, ROOT, TARGETS, build, need_compiler, open_to_other_users, shim_so
 
 NOBODY = 65534
 
@@ -26,8 +25,8 @@ def one_line(err: str) -> bool:
 
 def memtrace_as_nobody():
     """The memtrace command line for user nobody, who cannot read this venv's Python
-    (it may live under /root): a system Python running the launcher from the source
-    tree — the refusal happens before anything heavy is imported."""
+    (it may live in a private home folder): a system Python running the launcher from
+    the source tree — the refusal happens before anything heavy is imported."""
     system = shutil.which("python3", path="/usr/bin:/bin")
     if system is None:
         pytest.skip("no system python3 that user nobody can run")
@@ -51,7 +50,7 @@ def refuse(tmp_path, exe, user=None):
 
 
 def test_static_binary(tmp_path):
-    need_cc()
+    need_compiler()
     src = tmp_path / "s.c"
     src.write_text("#include <stdlib.h>\nint main(void){return malloc(10)==0;}\n")
     exe = tmp_path / "static-prog"
@@ -67,20 +66,6 @@ def test_setuid_setgid_binary(tmp_path, bit):
     assert "setuid/setgid" in refuse(tmp_path, exe)
 
 
-def shared_dir(tmp_path):
-    """A folder another user can use (pytest's tmp_path is 0700)."""
-    d = tmp_path / "shared"
-    d.mkdir()
-    os.chmod(d, 0o777)
-    for p in tmp_path.parents:
-        if p == p.parent:
-            break
-        if str(p).startswith("/tmp/pytest-of-"):
-            os.chmod(p, os.stat(p).st_mode | 0o011)
-    os.chmod(tmp_path, 0o711)
-    return d
-
-
 def need_root_and_setcap():
     if os.geteuid() != 0:
         pytest.skip("needs root (to set file capabilities and switch to another user)")
@@ -88,8 +73,8 @@ def need_root_and_setcap():
         pytest.skip("setcap (libcap2-bin) is not installed")
 
 
-def capability_binary(tmp_path):
-    d = shared_dir(tmp_path)
+def capability_binary(tmp_path, basetemp):
+    d = open_to_other_users(tmp_path, basetemp)
     exe = build(TARGETS / "at_secure.c", d / "capprog")
     os.chmod(exe, 0o755)
     done = subprocess.run(["setcap", "cap_net_bind_service+ep", str(exe)], capture_output=True,
@@ -99,9 +84,9 @@ def capability_binary(tmp_path):
     return d, exe
 
 
-def test_file_capabilities_binary_refused_for_other_users(tmp_path):
+def test_file_capabilities_binary_refused_for_other_users(tmp_path, tmp_path_factory):
     need_root_and_setcap()
-    d, exe = capability_binary(tmp_path)
+    d, exe = capability_binary(tmp_path, tmp_path_factory.getbasetemp())
     # the kernel does mark it secure for nobody (the premise of the refusal)
     plain = subprocess.run([str(exe)], capture_output=True, text=True, user=NOBODY, group=NOBODY,
                            extra_groups=[], timeout=30)
@@ -112,12 +97,12 @@ def test_file_capabilities_binary_refused_for_other_users(tmp_path):
 
 
 @pytest.mark.slow
-def test_shim_ignores_its_environment_under_at_secure(tmp_path):
+def test_shim_ignores_its_environment_under_at_secure(tmp_path, tmp_path_factory):
     """ld.so loads a slash-less LD_PRELOAD name from a trusted directory if the file is
     set-user-ID even in secure mode: the shim is then in the process, and must stay
     passive (no connection to MEMTRACE_SOCKET)."""
     need_root_and_setcap()
-    d, exe = capability_binary(tmp_path)
+    d, exe = capability_binary(tmp_path, tmp_path_factory.getbasetemp())
     trusted = None
     for folder in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"):
         if os.path.isdir(folder) and os.access(folder, os.W_OK):

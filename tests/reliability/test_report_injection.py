@@ -1,4 +1,4 @@
-"""Item 29: strings from the traced program cannot inject into reports.
+"""Strings from the traced program cannot inject into reports.
 
 Function names, file names (virtual and real), argv, a thread name and a library
 file name carry `</script><img src=x onerror=alert(1)>`, `"'&<>`, U+2028/U+2029, a
@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from r2util import TARGETS, build, memtrace, terminal_safe
+from helpers import TARGETS, build, memtrace, terminal_safe
 
 ANSI = "\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\x1b[2J\x1b[31m"
 HOSTILE = "</script><img src=x onerror=alert(1)>\"'&<>\u2028\u2029\u202e" + ANSI

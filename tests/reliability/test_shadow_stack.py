@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from r2util import memtrace
+from helpers import memtrace
 
 PROGRAM = r'''
 import asyncio, ctypes, sys, threading

@@ -1,6 +1,6 @@
-"""Signals (plan items 15, 16, 17): allocation inside a 10 kHz SIGALRM handler, an
-application that routes signals to its own sigtimedwait thread, and a Python fork
-with -W error::DeprecationWarning (3.12+ warns when the process has other threads)."""
+"""Signals: allocation inside a 10 kHz SIGALRM handler, an application that routes
+signals to its own sigtimedwait thread, and a Python fork with
+-W always::DeprecationWarning (3.12+ warns when the process has other threads)."""
 import os
 import re
 import signal
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from reltools import Raw, cbuild, live_model_check, stats, traced  # noqa: F401
+from helpers import Raw, live_model_check, stats, traced
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,6 @@ def test_malloc_in_sigalrm_handler_at_10khz(alarm_run):
     assert 4321 not in live.values() and 777 not in live.values()
     assert raw.count(ev, "malloc", 777) <= handled
     assert raw.count(ev, "mmap", 3 * 4096) == raw.count(ev, "munmap", 3 * 4096) <= handled
-    print(f"\n{handled} signals, {main} main-loop allocations; handler calls recorded: "
-          f"{raw.count(ev, 'malloc', 777)}")
 
 
 def test_sigalrm_handler_allocations_recorded_or_counted(alarm_run):
@@ -66,11 +64,9 @@ def test_sigalrm_handler_allocations_recorded_or_counted(alarm_run):
     assert (missing == 0) == (unrecorded == 0), (missing, unrecorded)
     st = stats(raw.capture.path)
     assert st["processes"][0]["unrecorded_calls"] == unrecorded
-    print(f"\n{handled} handler runs: {recorded} recorded, {missing} interrupted a hook, "
-          f"{unrecorded} calls counted")
 
 
-# ---- item 16 -----------------------------------------------------------------------
+# ---- signals routed to the application's own thread --------------------------------
 
 def _sigwait_run(argv):
     proc = subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -104,7 +100,7 @@ def test_sigterm_reaches_the_applications_sigwait_thread(cbuild, tmp_path):
     raw.assert_valid()
 
 
-# ---- item 17 -----------------------------------------------------------------------
+# ---- no thread of memtrace's in the program ----------------------------------------
 
 FORK_SCRIPT = """
 import os, sys

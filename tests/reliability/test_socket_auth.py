@@ -1,4 +1,4 @@
-"""Item 27: only the traced user's processes can feed the collector.
+"""Only the traced user's processes can feed the collector.
 
 While a traced program runs: the session folder is 0700 and the socket 0700 (bound
 under umask 077); no abstract-namespace socket exists (/proc/net/unix); user nobody
@@ -14,11 +14,10 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
-from r2util import MEMTRACE, TARGETS, build, shim_so, stats
+from helpers import MEMTRACE, TARGETS, build, open_to_other_users, shim_so, stats, wait_for
 
 NOBODY = 65534
 
@@ -53,19 +52,13 @@ def as_nobody(argv, **kw):
 
 
 @pytest.fixture
-def running(tmp_path):
+def running(tmp_path, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root, to act as a second user (nobody)")
     system_python = shutil.which("python3", path="/usr/bin:/bin")
     if system_python is None:
         pytest.skip("no system python3 for user nobody")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(tmp_path, 0o711)
-    for p in tmp_path.parents:
-        if str(p).startswith("/tmp/pytest-of-"):
-            os.chmod(p, os.stat(p).st_mode | 0o011)
-    os.chmod(shared, 0o777)
+    shared = open_to_other_users(tmp_path, tmp_path_factory.getbasetemp())
     sessions = tmp_path / "sessions"
     sessions.mkdir()
     os.chmod(sessions, 0o711)
@@ -78,12 +71,8 @@ def running(tmp_path):
                                         "import time\nfor i in range(60):\n"
                                         "    b = bytearray(100_000); time.sleep(0.1)"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    socks = []
-    while time.monotonic() < deadline and not socks:
-        socks = glob.glob(str(sessions / "memtrace-*" / "collector.sock"))
-        time.sleep(0.05)
-    assert socks, "no collector socket appeared"
+    socks = wait_for(lambda: glob.glob(str(sessions / "memtrace-*" / "collector.sock")),
+                     timeout=20, what="the collector's socket")
     yield proc, socks[0], cap, system_python, forger, shared
     if proc.poll() is None:
         proc.kill()

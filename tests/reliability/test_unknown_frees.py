@@ -1,31 +1,31 @@
-"""Item 24: frees of pointers the shim never saw — blocks from libc's own malloc (the
+"""Frees of pointers the shim never saw — blocks from libc's own malloc (the
 stand-in for memory allocated before the shim), blocks allocated inside an
 RTLD_DEEPBIND library, and pre-fork blocks freed by a forked child. No crash; each is
 counted as an unknown free; live bytes never go negative, at any moment."""
 import numpy as np
 import pytest
 
-from r2util import TARGETS, build, stats, streams, trace
+from helpers import TARGETS, build, stats, streams, traced
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory):
+def unknown_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("unknown")
     exe = build(TARGETS / "unknown_free.c", tmp / "unknown_free", "-ldl")
     lib = build(TARGETS / "unknown_free.c", tmp / "libdeep.so", "-shared", "-fPIC", "-DDEEP_LIB")
     cap = tmp / "u.mtrace"
-    run = trace(cap, [exe, lib], timeout=60)
+    run = traced([exe, lib], cap, "--no-report", timeout=60)
     return run, cap
 
 
-def test_program_runs_normally(traced):
-    run, _ = traced
+def test_program_runs_normally(unknown_run):
+    run, _ = unknown_run
     assert run.returncode == 0, run.stdout + run.stderr
     assert "ok child 0" in run.stdout
 
 
-def test_unknown_frees_counted_never_negative(traced):
-    _run, cap = traced
+def test_unknown_frees_counted_never_negative(unknown_run):
+    _run, cap = unknown_run
     st = stats(cap)
     assert st["complete"]
     parent, child = sorted(st["processes"], key=lambda p: p["pid"] != p["ppid"] and p["ppid"] in
@@ -40,13 +40,12 @@ def test_unknown_frees_counted_never_negative(traced):
     # address is handed out again (the aggregator then retires the stale block), never more
     prog = [r for r in st["by_library"] if r["library"] == "unknown_free"][0]
     assert 0 <= prog["live_at_exit_bytes"] <= 10 * 3000
-    print(f"unknown frees: parent {parent['unknown_frees']}, child {child['unknown_frees']}")
 
 
-def test_heap_never_negative_at_any_event(traced):
+def test_heap_never_negative_at_any_event(unknown_run):
     from tracer.aggregate import Aggregator
 
-    _run, cap = traced
+    _run, cap = unknown_run
     for proc, events in streams(cap):
         agg = Aggregator()
         for start in range(0, len(events), 7):

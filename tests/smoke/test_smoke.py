@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from conftest import line_of, lines_of, memtrace
+from helpers import line_of, lines_of, memtrace
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "numpy_lines.py"
 

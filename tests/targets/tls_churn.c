@@ -1,5 +1,5 @@
 /* 4 threads dlopen/touch/dlclose a library with big dynamic TLS while 8 threads
- * malloc and free (tests/reliability/test_tls.py, PITFALLS item 4). glibc >= 2.39
+ * malloc and free (tests/reliability/test_tls.py). glibc >= 2.39
  * calls malloc/free from the TLS access path in more cases: a shim whose own TLS
  * went through __tls_get_addr would recurse there. Prints the malloc calls made. */
 #define _GNU_SOURCE

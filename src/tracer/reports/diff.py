@@ -15,7 +15,7 @@ def diff_rows(before: Model, after: Model, key_fn, rows_fn) -> list:
                     "allocated_after": b.get("allocated_bytes", 0),
                     "peak_before": a.get("peak_bytes", 0), "peak_after": b.get("peak_bytes", 0)})
     out.sort(key=lambda r: (-(r["peak_after"] - r["peak_before"]),
-                            -(r["allocated_after"] - r["allocated_before"])))
+                            -(r["allocated_after"] - r["allocated_before"]), r["key"]))
     return out
 
 

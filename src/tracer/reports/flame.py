@@ -5,13 +5,19 @@ innermost Python frame name the native library that called the allocator, so a
 NumPy buffer shows as `… → build (x.py:14) → _multiarray_umath…so`. Allocations made
 with no Python frame hang under a `[thread NAME]` node. Each node carries, per
 metric, the bytes and count of its whole subtree.
-"""
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
 
+The tree is made from all sites at once (NumPy, and C for merging frames into
+nodes), never by walking each site's stack in Python.
+"""
+from typing import Dict, List, Optional
+
+import numpy as np
 
 from tracer import _format as fmt
+from tracer import stacks as st
+from tracer._native import ffi, lib
 from tracer.model import Model, Process, heap_mask
+from tracer.reports.tables import lib_name_ids
 
 # metric -> (bytes column, count column) of the site records
 METRICS = {
@@ -27,149 +33,401 @@ METRIC_TITLES = {
     "temporary": "temporary allocations (freed before the next allocation on their thread)",
     "threads": "memory held at the heap peak, by thread",
 }
+KINDS = ("python", "native", "thread", "process", "other", "imports")
+PYTHON, NATIVE, THREAD, PROCESS, OTHER, IMPORTS = range(6)
+# Children keys below a node: frames are stacks.frame_key values (>= 0); a thread
+# is THREAD_KEY - tid, a library and allocator LEAF_KEY - (library * 256 + kind),
+# a process PROCESS_KEY - stream, folded import machinery IMPORTS_KEY.
+THREAD_KEY, LEAF_KEY, PROCESS_KEY, IMPORTS_KEY = -1, -(1 << 40), -(1 << 50), -(1 << 60)
+IMPORTS_NAME = "[import machinery]"
+# Python's own code that imports modules and runs them (`python -m`): frozen
+# modules (importlib._bootstrap, zipimport, runpy...) and their source files.
+IMPORT_FILES = ("/importlib/_bootstrap.py", "/importlib/_bootstrap_external.py",
+                "/importlib/__init__.py", "/runpy.py", "/zipimport.py", "/pkgutil.py")
 
 
-@dataclass
-class Node:
-    name: str                       # function, "[thread …]", library, or "pid …"
-    file: str = ""
-    line: int = 0
-    kind: str = "python"            # python | native | thread | process | other
-    children: Dict[tuple, "Node"] = field(default_factory=dict)
-    bytes: int = 0                  # subtree totals for the tree's metric
-    count: int = 0
-    numpy: int = 0                  # NumPy array data within bytes
+def _i64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.int64)
 
-    def child(self, key: tuple, make) -> "Node":
-        node = self.children.get(key)
-        if node is None:
-            node = self.children[key] = make()
+
+def _ptr(a: np.ndarray):
+    """An int64_t * to the array's data (the same array, where it is int64 and
+    contiguous: outputs must be); the cdata keeps the array alive for the call."""
+    return ffi.from_buffer("int64_t[]", _i64(a))
+
+
+def is_import_machinery(file: str) -> bool:
+    return file.startswith("<frozen ") or file.endswith(IMPORT_FILES)
+
+
+class Tree:
+    """A call tree as arrays, node 0 its root, every node numbered after its
+    parent. Per node: parent, name and file (indexes into `names` and `files`),
+    line, kind (KINDS), key (what it is under its parent: frames with one key
+    under one parent are one node), user (a frame of the user's own code), the
+    subtree's bytes, count and NumPy bytes, and `first`, the position of the first
+    site under it: children are listed biggest first, ties in the order the sites
+    first reach them."""
+
+    COLUMNS = ("parent", "name", "file", "line", "kind", "key", "user")
+
+    def __init__(self, columns: Dict[str, np.ndarray], names: List[str], files: List[str]):
+        for column in self.COLUMNS:
+            setattr(self, column, columns[column])
+        self.names, self.files = names, files
+        self.bytes = self.count = self.numpy = self.first = None
+        self.shape = self  # the tree whose columns these are (its values aside)
+        self._threshold = self._folded = None
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    def with_values(self, leaf, first, size, count, numpy) -> "Tree":
+        """This tree's nodes with site values on their leaf nodes, summed up.
+        Nodes no site with a value reaches keep 0 bytes: they are not listed."""
+        n = len(self)
+        tree = Tree({c: getattr(self, c) for c in self.COLUMNS}, self.names, self.files)
+        tree.shape = self.shape
+        tree.bytes, tree.count, tree.numpy, tree.first = (np.empty(n, np.int64) for _ in range(4))
+        lib.mt_tree_leaf_values(_ptr(leaf), len(leaf), _ptr(size), _ptr(count), _ptr(numpy), _ptr(first), n,
+                                _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy), _ptr(tree.first))
+        lib.mt_tree_sum_up(_ptr(self.parent), n, _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy),
+                           _ptr(tree.first))
+        return tree
+
+    def children(self, i: int, threshold: float = 0) -> List[int]:
+        """Children of node i of at least `threshold` bytes, biggest first."""
+        start, kids = self.child_index(threshold)
+        return kids[start[i]:start[i + 1]].tolist()
+
+    def child_index(self, threshold: float):
+        """(start, kids): the children of node i of at least `threshold` bytes are
+        kids[start[i]:start[i + 1]], biggest first."""
+        if self._threshold != threshold:
+            big = np.flatnonzero((self.bytes[1:] >= threshold) & (self.bytes[1:] > 0)) + 1
+            kids = big[np.lexsort((self.first[big], -self.bytes[big], self.parent[big]))]
+            per_node = np.bincount(self.parent[kids], minlength=len(self))
+            self._start = np.concatenate(([0], np.cumsum(per_node)))
+            self._kids, self._threshold = kids, threshold
+        return self._start, self._kids
+
+    def children_totals(self, threshold: int = 0):
+        """Per node: its number of children, their bytes, count and NumPy bytes,
+        and those of its children under threshold: (n, [3 totals], [3 totals])."""
+        out = [np.empty(len(self), np.int64) for _ in range(7)]
+        lib.mt_tree_child_sums(_ptr(self.parent), len(self), _ptr(self.bytes), _ptr(self.count),
+                               _ptr(self.numpy), threshold, *map(_ptr, out))
+        return out[0], out[1:4], out[4:]
+
+    def subset(self, keep: np.ndarray):
+        """(a tree of the nodes where keep is set, their numbers in this one); the
+        kept nodes' parents must be kept (the root is)."""
+        nodes = np.flatnonzero(keep)
+        new = np.cumsum(keep) - 1
+        columns = {c: getattr(self, c)[nodes] for c in self.COLUMNS}
+        columns["parent"] = np.where(columns["parent"] < 0, -1, new[np.maximum(columns["parent"], 0)])
+        tree = Tree(columns, self.names, self.files)
+        for column in ("bytes", "count", "numpy", "first"):
+            setattr(tree, column, getattr(self, column)[nodes])
+        return tree, nodes
+
+    def label(self, i: int) -> str:
+        name, file = self.names[self.name[i]], self.files[self.file[i]]
+        return f"{name} ({file}:{int(self.line[i])})" if file else name
+
+    def sum_down(self, add) -> np.ndarray:
+        """Per node, the sum of `add` over it and its ancestors."""
+        add, out = _i64(np.broadcast_to(add, (len(self),))), np.empty(len(self), np.int64)
+        lib.mt_tree_sum_down(_ptr(self.parent), len(self), _ptr(add), _ptr(out))
+        return out
+
+    def depths(self) -> np.ndarray:
+        """Edges from each node to the root."""
+        return self.sum_down(1) - 1
+
+    def fold_imports(self) -> "Tree":
+        """This tree with every run of import-machinery frames made one
+        IMPORTS_NAME node (whose children merge where their frames are equal)."""
+        shape = self.shape
+        if shape._folded is None:
+            shape._folded = shape._fold_shape()
+        new, folded = shape._folded
+        leaf = np.flatnonzero(shape.kind == NATIVE)  # the nodes that hold the sites' values
+        return folded.with_values(new[leaf], self.first[leaf], self.bytes[leaf], self.count[leaf],
+                                  self.numpy[leaf])
+
+    def _fold_shape(self):
+        """(the folded node of each node, the folded tree without values)."""
+        machinery = np.fromiter(map(is_import_machinery, self.files), bool, len(self.files))
+        fold = (machinery[self.file] & (self.kind == PYTHON)).astype(np.uint8)
+        index = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)
+        new = np.empty(len(self), np.int64)
+        made = lib.mt_tree_fold(index, _ptr(self.parent), _ptr(self.key),
+                                ffi.from_buffer("uint8_t[]", fold), len(self), IMPORTS_KEY,
+                                _ptr(new))
+        parent, source = _made(index, made)
+        source = np.concatenate(([0], source))
+        columns = {c: getattr(self, c)[source] for c in self.COLUMNS}
+        columns["parent"] = np.concatenate(([-1], parent))
+        folded = fold[source] != 0
+        names = list(self.names) + [IMPORTS_NAME]
+        for column, value in (("name", len(names) - 1), ("file", self.files.index("")), ("line", 0),
+                              ("kind", IMPORTS), ("key", IMPORTS_KEY), ("user", False)):
+            columns[column][folded] = value
+        return new, Tree(columns, names, self.files)
+
+    def focus(self) -> int:
+        """Where the user's code is: the deepest node, above the user's own frames,
+        that holds 90% of the bytes of the outermost of them (0: the root)."""
+        inside = self.sum_down(self.user) > 0  # in the user's code, or called from it
+        outermost = self.user & ~inside[np.maximum(self.parent, 0)]
+        held = np.where(outermost, np.maximum(self.bytes, 0), 0)
+        if not held.any():
+            return 0
+        # coarser units where the sums could overflow (only a share is wanted)
+        held >>= max(0, int(held.max()).bit_length() + len(self).bit_length() - 56)
+        ignored = [np.zeros(len(self), np.int64) for _ in range(3)]
+        lib.mt_tree_sum_up(_ptr(self.parent), len(self), _ptr(held), *map(_ptr, ignored))
+        candidates = np.flatnonzero(~inside & (held * 10 >= held[0] * 9))
+        return int(candidates[np.argmax(self.depths()[candidates])]) if len(candidates) else 0
+
+
+def _made(index, made: int):
+    """(parent node, source row) of each node the last mt_tree_* call made."""
+    if made < 0:
+        raise MemoryError("memtrace: out of memory making a call tree")
+    parent, row = np.empty(made, np.int64), np.empty(made, np.int64)
+    lib.mt_tree_made(index, _ptr(parent), _ptr(row))
+    return parent, row
+
+
+class _Nodes:
+    """A tree's nodes, added in batches (each under nodes added before)."""
+
+    def __init__(self):
+        self.columns: Dict[str, List[np.ndarray]] = {c: [] for c in Tree.COLUMNS}
+        self.names, self.files = st.Interner(), st.Interner()
+        self.n = 0
+        self.index = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)  # (parent, key) -> node
+        if self.index == ffi.NULL:
+            raise MemoryError("memtrace: cannot allocate a call tree")
+        self.add([-1], ["all"], [""], 0, PROCESS, 0)
+
+    def add(self, parent, names, files, lines, kind, key, user=False) -> np.ndarray:
+        """New nodes, names and files as strings."""
+        return self.add_ids(parent, self.names.many(names), self.files.many(files), lines, kind,
+                            key, user)
+
+    def add_ids(self, parent, name_ids, file_ids, lines, kind, key, user=False) -> np.ndarray:
+        """New nodes, names and files as ids of `names` and `files`."""
+        parent = np.asarray(parent, np.int64)
+        ids = np.arange(self.n, self.n + len(parent))
+        self.n += len(parent)
+        values = {"parent": parent, "name": name_ids, "file": file_ids, "line": lines, "kind": kind,
+                  "key": key, "user": user}
+        for column, value in values.items():
+            dtype = bool if column == "user" else np.int64
+            self.columns[column].append(np.broadcast_to(np.asarray(value, dtype), (len(parent),)))
+        return ids
+
+    def add_frames(self, parent, frame, base, rows):
+        """The node of each (base node, stack row) — see mt_tree_frames — and the
+        (parent node, row) of each node this made; the caller adds those next."""
+        parent, frame, base, rows = (_i64(a) for a in (parent, frame, base, rows))
+        node = np.empty(len(rows), np.int64)
+        made = lib.mt_tree_frames(self.index, _ptr(parent), _ptr(frame), len(parent), _ptr(base),
+                                  _ptr(rows), len(rows), self.n, _ptr(node))
+        return node, *_made(self.index, made)
+
+    def add_children(self, parent, key, names, files, kind) -> np.ndarray:
+        """The child `key` (an int below 0: frames have the others) of each parent
+        node, made on first sight and named from the arrays at its position."""
+        parent, key = _i64(parent), _i64(key)
+        node = np.empty(len(key), np.int64)
+        made = lib.mt_tree_children(self.index, _ptr(parent), _ptr(key), len(key), self.n, _ptr(node))
+        made_parent, first = _made(self.index, made)
+        every = lambda values: np.broadcast_to(np.asarray(values, np.int64), (len(key),))[first]
+        self.add_ids(made_parent, every(names), every(files), 0, kind, key[first])
         return node
 
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.file}:{self.line})" if self.file else self.name
+    def tree(self) -> Tree:
+        columns = {c: np.ascontiguousarray(np.concatenate(v)) for c, v in self.columns.items()}
+        return Tree(columns, self.names.keys, self.files.keys)
 
 
 def build_tree(model: Model, metric: str = "peak", by_thread: bool = False,
-               pid: Optional[int] = None) -> Node:
-    """The call tree of one metric over all processes (or one pid)."""
-    bytes_col, count_col = METRICS[metric]
-    root = Node("all", kind="process")
-    processes = [p for p in model.processes if pid is None or p.pid == pid]
-    many = len({p.pid for p in processes}) > 1
-    for proc in processes:
-        sites = proc.sites[heap_mask(proc.sites)]
-        sites = sites[sites[bytes_col] > 0]
-        if len(sites) == 0:
-            continue
-        top = root
-        if many:
-            label = f"pid {proc.pid}: {' '.join(proc.argv)[:80]}"
-            top = root.child(("pid", proc.sid), lambda: Node(label, kind="process"))
-        memo: Dict[Tuple[int, int], Node] = {}
-        for site in sites:
-            stack, tid = int(site["stack"]), int(site["tid"])
-            base = top
-            if by_thread or stack == 0:
-                name = f"[thread {proc.thread_name(tid)}]"
-                base = top.child(("thread", tid), lambda: Node(name, kind="thread"))
-            node = _frame_node(proc, stack, base, memo, tid if (by_thread or stack == 0) else 0)
-            lib = proc.lib_name(int(site["lib"])).rsplit("/", 1)[-1]
-            alloc = fmt.KIND_NAMES[int(site["kind"])]
-            leaf = node.child(("lib", lib, alloc), lambda: Node(f"{lib} → {alloc}", kind="native"))
-            size, count = int(site[bytes_col]), int(site[count_col])
-            numpy = size if int(site["flags"]) & fmt.FLAG_NUMPY else 0
-            leaf.bytes += size
-            leaf.count += count
-            leaf.numpy += numpy
-    _sum_up(root)
-    return root
+               pid: Optional[int] = None) -> Tree:
+    """The call tree of one metric over all processes (or one pid). A node is a
+    frame (function, file, line) under its caller's node; below the innermost
+    frame, a leaf per calling library and allocator."""
+    return Trees(model, (metric,), by_thread, pid).tree(metric)
 
 
-def _frame_node(proc: Process, stack: int, base: Node, memo: dict, bucket: int) -> Node:
-    """The tree node of a stack trie node under base (memoised per trie node)."""
-    if stack == 0:
-        return base
-    key = (stack, bucket)
-    node = memo.get(key)
-    if node is not None:
-        return node
-    # Walk up to the first memoised ancestor (or the root), then come back down.
-    chain, cur, seen = [], stack, set()
-    while cur and (cur, bucket) not in memo and cur not in seen and len(chain) < 4096:
-        seen.add(cur)
-        chain.append(cur)
-        entry = proc.nodes.get(cur)
-        cur = entry[0] if entry else 0
-    node = memo.get((cur, bucket), base) if cur else base
-    for trie in reversed(chain):
-        frame = proc.frame(trie)
-        if frame is None:
-            frame_key = ("?", "<stack lost>", 0)
-            make = lambda: Node("<stack lost>", kind="other")
-        else:
-            frame_key = (frame.function, frame.file, frame.line)
-            make = lambda f=frame: Node(f.function, f.file, f.line)
-        node = node.child(frame_key, make)
-        memo[(trie, bucket)] = node
+def build_trees(model: Model, metrics, by_thread: bool = False,
+                pid: Optional[int] = None) -> Dict[str, Tree]:
+    """build_tree of several metrics, their nodes made once."""
+    trees = Trees(model, metrics, by_thread, pid)
+    return {metric: trees.tree(metric) for metric in metrics}
+
+
+class Trees:
+    """The nodes of the trees of some metrics, made once from the heap sites where
+    any of them has bytes; each metric's tree is the nodes its own sites reach
+    (the others, there with no bytes, are never listed)."""
+
+    def __init__(self, model: Model, metrics, by_thread: bool = False, pid: Optional[int] = None):
+        self.model, self.metrics, self.by_thread, self.pid = model, tuple(metrics), by_thread, pid
+        self.processes = [p for p in model.processes if pid is None or p.pid == pid]
+        nodes, libraries, functions = _Nodes(), st.Interner(), st.Interner()
+        many = len({p.pid for p in self.processes}) > 1
+        leaves, self.picked = [], []  # per process: its leaf nodes, its picked sites' indexes
+        for proc in self.processes:
+            heap = heap_mask(proc.sites)
+            picked = np.flatnonzero(heap & np.logical_or.reduce(
+                [proc.sites[METRICS[m][0]] > 0 for m in metrics]))
+            self.picked.append(picked)
+            if len(picked) == 0:
+                continue
+            top = 0
+            if many:
+                label = f"pid {proc.pid}: {' '.join(proc.argv)[:80]}"
+                top = int(nodes.add([0], [label], [""], 0, PROCESS, PROCESS_KEY - proc.sid)[0])
+            leaves.append(_process_leaves(nodes, proc, proc.sites[picked], top, by_thread, libraries,
+                                          functions))
+        self.shape = nodes.tree()
+        self.leaf = np.concatenate(leaves) if leaves else np.zeros(0, np.int64)
+
+    def tree(self, metric: str) -> Tree:
+        """The tree of a metric, from the sites' values now (the temporary columns
+        are filled by a replay): its sites must be among those the nodes were made
+        from (temporary bytes are part of the total bytes)."""
+        bytes_col, count_col = METRICS[metric]
+        if metric not in self.metrics and not self._covers(bytes_col):
+            return Trees(self.model, (metric,), self.by_thread, self.pid).tree(metric)
+        column = lambda name: np.concatenate(
+            [np.zeros(0, fmt.SITE_DTYPE)[name]] +
+            [p.sites[name][picked] for p, picked in zip(self.processes, self.picked)])
+        size, count = column(bytes_col), column(count_col)
+        mine = np.flatnonzero(size > 0)
+        size = size[mine].astype(np.int64)
+        numpy = np.where((column("flags")[mine] & fmt.FLAG_NUMPY) != 0, size, 0)
+        return self.shape.with_values(self.leaf[mine], mine, size, count[mine].astype(np.int64), numpy)
+
+    def _covers(self, bytes_col: str) -> bool:
+        """Whether every heap site with bytes in this column is one of ours."""
+        for proc, picked in zip(self.processes, self.picked):
+            made = np.zeros(len(proc.sites), bool)
+            made[picked] = True
+            if (heap_mask(proc.sites) & (proc.sites[bytes_col] > 0) & ~made).any():
+                return False
+        return True
+
+
+def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bool,
+                    libraries: st.Interner, functions: st.Interner) -> np.ndarray:
+    """Add one process's nodes under top; the leaf node of each site."""
+    rows = proc.stacks.rows(sites["stack"])
+    base = np.full(len(sites), top, np.int64)
+    threaded = np.ones(len(sites), bool) if by_thread else rows == st.ROOT
+    if threaded.any():
+        tids, inverse = np.unique(sites["tid"][threaded], return_inverse=True)
+        names = nodes.names.many(f"[thread {proc.thread_name(t)}]" for t in tids.tolist())
+        base[threaded] = nodes.add_children(np.full(len(tids), top), THREAD_KEY - tids.astype(np.int64),
+                                            names, nodes.files(""), THREAD)[inverse]
+    node = base.copy()
+    framed = rows != st.ROOT
+    if framed.any():
+        node[framed] = _frame_nodes(nodes, proc, base[framed], rows[framed], functions)
+    # leaves: one per (node, library, allocator)
+    pair = lib_name_ids(proc, sites["lib"], libraries) * 256 + sites["kind"]
+    pairs, pair_of = np.unique(pair, return_inverse=True)
+    labels = nodes.names.many(f"{libraries.keys[p // 256]} → {fmt.KIND_NAMES[p % 256]}"
+                              for p in pairs.tolist())
+    leaves, inverse = np.unique(node * len(pairs) + pair_of, return_inverse=True)
+    node, pair_of = leaves // len(pairs), leaves % len(pairs)
+    made = nodes.add_children(node, LEAF_KEY - pairs[pair_of], labels[pair_of], nodes.files(""), NATIVE)
+    return made[inverse]
+
+
+def _frame_nodes(nodes: _Nodes, proc: Process, base: np.ndarray, rows: np.ndarray,
+                 functions: st.Interner) -> np.ndarray:
+    """The frame node of each (base node, stack row): frames equal in function,
+    file and line under one node are one node (in every process)."""
+    table = proc.stacks
+    lost = len(table)  # the lost frame, as one more row
+    parent = np.append(np.where(table.parent == st.LOST, lost, table.parent), st.ROOT)
+    fn = np.append(table.interned(functions, "pairs")[table.code], functions(("<stack lost>", None)))
+    line = np.append(table.line, 0)
+    rows = np.where(rows == st.LOST, lost, rows)
+    frame = st.frame_key(fn, line)
+    node, made_parent, made = nodes.add_frames(parent, frame, base, rows)
+    name = np.append(table.interned(nodes.names, "functions")[table.code], nodes.names("<stack lost>"))
+    file = np.append(table.interned(nodes.files, "files")[table.code], nodes.files(""))
+    kind = np.append(np.full(len(table), PYTHON), OTHER)
+    files, index = table.distinct("files")
+    machinery = np.fromiter(map(is_import_machinery, files), bool, len(files))[index]
+    user = np.append(~proc.library_codes()[table.code] & ~machinery[table.code], False)
+    nodes.add_ids(made_parent, name[made], file[made], line[made], kind[made], frame[made], user[made])
     return node
 
 
-def _sum_up(node: Node) -> None:
-    """Fill subtree totals (iteratively: trees can be deep)."""
-    order, stack = [], [node]
-    while stack:
-        n = stack.pop()
-        order.append(n)
-        stack.extend(n.children.values())
-    for n in reversed(order):
-        for c in n.children.values():
-            n.bytes += c.bytes
-            n.count += c.count
-            n.numpy += c.numpy
-
-
-def flatten(root: Node, min_share: float = 0.0005, max_nodes: int = 20000) -> dict:
+def flatten(tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000,
+            focus: Optional[int] = None) -> dict:
     """Preorder arrays for the HTML page; subtrees under min_share of the root
-    (or beyond max_nodes) fold into one "[other]" node per parent."""
-    names: Dict[str, int] = {}
-    files: Dict[str, int] = {}
+    (or beyond max_nodes) fold into one "[other]" node per parent. With a focus
+    node, "focus" is its entry (or its nearest shown ancestor's)."""
+    threshold = max(1, int(int(tree.bytes[0]) * min_share))
+    # what is left out is summed on the whole tree; the rest is laid out on the
+    # nodes that can be shown (their parents can too: bytes grow towards the root)
+    n_kids, every, small = tree.children_totals(threshold)
+    keep = tree.bytes >= threshold
+    keep[0] = True
+    shown_tree, nodes = tree.subset(keep)
+    start, kids = shown_tree.child_index(threshold)
+    order, parents, shown = (np.empty(2 * len(shown_tree) + 2, np.int64) for _ in range(3))
+    count = lib.mt_tree_preorder(_ptr(start), _ptr(kids), _ptr(n_kids[nodes]),
+                                 len(shown_tree), max_nodes, _ptr(order), _ptr(parents), _ptr(shown))
+    if count == 0:
+        raise MemoryError("memtrace: out of memory laying out a call tree")
+    order, parents, shown = order[:count], parents[:count], shown[:count]
+    # entries as nodes of the whole tree (-1 - node: that node's "other" entry)
+    whole = np.where(order >= 0, nodes[np.maximum(order, 0)], -1 - nodes[np.maximum(-1 - order, 0)])
+    out = _columns(tree, whole, parents, shown, n_kids, small, every)
+    if focus is not None:
+        entry = dict(zip(whole.tolist(), range(count)))
+        while focus not in entry:
+            focus = int(tree.parent[focus])
+        out["focus"] = entry[focus]
+    return out
 
-    def intern(table, s):
-        return table.setdefault(s, len(table))
 
-    out = {"parent": [], "name": [], "file": [], "line": [], "kind": [], "bytes": [],
-           "count": [], "numpy": []}
-    kinds = {"python": 0, "native": 1, "thread": 2, "process": 3, "other": 4}
-    threshold = max(1, int(root.bytes * min_share))
-
-    def emit(node, parent, name=None, bytes_=None, count=None, numpy=None, kind=None):
-        out["parent"].append(parent)
-        out["name"].append(intern(names, name if name is not None else node.name))
-        out["file"].append(intern(files, node.file if node else ""))
-        out["line"].append(node.line if node else 0)
-        out["kind"].append(kinds[kind or node.kind])
-        out["bytes"].append(bytes_ if bytes_ is not None else node.bytes)
-        out["count"].append(count if count is not None else node.count)
-        out["numpy"].append(numpy if numpy is not None else node.numpy)
-        return len(out["parent"]) - 1
-
-    stack = [(root, -1)]
-    while stack:
-        node, parent = stack.pop()
-        index = emit(node, parent)
-        kids = sorted(node.children.values(), key=lambda c: -c.bytes)
-        keep = [c for c in kids if c.bytes >= threshold]
-        if len(out["parent"]) + len(keep) > max_nodes:
-            keep = []
-        rest = kids[len(keep):]
-        if rest:
-            emit(None, index, name=f"[other: {len(rest)} small]", kind="other",
-                 bytes_=sum(c.bytes for c in rest), count=sum(c.count for c in rest),
-                 numpy=sum(c.numpy for c in rest))
-        for c in reversed(keep):
-            stack.append((c, index))
-    out["names"] = list(names)
-    out["files"] = list(files)
+def _columns(tree: Tree, order, parents, shown, n_kids, small, every) -> dict:
+    """The page's arrays for the entries in `order` (-1 - node: that node's
+    children not shown, as one entry: the `small` ones' totals, or `every` one's
+    when none is shown); names and files are numbered in the order the entries
+    first use them."""
+    node = np.maximum(order, 0)
+    name, file, line, kind = (getattr(tree, c)[node] for c in ("name", "file", "line", "kind"))
+    values = {key: getattr(tree, key)[node] for key in ("bytes", "count", "numpy")}
+    names = st.Interner.of(tree.names)
+    other = np.flatnonzero(order < 0)
+    if len(other):
+        owner = -1 - order[other]
+        name[other] = names.many(f"[other: {n} small]" for n in (n_kids[owner] - shown[other]).tolist())
+        file[other], line[other], kind[other] = tree.files.index(""), 0, OTHER
+        for key, part, whole in zip(("bytes", "count", "numpy"), small, every):
+            values[key][other] = np.where(shown[other] > 0, part[owner], whole[owner])
+    out = {"parent": parents.tolist()}
+    tables = {}
+    for key, ids, table in (("name", name, names.keys), ("file", file, tree.files)):
+        uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        by_first = np.argsort(first)
+        rank = np.empty(len(uniq), np.int64)
+        rank[by_first] = np.arange(len(uniq))
+        out[key] = rank[inverse].tolist()
+        tables[key + "s"] = [table[u] for u in uniq[by_first].tolist()]
+    out["line"], out["kind"] = line.tolist(), kind.tolist()
+    for key in ("bytes", "count", "numpy"):
+        out[key] = values[key].tolist()
+    out.update(tables)
     return out

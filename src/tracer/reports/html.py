@@ -5,7 +5,8 @@ block, with <, > and & escaped, and the page's script writes it with textContent
 a Content-Security-Policy forbids any fetch.
 """
 import json
-from importlib import resources
+import os
+import threading
 from typing import Optional
 
 from tracer import reconcile
@@ -36,25 +37,25 @@ def _size_rows(model: Model) -> list:
 
 
 def report_data(model: Model, default_view: str = "peak", temporary: bool = False) -> dict:
+    # the temporary view replays the events (in C, mostly without the GIL): meanwhile,
+    # the rest of the page is made from the capture's aggregates
+    replay = _Replay(model) if temporary else None
     t = tables.totals(model)
-    views = {}
-    for view in VIEW_ORDER:
-        if view == "temporary" and not temporary:
-            continue
-        metric = "peak" if view == "threads" else view
-        root = flame.build_tree(model, metric, by_thread=(view == "threads"))
-        # a few thousand boxes per view keep the page a few MB whatever the capture
-        views[view] = {"title": flame.METRIC_TITLES[view],
-                       **flame.flatten(root, min_share=0.001, max_nodes=4000)}
+    # (a temporary allocation is part of the total: the trees' nodes serve it too)
+    shared = flame.Trees(model, ("peak", "leaks", "total"))
+    trees = {metric: shared.tree(metric) for metric in ("peak", "leaks", "total")}
+    trees["threads"] = flame.build_tree(model, "peak", by_thread=True)
     timeline = []
     for proc in model.processes:
         label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""
         if len(proc.heap):
             timeline.append({"name": "heap" + label, "colour": "#e4803a",
-                             "points": _thin([[float(r["t"]), int(r["max"])] for r in proc.heap])})
+                             "points": _thin([list(r) for r in zip(proc.heap["t"].tolist(),
+                                                                   proc.heap["max"].tolist())])})
         if len(proc.rss):
             timeline.append({"name": "RSS" + label, "colour": "#1565c0",
-                             "points": _thin([[float(r["t"]), int(r["rss"])] for r in proc.rss])})
+                             "points": _thin([list(r) for r in zip(proc.rss["t"].tolist(),
+                                                                   proc.rss["rss"].tolist())])})
         held = [[t, h] for t, _rss, _heap, h in reconcile.timeline(model, proc) if h is not None]
         if held:
             timeline.append({"name": "glibc-held" + label, "colour": "#2e7d32", "points": _thin(held)})
@@ -85,6 +86,13 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
             "ending": tables.describe_process_end(model, proc)})
     tree = peaks.tree_peak(model)
     head = peaks.headline(model, results)
+    lines = tables.by_line(model, user_code=True)[:50]
+    libraries = tables.by_library(model)[:30]
+    if replay is not None:
+        replay.join()
+        trees["temporary"] = shared.tree("temporary")
+    views = {view: {"title": flame.METRIC_TITLES[view], "trees": _trees(trees[view])}
+             for view in VIEW_ORDER if view in trees}
     return {
         "command": model.command, "ending": describe_end(model), "warnings": model.warnings,
         "notes": [model.estimate_note] if model.estimate_note else [],
@@ -95,12 +103,42 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
         "n_allocations": t["n_allocations"], "numpy_bytes": t["numpy_bytes"],
         "peak_time": tree["t"] if tree else None,
         "default_view": default_view, "views": views, "timeline": timeline,
-        "lines": tables.by_line(model, user_code=True)[:50],
-        "libraries": tables.by_library(model)[:30],
+        "lines": lines, "libraries": libraries,
         "sizes": _size_rows(model), "processes": stats_processes,
         "reconciliation": reconciliation,
         "objects": objects.html_rows(model),
     }
+
+
+class _Replay(threading.Thread):
+    """model.track_temporary() on a thread; join() re-raises what it raised."""
+
+    def __init__(self, model: Model):
+        super().__init__(name="memtrace-replay", daemon=True)
+        self.model, self.error = model, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.model.track_temporary()
+        except BaseException as exc:  # handed to the thread that waits for it
+            self.error = exc
+
+    def join(self, timeout=None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
+def _trees(tree: flame.Tree) -> dict:
+    """A view's flame graph, with import machinery folded and as it is; each
+    starting on the user's code. (A few thousand boxes per tree keep the page a
+    few MB whatever the capture.)"""
+    folded = tree.fold_imports()
+    out = {"all": flame.flatten(tree, min_share=0.001, max_nodes=4000, focus=tree.focus())}
+    if len(folded) != len(tree):
+        out["folded"] = flame.flatten(folded, min_share=0.001, max_nodes=4000, focus=folded.focus())
+    return out
 
 
 def _thin(points: list, limit: int = 2000) -> list:
@@ -120,9 +158,9 @@ def embed_json(obj) -> str:
 def render(model: Model, out, default_view: str = "peak", temporary: Optional[bool] = None) -> None:
     if temporary is None:
         temporary = default_view == "temporary"
-    if temporary:
-        model.track_temporary()
-    template = resources.files("tracer.reports").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    # (next to this module: importlib.resources would cost its import to every report)
+    with open(os.path.join(os.path.dirname(__file__), TEMPLATE), encoding="utf-8") as f:
+        template = f.read()
     before, after = template.split("__MEMTRACE_DATA__")
     out.write(before)
     out.write(embed_json(report_data(model, default_view, temporary)))

@@ -2,45 +2,71 @@
 allocated (memory_profiler style). A line owns every allocation made while it was
 the innermost frame of that file on the stack, calls it made included."""
 import os
-from collections import defaultdict
 from typing import Dict, List, Optional
 
-from tracer.model import Model, heap_mask
+import numpy as np
+
+from tracer import stacks as st
+from tracer.model import LOST_FRAME, Model, heap_mask
 from tracer.reports.summary import clean, human
 
 
 def line_table(model: Model, source: str) -> Dict[int, dict]:
     """{line: {"allocated", "peak", "count", "numpy"}} for one source file."""
     target = os.path.realpath(source)
-    rows: Dict[int, dict] = defaultdict(lambda: {"allocated": 0, "peak": 0, "count": 0, "numpy": 0})
+    real: Dict[str, bool] = {}
+
+    def is_source(file: str) -> bool:
+        if file not in real:
+            real[file] = file == source or os.path.realpath(file) == target
+        return real[file]
+
+    lines, sites = [], []
     for proc in model.processes:
-        owner: Dict[int, Optional[int]] = {}
-        for site in proc.sites[heap_mask(proc.sites)]:
-            stack = int(site["stack"])
-            if stack not in owner:
-                owner[stack] = next((f.line for f in proc.stack(stack)
-                                     if f.file == source or os.path.realpath(f.file) == target), None)
-            line = owner[stack]
-            if line is None:
-                continue
-            row = rows[line]
-            row["allocated"] += int(site["alloc_bytes"])
-            row["peak"] += int(site["peak_bytes"])
-            row["count"] += int(site["n_allocs"])
-            if int(site["flags"]) & 1:
-                row["numpy"] += int(site["alloc_bytes"])
-    return dict(rows)
+        table = proc.stacks
+        mine = np.array([is_source(f) for f in table.files], bool)
+        chosen = proc.sites[heap_mask(proc.sites)]
+        owner = table.nearest(table.rows(chosen["stack"]), mine[table.code],
+                              lost_flag=is_source(LOST_FRAME[0]))
+        found = owner != st.ROOT
+        lines.append(st.take(table.line, owner, LOST_FRAME[1])[found])
+        sites.append(chosen[found])
+    lines = np.concatenate(lines) if lines else np.zeros(0, np.int64)
+    if len(lines) == 0:
+        return {}
+    sites = np.concatenate(sites)
+    numbers, row = np.unique(lines, return_inverse=True)
+    numpy = (sites["flags"] & 1) != 0
+    cols = {"allocated": st.group_sum(row, sites["alloc_bytes"], len(numbers)),
+            "peak": st.group_sum(row, sites["peak_bytes"], len(numbers)),
+            "count": st.group_sum(row, sites["n_allocs"], len(numbers)),
+            "numpy": st.group_sum(row[numpy], sites["alloc_bytes"][numpy], len(numbers))}
+    cols = {k: v.tolist() for k, v in cols.items()}
+    return {line: {k: cols[k][i] for k in cols} for i, line in enumerate(numbers.tolist())}
 
 
 def sources(model: Model) -> List[str]:
     """Files of the user's own code that allocated, biggest first."""
-    sizes: Dict[str, int] = defaultdict(int)
+    files = st.Interner()
+    ids, sizes = [], []
     for proc in model.processes:
-        for site in proc.sites[heap_mask(proc.sites)]:
-            frame = proc.user_frame(int(site["stack"])) if site["stack"] else None
-            if frame and not proc.is_library(frame.file) and not frame.file.startswith("<"):
-                sizes[frame.file] += int(site["alloc_bytes"])
-    return sorted(sizes, key=lambda f: -sizes[f])
+        table = proc.stacks
+        if len(table) == 0:
+            continue
+        sites = proc.sites[heap_mask(proc.sites)]
+        rows = proc.user_rows(table.rows(sites["stack"]))
+        code = table.code[np.maximum(rows, 0)]
+        own = ~proc.library_codes() & np.array([not f.startswith("<") for f in table.files], bool)
+        keep = (rows >= 0) & own[code]
+        ids.append(table.interned(files, "files")[code[keep]])
+        sizes.append(sites["alloc_bytes"][keep])
+    if not ids:
+        return []
+    ids = np.concatenate(ids)
+    total = st.group_sum(ids, np.concatenate(sizes), len(files)).tolist()
+    first = st.first_of_each(ids, len(files)).tolist()
+    used = [i for i in range(len(files)) if first[i] < len(ids)]
+    return [files.keys[i] for i in sorted(used, key=lambda i: (-total[i], first[i]))]
 
 
 def render(model: Model, out, source: Optional[str] = None) -> None:

@@ -1,9 +1,7 @@
 """`memtrace stats --json`: the capture's numbers as one JSON document."""
-import json
-
 from tracer import reconcile
 from tracer.model import Model
-from tracer.reports import objects, peaks, tables
+from tracer.reports import jsontext, objects, peaks, tables
 
 FORMAT_VERSION = 1
 
@@ -80,6 +78,6 @@ def stats(model: Model) -> dict:
 def render(model: Model, out) -> None:
     # ensure_ascii keeps every string from the target as a JSON escape, never raw
     # control bytes; "<" and ">" are escaped too so the JSON can sit inside HTML.
-    text = json.dumps(stats(model), indent=1, ensure_ascii=True)
+    text = jsontext.dumps(stats(model), indent=1)
     out.write(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     out.write("\n")

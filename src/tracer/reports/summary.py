@@ -2,6 +2,7 @@
 import unicodedata
 
 from tracer import reconcile as rec
+from tracer.errors import CaptureError
 from tracer.model import Model, display_path
 from tracer.reports import peaks, tables
 
@@ -58,7 +59,22 @@ def native_only_note(model: Model):
     return f"native-only trace of {name}: not a Python program (allocations are attributed to libraries)"
 
 
+def _reconciled(model: Model) -> tuple:
+    """The reconciliation's tables and its lines for the summary; a capture found
+    corrupt only now (a snapshot's mappings are read when needed) is an error before
+    anything is written."""
+    try:
+        from tracer.reports.reconciliation import digest
+        results = rec.reconcile(model)
+        return results, digest(model, results)
+    except CaptureError:
+        raise
+    except Exception as exc:  # the reconciliation must never cost the user the summary
+        return {}, [f"reconciliation: not available ({exc})"]
+
+
 def render(model: Model, out, top: int = TOP) -> None:
+    results, reconciliation_digest = _reconciled(model)
     w = out.write
     t = tables.totals(model)
     cwd = model.capture.info.get("cwd")
@@ -69,10 +85,6 @@ def render(model: Model, out, top: int = TOP) -> None:
     for note in (model.estimate_note, native_only_note(model)):
         if note:
             w(f"  {note}\n")
-    try:
-        results, failed = rec.reconcile(model), None
-    except Exception as exc:  # the reconciliation must never cost the user the summary
-        results, failed = {}, exc
     head = peaks.headline(model, results)
     w(f"  {head[0]} · total allocated {human(t['total_allocated'])} in {t['n_allocations']:,} "
       f"allocations · live at exit {human(t['heap'])}\n")
@@ -81,14 +93,8 @@ def render(model: Model, out, top: int = TOP) -> None:
     if t["numpy_bytes"]:  # (nothing to say of NumPy to a program without its arrays)
         share = 100.0 * t["numpy_bytes"] / t["total_allocated"]
         w(f"  NumPy array data: {human(t['numpy_bytes'])} of the bytes allocated ({share:.0f}%)\n")
-    try:
-        from tracer.reports.reconciliation import digest
-        if failed is not None:
-            raise failed
-        for line in digest(model, results):
-            w(f"  {line}\n")
-    except Exception as exc:  # the digest must never cost the user the rest of the summary
-        w(f"  reconciliation: not available ({exc})\n")
+    for line in reconciliation_digest:
+        w(f"  {line}\n")
     if t["dropped"]:
         w(f"  warning: {t['dropped']:,} events were dropped (the collector was gone)\n")
     unrecorded = sum(int(p.end.get("unrecorded_reentrant", 0)) for p in model.processes)
