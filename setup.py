@@ -69,7 +69,7 @@ setup(
             "tracer._pyframes",
             sources=["csrc/reader/module.c", "csrc/reader/walk.c", "csrc/reader/pins.c",
                      "csrc/reader/pins_monitoring.c", "csrc/reader/pins_profiled.c",
-                     "csrc/reader/stats.c", "csrc/reader/numpy.c"],
+                     "csrc/reader/stats.c", "csrc/reader/numpy.c", "csrc/reader/census.c"],
             depends=["csrc/shim_api.h", "csrc/reader/reader.h", "csrc/reader/layout.h",
                      "csrc/reader/pins.h"],
             extra_compile_args=STRICT + ["-Wno-missing-field-initializers"],

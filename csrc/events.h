@@ -143,7 +143,10 @@ enum mt_text_key {
     MT_TEXT_PYMALLOC = 8,       /* "position=N reason=R key=value ..." from _PyObject_DebugMallocStats */
     MT_TEXT_TRACER_RANGES = 9,  /* "start-end" lines: memory the shim itself mapped */
     MT_TEXT_SAMPLE_RATE = 10,   /* decimal bytes: this stream is sampled (--sample-rate) */
-    MT_TEXT_STACKS = 11         /* how Python stacks are read: pinned frames or whole walks */
+    MT_TEXT_STACKS = 11,        /* how Python stacks are read: pinned frames or whole walks */
+    MT_TEXT_CENSUS = 12,        /* JSON: a census of live Python objects (--objects) */
+    MT_TEXT_CENSUS_LINES = 13   /* JSON, written by the collector: a census's blocks joined with
+                                   the live table (the allocating sites) */
 };
 
 /* Process states (mt_shm_header.state). */
@@ -206,6 +209,15 @@ typedef struct mt_shm_header {
     uint32_t answer_bytes;
     uint32_t answer_len;     /* bytes of JSON text in the last answer */
     char pad6[2 * MT_CACHELINE - 48];
+    /* Object census (--objects): the collector bumps census_request (with a python
+     * request); the target claims it (census_served), writes a MT_TEXT_CENSUS record,
+     * bumps census_sent and waits, holding the GIL, for census_ack == census_sent: the
+     * collector has then drained every event before it and joined its blocks. */
+    uint32_t census_request;
+    uint32_t census_served;
+    uint32_t census_sent;
+    uint32_t census_ack;
+    char pad7[MT_CACHELINE - 16];
 } mt_shm_header;
 
 /* First message on the socket, with the memfd attached. */

@@ -649,6 +649,37 @@ size_t mt_meta_drain(void *shm, uint8_t *out, size_t max) {
     return n;
 }
 
+size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside,
+                    size_t aside_cap, size_t *aside_len, size_t *consumed, uint8_t *heapstats,
+                    int *heapstats_seen) {
+    size_t pos = 0, kept = 0;
+    while (pos + 4 <= len) {
+        uint16_t type, length, key = 0;
+        memcpy(&type, in + pos, 2);
+        memcpy(&length, in + pos + 2, 2);
+        size_t size = (4 + (size_t)length + 3) & ~(size_t)3;
+        if (pos + size > len)
+            break;
+        if (type == MT_META_TEXT && length >= 2)
+            memcpy(&key, in + pos + 4, 2);
+        if (type == MT_META_HEAPSTATS && length >= 96) {
+            memcpy(heapstats, in + pos + 4, 96);
+            *heapstats_seen = 1;
+        } else if (type == MT_META_TEXT && key == MT_TEXT_CENSUS) {
+            if (*aside_len + size <= aside_cap) {
+                memcpy(aside + *aside_len, in + pos, size);
+                *aside_len += size;
+            }
+        } else if (!(type == MT_META_TEXT && key == MT_TEXT_PYMALLOC)) {
+            memcpy(keep + kept, in + pos, size);
+            kept += size;
+        }
+        pos += size;
+    }
+    *consumed = pos;
+    return kept;
+}
+
 uint64_t mt_shm_counter(const void *shm, int which) {
     const mt_shm_header *h = shm;
     switch (which) {
@@ -670,6 +701,10 @@ uint64_t mt_shm_counter(const void *shm, int which) {
         return __atomic_load_n(&h->forks, __ATOMIC_RELAXED);
     case 8:
         return __atomic_load_n(&h->exit_status, __ATOMIC_RELAXED);
+    case 9:
+        return __atomic_load_n(&h->census_sent, __ATOMIC_ACQUIRE);
+    case 10:
+        return __atomic_load_n(&h->census_ack, __ATOMIC_RELAXED);
     }
     return 0;
 }
@@ -707,6 +742,36 @@ void mt_shm_answer(void *shm, uint32_t seq, const char *text, size_t len) {
     memcpy((char *)shm + h->answer_offset, text, len);
     __atomic_store_n(&h->answer_len, (uint32_t)len, __ATOMIC_RELAXED);
     __atomic_store_n(&h->answer_seq, seq, __ATOMIC_RELEASE);
+}
+
+void mt_shm_request_census(void *shm) {
+    mt_shm_header *h = shm;
+    /* before the python request that makes the target look for it */
+    __atomic_fetch_add(&h->census_request, 1, __ATOMIC_RELEASE);
+    mt_shm_request_stats(shm, 1);
+}
+
+void mt_shm_ack_census(void *shm, uint32_t sent) {
+    mt_shm_header *h = shm;
+    __atomic_store_n(&h->census_ack, sent, __ATOMIC_RELEASE);
+}
+
+void mt_agg_blocks_at(const mt_agg *a, const uint64_t *addrs, size_t n, uint32_t *site,
+                      uint64_t *size) {
+    size_t mask = a->live.cap ? a->live.cap - 1 : 0;
+    for (size_t i = 0; i < n; i++) {
+        site[i] = UINT32_MAX;
+        size[i] = 0;
+        if (a->live.cap == 0 || addrs[i] == 0)
+            continue;
+        for (size_t j = mix64(addrs[i]) & mask; a->live.slots[j].addr; j = (j + 1) & mask) {
+            if (a->live.slots[j].addr == addrs[i]) {
+                site[i] = a->live.slots[j].site;
+                size[i] = a->live.slots[j].size;
+                break;
+            }
+        }
+    }
 }
 
 /* Index of the first range that ends after addr (n if none). */

@@ -124,7 +124,16 @@ size_t mt_ring_drain(void *shm, mt_event *out, size_t max);
 size_t mt_ring_drain_dead(void *shm, mt_event *out, size_t max, uint64_t *lost);
 /* Copy committed metadata bytes into out; returns how many. */
 size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
-uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns, 7 forks, 8 exit_status */
+/* What the collector keeps of a stream's metadata for live views and censuses: copy
+ * the whole records of in[0, len) to keep, except those that come again and again --
+ * glibc's statistics (the payload of the last one goes to heapstats, 96 bytes, and
+ * *heapstats_seen is set), pymalloc's (dropped) and object censuses (copied to aside,
+ * while they fit in aside_cap). Returns the bytes written to keep; *consumed: the
+ * bytes of whole records read (a record cut at the end is left for the next call). */
+size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside,
+                    size_t aside_cap, size_t *aside_len, size_t *consumed, uint8_t *heapstats,
+                    int *heapstats_seen);
+uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns, 7 forks, 8 exit_status, 9 census_sent, 10 census_ack */
 /* Ask the target for heap statistics (python: pymalloc's too); let an exiting target go. */
 void mt_shm_request_stats(void *shm, int python);
 void mt_shm_ack_exit(void *shm);
@@ -136,6 +145,15 @@ typedef struct mt_question {
 int mt_shm_question(const void *shm, mt_question *out);
 /* Answer question seq with len bytes of text (cut to the answer area). */
 void mt_shm_answer(void *shm, uint32_t seq, const char *text, size_t len);
+/* Object census (--objects): ask for one (with pymalloc's statistics); let a target
+ * that sent census `sent` go on once its blocks are joined. */
+void mt_shm_request_census(void *shm);
+void mt_shm_ack_census(void *shm, uint32_t sent);
+
+/* The live malloc-family block starting at each of n addresses: its site (UINT32_MAX:
+ * none starts there) and size. Read-only: the object census joins its objects with it. */
+void mt_agg_blocks_at(const mt_agg *agg, const uint64_t *addrs, size_t n, uint32_t *site,
+                      uint64_t *size);
 
 /* Live traced bytes inside each of n sorted, disjoint ranges [starts[i], ends[i]):
  * malloc-family blocks (by start address) and mappings (by overlap, anonymous and

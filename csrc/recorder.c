@@ -748,6 +748,18 @@ EXPORT void mt_untraced(int on) {
     mt_self.untraced += on ? 1 : -1;
 }
 
+/* Object census (--objects): whether the collector asked for one (claims it), and
+ * that one was written (waits for the collector's join; see events.h). */
+EXPORT int mt_census_due(void) {
+    return mt_transport_census_due();
+}
+
+EXPORT void mt_census_sent(void) {
+    mt_self.in_hook++;
+    mt_transport_census_sent();
+    mt_self.in_hook--;
+}
+
 EXPORT uint64_t mt_position(void) {
     mt_shm_header *h = mt_stream;
     return h ? __atomic_load_n(&h->head, __ATOMIC_RELAXED) : 0;

@@ -90,6 +90,10 @@ typedef void (*mt_untraced_fn)(int on);
 #define MT_SYM_READER_THREAD "mt_reader_thread_state" /* this thread's mt_reader_thread */
 typedef mt_reader_thread *(*mt_reader_thread_fn)(void);
 typedef void (*mt_exit_point_fn)(void);
+#define MT_SYM_CENSUS_DUE "mt_census_due"   /* 1: the collector asked for an object census */
+#define MT_SYM_CENSUS_SENT "mt_census_sent" /* a census record was written: wait for its join */
+typedef int (*mt_census_due_fn)(void);
+typedef void (*mt_census_sent_fn)(void);
 
 /* Regions (tracer.region, src/tracer/_regions.py): mark, name, ask the collector. */
 #define MT_SYM_REGION_MARK "mt_region_mark"

@@ -27,7 +27,7 @@
 
 mt_shm_header *mt_stream;
 
-_Static_assert(sizeof(mt_shm_header) == 6 * MT_CACHELINE, "mt_shm_header is six cache lines");
+_Static_assert(sizeof(mt_shm_header) == 7 * MT_CACHELINE, "mt_shm_header is seven cache lines");
 
 /* Read once from the environment at first init and reused after fork, so a
  * program that edits its environment cannot cut its children off. */
@@ -324,6 +324,40 @@ error:
     __atomic_store_n(&h->ask_lock, 0, __ATOMIC_RELEASE);
     errno = saved;
     return ret;
+}
+
+/* A census the collector asked for and nobody has claimed yet: claim it (1) or not (0). */
+int mt_transport_census_due(void) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return 0;
+    uint32_t want = __atomic_load_n(&h->census_request, __ATOMIC_ACQUIRE);
+    uint32_t served = __atomic_load_n(&h->census_served, __ATOMIC_RELAXED);
+    return served != want && __atomic_compare_exchange_n(&h->census_served, &served, want, 0,
+                                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+#define MT_CENSUS_WAIT_MS 1000
+
+/* A census record is in the metadata ring: wait until the collector has drained
+ * every event before it and joined its blocks with the live table. The caller
+ * holds the GIL, so no object of the census can be freed meanwhile (the join is
+ * exact); a collector that does not answer within a second is not waited for. */
+void mt_transport_census_sent(void) {
+    mt_shm_header *h = mt_stream;
+    if (h == NULL)
+        return;
+    int saved = errno;
+    uint32_t sent = __atomic_add_fetch(&h->census_sent, 1, __ATOMIC_RELEASE);
+    mt_transport_wake();
+    for (int ms = 0; ms < MT_CENSUS_WAIT_MS &&
+                     __atomic_load_n(&h->census_ack, __ATOMIC_ACQUIRE) != sent &&
+                     __atomic_load_n(&h->state, __ATOMIC_RELAXED) != MT_STATE_DISABLED;
+         ms++) {
+        struct timespec pause = {0, 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    errno = saved;
 }
 
 uint64_t mt_ring_claim(mt_shm_header *h, uint32_t n) {

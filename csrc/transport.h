@@ -63,6 +63,10 @@ void mt_transport_wake(void);
  * (no answer: the collector is gone or too slow). One question at a time. */
 int mt_transport_ask(mt_shm_header *h, uint32_t what, uint32_t tid, uint32_t region,
                      char *out, size_t cap, uint32_t timeout_ms);
+/* Object census (events.h): claim the collector's request, and say a census
+ * record was written (waits, bounded, for the collector to join it). */
+int mt_transport_census_due(void);
+void mt_transport_census_sent(void);
 
 /* mmap/munmap without going through the shim's own hooks. */
 void *mt_sys_mmap(size_t len);

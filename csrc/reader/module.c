@@ -92,6 +92,7 @@ static PyObject *pymalloc_stats(PyObject *self, PyObject *arg) {
 /* exit_point(): the program is done; pymalloc's books, then the shim's exit handshake. */
 static PyObject *exit_point(PyObject *self, PyObject *args) {
     mt_send_pymalloc_stats(1);
+    mt_take_census(1); /* (only with --objects) */
     mt_exit_point_fn fn = (mt_exit_point_fn)mt_shim_symbol(MT_SYM_EXIT_POINT);
     if (fn)
         fn();
@@ -173,6 +174,9 @@ static PyMethodDef methods[] = {
      "Enter (1) or leave (0) a region."},
     {"region_name", region_name, METH_VARARGS, "Name a region id."},
     {"region_ask", region_ask, METH_VARARGS, "Ask the collector about a region."},
+    {"census_setup", mt_census_setup, METH_VARARGS, "Switch the object census on."},
+    {"census_numpy", mt_census_numpy, METH_O, "Count NumPy arrays' data in the census."},
+    {"census", mt_census_now, METH_O, "Take an object census now."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,6 +6,7 @@
  *             pins_monitoring.c (3.12-3.14) and pins_profiled.c (3.15)
  *   stats.c   pymalloc's statistics for the reconciliation
  *   numpy.c   labelling NumPy array data
+ *   census.c  live Python objects by type (--objects)
  */
 #ifndef MT_READER_H
 #define MT_READER_H
@@ -39,6 +40,17 @@ extern int mt_pins_on;
 /* stats.c */
 int mt_send_pymalloc_stats(int reason);
 void mt_request_stats(void);
+
+/* census.c */
+extern int mt_census_on;
+void mt_take_census(int reason);
+void mt_census_if_due(void);
+PyObject *mt_census_setup(PyObject *self, PyObject *args);
+PyObject *mt_census_numpy(PyObject *self, PyObject *type);
+PyObject *mt_census_now(PyObject *self, PyObject *arg);
+
+/* walk.c: UTF-8 of a str without allocating (truncated to cap bytes) */
+size_t mt_utf8_of(PyObject *s, char *out, size_t cap);
 
 /* numpy.c */
 PyObject *mt_label_numpy(PyObject *self, PyObject *capsule);

@@ -68,6 +68,7 @@ static int format_pymalloc_stats(int reason) {
 static int pending_stats(void *arg) {
     stats_pending = 0;
     mt_send_pymalloc_stats(0);
+    mt_census_if_due(); /* (the collector asks for a census with pymalloc's statistics) */
     return 0;
 }
 

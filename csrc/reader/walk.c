@@ -110,7 +110,7 @@ const char *mt_frames_unavailable(void) {
 }
 
 /* UTF-8 of a str without allocating (PyUnicode_AsUTF8 may allocate). */
-static size_t utf8_of(PyObject *s, char *out, size_t cap) {
+size_t mt_utf8_of(PyObject *s, char *out, size_t cap) {
     if (s == NULL || !PyUnicode_Check(s))
         return 0;
 #if PY_VERSION_HEX < 0x030C0000
@@ -157,11 +157,11 @@ static size_t utf8_of(PyObject *s, char *out, size_t cap) {
 int mt_describe_code(void *code, char *file, size_t *file_len, char *name, size_t *name_len,
                     int32_t *firstlineno) {
     PyCodeObject *co = (PyCodeObject *)code;
-    *file_len = utf8_of(co->co_filename, file, *file_len);
+    *file_len = mt_utf8_of(co->co_filename, file, *file_len);
 #if PY_VERSION_HEX >= 0x030B0000
-    *name_len = utf8_of(co->co_qualname, name, *name_len);
+    *name_len = mt_utf8_of(co->co_qualname, name, *name_len);
 #else
-    *name_len = utf8_of(co->co_name, name, *name_len);
+    *name_len = mt_utf8_of(co->co_name, name, *name_len);
 #endif
     *firstlineno = co->co_firstlineno;
     return 0;

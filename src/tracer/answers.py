@@ -5,8 +5,8 @@ ask/answer area of csrc/events.h.
 A question is answered once every event claimed before it was asked has been
 aggregated, from the C aggregator's numbers for the asking thread's region. A
 question with details also names the stacks that hold the most; the collector
-keeps each stream's metadata bytes for that and parses them only when such a
-question comes. No NumPy: this runs in the collector.
+reads each stream's kept metadata (names.Kept: what names things) for that, only
+when such a question comes. No NumPy: this runs in the collector.
 """
 import json
 import os
@@ -22,20 +22,20 @@ ANSWER_BYTES = 1 << 16  # the answer area (csrc/transport.c)
 
 class Names:
     """Code objects, stack nodes, libraries, threads and regions of one stream, read
-    from its metadata as it grows: the bytes written so far (`log`) followed by those
-    still pending. Each record is read once; one cut at the end waits for its rest."""
+    from its kept metadata as it grows. Each record is read once."""
 
     def __init__(self):
-        self.parsed = 0  # offset in log + pending of the first record not read yet
+        self.parsed = 0  # offset of the first record not read yet
         self.codes, self.nodes, self.libs, self.threads, self.regions = {}, {}, {}, {}, {}
 
-    def update(self, log, pending) -> None:
-        end = len(log) + len(pending)
+    def update(self, kept) -> None:
+        """Read the records added to `kept` (whole records only) since the last call."""
+        end = len(kept)
         while self.parsed + 4 <= end:
-            rtype, length = struct.unpack("<HH", _span(log, pending, self.parsed, 4))
+            rtype, length = struct.unpack_from("<HH", kept, self.parsed)
             if self.parsed + 4 + length > end:
                 break
-            self._record(rtype, _span(log, pending, self.parsed + 4, length))
+            self._record(rtype, bytes(kept[self.parsed + 4:self.parsed + 4 + length]))
             self.parsed += (4 + length + 3) & ~3
 
     def _record(self, rtype: int, p: bytes) -> None:
@@ -66,16 +66,6 @@ class Names:
             out.append([function, file, line])
             stack = parent
         return out
-
-
-def _span(log, pending, at: int, n: int) -> bytes:
-    """n bytes at offset `at` of log + pending, copying only those."""
-    split = len(log)
-    if at + n <= split:
-        return bytes(log[at:at + n])
-    if at >= split:
-        return bytes(pending[at - split:at - split + n])
-    return bytes(log[at:]) + bytes(pending[:at + n - split])
 
 
 class Questions:
@@ -133,7 +123,7 @@ class Questions:
     def _names(self, stream) -> Names:
         if stream.names is None:
             stream.names = Names()
-        stream.names.update(stream.meta_log, stream.meta_pending)
+        stream.names.update(stream.kept.names)
         return stream.names
 
     def _top(self, stream, names: Names, tid: int, region: int, column: str) -> list:

@@ -1,6 +1,7 @@
 """The `memtrace` command line.
 
     memtrace [run] [options] [--] PROGRAM [ARGS...]
+    memtrace live PID|SOCKET
     memtrace summary CAPTURE
     memtrace stats --json CAPTURE
     memtrace flamegraph CAPTURE [--leaks|--temporary|--total] [-o OUT.html]
@@ -63,6 +64,13 @@ class RunCommand:
         p.add_argument("--redact-argv", action="store_true",
                        help="keep only argv[0] of each traced process (its arguments become "
                             "<redacted>) in the capture and every report")
+        p.add_argument("--objects", action="store_true",
+                       help="census of live Python objects by type (count, sys.getsizeof, NumPy "
+                            "nbytes owned or viewed, allocating lines) at the heap peak and at "
+                            "exit, taken on the main thread (docs/objects.md)")
+        p.add_argument("--live", action="store_true",
+                       help="watch the run in a terminal view (heap, RSS, top lines, threads, "
+                            "processes); the program's output goes to CAPTURE.out (docs/live.md)")
         p.add_argument("--no-heap-stats", action="store_true",
                        help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
@@ -81,21 +89,47 @@ class RunCommand:
             argv=argv, output=args.output, force=args.force, quiet=args.quiet,
             no_report=args.no_report, sample_interval=args.sample_interval,
             heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate,
-            redact_argv=args.redact_argv))
+            redact_argv=args.redact_argv, objects=args.objects, live=args.live))
         if not args.no_report:
-            write_reports(result.capture, args.quiet)
+            write_reports(result.capture, args.quiet, result.view)
+        elif result.view is not None:
+            _close_view(result.view)
         global _run_complete
         _run_complete = True
         return result.status
+
+
+class LiveCommand:
+    """Watch a traced program's memory live: `memtrace live PID|SOCKET`."""
+
+    name = "live"
+
+    def prepare_parser(self, p):
+        p.add_argument("target", help="the PID of a program traced by memtrace (or of memtrace "
+                                      "itself), or a run's live socket")
+        p.add_argument("--output-log", help=argparse.SUPPRESS)  # run --live: the program's output
+
+    def run(self, args) -> int:
+        # the view, from its first import on, takes only the CPU time the program and
+        # the collector leave
+        os.nice(10)
+        from tracer.live.client import find_socket
+
+        path = find_socket(args.target)
+        from tracer.live import app
+
+        app.run(path, args.output_log)
+        return 0
 
 
 REPORTS_PRELOAD_DELAY = 0.5  # seconds: after the collector and the target have started
 TEMPORARY_AT_EXIT_EVENTS = 2_000_000  # the HTML at exit replays at most this many events
 
 
-def write_reports(capture: str, quiet: bool = False) -> None:
+def write_reports(capture: str, quiet: bool = False, view=None) -> None:
     """The reports at the end of `memtrace run`: the HTML report next to the capture
-    (with the temporary view when replaying the events is quick) and the summary."""
+    (with the temporary view when replaying the events is quick) and the summary
+    (with --live, once the user has left the view)."""
     from tracer.model import load
     from tracer.reports import html, summary
 
@@ -104,9 +138,17 @@ def write_reports(capture: str, quiet: bool = False) -> None:
     html_path = capture + ".html"
     small = sum(p.totals.get("n_events", 0) for p in model.processes) <= TEMPORARY_AT_EXIT_EVENTS
     _write_output(html_path, lambda out: html.render(model, out, temporary=small), announce=False)
+    if view is not None:
+        _close_view(view)
     if not quiet:
         summary.render(model, sys.stderr)
         sys.stderr.write(f"  capture: {capture}\n  report:  {html_path}\n")
+
+
+def _close_view(view) -> None:
+    """--live: wait until the user leaves the view, then say where the output went."""
+    view.wait()
+    sys.stderr.write(f"memtrace: the program's output: {view.log_path}\n")
 
 
 def _preload_reports() -> None:
@@ -459,9 +501,9 @@ def _incomplete_status(model) -> int:
     return INCOMPLETE_CAPTURE_STATUS if model.warnings else 0
 
 
-_COMMANDS = [RunCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand, TreeCommand,
-             LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand, PytestCommand,
-             JupyterCommand]
+_COMMANDS = [RunCommand, LiveCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand,
+             TreeCommand, LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand,
+             PytestCommand, JupyterCommand]
 
 
 def _parser(command) -> _Parser:

@@ -18,11 +18,12 @@ import time
 from typing import Dict, Optional
 
 from tracer import _format as fmt
-from tracer import procfs
+from tracer import census, procfs
 from tracer._native import ffi, lib
 from tracer.aggregate import Aggregator
 from tracer.answers import Questions
 from tracer.capture_writer import CaptureWriter, EventPacker
+from tracer.names import Kept
 from tracer.session import Session
 
 HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
@@ -82,7 +83,10 @@ class Stream:
         self.lost = 0
         self.n_events = 0
         self.meta_pending = bytearray()  # metadata gathered for one compressed chunk
-        self.meta_log = bytearray()  # every metadata byte written: answers name stacks from it
+        self.kept = Kept()  # the metadata kept for answers, live views and censuses (names.py)
+        self.census_next = 0.0  # no census asked for before then (--objects)
+        self.census_heap = 0  # the traced heap at the last census
+        self.census_spent = 0.0  # seconds the process spent in censuses so far
         self.names = None  # answers.Names, made by the first question with details
         self.ended_by_exec = False
         self.packer: Optional[EventPacker] = None  # set by the collector
@@ -94,8 +98,10 @@ class Stream:
 
 class Collector:
     def __init__(self, session: Session, writer: CaptureWriter, t0: float,
-                 sample_interval: float = 0.01, heap_stats: bool = True, sample_rate: int = 0):
+                 sample_interval: float = 0.01, heap_stats: bool = True, sample_rate: int = 0,
+                 objects: bool = False):
         self.writer = writer
+        self.objects = objects  # --objects: a census of Python objects at peak and exit
         self.sample_rate = sample_rate
         self.heap_stats = heap_stats
         self.main_pid = None  # set by the launcher once the target is started
@@ -119,6 +125,7 @@ class Collector:
         self.snap_budget = SNAPSHOT_BURST  # seconds of snapshot work allowed now
         self.snap_budget_t = 0.0
         self.questions = Questions()  # the programs' questions about their regions
+        self.live = None  # the live view's server (tracer.live.server), set by the launcher
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -220,6 +227,7 @@ class Collector:
             if m == 0:
                 break
             stream.meta_pending += memoryview(self.meta_buffer)[:m]
+            stream.kept.add(memoryview(self.meta_buffer)[:m])
             if len(stream.meta_pending) >= META_BATCH:
                 self._write_meta(stream)
         return total
@@ -230,7 +238,6 @@ class Collector:
         an aggregate is written."""
         if stream.meta_pending:
             self.writer.chunk(fmt.CHUNK_META, stream.sid, stream.meta_pending)
-            stream.meta_log += stream.meta_pending
             stream.meta_pending = bytearray()
 
     def _note_heap(self, stream: Stream, t: float, drained: bool = True) -> None:
@@ -329,7 +336,11 @@ class Collector:
             # glibc's and pymalloc's books need the program: it answers in its next
             # allocator call (a pending call for pymalloc); the nearest answer is used
             # (the reconciliation says how far it was)
-            lib.mt_shm_request_stats(stream.ptr, 1)
+            if self.objects and census.due(stream, t):
+                lib.mt_shm_request_census(stream.ptr)  # (pymalloc's statistics with it)
+                stream.census_next = float("inf")  # none more until this one is joined
+            else:
+                lib.mt_shm_request_stats(stream.ptr, 1)
             self._snapshot(stream, "peak")
         elif since >= PERIODIC_SNAPSHOT_SECONDS:
             self._snapshot(stream, "periodic")
@@ -406,7 +417,7 @@ class Collector:
                 ending["how"] = "_exit"  # left without running exit handlers
         self.writer.json_chunk(fmt.CHUNK_PROCESS_END, stream.sid, ending)
         self.writer.end_stream(stream.sid)
-        stream.meta_log, stream.names = bytearray(), None  # no more questions from it
+        stream.names = None  # no more questions from it
         if stream.pidfd is not None:
             self.selector.unregister(stream.pidfd)
             os.close(stream.pidfd)
@@ -459,6 +470,8 @@ class Collector:
         t = self.now()
         for stream in list(self.streams.values()):
             if stream.alive:
+                if self.objects and stream.counter(9) != stream.counter(10):
+                    census.join(self, stream)
                 if self.heap_stats:
                     self._watch(stream, t)
                 elif stream.counter(3) == fmt.STATE_EXITING:
@@ -466,6 +479,11 @@ class Collector:
         for key, _ in self.selector.select(0):
             if key.data is not None and key.data.alive:
                 self._finish(key.data)  # its pidfd is readable: the process ended
+        if self.live is not None:  # live views: a history point now and then, answers
+            for stream in self.streams.values():
+                if stream.alive:
+                    self.live.note(stream, t)
+            self.live.poll(t)
         if self.heap_stats and t >= self._next_sample:
             self._sample_rss(t)
             self._next_sample = t + self.sample_interval

@@ -35,12 +35,15 @@ class RunOptions(NamedTuple):
     heap_stats: bool = True
     sample_rate: int = 0  # --sample-rate BYTES; 0 records every event
     redact_argv: bool = False
+    objects: bool = False  # --objects: census of live Python objects at peak and exit
+    live: bool = False  # --live: a terminal view of the run (tracer.live)
 
 
 class RunResult(NamedTuple):
     capture: str
     exit_code: Optional[int]
     signal: Optional[int]
+    view: Optional[object] = None  # --live: the view, still open (tracer.live.run.LiveRun)
 
     @property
     def status(self) -> int:
@@ -141,12 +144,16 @@ def program_label(argv: List[str]) -> str:
     return base
 
 
-def target_env(socket_path: str, sample_rate: int = 0, capture: Optional[str] = None) -> dict:
+def target_env(socket_path: str, sample_rate: int = 0, capture: Optional[str] = None,
+               objects: bool = False) -> dict:
     env = dict(os.environ)
     env.pop("MEMTRACE_CAPTURE", None)
     if capture:  # where the program's own capture goes (the pytest plugin and notebooks say so)
         env["MEMTRACE_CAPTURE"] = os.path.abspath(capture)
     env.pop("MEMTRACE_SAMPLE_RATE", None)  # only ever what the collector was told
+    env.pop("MEMTRACE_OBJECTS", None)
+    if objects:
+        env["MEMTRACE_OBJECTS"] = "1"  # the bootstrap sets the census up
     if sample_rate:
         env["MEMTRACE_SAMPLE_RATE"] = str(sample_rate)
     preload = env.get("LD_PRELOAD", "")
@@ -236,17 +243,23 @@ def run(opts: RunOptions) -> RunResult:
     check_traceable(program)
     session = Session()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
-    writer = collector = None
+    writer = collector = view = None
     try:
-        env = target_env(session.socket_path, opts.sample_rate, opts.output)
+        env = target_env(session.socket_path, opts.sample_rate, opts.output, opts.objects)
         if opts.output and not opts.force and os.path.lexists(opts.output):
             # refuse before starting anything (the writer checks again, atomically)
             raise MemtraceError(f"{opts.output} already exists (use -f to overwrite it)")
         t0 = time.monotonic()
+        if opts.live:
+            from tracer.live.run import LiveRun
+            view = LiveRun(session.directory, opts.output)
         try:
-            proc = subprocess.Popen(opts.argv, executable=program, env=env)
+            proc = subprocess.Popen(opts.argv, executable=program, env=env,
+                                    **(view.target_stdio() if view else {}))
         except OSError as exc:
             raise MemtraceError(f"cannot start {opts.argv[0]}: {exc.strerror}", exit_code=126) from None
+        if view is not None:
+            view.start()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to the target too
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
@@ -266,8 +279,10 @@ def run(opts: RunOptions) -> RunResult:
             proc.wait()
             raise
         collector = Collector(session, writer, t0, opts.sample_interval, opts.heap_stats,
-                              opts.sample_rate)
+                              opts.sample_rate, opts.objects)
         collector.main_pid = proc.pid
+        from tracer.live.server import LiveServer
+        collector.live = LiveServer(session.directory, collector)  # `memtrace live` can attach
         writer.json_chunk(fmt.CHUNK_INFO, 0, {
             "command": redact(opts.argv) if opts.redact_argv else opts.argv, "program": program, "memtrace_version": __version__,
             "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,
@@ -286,10 +301,19 @@ def run(opts: RunOptions) -> RunResult:
             "refused_connections": collector.refused,
             "collector_cpu_seconds": own.ru_utime + own.ru_stime,
             "collector_max_rss": own.ru_maxrss * 1024})
-        return RunResult(writer.path, code, sig)
+        collector.live.finish({"exit_code": code, "signal": sig,
+                               "duration": time.monotonic() - t0})
+        if view is not None:
+            view.capture_written(writer.path)
+        return RunResult(writer.path, code, sig, view)
     finally:
         if collector is not None:
             collector.close()
+            if collector.live is not None:
+                if view is not None and view.open():
+                    view.keep_serving(collector.live)  # until the view leaves
+                else:
+                    collector.live.close()
         session.close()
         if writer is not None:
             writer.close()

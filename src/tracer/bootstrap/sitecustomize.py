@@ -130,6 +130,8 @@ def _label_numpy(reader, core):
         reader.meta_text(_TEXT_WARNING, "NumPy array data is not labelled: " + why)
     else:
         reader.meta_text(_TEXT_NUMPY, "labelled")
+    if os.environ.get("MEMTRACE_OBJECTS") == "1":
+        reader.census_numpy(getattr(core, "ndarray", None))
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _NumpyWatch)]
 
 
@@ -158,6 +160,11 @@ def _start():
     # The program's exit point, after its own atexit handlers and before the
     # interpreter frees everything: "at exit" numbers are taken here.
     atexit.register(reader.exit_point)
+    if os.environ.get("MEMTRACE_OBJECTS") == "1":
+        # --objects: the census calls these as they are now, before the program
+        # could rebind them (docs/objects.md)
+        import gc
+        reader.census_setup(sys.getsizeof, gc.get_objects, gc.isenabled, gc.disable, gc.enable)
     if installed is True:
         reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
         reader.meta_text(_TEXT_STACKS, reader.pins())

@@ -11,7 +11,7 @@ from typing import Optional
 
 from tracer import reconcile
 from tracer.model import Model
-from tracer.reports import flame, peaks, tables
+from tracer.reports import flame, objects, peaks, tables
 from tracer.reports import reconciliation as reconciliation_report
 from tracer.reports.summary import describe_end
 
@@ -106,6 +106,7 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
         "lines": lines, "libraries": libraries,
         "sizes": _size_rows(model), "processes": stats_processes,
         "reconciliation": reconciliation,
+        "objects": objects.html_rows(model),
     }
 
 

@@ -1,7 +1,7 @@
 """`memtrace stats --json`: the capture's numbers as one JSON document."""
 from tracer import reconcile, regions
 from tracer.model import Model
-from tracer.reports import jsontext, peaks, tables
+from tracer.reports import jsontext, objects, peaks, tables
 
 FORMAT_VERSION = 1
 
@@ -39,6 +39,8 @@ def stats(model: Model) -> dict:
             "unrecorded_calls": int(proc.end.get("unrecorded_reentrant", 0)),
             "end": tables.process_end(model, proc),
             "warnings": proc.warnings,
+            # --objects: live Python objects by type at the heap peak and at exit
+            "objects": objects.process_views(model, proc),
         })
     tree = peaks.tree_peak(model)
     return {

@@ -136,6 +136,8 @@ def render(model: Model, out, top: int = TOP) -> None:
           "--region NAME shows one):\n")
         for line in region_report.lines(model, top_regions[:5]):
             w(f"    {line}\n")
+    from tracer.reports import objects  # (it uses this module's helpers)
+    objects.render_summary(model, w)
     if len(model.processes) > 1:
         w(f"  processes: {len(model.processes)}\n")
         for proc in model.processes:
