@@ -1,9 +1,11 @@
 """The collector's reading of a stream's metadata for its answers: every record read
-once, whatever the cut between what was written and what is still pending."""
+once, whatever the pieces the metadata ring brought it in, and whenever a question
+came."""
 import struct
 
 from tracer import _format as fmt
 from tracer.answers import Names
+from tracer.names import Kept
 
 
 def record(rtype: int, payload: bytes) -> bytes:
@@ -19,18 +21,23 @@ META = (record(fmt.META_CODE, struct.pack("<IiHH", 1, 10, 6, 4) + b"app.pyload")
 
 
 def test_every_cut_reads_the_same():
-    for cut in range(len(META) + 1):
-        for seen in range(0, len(META) + 1, 5):   # questions asked as the bytes arrive
-            names = Names()
-            log, pending = bytearray(META[:min(cut, seen)]), bytearray(META[min(cut, seen):seen])
-            names.update(log, pending)
-            names.update(bytearray(META[:cut]), bytearray(META[cut:]))
+    pymalloc = record(fmt.META_TEXT, struct.pack("<H", fmt.TEXT_PYMALLOC) + b"position=1 arenas=2")
+    first = len(record(fmt.META_CODE, struct.pack("<IiHH", 1, 10, 6, 4) + b"app.pyload"))
+    meta = META[:first] + pymalloc + META[first:]   # statistics in between are not kept
+    for cut in range(len(meta) + 1):
+        for asked in range(0, len(meta) + 1, 5):   # a question as the bytes arrive
+            kept, names = Kept(), Names()
+            for lo, hi in sorted({(0, min(cut, asked)), (min(cut, asked), max(cut, asked)),
+                                  (max(cut, asked), len(meta))}):
+                kept.add(meta[lo:hi])
+                names.update(kept.names)
+            names.update(kept.names)
             assert names.frames(8, 0) == [["load", "app.py", 14], ["load", "app.py", 12]]
             assert names.regions == {3: "t\u00e9st::a"} and names.threads == {99: "worker"}
-            assert names.parsed == len(META)
+            assert names.parsed == len(kept.names) == len(META)
 
 
 def test_a_thread_without_python_frames():
     names = Names()
-    names.update(bytearray(META), bytearray())
+    names.update(bytearray(META))
     assert names.frames(0, 99) == [["[no Python frame] thread worker (tid 99)", "<native>", 0]]
