@@ -22,6 +22,8 @@ FILES = {
             allocations=10_336, allocated=108_618_618),
     3: dict(parent=31699, child=31702, child_end={"how": "_exit", "exit_code": 0},
             allocations=10_337, allocated=108_623_506),
+    4: dict(parent=32313, child=32316, child_end={"how": "_exit", "exit_code": 0},
+            allocations=10_338, allocated=108_625_853),
 }
 # marker -> (function, allocators) on the program's marked lines, in every format
 LINES = {
