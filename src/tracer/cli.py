@@ -51,7 +51,8 @@ class RunCommand:
     name = "run"
 
     def prepare_parser(self, p):
-        p.add_argument("-o", "--output", help="capture file (default: memtrace-<program>-<pid>.mtrace)")
+        p.add_argument("-o", "--output", help="capture file (default: memtrace-<program>-<pid>.mtrace); a folder (DIR/ or an "
+                            "existing one): that name, inside it")
         p.add_argument("-f", "--force", action="store_true", help="overwrite an existing capture file")
         p.add_argument("-q", "--quiet", action="store_true", help="print no summary at exit")
         p.add_argument("--no-report", action="store_true", help="write the capture only (no reports)")
@@ -363,7 +364,7 @@ class RegionsCommand(CaptureCommand):
     def prepare_parser(self, p):
         p.add_argument("--raw", action="store_true", help="exact byte counts")
         p.add_argument("capture")
-        p.add_argument("--kind", choices=("region", "test", "cell"), help="only regions of this kind")
+        p.add_argument("--kind", choices=("region", "test", "cell", "task"), help="only regions of this kind")
         p.add_argument("-n", "--top", type=int, default=0, help="rows (default: all)")
 
     def report(self, model, args) -> None:
