@@ -134,7 +134,7 @@ class MemtraceWorker(ProcessInterface):
     Options: capture_dir (default "."), memtrace_args (more `memtrace run` options, e.g.
     ["--sample-rate", "512K"]), nanny (False: the worker is memtrace's child; True: a
     nanny and its worker, one process tree in one capture), python (the interpreter),
-    and the worker's own: nthreads, memory_limit, host, protocol, interface,
+    trace (False: the same worker, untraced), and the worker's own: nthreads, memory_limit, host, protocol, interface,
     dashboard_address, local_directory, resources, death_timeout."""
 
     def __init__(self, scheduler: str, name=None, *, capture_dir: str = ".",
@@ -144,7 +144,7 @@ class MemtraceWorker(ProcessInterface):
                  dashboard: bool = False, dashboard_address: Optional[str] = None,
                  local_directory: Optional[str] = None, resources: Optional[dict] = None,
                  death_timeout=None, security=None, env: Optional[dict] = None,
-                 **ignored):
+                 trace: bool = True, **ignored):
         super().__init__(scheduler, name)
         if security is not None and getattr(security, "require_encryption", False):
             raise ValueError("MemtraceWorker starts workers with `dask worker`: TLS "
@@ -176,9 +176,10 @@ class MemtraceWorker(ProcessInterface):
             worker += ["--resources", " ".join(f"{k}={v}" for k, v in resources.items())]
         if death_timeout:
             worker += ["--death-timeout", str(death_timeout)]
+        # trace=False: the same worker without memtrace (to measure what tracing costs)
         self.command: List[str] = [
             python, "-m", "tracer", "run", "-q", "--no-report", "-o",
-            self.capture_dir + os.sep, *map(str, memtrace_args), "--", *worker]
+            self.capture_dir + os.sep, *map(str, memtrace_args), "--", *worker] if trace else worker
         self.proc = None
         self.pid = None        # the worker's (memtrace's child)
         self.capture = None
@@ -208,8 +209,8 @@ class MemtraceWorker(ProcessInterface):
             self._kill()
             raise RuntimeError(f"the traced worker did not start in {START_TIMEOUT:.0f} s") from None
         self._stderr_task = asyncio.ensure_future(self._drain())
-        self.pid = _child_of(self.proc.pid)
-        if self.pid:
+        self.pid = _child_of(self.proc.pid) if trace_of(self.command) else self.proc.pid
+        if self.pid and trace_of(self.command):
             self.capture = os.path.join(self.capture_dir,
                                         f"memtrace-dask_worker-{self.pid}.mtrace")
         await super().start()
@@ -251,6 +252,10 @@ class MemtraceWorker(ProcessInterface):
             except asyncio.TimeoutError:
                 self._stderr_task.cancel()
         await super().close()
+
+
+def trace_of(command: List[str]) -> bool:
+    return command[1:3] == ["-m", "tracer"]
 
 
 def _child_of(pid: int) -> Optional[int]:
