@@ -119,7 +119,8 @@ enum mt_meta_type {
 };
 
 /* Who opened a region (reports list tests and notebook cells apart). */
-enum mt_region_kind { MT_REGION_KIND_USER = 0, MT_REGION_KIND_TEST = 1, MT_REGION_KIND_CELL = 2 };
+enum mt_region_kind { MT_REGION_KIND_USER = 0, MT_REGION_KIND_TEST = 1, MT_REGION_KIND_CELL = 2,
+                      MT_REGION_KIND_TASK = 3 /* a task of a Dask worker (tracer.cluster) */ };
 
 /* What the program asks about a region (mt_shm_header.ask_what). */
 enum mt_ask {
@@ -145,8 +146,10 @@ enum mt_text_key {
     MT_TEXT_SAMPLE_RATE = 10,   /* decimal bytes: this stream is sampled (--sample-rate) */
     MT_TEXT_STACKS = 11,        /* how Python stacks are read: pinned frames or whole walks */
     MT_TEXT_CENSUS = 12,        /* JSON: a census of live Python objects (--objects) */
-    MT_TEXT_CENSUS_LINES = 13   /* JSON, written by the collector: a census's blocks joined with
+    MT_TEXT_CENSUS_LINES = 13,  /* JSON, written by the collector: a census's blocks joined with
                                    the live table (the allocating sites) */
+    MT_TEXT_CLUSTER = 14        /* JSON, from a cluster engine's integration (tracer.cluster):
+                                   the worker's labels, and the engine's own memory numbers */
 };
 
 /* Process states (mt_shm_header.state). */

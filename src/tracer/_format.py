@@ -25,11 +25,12 @@ TEXT_ARGV, TEXT_EXE = 6, 7
 
 STATE_RUNNING, STATE_EXITED, STATE_DISABLED, STATE_EXITING = 0, 1, 2, 3
 META_HEAPSTATS, META_REGION = 6, 7
-REGION_KIND_USER, REGION_KIND_TEST, REGION_KIND_CELL = 0, 1, 2
-REGION_KINDS = {0: "region", 1: "test", 2: "cell"}
+REGION_KIND_USER, REGION_KIND_TEST, REGION_KIND_CELL, REGION_KIND_TASK = 0, 1, 2, 3
+REGION_KINDS = {0: "region", 1: "test", 2: "cell", 3: "task"}
 ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4
 TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE, TEXT_STACKS = 8, 9, 10, 11
 TEXT_CENSUS, TEXT_CENSUS_LINES = 12, 13  # an object census (JSON), its blocks joined by the collector
+TEXT_CLUSTER = 14  # JSON from a cluster integration (tracer.cluster): worker labels, engine numbers
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                    "uordblks", "fordblks", "keepcost")
 

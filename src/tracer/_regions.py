@@ -19,7 +19,7 @@ heavy, and finds the shim only on first use.
 import os
 import threading
 
-KIND_USER, KIND_TEST, KIND_CELL = 0, 1, 2      # csrc/events.h, mt_region_kind
+KIND_USER, KIND_TEST, KIND_CELL, KIND_TASK = 0, 1, 2, 3  # csrc/events.h, mt_region_kind
 ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4  # csrc/events.h, mt_ask
 ASK_TIMEOUT_MS = 10_000
 _CO_COROUTINE = 0x80

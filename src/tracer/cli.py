@@ -6,6 +6,7 @@
     memtrace stats --json CAPTURE
     memtrace flamegraph CAPTURE [--leaks|--temporary|--total] [-o OUT.html]
     memtrace tree | lines | log | diff | export | regions ...
+    memtrace merge CAPTURE... -o MERGED    memtrace cluster CAPTURE...
     memtrace pytest [PYTEST ARGS...]
     memtrace jupyter install
 
@@ -51,7 +52,8 @@ class RunCommand:
     name = "run"
 
     def prepare_parser(self, p):
-        p.add_argument("-o", "--output", help="capture file (default: memtrace-<program>-<pid>.mtrace)")
+        p.add_argument("-o", "--output", help="capture file (default: memtrace-<program>-<pid>.mtrace); a folder (DIR/ or an "
+                            "existing one): that name, inside it")
         p.add_argument("-f", "--force", action="store_true", help="overwrite an existing capture file")
         p.add_argument("-q", "--quiet", action="store_true", help="print no summary at exit")
         p.add_argument("--no-report", action="store_true", help="write the capture only (no reports)")
@@ -363,13 +365,78 @@ class RegionsCommand(CaptureCommand):
     def prepare_parser(self, p):
         p.add_argument("--raw", action="store_true", help="exact byte counts")
         p.add_argument("capture")
-        p.add_argument("--kind", choices=("region", "test", "cell"), help="only regions of this kind")
+        p.add_argument("--kind", choices=("region", "test", "cell", "task"), help="only regions of this kind")
         p.add_argument("-n", "--top", type=int, default=0, help="rows (default: all)")
 
     def report(self, model, args) -> None:
         from tracer.reports import regions
 
         regions.render(model, sys.stdout, kind=args.kind, top=args.top)
+
+
+class MergeCommand:
+    """Merge captures (a cluster's workers, several runs) into one, chunk by chunk."""
+
+    name = "merge"
+
+    def prepare_parser(self, p):
+        p.add_argument("captures", nargs="+", metavar="CAPTURE")
+        p.add_argument("-o", "--output", required=True, help="the merged capture")
+        p.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
+
+    def run(self, args) -> int:
+        import time
+
+        from tracer.cluster import merge
+
+        t0 = time.monotonic()
+        done = merge.merge(args.captures, args.output, args.force)
+        for s in done["sources"]:
+            if not s["complete"]:
+                sys.stderr.write(f"memtrace: warning: {s['source']} is incomplete (its run was "
+                                 "cut short): merged up to its last complete chunk\n")
+        sys.stderr.write(f"memtrace: merged {len(done['sources'])} captures ({done['streams']} "
+                         f"processes, {done['bytes']:,} bytes) into {args.output} in "
+                         f"{time.monotonic() - t0:.2f} s\n")
+        return 0
+
+
+class ClusterCommand:
+    """Report a cluster's workers: peak, RSS, Dask's managed memory, RSS explained, tasks."""
+
+    name = "cluster"
+
+    def prepare_parser(self, p):
+        p.add_argument("--raw", action="store_true", help="exact byte counts")
+        p.add_argument("--json", action="store_true", help="JSON output")
+        p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                       help="a merged capture, or the workers' captures (merged first, "
+                            "into a temporary file)")
+        p.add_argument("-n", "--top", type=int, default=10, help="rows per table (default 10)")
+
+    def run(self, args) -> int:
+        import tempfile
+
+        from tracer.cluster import report
+
+        _keep_freed_memory()
+        with tempfile.TemporaryDirectory(prefix="memtrace-cluster-") as tmp:
+            path = args.captures[0]
+            if len(args.captures) > 1:
+                from tracer.cluster import merge
+
+                path = os.path.join(tmp, "cluster.mtrace")
+                merge.merge(args.captures, path)
+            model = _load(path)
+            if args.json:
+                from tracer.reports import jsontext
+
+                text = jsontext.dumps(report.stats(model, args.top), indent=1)
+                sys.stdout.write(text.replace("<", "\\u003c").replace(">", "\\u003e")
+                                 .replace("&", "\\u0026") + "\n")
+            else:
+                report.render(model, sys.stdout, args.top)
+            return _incomplete_status(model)
 
 
 class PytestCommand:
@@ -503,7 +570,7 @@ def _incomplete_status(model) -> int:
 
 _COMMANDS = [RunCommand, LiveCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand,
              TreeCommand, LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand,
-             PytestCommand, JupyterCommand]
+             MergeCommand, ClusterCommand, PytestCommand, JupyterCommand]
 
 
 def _parser(command) -> _Parser:

@@ -8,6 +8,7 @@ import os
 import shutil
 import resource
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -241,6 +242,15 @@ class _Reaper:
 def run(opts: RunOptions) -> RunResult:
     program = resolve_program(opts.argv[0])
     check_traceable(program)
+    # -o DIR/ (or an existing folder): the capture goes inside it, with the usual name
+    folder = opts.output if opts.output and (opts.output.endswith(os.sep) or
+                                             os.path.isdir(opts.output)) else None
+    if folder is not None:
+        try:
+            os.makedirs(folder, 0o700, exist_ok=True)
+        except OSError as exc:
+            raise MemtraceError(f"cannot create the folder {folder}: {exc.strerror}") from None
+        opts = opts._replace(output=None)
     session = Session()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
     writer = collector = view = None
@@ -270,7 +280,7 @@ def run(opts: RunOptions) -> RunResult:
         from tracer.capture_writer import CaptureWriter
         from tracer.collector import Collector
         label = os.path.basename(opts.argv[0]) if opts.redact_argv else program_label(opts.argv)
-        path = opts.output or f"memtrace-{label}-{proc.pid}.mtrace"
+        path = opts.output or os.path.join(folder or "", f"memtrace-{label}-{proc.pid}.mtrace")
         try:
             writer = (_redacting_writer(CaptureWriter) if opts.redact_argv else CaptureWriter)(
                 path, opts.force)
@@ -287,7 +297,7 @@ def run(opts: RunOptions) -> RunResult:
             "command": redact(opts.argv) if opts.redact_argv else opts.argv, "program": program, "memtrace_version": __version__,
             "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,
             "sample_interval": opts.sample_interval, "sample_rate": opts.sample_rate, "cwd": os.getcwd(),
-            "python": sys.version.split()[0]})
+            "python": sys.version.split()[0], "host": socket.gethostname()})
         reaper = _Reaper(proc.pid)
         collector.run(reaper.done)
         status = reaper.status

@@ -55,6 +55,8 @@ class Process:
     replayed: bool = False
     sample_rate: int = 0  # --sample-rate: byte numbers are estimates
     stacks_read: Optional[str] = None  # pinned frames, or whole walks and why
+    # in a merged capture (memtrace merge): source, host, worker, key (docs/cluster.md)
+    labels: dict = field(default_factory=dict)
 
     @property
     def peak_rss(self) -> Optional[int]:
@@ -287,7 +289,8 @@ def build_model(capture: Capture, live: bool = False) -> Model:
             library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
             texts=texts, heapstats=heapstats, meta=meta, snapshots=sd.snapshots, end=sd.end or {},
             t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed,
-            sample_rate=_sample_rate(sd), stacks_read=text.get(fmt.TEXT_STACKS)))
+            sample_rate=_sample_rate(sd), stacks_read=text.get(fmt.TEXT_STACKS),
+            labels=dict(sd.info.get("labels") or {})))
     return model
 
 

@@ -370,7 +370,10 @@ def statistics_cost(proc: Process) -> float:
 
 
 def process_key(proc: Process) -> str:
-    """A process's key in per-process results: its pid (pid.stream for an image it exec'd away)."""
+    """A process's key in per-process results: its pid (pid.stream for an image it exec'd away;
+    pid@host in a merged capture)."""
+    if proc.labels.get("key"):
+        return str(proc.labels["key"]) + (f".{proc.sid}" if proc.end.get("how") == "exec" else "")
     return str(proc.pid) if proc.end.get("how") != "exec" else f"{proc.pid}.{proc.sid}"
 
 

@@ -17,7 +17,7 @@ def tree_peak(model: Model) -> Optional[dict]:
     in each interval, summed); `t`: when `bytes` was seen; `resolution`: the interval.
     With one process both are its exact peak."""
     procs = [p for p in model.processes if len(p.heap)]
-    if not procs:
+    if not procs or model.capture.info.get("merged"):  # several machines: no shared moment
         return None
     if len(model.processes) == 1:
         p = model.processes[0]
@@ -141,6 +141,13 @@ def headline(model: Model, results: dict) -> List[str]:
     from tracer.reports.summary import clean, human
 
     cwd = model.capture.info.get("cwd")
+    merged = model.capture.info.get("merged")
+    if merged:
+        hosts = sorted({str(s.get("host")) for s in merged})
+        return [f"merged capture of {len(merged)} captures ({len(hosts)} host"
+                f"{'s' if len(hosts) > 1 else ''}): no moment is shared across them, so each "
+                f"process's own peak below (`memtrace cluster` for the table per worker) · sum "
+                f"of each process's own peak {human(sum_of_peaks(model))}"]
     if len(model.processes) > 1:
         tree = tree_peak(model)
         if tree is None:

@@ -149,7 +149,9 @@ def render(model: Model, out) -> None:
     lines = {tuple((r["file"], r["line"])): r for r in tables.by_line(model, user_code=True)}
     for proc in model.processes:
         result = results[rec.process_key(proc)]
-        out.write(f"pid {proc.pid}: {clean(' '.join(proc.argv))}\n")
+        where = "" if not proc.labels else " [" + clean(" ".join(
+            str(proc.labels[k]) for k in ("host", "worker") if proc.labels.get(k))) + "]"
+        out.write(f"pid {proc.pid}{where}: {clean(' '.join(proc.argv))}\n")
         cost = rec.statistics_cost(proc)
         out.write(f"  (producing these statistics took the program {cost * 1000:.1f} ms)\n")
         peak = result["at_peak"]

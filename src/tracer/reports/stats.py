@@ -17,6 +17,7 @@ def stats(model: Model) -> dict:
         peak = peaks.process_peak(proc, results[reconcile.process_key(proc)].get("at_peak"), cwd)
         processes.append({
             "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv, "exe": proc.exe,
+            "labels": proc.labels or None,  # merged captures: source, host, worker, key
             "python": proc.python, "frames": proc.python is not None,
             "frames_off_reason": proc.frames_off,
             "stacks_read": proc.stacks_read,
@@ -46,6 +47,7 @@ def stats(model: Model) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "command": model.command,
+        "merged": model.capture.info.get("merged"),  # memtrace merge: the captures merged
         # --region: every number below is of what was allocated inside that region
         "region": getattr(model, "region", None),
         # each region's own numbers (docs/regions.md)
@@ -75,7 +77,8 @@ def stats(model: Model) -> dict:
         "reconciliation": {pid: {"at_peak": reconcile.json_rows(r["at_peak"]),
                                  "at_exit": reconcile.json_rows(r["at_exit"])}
                            for pid, r in results.items()},
-        "timeline": {str(p.pid): reconcile.timeline(model, p) for p in model.processes},
+        "timeline": {str(p.pid) if not p.labels else reconcile.process_key(p):
+                     reconcile.timeline(model, p) for p in model.processes},
     }
 
 

@@ -40,6 +40,8 @@ def describe_end(model: Model) -> str:
         return "still running"
     if not end:
         return "the capture is incomplete: the run was cut short"
+    if end.get("merged"):  # memtrace merge: each run's own end is in `memtrace cluster`
+        return f"{end['merged']} captures merged; the longest run took {end.get('duration', 0):.2f} s"
     if end.get("signal"):
         return f"killed by signal {end['signal']} after {end.get('duration', 0):.2f} s"
     return f"exited with code {end.get('exit_code')} after {end.get('duration', 0):.2f} s"
@@ -144,7 +146,11 @@ def render(model: Model, out, top: int = TOP) -> None:
             peak = peaks.process_peak(proc, results.get(rec.process_key(proc), {}).get("at_peak"), cwd)
             resident = peaks.describe_resident(peak).replace(", ", " (", 1) + ")" \
                 if peak["resident_bytes"] is not None else ""
-            w(f"    pid {proc.pid} (parent {proc.ppid}) {clean(' '.join(proc.argv))[:60]}: "
+            label = ""
+            if proc.labels:
+                label = " [" + clean(" ".join(str(proc.labels[k]) for k in ("host", "worker")
+                                              if proc.labels.get(k))) + "]"
+            w(f"    pid {proc.pid}{label} (parent {proc.ppid}) {clean(' '.join(proc.argv))[:60]}: "
               f"peak heap {human(peak['bytes'])} at {peak['t']:.2f} s{resident}, "
               f"{'peak RSS ' + human(proc.peak_rss) if proc.peak_rss else 'RSS not sampled'}, "
               f"{tables.describe_process_end(model, proc)}\n")
