@@ -130,7 +130,7 @@ class Collector:
         self.snap_budget = SNAPSHOT_BURST  # seconds of snapshot work allowed now
         self.snap_budget_t = 0.0
         self.questions = Questions()  # the programs' questions about their regions
-        self.live: Optional["LiveServer"] = None  # the live view's server (tracer.live.server), set by the launcher
+        self.live: Optional["LiveServer"] = None  # the live view's server, set by the launcher
 
     def now(self) -> float:
         return time.monotonic() - self.t0

@@ -43,6 +43,7 @@ HEAPSTATS_RECORD = np.dtype([("position", "<u8"), ("reason", "<u4"), ("cost_ns",
 
 def fixed_records(data: bytes, offsets: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Records of one fixed layout at these payload offsets (each long enough)."""
+    rows: np.ndarray
     if dtype.itemsize % 4 == 0 and not (offsets % 4).any():
         # payloads follow 4-byte record headers at 4-byte boundaries: gather words
         words = np.frombuffer(data, np.uint32, len(data) // 4)
