@@ -39,7 +39,7 @@ class StreamData:
     exit_sites: Optional[np.ndarray] = None
     end: Optional[dict] = None
     # the latest regions chunk: (REGION_ROW_DTYPE rows, REGION_SITE_DTYPE records)
-    regions: Optional[tuple] = None
+    regions: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
 
 @dataclass

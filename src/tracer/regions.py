@@ -42,10 +42,10 @@ def names(proc: Process) -> Dict[int, Tuple[str, str]]:
     return out
 
 
-_replayed: Dict[tuple, tuple] = {}  # (capture path, stream, threshold) -> region records
+_replayed: Dict[tuple, Optional[Tuple[np.ndarray, np.ndarray]]] = {}  # (capture path, stream, threshold) -> region records
 
 
-def records(model: Model, proc: Process) -> Optional[tuple]:
+def records(model: Model, proc: Process) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(rows, site records) of a process's regions, or None if it had none. A stream
     the model rebuilt by replaying its events (it never got its final aggregate), and
     any stream once temporaries are counted, is replayed for them too."""
@@ -131,6 +131,7 @@ def table(model: Model) -> List[dict]:
         for k, rid in enumerate(ids.tolist()):
             picked = order[starts[k]:starts[k + 1] if k + 1 < len(ids) else len(order)]
             m = _merge(rows, None, picked)
+            assert m is not None  # (picked is never empty)
             name, kind = named.get(rid, (f"<region {rid}>", "region"))
             parent = rows["parent"][picked[0]]
             out.append({
@@ -181,6 +182,7 @@ def focus(model: Model, pattern: str) -> Model:
 
 
 def _focused(proc: Process, m: Merged) -> Process:
+    assert m.sites is not None  # (focus merges the site records too)
     keep = m.sites[m.sites["site"] < len(proc.sites)]
     sites = proc.sites[keep["site"]].copy()
     for column in SITE_COLUMNS + ("peak_bytes", "peak_count"):
