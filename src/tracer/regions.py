@@ -216,7 +216,7 @@ class EventFilter:
     with one of them open (the marks are read as the events go by, in order, like
     the aggregator does). Feed every batch of the stream in order."""
 
-    def __init__(self, wanted):
+    def __init__(self, wanted) -> None:
         self.wanted = set(int(w) for w in wanted)
         self.open: Dict[int, Dict[int, int]] = {}  # tid -> region id -> depth
 
