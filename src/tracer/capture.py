@@ -109,7 +109,8 @@ def read_capture(path: str, snapshots: bool = True) -> Capture:
                                f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}")
         streams: Dict[int, StreamData]
         info, end, streams, truncated = {}, None, {}, None
-        previous: Dict[Tuple[int, int], bytes] = {}  # (type, stream) -> payload of the last DELTA_TYPES chunk
+        # (type, stream) -> payload of the last DELTA_TYPES chunk
+        previous: Dict[Tuple[int, int], bytes] = {}
         plain = zstandard.ZstdDecompressor()
         pos = fmt.FILE_HEADER.size
         while pos < size:

@@ -308,7 +308,8 @@ def peak_distances(proc: Process, snap: Mapping[str, Any], row: dict, marks: Lis
     # heap statistics carry the ring's position; the peak, the aggregator's event index
     # (they differ by the ring slots that held no event, counted at the snapshot)
     offset = snap.get("position", 0) - snap.get("events", snap.get("position", 0))
-    out: Dict[str, Optional[dict]] = {"snapshot": {"events": int(snap.get("events", snap.get("position", 0))) - peak_event,
+    out: Dict[str, Optional[dict]]
+    out = {"snapshot": {"events": int(snap.get("events", snap.get("position", 0))) - peak_event,
                         "seconds": float(snap["t"]) - peak_time}}
     for part, key in (("glibc", "mallinfo"), ("pymalloc", "pymalloc")):
         answer = row.get(key)

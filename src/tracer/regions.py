@@ -42,7 +42,8 @@ def names(proc: Process) -> Dict[int, Tuple[str, str]]:
     return out
 
 
-_replayed: Dict[tuple, Optional[Tuple[np.ndarray, np.ndarray]]] = {}  # (capture path, stream, threshold) -> region records
+# (capture path, stream, threshold) -> region records
+_replayed: Dict[tuple, Optional[Tuple[np.ndarray, np.ndarray]]] = {}
 
 
 def records(model: Model, proc: Process) -> Optional[Tuple[np.ndarray, np.ndarray]]:

@@ -6,8 +6,8 @@ This writes the same text (ensure_ascii, the default separators) with the C stri
 escaper and one join per container.
 """
 import json
-from typing import Any, Iterable, List
 from json.encoder import encode_basestring_ascii as _string
+from typing import Any, Iterable, List
 
 _INF = float("inf")
 

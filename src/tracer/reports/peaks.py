@@ -108,7 +108,8 @@ def process_peak(proc: Process, at_peak: Optional[dict], cwd: Optional[str]) -> 
     the at-peak snapshot; None where none was taken). `resident_bytes` is at most
     what was in RAM: `resident_unknown_bytes` of it were freed before the snapshot
     was read (or allocated after it), so their residency is not known."""
-    out: Dict[str, Any] = {"bytes": int(proc.totals.get("peak_heap", 0)),
+    out: Dict[str, Any]
+    out = {"bytes": int(proc.totals.get("peak_heap", 0)),
            "t": float(proc.totals.get("peak_time", 0.0)),
            "resident_bytes": None, "resident_unknown_bytes": None, "untouched_bytes": None,
            "untouched": []}
