@@ -26,7 +26,9 @@ _CO_COROUTINE = 0x80
 
 # The shim's region calls (mark, name, ask), or False once known absent.
 _calls = None
-_ids = {}  # (name, kind) -> region id in this process's stream (ids restart after fork)
+# (name, kind) -> region id in this process's stream (ids restart after fork); typed in
+# a comment, so that `import tracer` does not import typing
+_ids = {}  # type: dict[tuple[str, int], int]
 _lock = threading.Lock()
 _generation = 0  # bumped in a forked child: Region objects look their id up again
 

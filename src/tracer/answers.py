@@ -11,6 +11,7 @@ when such a question comes. No NumPy: this runs in the collector.
 import json
 import os
 import struct
+from typing import Dict, List, Tuple
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
@@ -58,6 +59,7 @@ class Names:
         if stack == 0:
             return [[f"[no Python frame] thread {self.threads.get(tid, '?')} (tid {tid})",
                      "<native>", 0]]
+        out: List[list]
         out, seen = [], set()
         while stack and stack not in seen and len(out) < MAX_FRAMES:
             seen.add(stack)
@@ -134,7 +136,7 @@ class Questions:
             return []
         records = ffi.new("mt_region_site[]", n)
         lib.mt_agg_region_usage_sites(agg, tid, region, records, n)
-        by_stack = {}
+        by_stack: Dict[Tuple[int, int], list] = {}  # (stack, tid) -> [bytes, count, {lib: bytes}]
         for r in records:
             held = getattr(r, column + "_bytes")
             if held <= 0 or lib.mt_agg_site(agg, r.site, self.site) != 0:

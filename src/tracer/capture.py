@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import zstandard
@@ -39,7 +39,7 @@ class StreamData:
     exit_sites: Optional[np.ndarray] = None
     end: Optional[dict] = None
     # the latest regions chunk: (REGION_ROW_DTYPE rows, REGION_SITE_DTYPE records)
-    regions: Optional[tuple] = None
+    regions: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
 
 @dataclass
@@ -107,8 +107,10 @@ def read_capture(path: str, snapshots: bool = True) -> Capture:
         if version not in fmt.READABLE_VERSIONS:
             raise CaptureError(f"{path} was written in capture format {version}; this memtrace "
                                f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}")
+        streams: Dict[int, StreamData]
         info, end, streams, truncated = {}, None, {}, None
-        previous = {}  # (type, stream) -> payload of the last DELTA_TYPES chunk
+        # (type, stream) -> payload of the last DELTA_TYPES chunk
+        previous: Dict[Tuple[int, int], bytes] = {}
         plain = zstandard.ZstdDecompressor()
         pos = fmt.FILE_HEADER.size
         while pos < size:
@@ -147,10 +149,12 @@ def read_capture(path: str, snapshots: bool = True) -> Capture:
                 data_length = length - fmt.EVENTS_HEADER.size
                 if count > data_length:  # every event takes at least one byte
                     raise CaptureError(f"{path} is corrupt at byte {pos} (bad event count)")
+                assert stream is not None  # (made above for any chunk but INFO and END)
                 stream.event_chunks.append((body_at + fmt.EVENTS_HEADER.size, data_length,
                                             count, t, first, None))
                 f.seek(body_at + length)
             elif ctype == fmt.CHUNK_ZEVENTS:
+                assert stream is not None
                 stream.event_chunks.append(_zevents_index(path, pos, f, length))
                 f.seek(body_at + length)
             else:

@@ -11,7 +11,7 @@ import concurrent.futures
 import json
 import os
 import struct
-from typing import List, Optional
+from typing import Deque, Dict, List, Optional, Tuple
 
 import zstandard
 
@@ -40,7 +40,8 @@ class CaptureWriter:
         self.path = path
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._file.write(fmt.FILE_HEADER.pack(fmt.MAGIC, fmt.FORMAT_VERSION, 0))
-        self._previous = {}  # (type, stream) -> last payload of a DELTA_TYPES chunk
+        # (type, stream) -> last payload of a DELTA_TYPES chunk
+        self._previous: Dict[Tuple[int, int], bytes] = {}
 
     # Every frame carries a checksum: a damaged capture is reported as corrupt
     # rather than decompressed into different, plausible bytes.
@@ -118,7 +119,8 @@ class EventPacker:
         self.flushed_at = 0.0
         # the group's batches are one encoded stream: the coder's state carries over
         self.codec = ffi.new("mt_codec *")
-        self.pending = collections.deque()  # compressions in flight, in stream order
+        # compressions in flight, in stream order
+        self.pending: Deque[concurrent.futures.Future] = collections.deque()
 
     def age(self, now: float) -> float:
         """Seconds since the last flush."""

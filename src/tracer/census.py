@@ -8,6 +8,7 @@ own into the stream's metadata, then lets the target go on. No NumPy here.
 """
 import json
 import struct
+from typing import Dict, List
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
@@ -73,7 +74,7 @@ def _lines(stream, record, t: float) -> dict:
         addrs = ffi.new("uint64_t[]", [int(b[0]) for b in blocks])
         sites, sizes = ffi.new("uint32_t[]", n), ffi.new("uint64_t[]", n)
         lib.mt_agg_blocks_at(stream.agg._agg, addrs, n, sites, sizes)
-        by_site = {}
+        by_site: Dict[int, List[int]] = {}  # site -> [count, bytes]
         for i in range(n):
             if sites[i] != 0xFFFFFFFF:
                 entry = by_site.setdefault(sites[i], [0, 0])

@@ -19,7 +19,7 @@ non-zero exit; the target's own exit code passes through.
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional, Protocol, Type
 
 from tracer import __version__
 from tracer.errors import MemtraceError
@@ -568,6 +568,16 @@ def _incomplete_status(model) -> int:
     return INCOMPLETE_CAPTURE_STATUS if model.warnings else 0
 
 
+class Command(Protocol):
+    """What main() needs of a command: its name and run() (prepare_parser() too, unless
+    the command takes its arguments raw, as `pytest` does)."""
+
+    name: str
+
+    def run(self, args: Any) -> int: ...
+
+
+_COMMANDS: List[Type[Command]]
 _COMMANDS = [RunCommand, LiveCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand,
              TreeCommand, LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand,
              MergeCommand, ClusterCommand, PytestCommand, JupyterCommand]

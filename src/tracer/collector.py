@@ -15,7 +15,7 @@ import selectors
 import socket
 import struct
 import time
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
 from tracer import _format as fmt
 from tracer import census, procfs
@@ -25,6 +25,9 @@ from tracer.answers import Questions
 from tracer.capture_writer import CaptureWriter, EventPacker
 from tracer.names import Kept
 from tracer.session import Session
+
+if TYPE_CHECKING:
+    from tracer.live.server import LiveServer
 
 HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
 HELLO_MAGIC = 0x4D54484C
@@ -69,10 +72,10 @@ class Stream:
         self.t_start = t
         self.pidfd: Optional[int] = None
         self.alive = True
-        self.rss_pending = []
+        self.rss_pending: List[tuple] = []
         self.rss_peak = 0
         self.rss_recent = [0, 0, 0]  # the last three RSS samples (20 ms at 10 ms a sample)
-        self.heap_pending = []
+        self.heap_pending: List[tuple] = []
         self.heap_last_t = -1.0
         self.heap_max = 0
         self.heap_last = (0, 0)  # (heap, max) the timeline last recorded
@@ -97,6 +100,8 @@ class Stream:
 
 
 class Collector:
+    _round_t: float  # when the round began (set by run())
+
     def __init__(self, session: Session, writer: CaptureWriter, t0: float,
                  sample_interval: float = 0.01, heap_stats: bool = True, sample_rate: int = 0,
                  objects: bool = False):
@@ -104,7 +109,7 @@ class Collector:
         self.objects = objects  # --objects: a census of Python objects at peak and exit
         self.sample_rate = sample_rate
         self.heap_stats = heap_stats
-        self.main_pid = None  # set by the launcher once the target is started
+        self.main_pid: Optional[int] = None  # set by the launcher once the target is started
         self.t0 = t0
         self.sample_interval = sample_interval
         self.listener = session.listener
@@ -125,7 +130,7 @@ class Collector:
         self.snap_budget = SNAPSHOT_BURST  # seconds of snapshot work allowed now
         self.snap_budget_t = 0.0
         self.questions = Questions()  # the programs' questions about their regions
-        self.live = None  # the live view's server (tracer.live.server), set by the launcher
+        self.live: Optional["LiveServer"] = None  # the live view's server, set by the launcher
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -202,6 +207,8 @@ class Collector:
         process cannot starve the others; all of them once the process is dead or
         when `everything`: at its exit point)."""
         total = 0
+        packer = stream.packer
+        assert packer is not None  # given to each stream as it connects
         lost = ffi.new("uint64_t *")
         claimed = stream.counter(4) if everything else 0  # the events claimed by now
         for _ in range(1 << 62 if dead or everything else BATCHES_PER_ROUND):
@@ -212,9 +219,9 @@ class Collector:
             if n == 0:
                 break
             t = self.now()
-            size = lib.mt_encode_more(stream.packer.codec, self.buffer_ptr, n, self.encoded_ptr)
-            stream.packer.add(t, stream.n_events, n, memoryview(self.encoded)[:size])
-            stream.packer.write_ready()
+            size = lib.mt_encode_more(packer.codec, self.buffer_ptr, n, self.encoded_ptr)
+            packer.add(t, stream.n_events, n, memoryview(self.encoded)[:size])
+            packer.write_ready()
             stream.agg.feed_events(self.buffer_ptr, n, t)
             stream.n_events += n
             self._note_heap(stream, t)
@@ -384,10 +391,12 @@ class Collector:
         # Events go to disk in large compressed groups (the ratio depends on it);
         # an aggregate refreshed while the process runs flushes them every 30 s
         # at least, and the final ones flush everything.
+        packer = stream.packer
+        assert packer is not None  # given to each stream as it connects
         if not stream.alive:
-            stream.packer.flush(self.now(), wait=True)
-        elif stream.packer.age(self.now()) > 30.0:
-            stream.packer.flush(self.now())
+            packer.flush(self.now(), wait=True)
+        elif packer.age(self.now()) > 30.0:
+            packer.flush(self.now())
         self._write_meta(stream)
         self.writer.chunk(fmt.CHUNK_AGGREGATE, stream.sid, *stream.agg.chunk_payload(extra))
         regions = stream.agg.regions_payload()
@@ -446,7 +455,7 @@ class Collector:
     def _children_pending(self) -> bool:
         """Some process forked a child whose stream has not connected yet (a child
         forked just before the program ended connects a moment later)."""
-        children = {}
+        children: Dict[int, Set[int]] = {}
         for s in self.streams.values():
             children.setdefault(s.ppid, set()).add(s.pid)
         for s in self.streams.values():

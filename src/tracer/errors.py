@@ -1,4 +1,5 @@
 """Errors that end a memtrace command with one clear line and an exit code."""
+from typing import Optional
 
 
 class MemtraceError(Exception):
@@ -6,7 +7,7 @@ class MemtraceError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, exit_code: int = None):
+    def __init__(self, message: str, exit_code: Optional[int] = None):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code

@@ -225,7 +225,7 @@ class _Reaper:
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.status = None
+        self.status: Optional[int] = None
         self.max_rss = 0
         self.cpu = 0.0
 
@@ -271,8 +271,8 @@ def run(opts: RunOptions) -> RunResult:
         if view is not None:
             view.start()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to the target too
-        for sig in FORWARDED_SIGNALS:
-            signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+        for forwarded in FORWARDED_SIGNALS:
+            signal.signal(forwarded, lambda signum, _frame: proc.send_signal(signum))
         # The collector's imports (NumPy, cffi) load while the target starts; its
         # first connection waits in the socket's backlog meanwhile.
         from tracer import _format as fmt
@@ -301,6 +301,7 @@ def run(opts: RunOptions) -> RunResult:
         reaper = _Reaper(proc.pid)
         collector.run(reaper.done)
         status = reaper.status
+        assert status is not None  # collector.run() returns once reaper.done()
         proc.returncode = os.waitstatus_to_exitcode(status)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None

@@ -14,7 +14,7 @@ import numpy as np
 from tracer import _format as fmt
 from tracer import stacks as st
 from tracer.aggregate import Aggregator
-from tracer.capture import Capture, StreamData, read_capture
+from tracer.capture import Capture, Snapshot, StreamData, read_capture
 
 LOST_FRAME = ("<unknown>", 0, "<stack lost>")  # file, line, function
 
@@ -49,7 +49,7 @@ class Process:
     texts: List[Tuple[int, str]]
     heapstats: np.ndarray  # glibc mallinfo2 records (stacks.HEAPSTATS_RECORD)
     meta: bytes
-    snapshots: List[dict]
+    snapshots: List[Snapshot]
     end: dict
     t_start: float
     replayed: bool = False
@@ -85,7 +85,7 @@ class Process:
 
     def stack(self, node: int) -> List[Frame]:
         """Frames from innermost to outermost."""
-        starts, rows = self.stacks.paths([self.stacks.row_of(node)])
+        starts, rows = self.stacks.paths(np.array([self.stacks.row_of(node)]))
         return [self.frame_of_row(r) for r in reversed(rows.tolist())]
 
     def is_library(self, file: str) -> bool:
@@ -127,6 +127,9 @@ class Model:
     processes: List[Process] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     temporary_threshold: Optional[int] = None  # set once temporaries were counted
+    live: bool = False  # the run is still going (build_model)
+    region: Optional[str] = None  # the --region pattern of a focused model (regions.focus)
+    region_ids: Optional[Dict[int, list]] = None  # a focused model's region ids per stream
 
     def track_temporary(self, threshold: int = 1) -> None:
         """Replay every stream's events to count temporary allocations (blocks
@@ -234,6 +237,9 @@ def _live_at_exit_point(sd: StreamData):
     """The final aggregate, with "live" taken at the program's exit point (before
     the interpreter or libc freed everything on the way out). Sites are append-only,
     so the exit checkpoint's site i is the final aggregate's site i."""
+    # (build_model calls this once it has read both the final and the exit aggregate)
+    assert sd.sites is not None and sd.totals is not None
+    assert sd.exit_sites is not None and sd.exit_totals is not None
     sites = sd.sites.copy()
     n = len(sd.exit_sites)
     sites["live_bytes"][:n] = sd.exit_sites["live_bytes"]

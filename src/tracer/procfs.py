@@ -75,7 +75,7 @@ def parse_smaps_py(text: bytes) -> List[list]:
 
 def thread_stack_pointers(pid: int) -> List[int]:
     """The stack pointer of each thread blocked in the kernel (/proc/PID/task/*/syscall)."""
-    sps = []
+    sps: List[int] = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:

@@ -32,11 +32,11 @@ def run(args: List[str]) -> int:
     # again); the default name is new each time
     chosen = _option(args, "--memtrace-output")
     output = chosen or f"memtrace-pytest-{os.getpid()}.mtrace"
-    top = _option(args, "--memtrace-top")
+    top_text = _option(args, "--memtrace-top")
     try:
-        top = int(top) if top is not None else 10
+        top = int(top_text) if top_text is not None else 10
     except ValueError:
-        raise MemtraceError(f"--memtrace-top takes a number of tests, not {top!r}") from None
+        raise MemtraceError(f"--memtrace-top takes a number of tests, not {top_text!r}") from None
     result = launcher.run(launcher.RunOptions(
         argv=[sys.executable, "-m", "pytest", *args], output=output, force=chosen is not None,
         quiet=True, no_report=True))

@@ -20,7 +20,7 @@ number cannot be had is None ("unknown") with the reason; its bytes then stay in
 the residual, so the table still adds up.
 """
 import bisect
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -52,10 +52,10 @@ VMA_COLUMNS = ("start", "end", "rss", "anon", "swap", "perms", "path", "blocks",
 # the site of its largest traced block and that block's bytes
 
 
-def vma_columns(rows: list) -> Dict[str, object]:
+def vma_columns(rows: list) -> Dict[str, Any]:
     """A snapshot's mapping rows as columns: int64 arrays, and lists of strings."""
     cols = list(zip(*rows)) if rows else [()] * len(VMA_COLUMNS)
-    out = {}
+    out: Dict[str, Any] = {}
     for name, values in zip(VMA_COLUMNS, cols):
         if name in ("perms", "path"):
             out[name] = list(values)
@@ -86,6 +86,7 @@ def heap_stats(proc: Process) -> List[dict]:
     """glibc mallinfo2 records of a process: position, reason and the fields."""
     records = proc.heapstats
     names = records.dtype.names
+    assert names is not None  # (a structured dtype)
     columns = [records[name].tolist() for name in names]
     return [dict(zip(names, values)) for values in zip(*columns)]
 
@@ -157,8 +158,8 @@ def _classify(v: dict, sps: List[int], tracer: List[tuple]) -> np.ndarray:
     in_tracer = flag([any(t in p for t in TRACER_FILES) for p in paths])
     for a, b in tracer:
         in_tracer |= (a < end) & (start < b)
-    sps = np.sort(np.array([sp for sp in sps if 0 <= sp < 1 << 64], np.uint64))
-    has_sp = np.searchsorted(sps, start, "left") < np.searchsorted(sps, end, "left")
+    sorted_sps = np.sort(np.array([sp for sp in sps if 0 <= sp < 1 << 64], np.uint64))
+    has_sp = np.searchsorted(sorted_sps, start, "left") < np.searchsorted(sorted_sps, end, "left")
     slash, guard = flag([p.startswith("/") for p in paths]), flag([q.startswith("---") for q in perms])
     joins_prev = before(end) == start if n else has_sp
     joins_next = after(start) == end if n else has_sp
@@ -181,9 +182,9 @@ def _classify(v: dict, sps: List[int], tracer: List[tuple]) -> np.ndarray:
     return np.select([r for _, r in rules], [k for k, _ in rules], "untracked").reshape(n)
 
 
-def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
+def reconcile_snapshot(proc: Process, snap: Mapping[str, Any], exit_: bool = False) -> dict:
     """The rows for one snapshot, with what each number came from."""
-    out = {"t": snap.get("t"), "kind": snap.get("kind"), "unknown": {}, "notes": []}
+    out: Dict[str, Any] = {"t": snap.get("t"), "kind": snap.get("kind"), "unknown": {}, "notes": []}
     if "vmas" not in snap:
         out["error"] = str(snap.get("error", "no mappings were read"))
         return out
@@ -226,6 +227,7 @@ def reconcile_snapshot(proc: Process, snap: dict, exit_: bool = False) -> dict:
 
     py = _nearest(pymalloc_stats(proc), snap.get("position", 0), 1 if exit_ else None) \
         or _nearest(pymalloc_stats(proc), snap.get("position", 0))
+    pymalloc_free: Optional[int]
     if py is not None and not py.get("pymalloc", 1):
         pymalloc_free = 0
         out["notes"].append("this Python does not use pymalloc (PYTHONMALLOC=malloc?): "
@@ -268,7 +270,7 @@ def peak_tolerance(peak: int) -> int:
     return max(64 << 10, peak // 100)
 
 
-def _peak_snapshot(proc: Process) -> Optional[dict]:
+def _peak_snapshot(proc: Process) -> Optional[Mapping[str, Any]]:
     """The snapshot that stands for the heap peak: the first taken once the heap had
     reached its peak while it was still there; else the one nearest in time whose heap
     was as high (taken before a last small growth); else the first taken after the
@@ -296,7 +298,7 @@ def _event_time(marks: List[tuple], index: int) -> Optional[float]:
     return marks[max(i, 0)][1]
 
 
-def peak_distances(proc: Process, snap: dict, row: dict, marks: List[tuple]) -> dict:
+def peak_distances(proc: Process, snap: Mapping[str, Any], row: dict, marks: List[tuple]) -> dict:
     """How far from the heap peak each part of the at-peak table was taken, in events
     and in seconds of collector time (negative: before it): the snapshot (smaps and
     the traced heap, read by the collector) and the program's own answers (glibc,
@@ -306,6 +308,7 @@ def peak_distances(proc: Process, snap: dict, row: dict, marks: List[tuple]) -> 
     # heap statistics carry the ring's position; the peak, the aggregator's event index
     # (they differ by the ring slots that held no event, counted at the snapshot)
     offset = snap.get("position", 0) - snap.get("events", snap.get("position", 0))
+    out: Dict[str, Optional[dict]]
     out = {"snapshot": {"events": int(snap.get("events", snap.get("position", 0))) - peak_event,
                         "seconds": float(snap["t"]) - peak_time}}
     for part, key in (("glibc", "mallinfo"), ("pymalloc", "pymalloc")):
@@ -323,7 +326,7 @@ def peak_distances(proc: Process, snap: dict, row: dict, marks: List[tuple]) -> 
 def reconcile_process(proc: Process, marks: Optional[List[tuple]] = None) -> dict:
     """At the peak and at exit; `marks` (the capture's (first event, time) of each
     drained batch) time the program's answers for the at-peak distances."""
-    result = {}
+    result: Dict[str, Any] = {}
     snap = _peak_snapshot(proc)
     if snap is None:
         result["at_peak"] = {"error": "no snapshot of this process was taken"}

@@ -42,10 +42,11 @@ def names(proc: Process) -> Dict[int, Tuple[str, str]]:
     return out
 
 
-_replayed: Dict[tuple, tuple] = {}  # (capture path, stream, threshold) -> region records
+# (capture path, stream, threshold) -> region records
+_replayed: Dict[tuple, Optional[Tuple[np.ndarray, np.ndarray]]] = {}
 
 
-def records(model: Model, proc: Process) -> Optional[tuple]:
+def records(model: Model, proc: Process) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(rows, site records) of a process's regions, or None if it had none. A stream
     the model rebuilt by replaying its events (it never got its final aggregate), and
     any stream once temporaries are counted, is replayed for them too."""
@@ -131,6 +132,7 @@ def table(model: Model) -> List[dict]:
         for k, rid in enumerate(ids.tolist()):
             picked = order[starts[k]:starts[k + 1] if k + 1 < len(ids) else len(order)]
             m = _merge(rows, None, picked)
+            assert m is not None  # (picked is never empty)
             name, kind = named.get(rid, (f"<region {rid}>", "region"))
             parent = rows["parent"][picked[0]]
             out.append({
@@ -181,6 +183,7 @@ def focus(model: Model, pattern: str) -> Model:
 
 
 def _focused(proc: Process, m: Merged) -> Process:
+    assert m.sites is not None  # (focus merges the site records too)
     keep = m.sites[m.sites["site"] < len(proc.sites)]
     sites = proc.sites[keep["site"]].copy()
     for column in SITE_COLUMNS + ("peak_bytes", "peak_count"):
@@ -214,7 +217,7 @@ class EventFilter:
     with one of them open (the marks are read as the events go by, in order, like
     the aggregator does). Feed every batch of the stream in order."""
 
-    def __init__(self, wanted):
+    def __init__(self, wanted) -> None:
         self.wanted = set(int(w) for w in wanted)
         self.open: Dict[int, Dict[int, int]] = {}  # tid -> region id -> depth
 

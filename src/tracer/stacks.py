@@ -11,7 +11,7 @@ reports' `<stack lost>`); so does, in a corrupt capture, a parent link that goes
 round in a cycle or more than MAX_STACK_DEPTH frames deep.
 """
 import struct
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -43,6 +43,7 @@ HEAPSTATS_RECORD = np.dtype([("position", "<u8"), ("reason", "<u4"), ("cost_ns",
 
 def fixed_records(data: bytes, offsets: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Records of one fixed layout at these payload offsets (each long enough)."""
+    rows: np.ndarray
     if dtype.itemsize % 4 == 0 and not (offsets % 4).any():
         # payloads follow 4-byte record headers at 4-byte boundaries: gather words
         words = np.frombuffer(data, np.uint32, len(data) // 4)
@@ -227,11 +228,12 @@ def is_library_file(files: List[str], library_paths) -> np.ndarray:
 
 
 class Interner:
-    """Dense ids for hashable keys, in order of first use."""
+    """Dense ids for hashable keys, in order of first use (each interner's users know
+    what its keys are: strings, (name, file) pairs, frame keys)."""
 
-    def __init__(self):
-        self.ids: Dict[object, int] = {}
-        self.keys: List[object] = []
+    def __init__(self) -> None:
+        self.ids: Dict[Any, int] = {}
+        self.keys: List[Any] = []
 
     @classmethod
     def of(cls, keys: list) -> "Interner":
@@ -260,7 +262,7 @@ class Interner:
         return len(self.keys)
 
 
-def frame_key(function_ids: np.ndarray, lines: np.ndarray) -> np.ndarray:
+def frame_key(function_ids: np.ndarray, lines: Union[np.ndarray, int]) -> np.ndarray:
     """One int64 per (function id, line) pair (lines are 32-bit in the capture)."""
     return (np.asarray(function_ids, np.int64) << 32) | (np.asarray(lines, np.int64) & 0xFFFFFFFF)
 

@@ -21,7 +21,7 @@ in epoch seconds): the workers' clocks are not one clock.
 import json
 import os
 import socket
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import zstandard
 
@@ -100,6 +100,8 @@ def merge(inputs: List[str], output: str, force: bool = False, log=None) -> dict
         raise CaptureError(f"{output} is also an input")
     # first pass, one input at a time (nothing of one is kept but its summary):
     # check it, and make its streams' labels
+    sources: List[Dict[str, Any]]
+    keys: Dict[str, int]
     sources, plans, keys = [], [], {}
     for i, path in enumerate(inputs):
         capture = read_capture(path, snapshots=False)

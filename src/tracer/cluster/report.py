@@ -85,8 +85,8 @@ def tasks_at_peak(model: Model, proc: Process, min_block: int = MIN_BLOCK) -> Di
             elif k in (fmt.FREE, fmt.MUNMAP):
                 live.pop(a, None)
             else:
-                stack = open_by_tid.get(tid)
-                live[a] = (int(events["size"][i]), stack[-1] if stack else 0)
+                open_regions = open_by_tid.get(tid)
+                live[a] = (int(events["size"][i]), open_regions[-1] if open_regions else 0)
     out: Dict[str, int] = {}
     for size, rid in live.values():
         name = named[rid][0] if rid else ""

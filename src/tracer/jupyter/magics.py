@@ -16,6 +16,7 @@ import io
 import linecache
 import shlex
 import sys
+from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
@@ -41,6 +42,7 @@ def _parse(line: str):
 
 @magics_class
 class MemtraceMagics(Magics):
+    shell: Any  # the InteractiveShell, set by Magics.__init__ (which declares it None)
 
     @cell_magic
     def memtrace(self, line, cell):

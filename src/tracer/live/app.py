@@ -6,7 +6,7 @@ Strings from the traced program are shown as plain text (never Rich markup) with
 control characters replaced (summary.clean), like every other report.
 """
 import time
-from typing import List, Optional
+from typing import BinaryIO, List, Optional
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -108,7 +108,7 @@ class LiveApp(App):
         self.sort = SORTS[0]
         self.selected = 0  # index among the streams, in the order they connected
         self.gone: Optional[str] = None
-        self.log_file = None
+        self.log_file: Optional[BinaryIO] = None
 
     def compose(self) -> ComposeResult:
         yield Board(id="status")
@@ -164,7 +164,7 @@ class LiveApp(App):
             self._tail_output()
         client = self.client
         streams = list(client.streams.values()) if client else []
-        if not streams:
+        if client is None or not streams:
             self.query_one("#status", Board).show(Text(self.gone or "waiting for the program…"))
             return
         self.selected = min(self.selected, len(streams) - 1)

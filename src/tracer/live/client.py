@@ -18,7 +18,7 @@ from tracer import _format as fmt
 from tracer.capture import Capture, StreamData
 from tracer.errors import MemtraceError
 from tracer.live.server import FRAME, SOCKET_NAME
-from tracer.model import build_model, heap_mask, native_bucket
+from tracer.model import Process, build_model, heap_mask, native_bucket
 
 REBUILD_SECONDS = 1.0
 SORTS = ("live_bytes", "peak_bytes", "alloc_bytes", "n_allocs")
@@ -84,7 +84,7 @@ class StreamView:
         self.history: List[list] = []
         self.generation = -1
         self.rss = 0
-        self.process = None         # model Process naming this stream's stacks
+        self.process: Optional[Process] = None  # model Process naming this stream's stacks
         self.built_at = -1.0
         self.built_length = -1
         self.frames: Dict[int, tuple] = {}  # stack node -> (file, line, function) in user code
@@ -168,7 +168,7 @@ class StreamView:
         each with no Python frame (the only allocations the trace files by thread)."""
         proc = self.named(now)
         native = self.sites[(self.sites["stack"] == 0) & heap_mask(self.sites)]
-        live = {}
+        live: Dict[int, int] = {}
         for tid, nbytes in zip(native["tid"].tolist(), native["live_bytes"].tolist()):
             live[tid] = live.get(tid, 0) + nbytes
         out = []

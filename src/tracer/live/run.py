@@ -13,7 +13,7 @@ import sys
 from typing import Optional
 
 from tracer.errors import MemtraceError
-from tracer.live.server import SOCKET_NAME
+from tracer.live.server import SOCKET_NAME, LiveServer
 
 
 class LiveRun:
@@ -29,8 +29,8 @@ class LiveRun:
         except OSError as exc:
             raise MemtraceError(f"cannot write the program's output to {self.log_path}: "
                                 f"{exc.strerror}") from None
-        self.proc = None
-        self.server = None
+        self.proc: Optional[subprocess.Popen] = None
+        self.server: Optional[LiveServer] = None
 
     def target_stdio(self) -> dict:
         return {"stdin": subprocess.DEVNULL, "stdout": self.log, "stderr": self.log}
@@ -52,7 +52,7 @@ class LiveRun:
     def open(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def keep_serving(self, server) -> None:
+    def keep_serving(self, server: LiveServer) -> None:
         self.server = server
         server.serve_until_closed()
 

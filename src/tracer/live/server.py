@@ -19,7 +19,7 @@ import selectors
 import socket
 import struct
 import threading
-from typing import Dict, Optional
+from typing import Dict, Optional, cast
 
 FRAME = struct.Struct("<II")  # answer: JSON length, blob length; then JSON, then blobs
 POLL_SECONDS = 0.05
@@ -79,7 +79,7 @@ class LiveServer:
         self.histories: Dict[int, _History] = {}
         self.run_end: Optional[dict] = None  # set once the program is done
         self._next_poll = 0.0
-        self._thread = None
+        self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
 
     # ---- called by the collector ------------------------------------------
@@ -116,7 +116,7 @@ class LiveServer:
         if self._thread is not None:
             self._thread.join(timeout=2)
         for key in list(self.selector.get_map().values()):
-            key.fileobj.close()
+            cast(socket.socket, key.fileobj).close()  # only sockets are registered
         self.selector.close()
         try:
             os.unlink(self.path)

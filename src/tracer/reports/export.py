@@ -7,7 +7,7 @@ CSV lists every allocation event.
 import csv
 import gzip
 import json
-from typing import List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -32,18 +32,18 @@ class Samples:
     def __init__(self, model: Model, metric: str = "peak"):
         bytes_col, count_col = METRICS[metric]
         functions, frames = st.Interner(), st.Interner()  # (function, file); frame keys
-        starts, ids, sizes, counts = [np.zeros(1, np.int64)], [], [], []
+        starts, id_parts, sizes, counts = [np.zeros(1, np.int64)], [], [], []
         for proc in model.processes:
             sites = proc.sites[heap_mask(proc.sites)]
             sites = sites[sites[bytes_col] > 0]
             if len(sites):
                 s, k = _process_samples(proc, sites, functions, frames)
                 starts.append(s[1:] + starts[-1][-1])
-                ids.append(k)
+                id_parts.append(k)
                 sizes.append(sites[bytes_col].astype(np.int64))
                 counts.append(sites[count_col].astype(np.int64))
         self.starts = np.concatenate(starts)
-        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
         order = np.argsort(st.first_of_each(ids, len(frames)), kind="stable")
         rank = np.empty(len(frames), np.int64)
         rank[order] = np.arange(len(frames))
@@ -101,7 +101,7 @@ def speedscope(model: Model, out, metric: str = "peak") -> None:
     samples = Samples(model, metric)
     weights = samples.sizes.tolist()
     token = "\0memtrace-samples\0"
-    doc = {
+    doc: Dict[str, Any] = {
         "$schema": "https://www.speedscope.app/file-format-schema.json",
         "shared": {"frames": [{"name": n, "file": f, "line": l} if f else {"name": n}
                               for (n, f, l) in samples.frames]},
@@ -235,7 +235,7 @@ def csv_events(model: Model, out) -> int:
     for proc in model.processes:
         libs = {lid: path.rsplit("/", 1)[-1] for lid, path in proc.libs.items()}
         frames = {}
-        mapping_anon = {}  # start of each traced mapping -> anonymous?
+        mapping_anon: Dict[int, bool] = {}  # start of each traced mapping -> anonymous?
         moved_anon = True  # the kind of the mapping an mremap moves (as the aggregator rules)
         inside = event_filter(model, proc)  # --region: only what happened inside it
         for t, events in model.capture.events(proc.sid):

@@ -9,7 +9,7 @@ metric, the bytes and count of its whole subtree.
 The tree is made from all sites at once (NumPy, and C for merging frames into
 nodes), never by walking each site's stack in Python.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -70,14 +70,28 @@ class Tree:
     first reach them."""
 
     COLUMNS = ("parent", "name", "file", "line", "kind", "key", "user")
+    parent: np.ndarray
+    name: np.ndarray
+    file: np.ndarray
+    line: np.ndarray
+    kind: np.ndarray
+    key: np.ndarray
+    user: np.ndarray
+    bytes: np.ndarray
+    count: np.ndarray
+    numpy: np.ndarray
+    first: np.ndarray
 
     def __init__(self, columns: Dict[str, np.ndarray], names: List[str], files: List[str]):
         for column in self.COLUMNS:
             setattr(self, column, columns[column])
         self.names, self.files = names, files
-        self.bytes = self.count = self.numpy = self.first = None
+        # a tree's shape has no values (with_values() and subset() give them): typed as
+        # arrays, which every tree the reports read has
+        self.bytes = self.count = self.numpy = self.first = None  # type: ignore[assignment]
         self.shape = self  # the tree whose columns these are (its values aside)
-        self._threshold = self._folded = None
+        self._threshold: Optional[float] = None
+        self._folded: Optional[Tuple[np.ndarray, "Tree"]] = None
 
     def __len__(self) -> int:
         return len(self.parent)
@@ -204,7 +218,7 @@ def _made(index, made: int):
 class _Nodes:
     """A tree's nodes, added in batches (each under nodes added before)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.columns: Dict[str, List[np.ndarray]] = {c: [] for c in Tree.COLUMNS}
         self.names, self.files = st.Interner(), st.Interner()
         self.n = 0

@@ -115,7 +115,8 @@ class _Replay(threading.Thread):
 
     def __init__(self, model: Model):
         super().__init__(name="memtrace-replay", daemon=True)
-        self.model, self.error = model, None
+        self.model = model
+        self.error: Optional[BaseException] = None
         self.start()
 
     def run(self) -> None:

@@ -7,6 +7,7 @@ escaper and one join per container.
 """
 import json
 from json.encoder import encode_basestring_ascii as _string
+from typing import Any, Iterable, List
 
 _INF = float("inf")
 
@@ -51,7 +52,7 @@ def _key(k) -> str:
 
 def dumps(obj, indent: int = 1) -> str:
     """The text of json.dumps(obj, indent=indent, ensure_ascii=True)."""
-    out = []
+    out: List[str] = []
     _encode(obj, "\n", " " * indent, out)
     return "".join(out)
 
@@ -61,6 +62,7 @@ def _encode(o, newline: str, step: str, out: list) -> None:
     if text is not None:
         out.append(text)
         return
+    items: Iterable[Any]
     if isinstance(o, dict):
         items, opener, closer = o.items(), "{", "}"
         if not o:

@@ -21,7 +21,7 @@ def line_table(model: Model, source: str) -> Dict[int, dict]:
             real[file] = file == source or os.path.realpath(file) == target
         return real[file]
 
-    lines, sites = [], []
+    line_parts, site_parts = [], []
     for proc in model.processes:
         table = proc.stacks
         mine = np.array([is_source(f) for f in table.files], bool)
@@ -29,12 +29,12 @@ def line_table(model: Model, source: str) -> Dict[int, dict]:
         owner = table.nearest(table.rows(chosen["stack"]), mine[table.code],
                               lost_flag=is_source(LOST_FRAME[0]))
         found = owner != st.ROOT
-        lines.append(st.take(table.line, owner, LOST_FRAME[1])[found])
-        sites.append(chosen[found])
-    lines = np.concatenate(lines) if lines else np.zeros(0, np.int64)
+        line_parts.append(st.take(table.line, owner, LOST_FRAME[1])[found])
+        site_parts.append(chosen[found])
+    lines = np.concatenate(line_parts) if line_parts else np.zeros(0, np.int64)
     if len(lines) == 0:
         return {}
-    sites = np.concatenate(sites)
+    sites = np.concatenate(site_parts)
     numbers, row = np.unique(lines, return_inverse=True)
     numpy = (sites["flags"] & 1) != 0
     cols = {"allocated": st.group_sum(row, sites["alloc_bytes"], len(numbers)),
@@ -48,7 +48,7 @@ def line_table(model: Model, source: str) -> Dict[int, dict]:
 def sources(model: Model) -> List[str]:
     """Files of the user's own code that allocated, biggest first."""
     files = st.Interner()
-    ids, sizes = [], []
+    id_parts, sizes = [], []
     for proc in model.processes:
         table = proc.stacks
         if len(table) == 0:
@@ -58,11 +58,11 @@ def sources(model: Model) -> List[str]:
         code = table.code[np.maximum(rows, 0)]
         own = ~proc.library_codes() & np.array([not f.startswith("<") for f in table.files], bool)
         keep = (rows >= 0) & own[code]
-        ids.append(table.interned(files, "files")[code[keep]])
+        id_parts.append(table.interned(files, "files")[code[keep]])
         sizes.append(sites["alloc_bytes"][keep])
-    if not ids:
+    if not id_parts:
         return []
-    ids = np.concatenate(ids)
+    ids = np.concatenate(id_parts)
     total = st.group_sum(ids, np.concatenate(sizes), len(files)).tolist()
     first = st.first_of_each(ids, len(files)).tolist()
     used = [i for i in range(len(files)) if first[i] < len(ids)]

@@ -1,6 +1,7 @@
 """`memtrace log`: the event log, ltrace style:
 `_multiarray_umath…so->malloc(123000) = 0x7f… at script.py:7`."""
 import fnmatch
+from typing import Optional
 
 import numpy as np
 
@@ -10,7 +11,7 @@ from tracer.regions import event_filter, names as region_names
 from tracer.reports.summary import clean
 
 
-def render(model: Model, out, min_size: int = 0, library: str = None, limit: int = 0,
+def render(model: Model, out, min_size: int = 0, library: Optional[str] = None, limit: int = 0,
            frees: bool = False) -> int:
     written = 0
     for proc in model.processes:

@@ -6,7 +6,7 @@ Each Python process of an --objects run sends censuses of its live objects by ty
 the one nearest the heap peak and the one at the exit point.
 """
 import json
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from tracer import _format as fmt
 from tracer.model import Model, Process, display_path, site_frame
@@ -55,7 +55,7 @@ def pick(proc: Process) -> dict:
 
 def _lines(proc: Process, joined_type: Optional[dict], cwd: Optional[str]) -> List[dict]:
     """The allocating lines (user code) of a type's joined blocks, largest first."""
-    rows = {}
+    rows: Dict[Tuple[str, int, str], dict] = {}  # (file, line, function) -> row
     for site_index, count, nbytes in (joined_type or {}).get("sites", []):
         if not 0 <= site_index < len(proc.sites):
             continue

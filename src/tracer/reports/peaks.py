@@ -1,6 +1,6 @@
 """The headline peaks: the process tree's heap at its highest, the resident part of a
 process's peak, and who made the address space that was never touched."""
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -103,11 +103,12 @@ def untouched_causes(proc: Process, row: dict, cwd: Optional[str]) -> List[dict]
             for (c, lib, w), b in sorted(groups.items(), key=lambda kv: -kv[1])]
 
 
-def process_peak(proc: Process, at_peak: dict, cwd: Optional[str]) -> dict:
+def process_peak(proc: Process, at_peak: Optional[dict], cwd: Optional[str]) -> dict:
     """A process's peak with its resident part and what was never touched at it (from
     the at-peak snapshot; None where none was taken). `resident_bytes` is at most
     what was in RAM: `resident_unknown_bytes` of it were freed before the snapshot
     was read (or allocated after it), so their residency is not known."""
+    out: Dict[str, Any]
     out = {"bytes": int(proc.totals.get("peak_heap", 0)),
            "t": float(proc.totals.get("peak_time", 0.0)),
            "resident_bytes": None, "resident_unknown_bytes": None, "untouched_bytes": None,

@@ -18,19 +18,19 @@ def advice(proc: Process, row: dict, moment: str = "at_peak", cwd: Optional[str]
     """Advice a row's numbers call for: topic -> (the bytes behind it, the text)."""
     rss = row.get("rss_bytes") or 0
     when = MOMENTS[moment]
-    out = {}
+    out: Dict[str, tuple] = {}
 
     def big(n):
         return n is not None and n >= ADVICE_MIN and rss and n >= ADVICE_SHARE * rss
 
     free = row.get("allocator_free_bytes")
-    if big(free):
+    if free is not None and big(free):
         out["glibc"] = (free, f"{when}, glibc holds {human(free)} of freed memory in its arenas: call "
                         "malloc_trim(0) after freeing (ctypes.CDLL(None).malloc_trim(0)), lower "
                         "MALLOC_TRIM_THRESHOLD_, or cap arenas with MALLOC_ARENA_MAX=2 when many threads "
                         "allocate")
     pyfree = row.get("pymalloc_free_bytes")
-    if big(pyfree):
+    if pyfree is not None and big(pyfree):
         out["pymalloc"] = (pyfree, f"{when}, pymalloc arenas keep {human(pyfree)} after their objects "
                            "died: an arena goes back to the OS only when all its objects are gone "
                            "(fragmentation; its free lists never shrink). Keep long-lived and short-lived "
@@ -44,12 +44,12 @@ def advice(proc: Process, row: dict, moment: str = "at_peak", cwd: Optional[str]
                             "(address space, not RAM: it costs no RSS until written)"
                             + (f": {named}" if named else ""))
     files = row.get("file_backed_bytes")
-    if big(files) and files >= 0.5 * rss:
+    if files is not None and big(files) and files >= 0.5 * rss:
         out["files"] = (files, f"{when}, libraries and mapped files hold {human(files)} of RSS (code "
                         "and file pages: shared with other processes and dropped by the kernel under "
                         "pressure)")
     untracked = row.get("untracked_bytes")
-    if big(untracked):
+    if untracked is not None and big(untracked):
         out["untracked"] = (untracked, f"{when}, {human(untracked)} of anonymous memory was never seen "
                             "allocated: memory mapped before memtrace started, by direct system calls, "
                             "or by an allocator linked statically")

@@ -57,12 +57,12 @@ def by_line(model: Model, user_code: bool = False) -> List[dict]:
 def _by_line(model: Model, user_code: bool) -> List[dict]:
     functions, libraries = st.Interner(), st.Interner()
     parts = heap_sites(model)
-    keys = [site_frame_keys(proc, sites, functions, user_code) for proc, sites in parts]
-    libs = [lib_name_ids(proc, sites["lib"], libraries) for proc, sites in parts]
+    key_parts = [site_frame_keys(proc, sites, functions, user_code) for proc, sites in parts]
+    lib_parts = [lib_name_ids(proc, sites["lib"], libraries) for proc, sites in parts]
     sites = np.concatenate([s for _, s in parts]) if parts else np.zeros(0, fmt.SITE_DTYPE)
     if len(sites) == 0:
         return []
-    keys, libs = np.concatenate(keys), np.concatenate(libs)
+    keys, libs = np.concatenate(key_parts), np.concatenate(lib_parts)
     uniq, row = np.unique(keys, return_inverse=True)
     n = len(uniq)
     first = st.first_of_each(row, n)
@@ -92,7 +92,7 @@ def _by_line(model: Model, user_code: bool) -> List[dict]:
 
 def _breakdown(row: np.ndarray, what: np.ndarray, size: np.ndarray, n: int, labels) -> List[dict]:
     """Per row, {label of what: bytes}, labels in the order the sites first show them."""
-    out = [{} for _ in range(n)]
+    out: List[dict] = [{} for _ in range(n)]
     if len(row) == 0:
         return out
     span = int(what.max()) + 1
@@ -150,4 +150,5 @@ def describe_process_end(model: Model, proc) -> str:
         return f"killed by signal {end['signal']}"
     if "exit_code" in end:
         return f"exit code {end['exit_code']}"
-    return HOW.get(end.get("how"), end.get("how", "unknown"))
+    how = end.get("how", "unknown")
+    return HOW.get(how, how)
