@@ -25,8 +25,8 @@ from tracer.reports.flame import METRIC_TITLES
 
 LIBRARY_PATHS = ["/usr/lib/python3.11", "/site/"]
 FILES = ["/usr/lib/python3.11/json/decoder.py", "<frozen importlib._bootstrap>",
-         "/home/u/app/main.py", "/home/u/app/util.py", "<string>", "/site/pkg/mod.py",
-         "/home/u/app/données.py", "/sitepackages/not_a_library.py"]
+         "/srv/app/main.py", "/srv/app/util.py", "<string>", "/site/pkg/mod.py",
+         "/srv/app/données.py", "/sitepackages/not_a_library.py"]
 NAMES = ["<module>", "load", "decode", "run", "f", "_find_and_load", "g"]
 LIBS = {1: "/a/libx.so.1", 2: "/usr/lib/libpython3.11.so", 3: "/b/libx.so.1"}  # 4: never named
 
@@ -88,7 +88,7 @@ def write_capture(path, seed: int, processes) -> str:
     """processes: (sid, pid, nodes, sites) of each traced process."""
     rnd = random.Random(seed)
     writer = CaptureWriter(str(path))
-    writer.json_chunk(fmt.CHUNK_INFO, 0, {"command": ["python", "app.py"], "cwd": "/home/u/app",
+    writer.json_chunk(fmt.CHUNK_INFO, 0, {"command": ["python", "app.py"], "cwd": "/srv/app",
                                           "start_time": 1700000000.5})
     for sid, pid, n_nodes, n_sites in processes:
         writer.json_chunk(fmt.CHUNK_PROCESS, sid, {"pid": pid, "ppid": 1, "argv": ["python", f"p{sid}"]})
@@ -188,7 +188,7 @@ def test_pprof(model, metric):
     assert ref.gunzip(out.getvalue()) == body + times
 
 
-@pytest.mark.parametrize("source", ["/home/u/app/main.py", "<string>", "/home/u/app/données.py"])
+@pytest.mark.parametrize("source", ["/srv/app/main.py", "<string>", "/srv/app/données.py"])
 def test_lines(model, source):
     expected = ref.line_table(ref.refs(model), source)
     assert expected and lines.line_table(model, source) == expected
