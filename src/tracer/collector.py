@@ -183,6 +183,14 @@ class Collector:
         if previous is not None and previous.alive:
             previous.ended_by_exec = True  # same pid, new image: the old one exec'd
             self._finish(previous)
+        # What the others did before this process existed is in their rings now:
+        # read it and close their timelines' stretch first, so no stretch of theirs
+        # is stamped after this process started (the tree's peak adds stretches
+        # that overlap in time).
+        for other in list(self.streams.values()):
+            if other.alive:
+                self._drain(other)
+                self._note_heap(other, self.now(), drained=False, at_once=True)
         stream = Stream(self.next_sid, pid, ppid, shm, self.now(), self.sample_rate)
         stream.packer = EventPacker(self.writer, stream.sid)
         self.next_sid += 1
@@ -247,16 +255,18 @@ class Collector:
             self.writer.chunk(fmt.CHUNK_META, stream.sid, stream.meta_pending)
             stream.meta_pending = bytearray()
 
-    def _note_heap(self, stream: Stream, t: float, drained: bool = True) -> None:
+    def _note_heap(self, stream: Stream, t: float, drained: bool = True,
+                   at_once: bool = False) -> None:
         """Keep a heap timeline point per sample interval, with the max in between;
         also when no events came (drained=False) if the heap is not yet recorded as
-        it stands, so that the timelines of several processes can be added up."""
+        it stands, so that the timelines of several processes can be added up;
+        `at_once`: now, however soon after the last point."""
         totals = stream.agg.totals()
         if drained:
             stream.heap_max = max(stream.heap_max, totals["feed_max"])
         elif stream.heap_last == (totals["heap"], stream.heap_max):
             return
-        if t - stream.heap_last_t >= self.sample_interval:
+        if at_once or t - stream.heap_last_t >= self.sample_interval:
             stream.heap_pending.append((t, totals["heap"], stream.heap_max))
             stream.heap_last_t = t
             stream.heap_max = totals["heap"]

@@ -37,6 +37,17 @@ def test_tree_peak_adds_what_was_live_at_one_moment():
     assert tree["upper_bytes"] == 170 and tree["resolution"] == 0.01
 
 
+def test_tree_peak_upper_bound_keeps_processes_apart_within_one_sample_interval():
+    # GIVEN a child whose last stretch ends 1 ms before the next child starts: both in
+    # one 10 ms sampling interval, never alive at one moment
+    parent = proc(1, timeline((0.01, 100, 100), (0.30, 100, 100)), 100, 0.01)
+    first = proc(2, timeline((0.020, 50, 50), (0.046, 0, 50)), 50, 0.02, t_start=0.015)
+    second = proc(3, timeline((0.049, 70, 70), (0.080, 0, 70)), 70, 0.049, t_start=0.047)
+    tree = tree_peak(model(parent, first, second))
+    # THEN the bound adds the parent to one child at a time, never both children
+    assert tree["bytes"] == 170 and tree["upper_bytes"] == 170
+
+
 def test_tree_peak_upper_bound_covers_a_peak_between_records():
     # a child's 90 lasted between two records (only its max column saw it), while the
     # parent's 40 then fell to 10 before its next record

@@ -13,8 +13,9 @@ def tree_peak(model: Model) -> Optional[dict]:
 
     `bytes`: the highest sum of every process's heap as recorded at one moment (each
     process's timeline holds its heap at each sampling interval, and the highest value
-    in between); `upper_bytes`: the most it can have been (each process's highest value
-    in each interval, summed); `t`: when `bytes` was seen; `resolution`: the interval.
+    in between); `upper_bytes`: the most it can have been (at each moment, each
+    process's highest value between the collector's reads around it, summed); `t`: when
+    `bytes` was seen; `resolution`: the timeline's sampling interval.
     With one process both are its exact peak."""
     procs = [p for p in model.processes if len(p.heap)]
     if not procs or model.capture.info.get("merged"):  # several machines: no shared moment
@@ -38,26 +39,23 @@ def tree_peak(model: Model) -> Optional[dict]:
     alone = max(procs, key=lambda p: int(p.totals.get("peak_heap", 0)))
     if int(alone.totals.get("peak_heap", 0)) > seen:
         seen, when = int(alone.totals["peak_heap"]), float(alone.totals.get("peak_time", 0.0))
-    start = min(min(p.t_start for p in procs), float(times[0]))
-    upper = np.zeros(int((times[-1] - start) / width) + 2)
+    upper = np.zeros(len(times))
     for p in procs:
-        upper += _interval_maxima(p, start, width, len(upper))
+        upper += _highest_around(p, times)
     return {"bytes": seen, "upper_bytes": max(seen, int(upper.max())), "t": when,
             "resolution": width}
 
 
-def _interval_maxima(proc: Process, start: float, width: float, n: int) -> np.ndarray:
-    """A process's highest heap in each interval of `width` seconds from `start`: each
-    timeline record's max covers the time since the record before it."""
-    out = np.zeros(n)
+def _highest_around(proc: Process, times: np.ndarray) -> np.ndarray:
+    """A process's highest heap in the stretch of its timeline holding each of `times`:
+    a record's max covers the time since the record before it (the first record, the
+    time since the process started), and nothing outside its first to last record.
+    Every stretch ends at a record time and `times` holds them all, so summing these
+    at every one of `times` gives the highest the tree's heap can have reached."""
     t, mx = proc.heap["t"], proc.heap["max"].astype(float)
-    last = ((t - start) / width).astype(np.int64)
-    first = np.concatenate(([int((min(proc.t_start, t[0]) - start) / width)], last[:-1]))
-    one = first == last
-    np.maximum.at(out, last[one], mx[one])
-    for a, b, m in zip(first[~one], last[~one], mx[~one]):  # records spanning intervals
-        np.maximum(out[a:b + 1], m, out=out[a:b + 1])
-    return out
+    i = np.searchsorted(t, times, side="left")  # t[i-1] < time <= t[i]
+    inside = (times >= min(proc.t_start, float(t[0]))) & (i < len(t))
+    return np.where(inside, mx[np.minimum(i, len(t) - 1)], 0.0)
 
 
 def sum_of_peaks(model: Model) -> int:
@@ -154,8 +152,8 @@ def headline(model: Model, results: dict) -> List[str]:
         if tree is None:
             return [f"sum of each process's own peak heap {human(sum_of_peaks(model))}"]
         exact = ("" if tree["upper_bytes"] == tree["bytes"] else
-                 f"; at most {human(tree['upper_bytes'])}, from each process's highest heap in "
-                 f"each {tree['resolution'] * 1000:.0f} ms interval")
+                 f"; at most {human(tree['upper_bytes'])}, from each process's highest heap "
+                 f"between the collector's reads")
         return [f"peak heap of the process tree {human(tree['bytes'])} at {tree['t']:.2f} s "
                 f"({len({p.pid for p in model.processes})} processes at one moment{exact}) · sum of each "
                 f"process's own peak {human(sum_of_peaks(model))} (at different moments)"]
