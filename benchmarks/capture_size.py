@@ -23,7 +23,7 @@ NAMES = ["alloc_storm", "malloc_heavy", "numpy_churn", "py_objects", "threads", 
 def memtrace_counts(path: Path) -> tuple:
     """(events, bytes of the event chunks) of a memtrace capture."""
     from tracer import _format as fmt
-    from tracer.capture import read_capture
+    from tracer.analyze.capture import read_capture
 
     capture = read_capture(str(path))
     events = sum(chunk[2] for s in capture.streams.values() for chunk in s.event_chunks)

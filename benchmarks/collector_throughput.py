@@ -56,8 +56,8 @@ def synthetic_batches(n_batches, batch=1 << 16, threads=4, stacks=2000, live=10_
 
 
 def pipeline(seconds: float) -> dict:
-    from tracer.aggregate import Aggregator
-    from tracer.capture import CaptureWriter, EventPacker
+    from tracer.record.aggregate import Aggregator
+    from tracer.analyze.capture import CaptureWriter, EventPacker
     from tracer._native import ffi, lib
 
     batches = synthetic_batches(64)
@@ -110,7 +110,7 @@ def end_to_end(pairs: int, live: int = 10_000) -> dict:
         stats = json.loads(subprocess.run(
             [sys.executable, "-m", "tracer", "stats", "--json", capture],
             capture_output=True, text=True, check=True).stdout)
-        from tracer.capture import read_capture
+        from tracer.analyze.capture import read_capture
         end = read_capture(capture).end
         size = os.path.getsize(capture)
     p = stats["processes"][0]

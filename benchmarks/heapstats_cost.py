@@ -21,7 +21,7 @@ def target_cpu(extra, script, out):
                     *extra, "--", sys.executable, str(script)], check=True,
                    stdout=subprocess.DEVNULL)
     stats = subprocess.run([sys.executable, "-c", (
-        "import sys, json; from tracer.capture import read_capture; "
+        "import sys, json; from tracer.analyze.capture import read_capture; "
         "print(json.dumps(read_capture(sys.argv[1]).end))"), str(out)],
         capture_output=True, text=True, check=True)
     return json.loads(stats.stdout)["main_cpu_seconds"]

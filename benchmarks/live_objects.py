@@ -66,7 +66,7 @@ VARIANTS = {"alloc_heavy": ("untraced", "memtrace", "--live"),
 
 
 def _end(capture: str) -> dict:
-    from tracer.capture import read_capture  # (the installed memtrace)
+    from tracer.analyze.capture import read_capture  # (the installed memtrace)
     return read_capture(capture).end or {}
 
 

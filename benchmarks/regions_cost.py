@@ -73,7 +73,7 @@ def traced(script: Path, args, tmp: Path) -> tuple:
     out = subprocess.run([sys.executable, "-m", "tracer", "run", "-q", "--no-report", "-f", "-o",
                           str(cap), "--", sys.executable, str(script), *map(str, args)],
                          capture_output=True, text=True, check=True)
-    from tracer.capture import read_capture
+    from tracer.analyze.capture import read_capture
     return float(out.stdout.split()[-1]), read_capture(str(cap)).end["collector_cpu_seconds"]
 
 

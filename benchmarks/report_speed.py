@@ -26,7 +26,7 @@ WORKLOADS = {
 }
 IN_PROCESS = """
 import sys, time
-from tracer.model import load
+from tracer.analyze.model import load
 from tracer.reports import html
 t = time.perf_counter()
 model = load(sys.argv[1])

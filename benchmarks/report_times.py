@@ -36,7 +36,7 @@ REPORTS = {
 AT_EXIT = """
 import sys, time
 from tracer import cli
-from tracer.model import load
+from tracer.analyze.model import load
 from tracer.reports import html, summary
 t = time.perf_counter()
 if hasattr(cli, "write_reports"):
@@ -104,7 +104,7 @@ def make_capture(tmp: Path, n_stacks: int) -> Path:
 
 
 def describe(capture: Path) -> str:
-    from tracer.model import load
+    from tracer.analyze.model import load
     model = load(str(capture))
     stacks = sum(len(set(p.sites["stack"].tolist())) for p in model.processes)
     sites = sum(len(p.sites) for p in model.processes)

@@ -1,6 +1,6 @@
 """Helpers shared by every test folder: run the installed memtrace as a user would,
 build the C targets in tests/targets/, read a capture's numbers (through
-`memtrace stats --json`, what users see, and through `tracer.capture`, the raw events
+`memtrace stats --json`, what users see, and through `tracer.analyze.capture`, the raw events
 each process streamed), and watch a traced program from outside (/proc, a shared
 counter file, a subreaper).
 
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tracer import _format as fmt
-from tracer.capture import read_capture
+from tracer.analyze.capture import read_capture
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -77,7 +77,7 @@ class Traced:
 
 def shim_so() -> str:
     """Path of the installed preload library."""
-    from tracer import launcher
+    from tracer.record import launcher
 
     return launcher.shim_path()
 
@@ -335,7 +335,7 @@ def streams(capture):
     """[(process from the model, its events)] in stream order, straight from the
     capture file (the shim's record, before any aggregation); the process carries
     the libraries (`libs`: id -> path) its events name."""
-    from tracer.model import build_model
+    from tracer.analyze.model import build_model
 
     cap = read_capture(str(capture))
     return [(proc, _events(cap, proc.sid)) for proc in build_model(cap).processes]

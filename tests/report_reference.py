@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from tracer import _format as fmt
-from tracer.model import heap_mask
+from tracer.analyze.model import heap_mask
 
 METRICS = {"peak": ("peak_bytes", "peak_count"), "leaks": ("live_bytes", "live_count"),
            "total": ("alloc_bytes", "n_allocs"), "temporary": ("temp_bytes", "temp_count")}

@@ -34,8 +34,8 @@ other = outside()
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     from tracer.jupyter.magics import frame, summary
-    from tracer.model import load
-    from tracer.regions import focus
+    from tracer.analyze.model import load
+    from tracer.analyze.regions import focus
 
     tmp = tmp_path_factory.mktemp("frame")
     (tmp / "prog.py").write_text(PROGRAM)

@@ -103,8 +103,8 @@ def synthetic(tmpdir: str):
 
     from tracer import _format as fmt
     from tracer._native import ffi, lib
-    from tracer.aggregate import Aggregator
-    from tracer.capture import CaptureWriter
+    from tracer.record.aggregate import Aggregator
+    from tracer.analyze.capture import CaptureWriter
 
     def rec(rtype, payload):
         r = struct.pack("<HH", rtype, len(payload)) + payload

@@ -120,7 +120,7 @@ OTHER = {"f": "g", "g": "f", "f_gen": "g_gen", "g_gen": "f_gen"}
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    from tracer.model import load
+    from tracer.analyze.model import load
 
     tmp = tmp_path_factory.mktemp("pins")
     script = tmp / "pins.py"

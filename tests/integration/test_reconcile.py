@@ -181,7 +181,7 @@ def test_snapshots_from_older_captures_still_reconcile(tmp_path):
     # count at the read, the peak's event, what the read cost)
     import io
 
-    from tracer.model import load
+    from tracer.analyze.model import load
     from tracer.reports import stats, summary
 
     argv = python(tmp_path, "x = [bytes(5000) for i in range(4000)]\n", "older")

@@ -15,7 +15,7 @@ import pytest
 
 import report_reference as ref
 from helpers import line_of, memtrace
-from tracer.model import load
+from tracer.analyze.model import load
 from tracer.reports import export, flame, lines, tables, tree
 from tracer.reports.flame import METRIC_TITLES
 

@@ -101,7 +101,7 @@ def test_failed_calls_left_no_record(run):
 
 
 def test_aggregator_equals_ledger_after_every_step(run):
-    from tracer.aggregate import Aggregator
+    from tracer.record.aggregate import Aggregator
 
     _cap, ledgers, _proc, events, exe_libs, _ = run
     marks = marker_positions(events, exe_libs)

@@ -103,7 +103,7 @@ print("done", greenlet is not None)
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from tracer.model import load
+    from tracer.analyze.model import load
 
     tmp = tmp_path_factory.mktemp("stacks")
     script = tmp / "frames.py"

@@ -116,7 +116,7 @@ def test_socket_refuses_other_users(running):
     os.chmod(folder, 0o700)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
-    from tracer.capture import read_capture
+    from tracer.analyze.capture import read_capture
 
     end = read_capture(str(cap)).end
     # the forged hello, the real shim's hello and, if its stream opened, its wake-up at exit

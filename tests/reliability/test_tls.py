@@ -42,7 +42,7 @@ def test_shim_uses_initial_exec_tls_only():
 
 def test_frame_reader_has_no_dynamic_tls():
     # _pyframes is imported (dlopen'd) by the bootstrap and called from inside the hooks
-    from tracer import launcher
+    from tracer.record import launcher
 
     so = launcher._component("tracer._pyframes")
     relocs = readelf("-r", so)

@@ -43,7 +43,7 @@ def test_unknown_frees_counted_never_negative(unknown_run):
 
 
 def test_heap_never_negative_at_any_event(unknown_run):
-    from tracer.aggregate import Aggregator
+    from tracer.record.aggregate import Aggregator
 
     _run, cap = unknown_run
     for proc, events in streams(cap):

@@ -2,7 +2,7 @@
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.aggregate import PAGE_SIZE, Aggregator
+from tracer.record.aggregate import PAGE_SIZE, Aggregator
 
 MALLOC, CALLOC, REALLOC, FREE = 1, 2, 3, 10
 MMAP, MUNMAP, MREMAP = fmt.MMAP, fmt.MUNMAP, fmt.MREMAP

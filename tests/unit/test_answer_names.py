@@ -4,8 +4,8 @@ came."""
 import struct
 
 from tracer import _format as fmt
-from tracer.answers import Names
-from tracer.names import Kept
+from tracer.record.answers import Names
+from tracer.record.names import Kept
 
 
 def record(rtype: int, payload: bytes) -> bytes:

@@ -4,7 +4,7 @@ import pytest
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
-from tracer.capture import decode_events
+from tracer.analyze.capture import decode_events
 from tracer.errors import CaptureError
 
 

@@ -1,10 +1,10 @@
 """What the collector keeps of a stream's metadata for live views and censuses
-(tracer.names, mt_meta_sift): names kept, repeated statistics not, records cut
+(tracer.record.names, mt_meta_sift): names kept, repeated statistics not, records cut
 between two drains put together."""
 import struct
 
 from tracer import _format as fmt
-from tracer.names import Kept
+from tracer.record.names import Kept
 
 
 def record(rtype: int, payload: bytes) -> bytes:

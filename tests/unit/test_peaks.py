@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from tracer import _format as fmt
-from tracer import procfs
-from tracer.model import _with_temporary
+from tracer.record import procfs
+from tracer.analyze.model import _with_temporary
 from tracer.reports.peaks import tree_peak
 
 

@@ -4,8 +4,8 @@ mappings, and the table staying small however many instances come and go."""
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.aggregate import PAGE_SIZE, Aggregator
-from tracer.regions import merge
+from tracer.record.aggregate import PAGE_SIZE, Aggregator
+from tracer.analyze.regions import merge
 
 MALLOC, FREE, REGION = 1, 10, fmt.REGION
 ENTER, LEAVE = 1, 0

@@ -17,9 +17,9 @@ import pytest
 
 import report_reference as ref
 from tracer import _format as fmt
-from tracer import stacks as st
-from tracer.capture_writer import CaptureWriter
-from tracer.model import load
+from tracer.analyze import stacks as st
+from tracer.record.capture_writer import CaptureWriter
+from tracer.analyze.model import load
 from tracer.reports import export, flame, jsontext, lines, tables, tree
 from tracer.reports.flame import METRIC_TITLES
 

@@ -27,8 +27,8 @@ import zstandard
 
 from tracer import __version__
 from tracer import _format as fmt
-from tracer.capture import read_capture
-from tracer.capture_writer import CaptureWriter
+from tracer.analyze.capture import read_capture
+from tracer.record.capture_writer import CaptureWriter
 from tracer.errors import CaptureError
 
 COPY_BLOCK = 1 << 20

@@ -16,10 +16,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tracer import _format as fmt
-from tracer import reconcile as rec
-from tracer import regions
+from tracer.analyze import reconcile as rec
+from tracer.analyze import regions
 from tracer.cluster.merge import cluster_notes, worker_label
-from tracer.model import Model, Process, display_path
+from tracer.analyze.model import Model, Process, display_path
 from tracer.reports import tables
 from tracer.reports.summary import clean, human
 

@@ -59,7 +59,7 @@ def capture_path(connection_file: str, capture_dir: Optional[str]) -> str:
 
 
 def run_kernel(connection_file: str, capture_dir: Optional[str]) -> int:
-    from tracer import launcher
+    from tracer.record import launcher
 
     if capture_dir:
         os.makedirs(capture_dir, exist_ok=True)

@@ -69,8 +69,8 @@ class MemtraceMagics(Magics):
     def _show(self, region, title: str, flame: bool) -> None:
         from IPython.display import display
 
-        from tracer import regions
-        from tracer.model import load
+        from tracer.analyze import regions
+        from tracer.analyze.model import load
 
         path = _regions.checkpoint()
         if path is None:

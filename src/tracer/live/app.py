@@ -16,7 +16,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, RichLog, Sparkline
 
 from tracer.live.client import SORT_TITLES, SORTS, LiveClient, StreamView
-from tracer.model import display_path
+from tracer.analyze.model import display_path
 from tracer.reports.summary import clean, human
 
 REFRESH_SECONDS = 0.5

@@ -1,7 +1,7 @@
 """A live view's side: fetch the collector's numbers, and make them readable.
 
 Lines are named with the model's own code: the metadata a stream has sent so far
-goes through tracer.model.build_model (as if it were a capture), and the Process
+goes through tracer.analyze.model.build_model (as if it were a capture), and the Process
 it makes names stack nodes. That Process is made again only when a node it does
 not know comes up (at most every REBUILD_SECONDS): metadata is interned, so a
 running program sends few new nodes once it is under way.
@@ -15,10 +15,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.capture import Capture, StreamData
+from tracer.analyze.capture import Capture, StreamData
 from tracer.errors import MemtraceError
 from tracer.live.server import FRAME, SOCKET_NAME
-from tracer.model import Process, build_model, heap_mask, native_bucket
+from tracer.analyze.model import Process, build_model, heap_mask, native_bucket
 
 REBUILD_SECONDS = 1.0
 SORTS = ("live_bytes", "peak_bytes", "alloc_bytes", "n_allocs")

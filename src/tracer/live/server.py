@@ -91,8 +91,8 @@ class LiveServer:
             history = self.histories[stream.sid] = _History()
         totals = stream.agg.totals()  # (every round: the highest heap between two points)
         held = stream.kept.held
-        history.note(t, totals["heap"], max(stream.heap_max, totals["feed_max"]),
-                     stream.rss_recent[-1], totals["n_events"], held[1] if held else None)
+        history.note(t, totals["heap"], max(stream.timeline.max, totals["feed_max"]),
+                     stream.rss.recent[-1], totals["n_events"], held[1] if held else None)
 
     def poll(self, t: float) -> None:
         """Accept views and answer their requests, without waiting for anything."""
@@ -210,7 +210,7 @@ class LiveServer:
             streams.append({
                 "sid": stream.sid, "pid": stream.pid, "ppid": stream.ppid,
                 "t_start": stream.t_start, "alive": stream.alive, "totals": stream.agg.totals(),
-                "rss": stream.rss_recent[-1], "rss_peak": stream.rss_peak,
+                "rss": stream.rss.recent[-1], "rss_peak": stream.rss.peak,
                 "held": stream.kept.held[1] if stream.kept.held else None,
                 "sites_length": len(sites), "meta_from": start, "meta_length": len(meta),
                 "history_generation": history.generation, "history_from": first,

@@ -1,5 +1,5 @@
 """`memtrace diff BEFORE AFTER`: per line and per library, what grew."""
-from tracer.model import Model
+from tracer.analyze.model import Model
 from tracer.reports import peaks, tables
 from tracer.reports.summary import clean, human
 

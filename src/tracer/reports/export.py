@@ -13,10 +13,10 @@ import numpy as np
 
 from tracer import __version__
 from tracer import _format as fmt
-from tracer import stacks as st
+from tracer.analyze import stacks as st
 from tracer._native import ffi, lib
-from tracer.model import LOST_FRAME, Model, heap_mask
-from tracer.regions import event_filter
+from tracer.analyze.model import LOST_FRAME, Model, heap_mask
+from tracer.analyze.regions import event_filter
 from tracer.reports.flame import METRICS
 from tracer.reports.tables import lib_name_ids
 

@@ -14,9 +14,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tracer import _format as fmt
-from tracer import stacks as st
+from tracer.analyze import stacks as st
 from tracer._native import ffi, lib
-from tracer.model import Model, Process, heap_mask
+from tracer.analyze.model import Model, Process, heap_mask
 from tracer.reports.tables import lib_name_ids
 
 # metric -> (bytes column, count column) of the site records

@@ -9,8 +9,8 @@ import os
 import threading
 from typing import Optional
 
-from tracer import reconcile
-from tracer.model import Model
+from tracer.analyze import reconcile
+from tracer.analyze.model import Model
 from tracer.reports import flame, objects, peaks, tables
 from tracer.reports import reconciliation as reconciliation_report
 from tracer.reports.summary import describe_end

@@ -6,8 +6,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from tracer import stacks as st
-from tracer.model import LOST_FRAME, Model, heap_mask
+from tracer.analyze import stacks as st
+from tracer.analyze.model import LOST_FRAME, Model, heap_mask
 from tracer.reports.summary import clean, human
 
 

@@ -6,8 +6,8 @@ from typing import Optional
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.model import Model
-from tracer.regions import event_filter, names as region_names
+from tracer.analyze.model import Model
+from tracer.analyze.regions import event_filter, names as region_names
 from tracer.reports.summary import clean
 
 

@@ -9,7 +9,7 @@ import json
 from typing import Dict, List, Optional, Tuple
 
 from tracer import _format as fmt
-from tracer.model import Model, Process, display_path, site_frame
+from tracer.analyze.model import Model, Process, display_path, site_frame
 from tracer.reports.summary import clean, human
 
 TOP_TYPES = 20   # types per census in the HTML report (stats --json: all the census lists)

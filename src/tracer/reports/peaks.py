@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.model import Model, Process, display_path, site_frame
+from tracer.analyze.model import Model, Process, display_path, site_frame
 
 
 def tree_peak(model: Model) -> Optional[dict]:
@@ -136,7 +136,7 @@ def headline(model: Model, results: dict) -> List[str]:
     """The summary's peak lines: one process's peak with its resident part and who made
     what was never touched; for a process tree, its simultaneous peak and the sum of
     the processes' own peaks, each said for what it is."""
-    from tracer.reconcile import process_key
+    from tracer.analyze.reconcile import process_key
     from tracer.reports.summary import clean, human
 
     cwd = model.capture.info.get("cwd")

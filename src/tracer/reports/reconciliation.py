@@ -2,8 +2,8 @@
 with advice tied to the measured numbers."""
 from typing import Dict, List, Optional
 
-from tracer import reconcile as rec
-from tracer.model import Model, Process, display_path
+from tracer.analyze import reconcile as rec
+from tracer.analyze.model import Model, Process, display_path
 from tracer.reports import peaks, tables
 from tracer.reports.summary import clean, human
 

@@ -2,8 +2,8 @@
 with their own numbers, as a terminal table (also under the run summary)."""
 from typing import List, Optional
 
-from tracer import regions as rg
-from tracer.model import Model
+from tracer.analyze import regions as rg
+from tracer.analyze.model import Model
 from tracer.reports.summary import clean, human
 
 HEADER = f"{'peak':>10}  {'allocated':>10}  {'left live':>10}  {'instances':>9}  "

@@ -1,6 +1,7 @@
 """`memtrace stats --json`: the capture's numbers as one JSON document."""
-from tracer import reconcile, regions
-from tracer.model import Model
+from tracer.analyze import reconcile
+from tracer.analyze import regions
+from tracer.analyze.model import Model
 from tracer.reports import jsontext, objects, peaks, tables
 
 FORMAT_VERSION = 1

@@ -1,10 +1,10 @@
 """`memtrace summary`: the terminal report (also printed at the end of a run)."""
 import unicodedata
 
-from tracer import reconcile as rec
-from tracer import regions
+from tracer.analyze import reconcile as rec
+from tracer.analyze import regions
 from tracer.errors import CaptureError
-from tracer.model import Model, display_path
+from tracer.analyze.model import Model, display_path
 from tracer.reports import peaks, tables
 
 TOP = 10

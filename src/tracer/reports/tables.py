@@ -7,8 +7,8 @@ from typing import Dict, List
 import numpy as np
 
 from tracer import _format as fmt
-from tracer import stacks as st
-from tracer.model import Model, heap_mask, site_frame_keys
+from tracer.analyze import stacks as st
+from tracer.analyze.model import Model, heap_mask, site_frame_keys
 
 
 def totals(model: Model) -> dict:

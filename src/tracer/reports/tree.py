@@ -1,5 +1,5 @@
 """`memtrace tree`: the biggest stacks as a terminal call tree."""
-from tracer.model import Model
+from tracer.analyze.model import Model
 from tracer.reports import flame
 from tracer.reports.summary import clean, human
 

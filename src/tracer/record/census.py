@@ -23,10 +23,10 @@ def due(stream, t: float) -> bool:
     than BUDGET of the process's time; then, once the last one's turn has passed (9
     times its cost later), or at once for a peak well above its heap (the first census
     often comes while modules load; the peak that matters may come soon after)."""
-    if stream.census_next == float("inf") or stream.census_spent > BUDGET * (t - stream.t_start):
+    if stream.census.next == float("inf") or stream.census.spent > BUDGET * (t - stream.t_start):
         return False
     peak = stream.agg.totals()["peak_heap"]
-    return t >= stream.census_next or peak >= HIGHER * stream.census_heap
+    return t >= stream.census.next or peak >= HIGHER * stream.census.heap
 
 
 def join(collector, stream) -> None:
@@ -43,11 +43,11 @@ def join(collector, stream) -> None:
         # record boundary, where one of the collector's own may go
         stream.meta_pending += entry
         cost = record.get("cost_ns", 0) / 1e9
-        stream.census_next = collector.now() + cost * (1 - BUDGET) / BUDGET
-        stream.census_heap = lines["heap"]
-        stream.census_spent += cost
-    if stream.census_next == float("inf"):  # asked for, and no record came
-        stream.census_next = collector.now()
+        stream.census.next = collector.now() + cost * (1 - BUDGET) / BUDGET
+        stream.census.heap = lines["heap"]
+        stream.census.spent += cost
+    if stream.census.next == float("inf"):  # asked for, and no record came
+        stream.census.next = collector.now()
     lib.mt_shm_ack_census(stream.ptr, sent)
 
 

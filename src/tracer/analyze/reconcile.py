@@ -26,7 +26,7 @@ import numpy as np
 
 from tracer import _format as fmt
 from tracer.errors import CaptureError
-from tracer.model import Model, Process
+from tracer.analyze.model import Model, Process
 
 ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes",
         "allocator_overhead_bytes", "pymalloc_free_bytes", "file_backed_bytes",

@@ -18,9 +18,9 @@ from typing import List, NamedTuple, Optional
 
 from tracer import __version__
 from tracer.errors import MemtraceError
-from tracer.session import Session
+from tracer.record.session import Session
 
-BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bootstrap")
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -276,9 +276,9 @@ def run(opts: RunOptions) -> RunResult:
         # The collector's imports (NumPy, cffi) load while the target starts; its
         # first connection waits in the socket's backlog meanwhile.
         from tracer import _format as fmt
-        from tracer.aggregate import PAGE_SIZE
-        from tracer.capture_writer import CaptureWriter
-        from tracer.collector import Collector
+        from tracer.record.aggregate import PAGE_SIZE
+        from tracer.record.capture_writer import CaptureWriter
+        from tracer.record.collector import Collector
         label = os.path.basename(opts.argv[0]) if opts.redact_argv else program_label(opts.argv)
         path = opts.output or os.path.join(folder or "", f"memtrace-{label}-{proc.pid}.mtrace")
         try:

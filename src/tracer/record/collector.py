@@ -15,16 +15,16 @@ import selectors
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, Optional, Set
 
 from tracer import _format as fmt
-from tracer import census, procfs
+from tracer.record import census
+from tracer.record import procfs, snapshots
 from tracer._native import ffi, lib
-from tracer.aggregate import Aggregator
-from tracer.answers import Questions
-from tracer.capture_writer import CaptureWriter, EventPacker
-from tracer.names import Kept
-from tracer.session import Session
+from tracer.record.answers import Questions
+from tracer.record.capture_writer import CaptureWriter, EventPacker
+from tracer.record.stream import Stream
+from tracer.record.session import Session
 
 if TYPE_CHECKING:
     from tracer.live.server import LiveServer
@@ -33,70 +33,14 @@ HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
 HELLO_MAGIC = 0x4D54484C
 WIRE_VERSION = 2
 BATCH_EVENTS = 1 << 16
-BATCHES_PER_ROUND = 4
+BATCHES_PER_ROUND = 4  # while the process lives (so one busy process cannot starve the others)
+UNLIMITED = 1 << 62  # batches to drain from a dead process, or at its exit point: all
 META_BATCH = 1 << 20
 RSS_FLUSH_SECONDS = 1.0
 AGGREGATE_REFRESH_SECONDS = 5.0
-# Snapshots near the heap peak (docs/reconciliation.md, "When"): a peak with no
-# snapshot is read once it stops rising -- unchanged for PEAK_HOLD while RSS has not
-# grown by RSS_RISING over its last samples (the program is done writing new pages;
-# PEAK_HOLD_MAX at most), or the heap fell PEAK_DROP below it -- at most one snapshot
-# per PEAK_SNAPSHOT_SPACING; while it keeps rising, one per GROWTH_SNAPSHOT_SECONDS.
-# Reading smaps costs 5-50 ms on a big process, so snapshots may take SNAPSHOT_SHARE
-# of the collector's time, in bursts of at most SNAPSHOT_BURST seconds.
-PEAK_SNAPSHOT_SPACING = 0.05
-PEAK_HOLD = 0.02
-PEAK_HOLD_MAX = 0.25
-RSS_RISING = 1 << 20
-PEAK_DROP, PEAK_DROP_MIN = 0.01, 64 << 10
-GROWTH_SNAPSHOT_SECONDS = 1.0
-SNAPSHOT_SHARE = 0.10
-SNAPSHOT_BURST = 0.5
-SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot is skipped
-PERIODIC_SNAPSHOT_SECONDS = 10.0
+EVENTS_FLUSH_SECONDS = 30.0  # a running process's events reach the disk at least this often
 IDLE_WAIT_MIN, IDLE_WAIT_MAX = 0.001, 0.008  # seconds between rounds
 BATCH_TARGET = 16384  # while events flow, wait about as long as this many take to come
-
-
-class Stream:
-    """One traced process image: its mapping, aggregator and RSS samples."""
-
-    def __init__(self, sid: int, pid: int, ppid: int, shm: mmap.mmap, t: float,
-                 sample_rate: int = 0):
-        self.sid = sid
-        self.pid = pid
-        self.ppid = ppid
-        self.shm = shm
-        self.ptr = ffi.from_buffer(shm)
-        self.agg = Aggregator(sample_rate)
-        self.t_start = t
-        self.pidfd: Optional[int] = None
-        self.alive = True
-        self.rss_pending: List[tuple] = []
-        self.rss_peak = 0
-        self.rss_recent = [0, 0, 0]  # the last three RSS samples (20 ms at 10 ms a sample)
-        self.heap_pending: List[tuple] = []
-        self.heap_last_t = -1.0
-        self.heap_max = 0
-        self.heap_last = (0, 0)  # (heap, max) the timeline last recorded
-        self.next_stats = 0.0
-        self.snap_t = t  # (the first snapshot comes once the heap has a peak)
-        self.snap_peak = 0
-        self.exit_seen = False
-        self.lost = 0
-        self.n_events = 0
-        self.meta_pending = bytearray()  # metadata gathered for one compressed chunk
-        self.kept = Kept()  # the metadata kept for answers, live views and censuses (names.py)
-        self.census_next = 0.0  # no census asked for before then (--objects)
-        self.census_heap = 0  # the traced heap at the last census
-        self.census_spent = 0.0  # seconds the process spent in censuses so far
-        self.names = None  # answers.Names, made by the first question with details
-        self.ended_by_exec = False
-        self.packer: Optional[EventPacker] = None  # set by the collector
-        self.forks = 0  # children it forked, read when its stream ends
-
-    def counter(self, which: int) -> int:
-        return lib.mt_shm_counter(self.ptr, which)
 
 
 class Collector:
@@ -127,7 +71,7 @@ class Collector:
         self._next_sample = 0.0
         self._next_rss_flush = 0.0
         self._next_aggregate = AGGREGATE_REFRESH_SECONDS
-        self.snap_budget = SNAPSHOT_BURST  # seconds of snapshot work allowed now
+        self.snap_budget = snapshots.SNAPSHOT_BURST  # seconds of snapshot work allowed now
         self.snap_budget_t = 0.0
         self.questions = Questions()  # the programs' questions about their regions
         self.live: Optional["LiveServer"] = None  # the live view's server, set by the launcher
@@ -219,7 +163,7 @@ class Collector:
         assert packer is not None  # given to each stream as it connects
         lost = ffi.new("uint64_t *")
         claimed = stream.counter(4) if everything else 0  # the events claimed by now
-        for _ in range(1 << 62 if dead or everything else BATCHES_PER_ROUND):
+        for _ in range(UNLIMITED if dead or everything else BATCHES_PER_ROUND):
             if dead:
                 n = lib.mt_ring_drain_dead(stream.ptr, self.buffer_ptr, BATCH_EVENTS, lost)
             else:
@@ -263,132 +207,23 @@ class Collector:
         `at_once`: now, however soon after the last point."""
         totals = stream.agg.totals()
         if drained:
-            stream.heap_max = max(stream.heap_max, totals["feed_max"])
-        elif stream.heap_last == (totals["heap"], stream.heap_max):
+            stream.timeline.max = max(stream.timeline.max, totals["feed_max"])
+        elif stream.timeline.last == (totals["heap"], stream.timeline.max):
             return
-        if at_once or t - stream.heap_last_t >= self.sample_interval:
-            stream.heap_pending.append((t, totals["heap"], stream.heap_max))
-            stream.heap_last_t = t
-            stream.heap_max = totals["heap"]
-            stream.heap_last = (totals["heap"], totals["heap"])
-
-    def _sample_rss(self, t: float) -> None:
-        """RSS and its split, and a request for the target's heap statistics."""
-        for stream in self.streams.values():
-            if not stream.alive:
-                continue
-            self._note_heap(stream, t, drained=False)
-            st = procfs.status(stream.pid)
-            if st is not None:
-                rss = st["RssAnon"] + st["RssFile"] + st["RssShmem"]
-                stream.rss_recent = stream.rss_recent[1:] + [rss]
-                stream.rss_peak = max(stream.rss_peak, rss)
-                stream.rss_pending.append((t, rss, st["RssAnon"], st["RssFile"], st["RssShmem"],
-                                           st["VmSwap"]))
-            # glibc's books, spaced so that walking its free lists costs the target
-            # at most ~2% (mallinfo2 is O(free chunks))
-            if t >= stream.next_stats:
-                lib.mt_shm_request_stats(stream.ptr, 0)
-                cost = stream.counter(6) / 1e9
-                stream.next_stats = t + max(self.sample_interval, 50 * cost)
-
-    def _snapshot(self, stream: Stream, kind: str) -> None:
-        """Mappings with their resident bytes and the traced bytes inside each, now."""
-        t = self.now()
-        started = time.perf_counter()
-        vmas = procfs.smaps(stream.pid)
-        totals = stream.agg.totals()
-        # position: the ring's event index (heap statistics carry one too); events: the
-        # aggregator's count, the peak's index space; cost: seconds smaps took to read
-        record = {"kind": kind, "t": t, "position": stream.counter(5),
-                  "events": totals["n_events"], "heap": totals["heap"],
-                  "peak_heap": totals["peak_heap"], "peak_time": totals["peak_time"],
-                  "peak_event": totals["peak_event"], "status": procfs.status(stream.pid)}
-        if vmas is None:
-            record["error"] = f"/proc/{stream.pid}/smaps could not be read"
-        else:
-            record["cost"] = round(time.perf_counter() - started, 6)
-            n = len(vmas)
-            starts = ffi.new("uint64_t[]", [v[0] for v in vmas])
-            ends = ffi.new("uint64_t[]", [v[1] for v in vmas])
-            blocks, anon, filemap, top = (ffi.new("int64_t[]", n) for _ in range(4))
-            top_site = ffi.new("uint32_t[]", n)
-            lib.mt_agg_bytes_in_ranges(stream.agg._agg, starts, ends, n, blocks, anon, filemap,
-                                       top_site, top)
-            record["vmas"] = [v + [blocks[i], anon[i], filemap[i],
-                                   top_site[i] if top_site[i] != 0xFFFFFFFF else -1, top[i]]
-                              for i, v in enumerate(vmas)]
-            record["stack_pointers"] = procfs.thread_stack_pointers(stream.pid)
-        stream.snap_t = t
-        stream.snap_peak = totals["peak_heap"]
-        self.writer.json_chunk(fmt.CHUNK_SNAPSHOT, stream.sid, record)
-        self.snap_budget -= time.perf_counter() - started
-
-    def _may_snapshot(self, t: float, floor: float) -> bool:
-        """Whether the snapshots' share of the collector's time allows one now (the
-        budget is above `floor`)."""
-        self.snap_budget = min(SNAPSHOT_BURST,
-                               self.snap_budget + (t - self.snap_budget_t) * SNAPSHOT_SHARE)
-        self.snap_budget_t = t
-        return self.snap_budget > floor
-
-    def _watch(self, stream: Stream, t: float) -> None:
-        """Snapshots: at each new heap peak, now and then, and as the process exits."""
-        state = stream.counter(3)
-        if state == fmt.STATE_EXITING and not stream.exit_seen:
-            stream.exit_seen = True
-            self._drain(stream, everything=True)
-            # Small short-lived children (a shell, `true`) are let go at once: their
-            # exit snapshot is not worth making every exec in a build wait for it.
-            if stream.pid == self.main_pid or stream.agg.totals()["peak_heap"] >= SMALL_PROCESS:
-                self._snapshot(stream, "exit")
-            # Let the process go on exiting before writing the aggregate: nothing
-            # is drained in between, so it still describes the exit point.
-            lib.mt_shm_ack_exit(stream.ptr)
-            self._write_aggregate(stream, checkpoint="exit")
-            return
-        since = t - stream.snap_t
-        floor = self._peak_due(stream, t)
-        if floor is not None and self._may_snapshot(t, floor):
-            # glibc's and pymalloc's books need the program: it answers in its next
-            # allocator call (a pending call for pymalloc); the nearest answer is used
-            # (the reconciliation says how far it was)
-            if self.objects and census.due(stream, t):
-                lib.mt_shm_request_census(stream.ptr)  # (pymalloc's statistics with it)
-                stream.census_next = float("inf")  # none more until this one is joined
-            else:
-                lib.mt_shm_request_stats(stream.ptr, 1)
-            self._snapshot(stream, "peak")
-        elif since >= PERIODIC_SNAPSHOT_SECONDS:
-            self._snapshot(stream, "periodic")
-
-    def _peak_due(self, stream: Stream, t: float) -> Optional[float]:
-        """Whether a peak with no snapshot yet should be read now (never waiting for
-        the program): once it has stopped rising -- while it still rises, a snapshot
-        would only be replaced by the next one. Returns the budget floor it may draw
-        to (a peak that is over is the one most worth having: it may overdraw; one of
-        a peak still rising must leave room for it), or None."""
-        totals = stream.agg.totals()
-        peak, heap = totals["peak_heap"], totals["heap"]
-        since = t - stream.snap_t
-        if peak <= stream.snap_peak or since < PEAK_SNAPSHOT_SPACING:
-            return None
-        if heap < peak - max(PEAK_DROP_MIN, int(peak * PEAK_DROP)):
-            return -SNAPSHOT_BURST  # it fell
-        held_for = t - totals["peak_time"]
-        rss_rising = stream.rss_recent[-1] - stream.rss_recent[0] >= RSS_RISING
-        if held_for >= PEAK_HOLD and (not rss_rising or held_for >= PEAK_HOLD_MAX):
-            return 0.0
-        return SNAPSHOT_BURST / 2 if since >= GROWTH_SNAPSHOT_SECONDS else None
+        if at_once or t - stream.timeline.last_t >= self.sample_interval:
+            stream.timeline.pending.append((t, totals["heap"], stream.timeline.max))
+            stream.timeline.last_t = t
+            stream.timeline.max = totals["heap"]
+            stream.timeline.last = (totals["heap"], totals["heap"])
 
     def _flush_samples(self, stream: Stream, final: bool = False) -> None:
         """Write the pending RSS samples and heap timeline points."""
         if final:
             totals = stream.agg.totals()
-            stream.heap_pending.append((self.now(), totals["heap"],
-                                        max(stream.heap_max, totals["heap"])))
-        for pending, ctype, row in ((stream.rss_pending, fmt.CHUNK_RSS, fmt.RSS_ROW),
-                                    (stream.heap_pending, fmt.CHUNK_HEAP, fmt.HEAP_ROW)):
+            stream.timeline.pending.append((self.now(), totals["heap"],
+                                        max(stream.timeline.max, totals["heap"])))
+        for pending, ctype, row in ((stream.rss.pending, fmt.CHUNK_RSS, fmt.RSS_ROW),
+                                    (stream.timeline.pending, fmt.CHUNK_HEAP, fmt.HEAP_ROW)):
             if pending:
                 self.writer.chunk(ctype, stream.sid, b"".join(row.pack(*r) for r in pending))
                 pending.clear()
@@ -396,16 +231,16 @@ class Collector:
     def _write_aggregate(self, stream: Stream, checkpoint: str = "latest") -> None:
         """checkpoint: "exit" (the program's exit point: what it left live), or
         "latest" (refreshed while it runs, and the final one)."""
-        extra = {"rss_peak": stream.rss_peak, "dropped": stream.counter(0) + stream.lost,
+        extra = {"rss_peak": stream.rss.peak, "dropped": stream.counter(0) + stream.lost,
                  "unattributed": stream.counter(1), "lost": stream.lost, "checkpoint": checkpoint}
         # Events go to disk in large compressed groups (the ratio depends on it);
-        # an aggregate refreshed while the process runs flushes them every 30 s
-        # at least, and the final ones flush everything.
+        # an aggregate refreshed while the process runs flushes them every
+        # EVENTS_FLUSH_SECONDS at least, and the final ones flush everything.
         packer = stream.packer
         assert packer is not None  # given to each stream as it connects
         if not stream.alive:
             packer.flush(self.now(), wait=True)
-        elif packer.age(self.now()) > 30.0:
+        elif packer.age(self.now()) > EVENTS_FLUSH_SECONDS:
             packer.flush(self.now())
         self._write_meta(stream)
         self.writer.chunk(fmt.CHUNK_AGGREGATE, stream.sid, *stream.agg.chunk_payload(extra))
@@ -492,7 +327,7 @@ class Collector:
                 if self.objects and stream.counter(9) != stream.counter(10):
                     census.join(self, stream)
                 if self.heap_stats:
-                    self._watch(stream, t)
+                    snapshots.watch(self, stream, t)
                 elif stream.counter(3) == fmt.STATE_EXITING:
                     lib.mt_shm_ack_exit(stream.ptr)
         for key, _ in self.selector.select(0):
@@ -504,7 +339,7 @@ class Collector:
                     self.live.note(stream, t)
             self.live.poll(t)
         if self.heap_stats and t >= self._next_sample:
-            self._sample_rss(t)
+            snapshots.sample_rss(self, t)
             self._next_sample = t + self.sample_interval
         if t >= self._next_rss_flush:
             for stream in self.streams.values():

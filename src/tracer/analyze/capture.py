@@ -15,9 +15,9 @@ import zstandard
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
-from tracer.capture_writer import CaptureWriter, EventPacker, prefix_dict  # noqa: F401 (writer re-exported)
+from tracer.record.capture_writer import CaptureWriter, EventPacker, prefix_dict  # noqa: F401 (writer re-exported)
 from tracer.errors import CaptureError
-from tracer.progress import Progress
+from tracer.analyze.progress import Progress
 
 
 @dataclass

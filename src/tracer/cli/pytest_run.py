@@ -26,7 +26,7 @@ def _option(args: List[str], name: str) -> Optional[str]:
 
 
 def run(args: List[str]) -> int:
-    from tracer import launcher
+    from tracer.record import launcher
 
     # a capture named with --memtrace-output is replaced (a suite is run again and
     # again); the default name is new each time
@@ -40,7 +40,7 @@ def run(args: List[str]) -> int:
     result = launcher.run(launcher.RunOptions(
         argv=[sys.executable, "-m", "pytest", *args], output=output, force=chosen is not None,
         quiet=True, no_report=True))
-    from tracer.model import load
+    from tracer.analyze.model import load
     from tracer.reports import regions
 
     sys.stdout.flush()

@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tracer import _format as fmt
-from tracer import stacks as st
-from tracer.aggregate import Aggregator
-from tracer.capture import Capture, Snapshot, StreamData, read_capture
+from tracer.analyze import stacks as st
+from tracer.record.aggregate import Aggregator
+from tracer.analyze.capture import Capture, Snapshot, StreamData, read_capture
 
 LOST_FRAME = ("<unknown>", 0, "<stack lost>")  # file, line, function
 

@@ -15,9 +15,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.aggregate import Aggregator
+from tracer.record.aggregate import Aggregator
 from tracer.errors import MemtraceError
-from tracer.model import Model, Process
+from tracer.analyze.model import Model, Process
 
 SITE_COLUMNS = ("alloc_bytes", "n_allocs", "live_bytes", "live_count", "temp_bytes",
                 "temp_count")
