@@ -1,11 +1,13 @@
 """Build memtrace: the LD_PRELOAD shim, the frame reader and the collector's C helpers.
 
-- tracer/_preload*.so  the shim (csrc/preload.c, recorder.c, transport.c). A plain
-  shared library loaded with LD_PRELOAD into any program; it does not use Python.
-  setuptools builds it as an extension only for its compiler and install plumbing.
+- tracer/_preload*.so  the shim (csrc/shim/). A plain shared library loaded with
+  LD_PRELOAD into any program; it does not use Python. setuptools builds it as an
+  extension only for its compiler and install plumbing.
 - tracer/_pyframes*.so  the frame reader for the interpreter memtrace is installed
   into (csrc/reader/), loaded inside traced Pythons by the bootstrap.
-- tracer/_native*.so   the collector's drain and aggregation loops (cffi, API mode).
+- tracer/_native*.so   the collector's drain and aggregation loops (csrc/collector/,
+  cffi, API mode; see src/tracer/_build_ffi.py).
+csrc/events.h (the wire format), csrc/shim_api.h and csrc/hash.h are shared.
 """
 import os
 import sys
@@ -13,7 +15,11 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SHIM_SOURCES = ["csrc/preload.c", "csrc/recorder.c", "csrc/transport.c", "csrc/sampler.c"]
+SHIM_SOURCES = ["csrc/shim/" + name for name in (
+    "preload.c", "recorder.c", "intern.c", "heapstats.c", "transport.c", "sampler.c")]
+SHIM_HEADERS = ["csrc/events.h", "csrc/shim_api.h", "csrc/hash.h"] + [
+    "csrc/shim/" + name for name in (
+        "hooks.h", "recorder.h", "intern.h", "transport.h", "sampler.h")]
 STRICT = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
@@ -57,8 +63,7 @@ setup(
         Extension(
             "tracer._preload",
             sources=SHIM_SOURCES,
-            depends=["csrc/events.h", "csrc/hooks.h", "csrc/recorder.h", "csrc/transport.h",
-                     "csrc/shim_api.h", "csrc/hash.h", "csrc/sampler.h"],
+            depends=SHIM_HEADERS,
             # -flto: the hot path crosses preload.c, recorder.c and transport.c;
             # link-time optimisation inlines it into each hook.
             extra_compile_args=STRICT + ["-fvisibility=hidden", "-fno-omit-frame-pointer", "-flto"],
@@ -69,9 +74,10 @@ setup(
             "tracer._pyframes",
             sources=["csrc/reader/module.c", "csrc/reader/walk.c", "csrc/reader/pins.c",
                      "csrc/reader/pins_monitoring.c", "csrc/reader/pins_profiled.c",
-                     "csrc/reader/stats.c", "csrc/reader/numpy.c", "csrc/reader/census.c"],
+                     "csrc/reader/stats.c", "csrc/reader/numpy.c", "csrc/reader/census.c",
+                     "csrc/reader/census_tables.c"],
             depends=["csrc/shim_api.h", "csrc/reader/reader.h", "csrc/reader/layout.h",
-                     "csrc/reader/pins.h"],
+                     "csrc/reader/pins.h", "csrc/reader/census.h"],
             extra_compile_args=STRICT + ["-Wno-missing-field-initializers"],
             libraries=["dl"],
         ),

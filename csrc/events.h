@@ -1,7 +1,7 @@
 /* events.h — the one definition of memtrace's wire format.
  *
- * Included by the shim (preload.c, recorder.c, transport.c) and by the
- * collector's C helpers (native.c). The Python side mirrors it in exactly one
+ * Included by the shim (csrc/shim/) and by the collector's C helpers
+ * (csrc/collector/). The Python side mirrors it in exactly one
  * module, src/tracer/_format.py; change both together and bump the version.
  *
  * Transport (per traced process):

@@ -1,6 +1,6 @@
 /* shim_api.h — what the shim exports to code running inside the target.
  *
- * The per-interpreter frame reader (pyframes.c, a CPython extension the
+ * The per-interpreter frame reader (csrc/reader/, a CPython extension the
  * bootstrap loads) finds these with dlsym(RTLD_DEFAULT, ...), so the shim
  * itself stays independent of any Python version and works native-only
  * when nobody registers a reader.

@@ -23,17 +23,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 
-#include "reader.h"
+#include "census.h"
 
-#define CANDIDATES 256          /* largest traced-block objects kept per type */
-#define OUT_TYPES 50            /* types written in full; the rest are summed */
-/* A metadata record holds at most 64 KiB: types are listed while the record is
- * under TYPES_UNTIL bytes, and blocks (the heaviest first) under BLOCKS_UNTIL. */
-#define TYPES_UNTIL 50000
-#define BLOCKS_UNTIL 40000
 #define PYMALLOC_MAX 512        /* larger requests go to malloc (pymalloc's threshold) */
 #define NPY_OWNDATA 0x0004
 
@@ -57,101 +50,14 @@ static PyTypeObject *ndarray_type;            /* NULL until NumPy's core loads *
 static PyObject *nbytes_getter;               /* ndarray's own nbytes descriptor */
 int mt_census_on;
 
-/* ---- Memory of memtrace's own: anonymous mappings ------------------------- */
-
-static void *big_alloc(size_t n) {
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
-static void big_free(void *p, size_t n) {
-    if (p)
-        munmap(p, n);
-}
-
-/* Grow an array of `*cap` elements of `size` bytes to hold `need`: 0 or -1. */
-static int big_grow(void **p, size_t *cap, size_t need, size_t size) {
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 1024;
-    while (n < need)
-        n *= 2;
-    void *q = big_alloc(n * size);
-    if (q == NULL)
-        return -1;
-    if (*p)
-        memcpy(q, *p, *cap * size);
-    big_free(*p, *cap * size);
-    *p = q;
-    *cap = n;
-    return 0;
-}
-
-static inline size_t mix(uintptr_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    return (size_t)x;
-}
-
-/* ---- The tables ------------------------------------------------------------ */
-
-typedef struct {
-    uint64_t addr, weight;
-} candidate;
-
-typedef struct {
-    PyTypeObject *type;  /* NULL: empty slot */
-    uint64_t count, bytes;
-    uint64_t own_count, own_nbytes, view_count, view_nbytes;
-    int64_t fixed_size;  /* sys.getsizeof of every instance (-1: call it per object) */
-    int python_sizeof;   /* __sizeof__ is Python code: sizes estimated, never called */
-    PyCFunction direct;  /* its C __sizeof__, called as such (NULL: call sys.getsizeof) */
-    int64_t pre;         /* sys.getsizeof minus __sizeof__ (-1: not learned yet) */
-    uint32_t n_cand;
-    size_t cand_at;      /* 1 + index of its min-heap (by weight) in the pool; 0: none */
-} type_row;
-
-typedef struct {
-    type_row *types;
-    size_t types_cap, n_types;
-    PyObject **seen;     /* untracked objects already counted (a set) */
-    size_t seen_cap, n_seen;
-    PyObject **todo;     /* untracked objects whose references are still to visit */
-    size_t todo_cap, n_todo;
-    candidate *pool;     /* candidate heaps, CANDIDATES per type that has any */
-    size_t pool_cap, pool_used;
-    uint64_t n_objects, n_bytes, n_untracked, n_frame_roots;
-    int failed;
-} census;
-
-static type_row *type_of(census *c, PyTypeObject *tp);
-
-static int types_rehash(census *c) {
-    size_t old_cap = c->types_cap, cap = old_cap ? old_cap * 2 : 1024;
-    type_row *old = c->types, *rows = big_alloc(cap * sizeof *rows);
-    if (rows == NULL)
-        return -1;
-    for (size_t i = 0; i < old_cap; i++) {
-        if (old[i].type == NULL)
-            continue;
-        size_t j = mix((uintptr_t)old[i].type) & (cap - 1);
-        while (rows[j].type)
-            j = (j + 1) & (cap - 1);
-        rows[j] = old[i];
-    }
-    big_free(old, old_cap * sizeof *old);
-    c->types = rows;
-    c->types_cap = cap;
-    return 0;
-}
+/* ---- Counting one object ------------------------------------------------------ */
 
 /* sys.getsizeof may only be called when the type's __sizeof__ is C code. That C
  * function is then called directly (sys.getsizeof makes a bound method each time):
  * sys.getsizeof adds what lies in front of the object, the same for every object of
  * a type -- but for type objects (static ones have none) and types whose objects
  * say themselves whether they are collected (tp_is_gc), which keep sys.getsizeof. */
-static void classify_sizeof(type_row *r, PyTypeObject *tp) {
+void mt_census_classify(type_row *r, PyTypeObject *tp) {
     PyObject *descr = _PyType_Lookup(tp, sizeof_name); /* borrowed; no code runs */
     r->fixed_size = -1;
     r->pre = -1;
@@ -174,91 +80,6 @@ static Py_ssize_t direct_sizeof(type_row *r, PyObject *o) {
     return n;
 }
 
-static type_row *type_of(census *c, PyTypeObject *tp) {
-    if ((c->n_types + 1) * 2 > c->types_cap && types_rehash(c) < 0)
-        return NULL;
-    size_t j = mix((uintptr_t)tp) & (c->types_cap - 1);
-    while (c->types[j].type && c->types[j].type != tp)
-        j = (j + 1) & (c->types_cap - 1);
-    type_row *r = &c->types[j];
-    if (r->type == NULL) {
-        r->type = tp;
-        classify_sizeof(r, tp);
-        c->n_types++;
-    }
-    return r;
-}
-
-/* 1 if o was not in the set (and is now), 0 if it was, -1 on no memory. */
-static int seen_add(census *c, PyObject *o) {
-    if ((c->n_seen + 1) * 2 > c->seen_cap) {
-        size_t old_cap = c->seen_cap, cap = old_cap ? old_cap * 2 : 1 << 14;
-        PyObject **old = c->seen, **set = big_alloc(cap * sizeof *set);
-        if (set == NULL)
-            return -1;
-        for (size_t i = 0; i < old_cap; i++) {
-            if (old[i] == NULL)
-                continue;
-            size_t j = mix((uintptr_t)old[i]) & (cap - 1);
-            while (set[j])
-                j = (j + 1) & (cap - 1);
-            set[j] = old[i];
-        }
-        big_free(old, old_cap * sizeof *old);
-        c->seen = set;
-        c->seen_cap = cap;
-    }
-    size_t j = mix((uintptr_t)o) & (c->seen_cap - 1);
-    while (c->seen[j]) {
-        if (c->seen[j] == o)
-            return 0;
-        j = (j + 1) & (c->seen_cap - 1);
-    }
-    c->seen[j] = o;
-    c->n_seen++;
-    return 1;
-}
-
-/* Keep the CANDIDATES heaviest (address, weight) pairs of a type. */
-static void add_candidate(census *c, type_row *r, uint64_t addr, uint64_t weight) {
-    if (addr == 0 || weight == 0)
-        return;
-    if (r->cand_at == 0) { /* (the pool may move as it grows: heaps are kept by index) */
-        if (big_grow((void **)&c->pool, &c->pool_cap, c->pool_used + CANDIDATES,
-                     sizeof(candidate)) < 0)
-            return;
-        r->cand_at = c->pool_used + 1;
-        c->pool_used += CANDIDATES;
-    }
-    candidate *h = c->pool + (r->cand_at - 1);
-    uint32_t i;
-    if (r->n_cand < CANDIDATES) {
-        i = r->n_cand++;
-        while (i > 0 && h[(i - 1) / 2].weight > weight) { /* sift up */
-            h[i] = h[(i - 1) / 2];
-            i = (i - 1) / 2;
-        }
-    } else if (weight > h[0].weight) {
-        i = 0;
-        for (;;) { /* sift down from the root, which is replaced */
-            uint32_t k = 2 * i + 1;
-            if (k >= CANDIDATES)
-                break;
-            if (k + 1 < CANDIDATES && h[k + 1].weight < h[k].weight)
-                k++;
-            if (h[k].weight >= weight)
-                break;
-            h[i] = h[k];
-            i = k;
-        }
-    } else {
-        return;
-    }
-    h[i].addr = addr;
-    h[i].weight = weight;
-}
-
-/* ---- Counting one object ------------------------------------------------------ */
 
 /* Bytes in front of an object: the GC header, and from 3.11 the managed dict and
  * weak references (sys.getsizeof counts them; the allocation starts there). */
@@ -327,7 +148,7 @@ static uint64_t array_nbytes(PyObject *o) {
 
 static void count(census *c, PyObject *o) {
     PyTypeObject *tp = Py_TYPE(o);
-    type_row *r = type_of(c, tp);
+    type_row *r = mt_census_type(c, tp);
     if (r == NULL) {
         c->failed = 1;
         return;
@@ -343,7 +164,7 @@ static void count(census *c, PyObject *o) {
         if (a->flags & NPY_OWNDATA) {
             r->own_count++;
             r->own_nbytes += nbytes;
-            add_candidate(c, r, (uintptr_t)a->data, nbytes);
+            mt_census_candidate(c, r, (uintptr_t)a->data, nbytes);
         } else {
             r->view_count++;
             r->view_nbytes += nbytes;
@@ -355,12 +176,12 @@ static void count(census *c, PyObject *o) {
         return;
     }
     if (size > PYMALLOC_MAX)
-        add_candidate(c, r, (uintptr_t)o - preheader(tp), size);
+        mt_census_candidate(c, r, (uintptr_t)o - preheader(tp), size);
     if (PyList_CheckExact(o)) {
         PyListObject *l = (PyListObject *)o;
         uint64_t items = (uint64_t)l->allocated * sizeof(PyObject *);
         if (items > PYMALLOC_MAX)
-            add_candidate(c, r, (uintptr_t)l->ob_item, items);
+            mt_census_candidate(c, r, (uintptr_t)l->ob_item, items);
     }
 }
 
@@ -370,7 +191,7 @@ static int visit(PyObject *o, void *arg) {
     census *c = arg;
     if (o == NULL || PyObject_GC_IsTracked(o))
         return 0;
-    int added = seen_add(c, o);
+    int added = mt_census_seen_add(c, o);
     if (added < 0) {
         c->failed = 1;
         return 0;
@@ -381,7 +202,7 @@ static int visit(PyObject *o, void *arg) {
     count(c, o);
     /* an untracked container (a tuple or dict of atoms) may hold more of them */
     if (PyObject_IS_GC(o) && Py_TYPE(o)->tp_traverse) {
-        if (big_grow((void **)&c->todo, &c->todo_cap, c->n_todo + 1, sizeof(PyObject *)) < 0) {
+        if (mt_big_grow((void **)&c->todo, &c->todo_cap, c->n_todo + 1, sizeof(PyObject *)) < 0) {
             c->failed = 1;
             return 0;
         }
@@ -438,140 +259,6 @@ static void visit_frames(census *c) {
 #endif
 }
 
-/* ---- The record -------------------------------------------------------------- */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int failed;
-} text;
-
-static void put(text *t, const char *s, size_t n) {
-    if (t->failed)
-        return;
-    if (big_grow((void **)&t->p, &t->cap, t->len + n, 1) < 0) {
-        t->failed = 1;
-        return;
-    }
-    memcpy(t->p + t->len, s, n);
-    t->len += n;
-}
-
-static void putf(text *t, const char *fmt, unsigned long long a, unsigned long long b) {
-    char buf[96];
-    int n = snprintf(buf, sizeof buf, fmt, a, b);
-    put(t, buf, (size_t)n);
-}
-
-/* A JSON string of UTF-8 bytes (control characters escaped). */
-static void put_string(text *t, const char *s, size_t n) {
-    put(t, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            char e[2] = {'\\', (char)ch};
-            put(t, e, 2);
-        } else if (ch < 0x20 || ch == 0x7f) {
-            char e[8];
-            snprintf(e, sizeof e, "\\u%04x", ch);
-            put(t, e, 6);
-        } else {
-            put(t, (const char *)&ch, 1);
-        }
-    }
-    put(t, "\"", 1);
-}
-
-/* module.qualname of a class; the C name of a static type. */
-static void put_type_name(text *t, PyTypeObject *tp) {
-    char buf[512];
-    size_t n = 0;
-    if (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) {
-        PyObject *module = tp->tp_dict ? PyDict_GetItemString(tp->tp_dict, "__module__") : NULL;
-        n = mt_utf8_of(module, buf, sizeof buf - 256);
-        if (n && !(n == 8 && memcmp(buf, "builtins", 8) == 0))
-            buf[n++] = '.';
-        else
-            n = 0;
-        n += mt_utf8_of(((PyHeapTypeObject *)tp)->ht_qualname, buf + n, sizeof buf - n);
-    } else {
-        n = strnlen(tp->tp_name, sizeof buf);
-        memcpy(buf, tp->tp_name, n);
-    }
-    put_string(t, buf, n);
-}
-
-static int by_weight(const void *a, const void *b) {
-    const candidate *x = a, *y = b;
-    return x->weight < y->weight ? 1 : x->weight > y->weight ? -1 : 0;
-}
-
-static int by_bytes(const void *a, const void *b) {
-    const type_row *x = *(type_row *const *)a, *y = *(type_row *const *)b;
-    return x->bytes < y->bytes ? 1 : x->bytes > y->bytes ? -1 : 0;
-}
-
-static void put_type(text *t, census *c, type_row *r) {
-    put(t, "{\"type\":", 8);
-    put_type_name(t, r->type);
-    putf(t, ",\"count\":%llu,\"bytes\":%llu", r->count, r->bytes);
-    if (r->python_sizeof)
-        put(t, ",\"sizes_estimated\":true", 23);
-    if (r->own_count || r->view_count) {
-        putf(t, ",\"numpy\":{\"owning_count\":%llu,\"owning_nbytes\":%llu", r->own_count,
-             r->own_nbytes);
-        putf(t, ",\"view_count\":%llu,\"view_nbytes\":%llu}", r->view_count, r->view_nbytes);
-    }
-    if (r->cand_at && t->len < BLOCKS_UNTIL) {
-        candidate *h = c->pool + (r->cand_at - 1);
-        qsort(h, r->n_cand, sizeof *h, by_weight);
-        put(t, ",\"blocks\":[", 11);
-        for (uint32_t i = 0; i < r->n_cand && t->len < BLOCKS_UNTIL; i++)
-            putf(t, i ? ",[%llu,%llu]" : "[%llu,%llu]", h[i].addr, h[i].weight);
-        put(t, "]", 1);
-    }
-    put(t, "}", 1);
-}
-
-static void put_record(text *t, census *c, int reason, uint64_t position, long long cost) {
-    type_row **order = big_alloc((c->n_types + 1) * sizeof *order);
-    if (order == NULL) {
-        t->failed = 1;
-        return;
-    }
-    size_t n = 0;
-    for (size_t i = 0; i < c->types_cap; i++)
-        if (c->types[i].type)
-            order[n++] = &c->types[i];
-    qsort(order, n, sizeof *order, by_bytes);
-    put(t, reason ? "{\"reason\":\"exit\"" : "{\"reason\":\"peak\"", 16);
-    putf(t, ",\"position\":%llu,\"cost_ns\":%llu", position, (unsigned long long)cost);
-    putf(t, ",\"objects\":%llu,\"bytes\":%llu", c->n_objects, c->n_bytes);
-    putf(t, ",\"untracked\":%llu,\"frame_roots\":%llu", c->n_untracked, c->n_frame_roots);
-    putf(t, ",\"n_types\":%llu", n, 0);
-    put(t, ",\"types\":[", 10);
-    uint64_t rest_count = 0, rest_bytes = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i < OUT_TYPES && t->len < TYPES_UNTIL) {
-            if (i)
-                put(t, ",", 1);
-            put_type(t, c, order[i]);
-        } else {
-            rest_count += order[i]->count;
-            rest_bytes += order[i]->bytes;
-        }
-    }
-    putf(t, "],\"other\":{\"count\":%llu,\"bytes\":%llu}}", rest_count, rest_bytes);
-    big_free(order, (c->n_types + 1) * sizeof *order);
-}
-
-static void census_free(census *c) {
-    big_free(c->types, c->types_cap * sizeof *c->types);
-    big_free(c->seen, c->seen_cap * sizeof *c->seen);
-    big_free(c->todo, c->todo_cap * sizeof *c->todo);
-    big_free(c->pool, c->pool_cap * sizeof *c->pool);
-}
-
 static int gc_off(void) {
 #if PY_VERSION_HEX >= 0x030A0000
     return PyGC_Disable();
@@ -617,7 +304,7 @@ static void take(census *c, text *t, int reason) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
     long long cost = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
     if (!c->failed)
-        put_record(t, c, reason, position, cost);
+        mt_census_record(t, c, reason, position, cost);
 }
 
 /* Take a census and send it (reason 0: the collector asked, 1: the exit point);
@@ -632,10 +319,10 @@ void mt_take_census(int reason) {
     census c = {0};
     text t = {0};
     take(&c, &t, reason);
-    census_free(&c);
+    mt_census_free(&c);
     if (!c.failed && !t.failed && t.len)
         mt_meta_text_to_shim(12 /* MT_TEXT_CENSUS */, t.p, t.len);
-    big_free(t.p, t.cap);
+    mt_big_free(t.p, t.cap);
     mt_shim_untraced(0);
     PyErr_Restore(type, value, tb);
     if (!c.failed && !t.failed)

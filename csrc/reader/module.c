@@ -151,7 +151,7 @@ static PyObject *region_ask(PyObject *self, PyObject *args) {
         return NULL;
     if (region_ask_fn == NULL)
         Py_RETURN_NONE;
-    char answer[1 << 16]; /* the answer area's size (transport.c) */
+    char answer[1 << 16]; /* the answer area's size (shim/transport.c) */
     int n;
     Py_BEGIN_ALLOW_THREADS
     n = region_ask_fn(what, id, answer, sizeof answer, timeout_ms);

@@ -1,7 +1,7 @@
 /* pins.h — when a walk may stop at the thread's pinned frame.
  *
  * After a whole walk the shim pins one frame near the top of the stack (see
- * recorder.c). If this Python can prove the pinned frame has not left the stack
+ * csrc/shim/recorder.c). If this Python can prove the pinned frame has not left the stack
  * since — not returned, not yielded, not unwound by an exception — then the
  * frames outer of it cannot have changed either (they are suspended in calls
  * under it), and the next walk stops there: its cost no longer grows with the

@@ -6,7 +6,8 @@
  *             pins_monitoring.c (3.12-3.14) and pins_profiled.c (3.15)
  *   stats.c   pymalloc's statistics for the reconciliation
  *   numpy.c   labelling NumPy array data
- *   census.c  live Python objects by type (--objects)
+ *   census.c  live Python objects by type (--objects); census_tables.c its tables
+ *             and record (census.h)
  */
 #ifndef MT_READER_H
 #define MT_READER_H

@@ -1,8 +1,8 @@
-"""cffi build script for tracer._native, the collector's C hot loops (csrc/native.c).
+"""cffi build script for tracer._native, the collector's C hot loops (csrc/collector/).
 
 The C declarations come from the headers themselves — the mt_event layout from
-csrc/events.h and the API between the CDEF markers of csrc/native.h — so there
-is one definition of the wire format, never a hand-kept copy.
+csrc/events.h and the API between the CDEF markers of csrc/collector/native.h —
+so there is one definition of the wire format, never a hand-kept copy.
 """
 import os
 import re
@@ -11,6 +11,9 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
+COLLECTOR = CSRC / "collector"
+SOURCES = ("stream.c", "aggregate.c", "regions.c", "query.c", "regions_rows.c", "smaps.c",
+           "codec.c", "report.c")
 
 
 def _event_struct() -> str:
@@ -22,10 +25,10 @@ def _event_struct() -> str:
 
 
 def _native_api() -> str:
-    text = (CSRC / "native.h").read_text()
+    text = (COLLECTOR / "native.h").read_text()
     match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", text, re.S)
     if match is None:
-        raise RuntimeError("csrc/native.h: CDEF markers not found")
+        raise RuntimeError("csrc/collector/native.h: CDEF markers not found")
     return match.group(1)
 
 
@@ -39,8 +42,10 @@ ffibuilder.set_source(
     "tracer._native",
     '#include "native.h"',
     # setuptools wants relative source paths
-    sources=[os.path.relpath(CSRC / name) for name in ("native.c", "regions.c")],
-    include_dirs=[str(CSRC)],
+    sources=[os.path.relpath(COLLECTOR / name) for name in SOURCES],
+    include_dirs=[str(CSRC), str(COLLECTOR)],
+    depends=[os.path.relpath(path) for path in (
+        CSRC / "events.h", CSRC / "hash.h", *sorted(COLLECTOR.glob("*.h")))],
     extra_compile_args=["-O2", "-std=gnu11"],
     libraries=["m"],
 )

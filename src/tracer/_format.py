@@ -28,6 +28,7 @@ META_HEAPSTATS, META_REGION = 6, 7
 REGION_KIND_USER, REGION_KIND_TEST, REGION_KIND_CELL, REGION_KIND_TASK = 0, 1, 2, 3
 REGION_KINDS = {0: "region", 1: "test", 2: "cell", 3: "task"}
 ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4
+STATS_REQUESTED, STATS_EXIT = 0, 1
 TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE, TEXT_STACKS = 8, 9, 10, 11
 TEXT_CENSUS, TEXT_CENSUS_LINES = 12, 13  # an object census (JSON), its blocks joined by the collector
 TEXT_CLUSTER = 14  # JSON from a cluster integration (tracer.cluster): worker labels, engine numbers
@@ -48,7 +49,7 @@ SITE_FIELDS = [
 
 TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
 
-# Regions (csrc/native.h): a region's closed instances or one open instance, and
+# Regions (csrc/collector/native.h): a region's closed instances or one open instance, and
 # the numbers of each site inside them.
 REGION_ROW_FIELDS = [
     ("region", "<u4"), ("tid", "<u4"), ("instances", "<u4"), ("parent", "<u4"),
@@ -81,7 +82,7 @@ MAX_MARK_EVENTS = 1 << 22                 # events under one time mark (10 ms of
 
 CHUNK_INFO = 1         # JSON: the run (command, start time, memtrace version, page size)
 CHUNK_PROCESS = 2      # JSON: a traced process's stream (pid, ppid, argv, exe, t)
-CHUNK_EVENTS = 3       # EVENTS_HEADER + events encoded by mt_encode (csrc/native.c)
+CHUNK_EVENTS = 3       # EVENTS_HEADER + events encoded by mt_encode (csrc/collector/codec.c)
 CHUNK_META = 4         # bytes of the stream's metadata ring (csrc/events.h)
 CHUNK_RSS = 5          # float64 seconds, uint64 RSS bytes pairs
 CHUNK_AGGREGATE = 6    # u32 JSON length, JSON totals, mt_site records

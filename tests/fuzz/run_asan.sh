@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the collector's C code (csrc/native.c, tracer._native) with AddressSanitizer and
+# Build the collector's C code (csrc/collector/, tracer._native) with AddressSanitizer and
 # UndefinedBehaviorSanitizer into a separate folder, and run the reader fuzz corpus
 # through it (tests/fuzz/fuzz_reader.py). The installed memtrace is not touched.
 #

@@ -88,7 +88,7 @@ def test_dlopen_dlclose_big_tls_while_allocating(churn):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "csrc/recorder.c caller_lib(): while the thread that first meets a caller address waits "
+    "csrc/shim/intern.c mt_caller_lib_lookup(): while the thread that first meets a caller address waits "
     "in dladdr() for the loader lock (held by a dlopen running a slow constructor, or by "
     "dlopen/dlclose churn), every other call from that address is filed under library 0 "
     "(<unknown>) instead of its caller: here 1000 of 1001 mallocs of one call site"))

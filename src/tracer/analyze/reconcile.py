@@ -20,7 +20,7 @@ number cannot be had is None ("unknown") with the reason; its bytes then stay in
 the residual, so the table still adds up.
 """
 import bisect
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -196,72 +196,85 @@ def reconcile_snapshot(proc: Process, snap: Mapping[str, Any], exit_: bool = Fal
     arena_rss = int(v["rss"][arena].sum())
     small_live = int(v["blocks"][arena].sum())
     small_resident = min(small_live, arena_rss)
+    mapped = _traced_mappings(v, kinds)
+    out["untouched_bytes"] = mapped["untouched"]
+    allocator_free, allocator_overhead_arena = _glibc_rows(proc, snap, exit_, out, small_live,
+                                                           arena_rss - small_resident)
+    pymalloc_free = _pymalloc_row(proc, snap, exit_, out, mapped["resident"])
+    rows = {
+        "rss_bytes": rss,
+        "heap_resident_bytes": small_resident + mapped["resident"] - (pymalloc_free or 0),
+        "tracer_bytes": sums.get("tracer", 0),
+        "allocator_free_bytes": allocator_free,
+        "allocator_overhead_bytes": None if allocator_overhead_arena is None
+        else allocator_overhead_arena + mapped["bigblock_overhead"],
+        "pymalloc_free_bytes": pymalloc_free,
+        "file_backed_bytes": sums.get("file", 0),
+        "stacks_and_other_anon_bytes": sums.get("stack", 0),
+        "untracked_bytes": sums.get("untracked", 0) + mapped["unexplained"],
+        "untouched_bytes": mapped["untouched"],
+    }
+    explained = sum(rows[r] or 0 for r in ROWS)
+    rows["residual_bytes"] = rss - explained
+    out.update(rows)
+    out["untouched_sites"] = mapped["untouched_sites"]
+    status = snap.get("status") or {}
+    if status:
+        out["status"] = status
+    return out
 
-    # Traced mappings and blocks glibc mmapped: resident, untouched, leftover.
+
+def _traced_mappings(v: Dict[str, np.ndarray], kinds: np.ndarray) -> Dict[str, Any]:
+    """Traced mappings and the blocks glibc mmapped: resident, untouched, leftover."""
     mapped, bigblock = kinds == "mapped", kinds == "bigblock"
     traced = v["blocks"] + v["anon_map"]
     resident = np.minimum(traced, v["rss"])
     gap, left = traced - resident, v["rss"] - resident
     either = mapped | bigblock
-    mapped_resident, untouched = int(resident[either].sum()), int(gap[either].sum())
-    bigblock_overhead = int(left[bigblock].sum())  # the chunk header's page
-    unexplained_mapped = int(left[mapped].sum())
     untouched_sites: Dict[int, int] = {}
-    for site, bytes_ in zip(v["top_site"][either & (gap != 0) & (v["top_site"] >= 0)].tolist(),
-                            gap[either & (gap != 0) & (v["top_site"] >= 0)].tolist()):
+    named = either & (gap != 0) & (v["top_site"] >= 0)
+    for site, bytes_ in zip(v["top_site"][named].tolist(), gap[named].tolist()):
         untouched_sites[site] = untouched_sites.get(site, 0) + bytes_
-    out["untouched_bytes"] = untouched
+    return {"resident": int(resident[either].sum()), "untouched": int(gap[either].sum()),
+            "bigblock_overhead": int(left[bigblock].sum()),  # the chunk header's page
+            "unexplained": int(left[mapped].sum()), "untouched_sites": untouched_sites}
 
-    # glibc's books at the nearest moment.
-    mi = _nearest(heap_stats(proc), snap.get("position", 0), 1 if exit_ else None) \
-        or _nearest(heap_stats(proc), snap.get("position", 0))
+
+def _nearest_books(books: list, snap: Mapping[str, Any], exit_: bool) -> Optional[dict]:
+    """The statistics nearest the snapshot (at exit, those the exit sent, if any)."""
+    position = snap.get("position", 0)
+    return ((_nearest(books, position, fmt.STATS_EXIT) if exit_ else None)
+            or _nearest(books, position))
+
+
+def _glibc_rows(proc: Process, snap: Mapping[str, Any], exit_: bool, out: Dict[str, Any],
+                small_live: int, arena_unexplained: int) -> Tuple[Optional[int], Optional[int]]:
+    """glibc's books at the nearest moment: (free bytes it holds, its overhead in arenas)."""
+    mi = _nearest_books(heap_stats(proc), snap, exit_)
     if mi is None:
-        allocator_free = allocator_overhead_arena = None
         out["unknown"]["allocator_free_bytes"] = out["unknown"]["allocator_overhead_bytes"] = \
             "no glibc statistics from this process (not glibc's malloc, or it never allocated after the request)"
-    else:
-        out["mallinfo"] = mi
-        allocator_overhead_arena = max(0, mi["uordblks"] - small_live)
-        allocator_free = max(0, min(arena_rss - small_resident - allocator_overhead_arena,
-                                    mi["fordblks"]))
+        return None, None
+    out["mallinfo"] = mi
+    overhead = max(0, mi["uordblks"] - small_live)
+    return max(0, min(arena_unexplained - overhead, mi["fordblks"])), overhead
 
-    py = _nearest(pymalloc_stats(proc), snap.get("position", 0), 1 if exit_ else None) \
-        or _nearest(pymalloc_stats(proc), snap.get("position", 0))
-    pymalloc_free: Optional[int]
+
+def _pymalloc_row(proc: Process, snap: Mapping[str, Any], exit_: bool, out: Dict[str, Any],
+                  mapped_resident: int) -> Optional[int]:
+    """Free bytes in pymalloc's arenas at the nearest moment (0 without pymalloc)."""
+    py = _nearest_books(pymalloc_stats(proc), snap, exit_)
     if py is not None and not py.get("pymalloc", 1):
-        pymalloc_free = 0
         out["notes"].append("this Python does not use pymalloc (PYTHONMALLOC=malloc?): "
                             "its objects are in glibc's rows")
-    elif py is None:
-        pymalloc_free = None if proc.python else 0
+        return 0
+    if py is None:
         if proc.python:
             out["unknown"]["pymalloc_free_bytes"] = "no pymalloc statistics from this process"
-    else:
-        out["pymalloc"] = py
-        free = py.get("available", 0) + py.get("unused_pools", 0) + py.get("lost", 0)
-        pymalloc_free = max(0, min(free, mapped_resident))
-
-    rows = {
-        "rss_bytes": rss,
-        "heap_resident_bytes": small_resident + mapped_resident - (pymalloc_free or 0),
-        "tracer_bytes": sums.get("tracer", 0),
-        "allocator_free_bytes": allocator_free,
-        "allocator_overhead_bytes": None if allocator_overhead_arena is None
-        else allocator_overhead_arena + bigblock_overhead,
-        "pymalloc_free_bytes": pymalloc_free,
-        "file_backed_bytes": sums.get("file", 0),
-        "stacks_and_other_anon_bytes": sums.get("stack", 0),
-        "untracked_bytes": sums.get("untracked", 0) + unexplained_mapped,
-        "untouched_bytes": untouched,
-    }
-    explained = sum(rows[r] or 0 for r in ROWS)
-    rows["residual_bytes"] = rss - explained
-    out.update(rows)
-    out["untouched_sites"] = untouched_sites
-    status = snap.get("status") or {}
-    if status:
-        out["status"] = status
-    return out
+        return None if proc.python else 0
+    out["pymalloc"] = py
+    free = py.get("available", 0) + py.get("unused_pools", 0) + py.get("lost", 0)
+    return max(0, min(free, mapped_resident))
 
 
 def peak_tolerance(peak: int) -> int:

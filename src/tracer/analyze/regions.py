@@ -3,7 +3,7 @@ seen through one region, which is what every report shows with `--region NAME`.
 
 The collector's regions chunk holds, per process, a row for each region's closed
 instances and one for each instance still open when it was written, with each
-site's numbers inside them (csrc/regions.c). A region's numbers merge its rows:
+site's numbers inside them (csrc/collector/regions.c). A region's numbers merge its rows:
 instances add up, its peak is its highest instance's (with that instance's
 breakdown by site), allocated bytes and what each instance left live add up.
 """

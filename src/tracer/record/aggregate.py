@@ -1,4 +1,4 @@
-"""Python face of the C aggregator (csrc/native.c): batches in, totals and sites out.
+"""Python face of the C aggregator (csrc/collector/aggregate.c): batches in, totals and sites out.
 No NumPy at import: the collector uses it through cffi buffers only."""
 import json
 import os

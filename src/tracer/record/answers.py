@@ -18,7 +18,7 @@ from tracer._native import ffi, lib
 
 TOP_STACKS = 10
 MAX_FRAMES = 16
-ANSWER_BYTES = 1 << 16  # the answer area (csrc/transport.c)
+ANSWER_BYTES = 1 << 16  # the answer area (csrc/shim/transport.c)
 
 
 class Names:

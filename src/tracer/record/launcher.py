@@ -14,7 +14,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 from tracer import __version__
 from tracer.errors import MemtraceError
@@ -239,10 +239,8 @@ class _Reaper:
         return self.status is not None
 
 
-def run(opts: RunOptions) -> RunResult:
-    program = resolve_program(opts.argv[0])
-    check_traceable(program)
-    # -o DIR/ (or an existing folder): the capture goes inside it, with the usual name
+def _output_folder(opts: RunOptions) -> Optional[str]:
+    """-o DIR/ (or an existing folder): the capture goes inside it, with the usual name."""
     folder = opts.output if opts.output and (opts.output.endswith(os.sep) or
                                              os.path.isdir(opts.output)) else None
     if folder is not None:
@@ -250,6 +248,58 @@ def run(opts: RunOptions) -> RunResult:
             os.makedirs(folder, 0o700, exist_ok=True)
         except OSError as exc:
             raise MemtraceError(f"cannot create the folder {folder}: {exc.strerror}") from None
+    return folder
+
+
+def _start_target(opts: RunOptions, program: str, env: dict, view) -> subprocess.Popen:
+    try:
+        proc = subprocess.Popen(opts.argv, executable=program, env=env,
+                                **(view.target_stdio() if view else {}))
+    except OSError as exc:
+        raise MemtraceError(f"cannot start {opts.argv[0]}: {exc.strerror}", exit_code=126) from None
+    if view is not None:
+        view.start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to the target too
+    for forwarded in FORWARDED_SIGNALS:
+        signal.signal(forwarded, lambda signum, _frame: proc.send_signal(signum))
+    return proc
+
+
+def _write_info(writer, opts: RunOptions, program: str, pid: int) -> None:
+    from tracer import _format as fmt
+    from tracer.record.aggregate import PAGE_SIZE
+
+    writer.json_chunk(fmt.CHUNK_INFO, 0, {
+        "command": redact(opts.argv) if opts.redact_argv else opts.argv, "program": program,
+        "memtrace_version": __version__, "start_time": time.time(), "page_size": PAGE_SIZE,
+        "main_pid": pid, "sample_interval": opts.sample_interval, "sample_rate": opts.sample_rate,
+        "cwd": os.getcwd(), "python": sys.version.split()[0], "host": socket.gethostname()})
+
+
+def _write_end(writer, collector, reaper: "_Reaper", pid: int,
+               t0: float) -> Tuple[Optional[int], Optional[int]]:
+    """The run's end chunk: the target's exit status and what memtrace itself cost."""
+    from tracer import _format as fmt
+
+    status = reaper.status
+    assert status is not None  # collector.run() returns once reaper.done()
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    own = resource.getrusage(resource.RUSAGE_SELF)  # memtrace's own cost, for the record
+    writer.json_chunk(fmt.CHUNK_END, 0, {
+        "exit_code": code, "signal": sig, "duration": time.monotonic() - t0,
+        "main_pid": pid, "main_max_rss": reaper.max_rss, "main_cpu_seconds": reaper.cpu,
+        "refused_connections": collector.refused,
+        "collector_cpu_seconds": own.ru_utime + own.ru_stime,
+        "collector_max_rss": own.ru_maxrss * 1024})
+    return code, sig
+
+
+def run(opts: RunOptions) -> RunResult:
+    program = resolve_program(opts.argv[0])
+    check_traceable(program)
+    folder = _output_folder(opts)
+    if folder is not None:
         opts = opts._replace(output=None)
     session = Session()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, *FORWARDED_SIGNALS)}
@@ -263,20 +313,9 @@ def run(opts: RunOptions) -> RunResult:
         if opts.live:
             from tracer.live.run import LiveRun
             view = LiveRun(session.directory, opts.output)
-        try:
-            proc = subprocess.Popen(opts.argv, executable=program, env=env,
-                                    **(view.target_stdio() if view else {}))
-        except OSError as exc:
-            raise MemtraceError(f"cannot start {opts.argv[0]}: {exc.strerror}", exit_code=126) from None
-        if view is not None:
-            view.start()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal sends it to the target too
-        for forwarded in FORWARDED_SIGNALS:
-            signal.signal(forwarded, lambda signum, _frame: proc.send_signal(signum))
+        proc = _start_target(opts, program, env, view)
         # The collector's imports (NumPy, cffi) load while the target starts; its
         # first connection waits in the socket's backlog meanwhile.
-        from tracer import _format as fmt
-        from tracer.record.aggregate import PAGE_SIZE
         from tracer.record.capture_writer import CaptureWriter
         from tracer.record.collector import Collector
         label = os.path.basename(opts.argv[0]) if opts.redact_argv else program_label(opts.argv)
@@ -293,25 +332,12 @@ def run(opts: RunOptions) -> RunResult:
         collector.main_pid = proc.pid
         from tracer.live.server import LiveServer
         collector.live = LiveServer(session.directory, collector)  # `memtrace live` can attach
-        writer.json_chunk(fmt.CHUNK_INFO, 0, {
-            "command": redact(opts.argv) if opts.redact_argv else opts.argv, "program": program, "memtrace_version": __version__,
-            "start_time": time.time(), "page_size": PAGE_SIZE, "main_pid": proc.pid,
-            "sample_interval": opts.sample_interval, "sample_rate": opts.sample_rate, "cwd": os.getcwd(),
-            "python": sys.version.split()[0], "host": socket.gethostname()})
+        _write_info(writer, opts, program, proc.pid)
         reaper = _Reaper(proc.pid)
         collector.run(reaper.done)
-        status = reaper.status
-        assert status is not None  # collector.run() returns once reaper.done()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        own = resource.getrusage(resource.RUSAGE_SELF)  # memtrace's own cost, for the record
-        writer.json_chunk(fmt.CHUNK_END, 0, {
-            "exit_code": code, "signal": sig, "duration": time.monotonic() - t0,
-            "main_pid": proc.pid, "main_max_rss": reaper.max_rss, "main_cpu_seconds": reaper.cpu,
-            "refused_connections": collector.refused,
-            "collector_cpu_seconds": own.ru_utime + own.ru_stime,
-            "collector_max_rss": own.ru_maxrss * 1024})
+        assert reaper.status is not None
+        proc.returncode = os.waitstatus_to_exitcode(reaper.status)
+        code, sig = _write_end(writer, collector, reaper, proc.pid, t0)
         collector.live.finish({"exit_code": code, "signal": sig,
                                "duration": time.monotonic() - t0})
         if view is not None:

@@ -4,7 +4,7 @@ The metadata names stacks, libraries and threads: it grows with the distinct sta
 not with the run. Records that come again and again are not kept: glibc's statistics
 (only the last one: `held`, the allocator-held bytes a live view charts), pymalloc's
 statistics, and object censuses (kept aside until the collector has joined them).
-The sifting is C (csrc/native.c, mt_meta_sift): no record is handled in Python.
+The sifting is C (csrc/collector/stream.c, mt_meta_sift): no record is handled in Python.
 """
 import struct
 

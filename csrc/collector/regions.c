@@ -1,4 +1,4 @@
-/* regions.c — per-region numbers in the collector's aggregator (see native.c).
+/* regions.c — per-region numbers in the collector's aggregator (see aggregate.c).
  *
  * An instance is one span of one thread between a region's enter and leave
  * marks. Every heap allocation a thread makes while it has instances open
@@ -7,7 +7,7 @@
  * whichever thread frees it and whenever. Per open instance: live bytes, the
  * peak (exact, event by event: live is compared at every allocation), bytes
  * allocated, and the same per allocation site, whose values at the instance's
- * peak are kept with the heap peak's dirty-list rule (native.c): only entries
+ * peak are kept with the heap peak's dirty-list rule (aggregate.c): only entries
  * changed since the last peak are copied when a new one is reached.
  *
  * When an instance closes it is folded into its region (per region id): the
@@ -19,87 +19,15 @@
  * open instances, the regions' sites and the blocks closed instances left
  * live, not the number of instances.
  *
- * The collector is single-threaded: nothing here is shared.
+ * The collector is single-threaded: nothing here is shared. The rows and site
+ * records handed to Python are made in regions_rows.c.
  */
-#include "regions.h"
+#include "regions_tables.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "hash.h"
-
-#define OPEN_OWNER 0x80000000u /* an entry's owner: an open instance (else a region id) */
-#define MAX_REGIONS (1u << 20)  /* ids beyond (a corrupt capture): ignored */
-
-typedef struct inst {
-    uint32_t region, tid;
-    uint32_t parent;   /* the enclosing instance on its thread + 1 (0: none) */
-    uint32_t refs;     /* open + live blocks and mappings + nested instances kept */
-    uint32_t depth;    /* enters of the same region on its thread while open */
-    uint32_t open;
-    uint32_t first;    /* its first site entry + 1 (a list through entry.next) */
-    uint32_t next_free;
-    int64_t live, live_count, peak;
-    uint64_t alloc, n_allocs, peak_event;
-    double peak_time, t_enter;
-    uint32_t *dirty;   /* owned, kept across reuse: entries changed since its last peak */
-    size_t n_dirty, dirty_cap;
-} inst;
-
-typedef struct entry {
-    uint32_t owner, site;
-    uint32_t next;     /* the owner's next entry + 1 (the free list's, once freed) */
-    uint32_t dirty;
-    int64_t live, live_count, peak, peak_count;
-    uint64_t alloc, n_allocs, temp, temp_count;
-} entry;
-
-typedef struct region {
-    uint32_t seen, instances; /* closed instances folded in */
-    uint32_t first;           /* first folded entry + 1 */
-    uint32_t parent;          /* the region around its first instance (0: none) */
-    int64_t peak, left, left_count;
-    uint64_t peak_event, alloc, n_allocs;
-    double peak_time, t_enter, t_leave;
-    int64_t last_peak, last_left;
-    uint64_t last_alloc;
-} region;
-
-typedef struct thread {
-    uint32_t tid;
-    uint32_t current; /* its innermost open instance + 1 */
-} thread;
-
-struct mt_regions {
-    inst *inst;
-    size_t n_inst, inst_cap;
-    uint32_t free_inst;
-    entry *ent;
-    size_t n_ent, ent_cap;
-    uint32_t free_ent;
-    uint32_t *index; /* (owner, site) -> entry + 1 */
-    size_t index_cap, index_used;
-    region *reg;
-    size_t reg_cap;
-    thread *thr; /* open addressing on tid */
-    size_t thr_cap, n_thr;
-    uint32_t n_open;
-};
-
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *q = realloc(*p, n * elem);
-    if (q == NULL)
-        return -1;
-    memset((char *)q + *cap * elem, 0, (n - *cap) * elem);
-    *p = q;
-    *cap = n;
-    return 0;
-}
+#include "util.h"
 
 mt_regions *mt_regions_new(void) {
     return calloc(1, sizeof(mt_regions));
@@ -138,7 +66,7 @@ static int thr_rehash(mt_regions *r, size_t cap) {
     return 0;
 }
 
-static thread *thread_of(mt_regions *r, uint32_t tid, int create) {
+thread *mt_regions_thread(mt_regions *r, uint32_t tid, int create) {
     if (r->thr_cap) {
         for (size_t j = mix64(tid) & (r->thr_cap - 1);; j = (j + 1) & (r->thr_cap - 1)) {
             if (r->thr[j].tid == tid)
@@ -219,7 +147,7 @@ static uint32_t entry_of(mt_regions *r, uint32_t owner, uint32_t site, int creat
     if (e) {
         r->free_ent = r->ent[e - 1].next;
     } else {
-        if (grow((void **)&r->ent, &r->ent_cap, r->n_ent + 1, sizeof(entry)) < 0)
+        if (mt_grow((void **)&r->ent, &r->ent_cap, r->n_ent + 1, sizeof(entry)) < 0)
             return 0;
         e = (uint32_t)++r->n_ent;
     }
@@ -264,7 +192,7 @@ static void touch(mt_regions *r, inst *x, uint32_t e) {
     entry *d = &r->ent[e - 1];
     if (d->dirty)
         return;
-    if (grow((void **)&x->dirty, &x->dirty_cap, x->n_dirty + 1, sizeof(uint32_t)) < 0)
+    if (mt_grow((void **)&x->dirty, &x->dirty_cap, x->n_dirty + 1, sizeof(uint32_t)) < 0)
         return; /* out of memory: this entry's at-peak value may lag */
     d->dirty = 1;
     x->dirty[x->n_dirty++] = e;
@@ -351,9 +279,9 @@ static void close_instance(mt_regions *r, uint32_t i, double t) {
 static int enter(mt_regions *r, uint32_t tid, uint32_t id, double t) {
     if (id == 0 || id >= MAX_REGIONS || tid == 0)
         return 0; /* (a corrupt capture) */
-    if (grow((void **)&r->reg, &r->reg_cap, (size_t)id + 1, sizeof(region)) < 0)
+    if (mt_grow((void **)&r->reg, &r->reg_cap, (size_t)id + 1, sizeof(region)) < 0)
         return -1;
-    thread *th = thread_of(r, tid, 1);
+    thread *th = mt_regions_thread(r, tid, 1);
     if (th == NULL)
         return -1;
     for (uint32_t i = th->current; i; i = r->inst[i - 1].parent)
@@ -367,7 +295,7 @@ static int enter(mt_regions *r, uint32_t tid, uint32_t id, double t) {
         r->free_inst = r->inst[n - 1].next_free;
     } else {
         if (r->n_inst >= OPEN_OWNER ||
-            grow((void **)&r->inst, &r->inst_cap, r->n_inst + 1, sizeof(inst)) < 0)
+            mt_grow((void **)&r->inst, &r->inst_cap, r->n_inst + 1, sizeof(inst)) < 0)
             return -1;
         n = (uint32_t)++r->n_inst;
     }
@@ -398,7 +326,7 @@ static int enter(mt_regions *r, uint32_t tid, uint32_t id, double t) {
 }
 
 static void leave(mt_regions *r, uint32_t tid, uint32_t id, double t) {
-    thread *th = thread_of(r, tid, 0);
+    thread *th = mt_regions_thread(r, tid, 0);
     if (th == NULL)
         return;
     uint32_t i = th->current;
@@ -428,7 +356,7 @@ uint32_t mt_regions_alloc(mt_regions *r, uint32_t tid, uint32_t site, int64_t by
                           uint64_t event) {
     if (r->n_open == 0)
         return 0;
-    thread *th = thread_of(r, tid, 0);
+    thread *th = mt_regions_thread(r, tid, 0);
     if (th == NULL || th->current == 0)
         return 0;
     uint32_t innermost = th->current;
@@ -496,123 +424,4 @@ void mt_regions_split(mt_regions *r, uint32_t i0, uint32_t site) {
         if (e)
             r->ent[e - 1].live_count++;
     }
-}
-
-/* ---- Output ---------------------------------------------------------------
- * Rows: each region with closed instances (in id order), then each open
- * instance (in slot order); a site record names its row by index. */
-
-static void region_row(const region *g, uint32_t id, mt_region_row *out) {
-    memset(out, 0, sizeof *out);
-    out->region = id;
-    out->instances = g->instances;
-    out->parent = g->parent;
-    out->peak_bytes = g->peak;
-    out->peak_time = g->peak_time;
-    out->peak_event = g->peak_event;
-    out->t_enter = g->t_enter;
-    out->t_leave = g->t_leave;
-    out->alloc_bytes = g->alloc;
-    out->n_allocs = g->n_allocs;
-    out->live_bytes = g->left;
-    out->live_count = g->left_count;
-    out->last_peak_bytes = g->last_peak;
-    out->last_live_bytes = g->last_left;
-    out->last_alloc_bytes = g->last_alloc;
-}
-
-static void open_row(const mt_regions *r, const inst *x, mt_region_row *out) {
-    memset(out, 0, sizeof *out);
-    out->region = x->region;
-    out->tid = x->tid;
-    out->parent = x->parent ? r->inst[x->parent - 1].region : 0;
-    out->peak_bytes = x->peak;
-    out->peak_time = x->peak_time;
-    out->peak_event = x->peak_event;
-    out->t_enter = x->t_enter;
-    out->t_leave = -1;
-    out->alloc_bytes = x->alloc;
-    out->n_allocs = x->n_allocs;
-    out->live_bytes = x->live;
-    out->live_count = x->live_count;
-}
-
-size_t mt_regions_rows(const mt_regions *r, mt_region_row *out, size_t max) {
-    size_t n = 0;
-    for (size_t id = 1; r && id < r->reg_cap; id++)
-        if (r->reg[id].instances) {
-            if (n < max)
-                region_row(&r->reg[id], (uint32_t)id, &out[n]);
-            n++;
-        }
-    for (size_t i = 0; r && i < r->n_inst; i++)
-        if (r->inst[i].open) {
-            if (n < max)
-                open_row(r, &r->inst[i], &out[n]);
-            n++;
-        }
-    return n;
-}
-
-/* Append the entries of a list as records of `row`; returns the new count. */
-static size_t list_sites(const mt_regions *r, uint32_t first, uint32_t row, mt_region_site *out,
-                         size_t n, size_t max) {
-    for (uint32_t e = first; e; e = r->ent[e - 1].next) {
-        const entry *d = &r->ent[e - 1];
-        if (n < max) {
-            mt_region_site *s = &out[n];
-            s->row = row;
-            s->site = d->site;
-            s->alloc_bytes = d->alloc;
-            s->n_allocs = d->n_allocs;
-            s->live_bytes = d->live;
-            s->live_count = d->live_count;
-            s->peak_bytes = d->peak;
-            s->peak_count = d->peak_count;
-            s->temp_bytes = d->temp;
-            s->temp_count = d->temp_count;
-        }
-        n++;
-    }
-    return n;
-}
-
-size_t mt_regions_sites(const mt_regions *r, mt_region_site *out, size_t max) {
-    size_t n = 0;
-    uint32_t row = 0;
-    for (size_t id = 1; r && id < r->reg_cap; id++)
-        if (r->reg[id].instances)
-            n = list_sites(r, r->reg[id].first, row++, out, n, max);
-    for (size_t i = 0; r && i < r->n_inst; i++)
-        if (r->inst[i].open)
-            n = list_sites(r, r->inst[i].first, row++, out, n, max);
-    return n;
-}
-
-/* The innermost instance of region id (0: of any region) open on thread tid. */
-static const inst *open_on(const mt_regions *r, uint32_t tid, uint32_t id) {
-    thread *th = r ? thread_of((mt_regions *)r, tid, 0) : NULL;
-    for (uint32_t i = th ? th->current : 0; i; i = r->inst[i - 1].parent)
-        if (id == 0 || r->inst[i - 1].region == id)
-            return &r->inst[i - 1];
-    return NULL;
-}
-
-int mt_regions_usage(const mt_regions *r, uint32_t tid, uint32_t id, mt_region_row *out) {
-    const inst *x = open_on(r, tid, id);
-    if (x != NULL) {
-        open_row(r, x, out);
-        return 1;
-    }
-    if (r && id && id < r->reg_cap && r->reg[id].instances) {
-        region_row(&r->reg[id], id, out);
-        return 2;
-    }
-    return 0;
-}
-
-size_t mt_regions_usage_sites(const mt_regions *r, uint32_t tid, uint32_t id, mt_region_site *out,
-                              size_t max) {
-    const inst *x = open_on(r, tid, id);
-    return x ? list_sites(r, x->first, 0, out, 0, max) : 0;
 }

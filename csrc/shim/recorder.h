@@ -1,6 +1,7 @@
 /* recorder.h — the shim's back end: turns hooked calls into events.
  *
  * preload.c (the front end) calls these with the reentrancy guard held.
+ * recorder.c records; heapstats.c answers requests for heap statistics.
  */
 #ifndef MT_RECORDER_H
 #define MT_RECORDER_H
@@ -8,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "events.h"
+#include "../events.h"
 
 #define MT_TLS __thread __attribute__((tls_model("initial-exec")))
 
@@ -61,6 +62,11 @@ static inline int mt_stats_wanted(const mt_shm_header *h) {
                                              __atomic_load_n(&mt_stats_seen, __ATOMIC_RELAXED), 0);
 }
 void mt_after_call(void);
+void mt_heapstats_init(void);
+void mt_heapstats_after_fork_child(void);
+
+/* The registered frame reader (NULL: native-only). */
+const struct mt_python_reader *mt_python_reader_now(void);
 
 /* exit() is running: send the final heap statistics and let the collector look
  * at the process before it goes. */

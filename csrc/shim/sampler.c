@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "hash.h"
+#include "../hash.h"
 #include "transport.h"
 
 uint64_t mt_sample_rate;

@@ -1,6 +1,6 @@
-/* regions.h — per-region numbers inside the collector's aggregator (native.c).
+/* regions.h — per-region numbers inside the collector's aggregator (aggregate.c).
  *
- * Internal to tracer._native: native.c feeds region marks, heap allocations and
+ * Internal to tracer._native: aggregate.c feeds region marks, heap allocations and
  * releases here; the row and site records it hands to Python are declared in
  * native.h (mt_region_row, mt_region_site).
  */

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "events.h"
+#include "../events.h"
 
 #define MT_OK 0
 #define MT_ERR (-1)

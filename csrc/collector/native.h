@@ -2,7 +2,10 @@
  * (src/tracer/_build_ffi.py reads the declarations between the CDEF markers).
  *
  * Draining a process's shared-memory stream and aggregating its events: the
- * collector never handles events one by one in Python.
+ * collector never handles events one by one in Python. In pipeline order:
+ * stream.c (the shared-memory stream), aggregate.c and regions.c (feeding the
+ * aggregator), query.c and regions_rows.c (reading it out), smaps.c, codec.c
+ * (capture files) and report.c (report processes).
  */
 #ifndef MT_NATIVE_H
 #define MT_NATIVE_H
@@ -10,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "events.h"
+#include "../events.h"
 
 /* CDEF-BEGIN */
 /* One allocation site: everything the reports need, per distinct
@@ -70,7 +73,7 @@ size_t mt_agg_sites(const mt_agg *agg, mt_site *out, size_t max);
 /* Copy site i into out: 0, or -1 if there is no such site. */
 int mt_agg_site(const mt_agg *agg, size_t i, mt_site *out);
 
-/* Regions (tracer.region; csrc/regions.c). A row is a region's closed instances
+/* Regions (tracer.region; regions.c). A row is a region's closed instances
  * folded together (instances > 0) or one instance still open (instances = 0). */
 typedef struct mt_region_row {
     uint32_t region;          /* region id (named by a MT_META_REGION record) */
