@@ -1,8 +1,11 @@
 /* events.h — the one definition of memtrace's wire format.
  *
  * Included by the shim (csrc/shim/) and by the collector's C helpers
- * (csrc/collector/). The Python side mirrors it in exactly one
- * module, src/tracer/_format.py; change both together and bump the version.
+ * (csrc/collector/). What lies between the CDEF markers below is read by cffi
+ * (src/tracer/_build_ffi.py), so the Python side takes every constant and
+ * layout from here (tracer._format builds on lib.MT_* and ffi.offsetof), and
+ * tests/unit/test_wire_format.py fails if C and Python ever disagree. Only what
+ * cffi parses goes inside: integer #defines, enums, fixed-size structs.
  *
  * Transport (per traced process):
  *   The shim creates a memfd holding one mt_shm: a header, an event ring and a
@@ -54,9 +57,11 @@
 
 #include <stdint.h>
 
-#define MT_WIRE_VERSION 2
 #define MT_SHM_MAGIC "MTSHM001"
-#define MT_HELLO_MAGIC 0x4d54484cu /* "MTHL" */
+
+/* CDEF-BEGIN */
+#define MT_WIRE_VERSION 2
+#define MT_HELLO_MAGIC 0x4d54484c /* "MTHL" */
 
 /* Event kinds. Allocation kinds first: the collector uses kind <= MT_LAST_ALLOC. */
 enum mt_kind {
@@ -98,25 +103,66 @@ typedef struct mt_event {
     uint32_t seq;
 } mt_event;
 
-/* Metadata record types. Payload layouts (little-endian, packed):
- *   CODE:   u32 code_id, i32 firstlineno, u16 file_len, u16 name_len, file, name
- *   NODE:   u32 node_id, u32 parent_id, u32 code_id, i32 line
- *   LIB:    u16 lib_id, u16 pad, u32 pad, u64 base, path bytes
- *   THREAD: u32 tid, name bytes
- *   TEXT:   u16 key, bytes   (key: MT_TEXT_*)
- *   REGION: u32 region_id, u32 region_kind (MT_REGION_KIND_*), name bytes (UTF-8)
- */
+/* Metadata record types; each payload is one of the mt_meta_* structs below,
+ * followed by its bytes (names, paths, text). */
 enum mt_meta_type {
     MT_META_CODE = 1,
     MT_META_NODE = 2,
     MT_META_LIB = 3,
     MT_META_THREAD = 4,
     MT_META_TEXT = 5,
-    MT_META_HEAPSTATS = 6, /* u64 position, u32 reason, u32 cost_ns, 10 x u64 of glibc's mallinfo2:
-                              arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks
-                              fordblks keepcost */
+    MT_META_HEAPSTATS = 6, /* glibc's statistics, asked for by the collector */
     MT_META_REGION = 7     /* names a region id, once per id in a stream */
 };
+
+/* Each metadata record: this header, the payload, zero bytes up to a multiple of 4. */
+typedef struct mt_meta_header {
+    uint16_t type;              /* mt_meta_type */
+    uint16_t length;            /* of the payload */
+} mt_meta_header;
+
+/* Metadata payloads (little-endian, natural alignment: no padding inside). */
+typedef struct mt_code_payload { /* then file_len bytes of file name, name_len of function */
+    uint32_t code_id;
+    int32_t firstlineno;
+    uint16_t file_len;
+    uint16_t name_len;
+} mt_code_payload;
+
+typedef struct mt_node_payload { /* one stack node: a frame and its caller's node */
+    uint32_t node_id;
+    uint32_t parent_id;
+    uint32_t code_id;
+    int32_t line;
+} mt_node_payload;
+
+typedef struct mt_lib_payload { /* then the shared object's path */
+    uint16_t lib_id;
+    uint16_t pad;
+    uint32_t pad2;
+    uint64_t base;
+} mt_lib_payload;
+
+typedef struct mt_thread_payload { /* then the thread's name */
+    uint32_t tid;
+} mt_thread_payload;
+
+typedef struct mt_text_payload { /* then the text (UTF-8) */
+    uint16_t key;               /* mt_text_key */
+} mt_text_payload;
+
+typedef struct mt_region_payload { /* then the region's name (UTF-8) */
+    uint32_t region_id;
+    uint32_t region_kind;       /* mt_region_kind */
+} mt_region_payload;
+
+typedef struct mt_heapstats_payload {
+    uint64_t position;          /* events claimed when the statistics were read */
+    uint32_t reason;            /* mt_stats_reason */
+    uint32_t cost_ns;           /* what reading them cost the program, saturated */
+    /* glibc's mallinfo2, field by field */
+    uint64_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+} mt_heapstats_payload;
 
 /* Who opened a region (reports list tests and notebook cells apart). */
 enum mt_region_kind { MT_REGION_KIND_USER = 0, MT_REGION_KIND_TEST = 1, MT_REGION_KIND_CELL = 2,
@@ -159,6 +205,16 @@ enum mt_state {
     MT_STATE_DISABLED = 2, /* the shim stopped tracing (collector gone) */
     MT_STATE_EXITING = 3   /* exit() is running the shim's destructor; waits for exit_ack */
 };
+
+/* First message on the socket, with the memfd attached. */
+typedef struct mt_hello {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t pid;
+    uint32_t ppid;
+    uint64_t shm_size;
+} mt_hello;
+/* CDEF-END */
 
 #define MT_CACHELINE 64
 
@@ -222,14 +278,5 @@ typedef struct mt_shm_header {
     uint32_t census_ack;
     char pad7[MT_CACHELINE - 16];
 } mt_shm_header;
-
-/* First message on the socket, with the memfd attached. */
-typedef struct mt_hello {
-    uint32_t magic;
-    uint32_t version;
-    uint32_t pid;
-    uint32_t ppid;
-    uint64_t shm_size;
-} mt_hello;
 
 #endif /* MT_EVENTS_H */

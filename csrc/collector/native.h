@@ -136,7 +136,21 @@ size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
 size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside,
                     size_t aside_cap, size_t *aside_len, size_t *consumed, uint8_t *heapstats,
                     int *heapstats_seen);
-uint64_t mt_shm_counter(const void *shm, int which); /* 0 dropped, 1 unattributed, 2 reentrant, 3 state, 4 head, 5 tail, 6 stats_cost_ns, 7 forks, 8 exit_status, 9 census_sent, 10 census_ack */
+/* The shared-memory header's counters, read together (each load atomic). */
+typedef struct mt_shm_counters {
+    uint64_t dropped;       /* events not recorded (stream lost) */
+    uint64_t unattributed;  /* events whose stack could not be interned */
+    uint64_t reentrant;     /* calls not recorded: made inside a hook */
+    uint64_t state;         /* mt_state */
+    uint64_t claimed;       /* event positions claimed by the program (head) */
+    uint64_t consumed;      /* event positions drained by the collector (tail) */
+    uint64_t stats_cost_ns; /* what the last heap statistics cost the program */
+    uint64_t forks;         /* children forked */
+    uint64_t exit_status;   /* 0x100 | status once exit()/_exit() was called */
+    uint64_t census_sent;   /* object censuses written (--objects) */
+    uint64_t census_ack;    /* ... and joined by the collector */
+} mt_shm_counters;
+void mt_shm_read_counters(const void *shm, mt_shm_counters *out);
 /* Ask the target for heap statistics (python: pymalloc's too); let an exiting target go. */
 void mt_shm_request_stats(void *shm, int python);
 void mt_shm_ack_exit(void *shm);

@@ -118,33 +118,20 @@ size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside
     return kept;
 }
 
-uint64_t mt_shm_counter(const void *shm, int which) {
+void mt_shm_read_counters(const void *shm, mt_shm_counters *out) {
     const mt_shm_header *h = shm;
-    switch (which) {
-    case 0:
-        return __atomic_load_n(&h->dropped, __ATOMIC_RELAXED);
-    case 1:
-        return __atomic_load_n(&h->unattributed, __ATOMIC_RELAXED);
-    case 2:
-        return __atomic_load_n(&h->reentrant, __ATOMIC_RELAXED);
-    case 3:
-        return __atomic_load_n(&h->state, __ATOMIC_RELAXED);
-    case 4:
-        return __atomic_load_n(&h->head, __ATOMIC_RELAXED);
-    case 5:
-        return __atomic_load_n(&h->tail, __ATOMIC_RELAXED);
-    case 6:
-        return __atomic_load_n(&h->stats_cost_ns, __ATOMIC_RELAXED);
-    case 7:
-        return __atomic_load_n(&h->forks, __ATOMIC_RELAXED);
-    case 8:
-        return __atomic_load_n(&h->exit_status, __ATOMIC_RELAXED);
-    case 9:
-        return __atomic_load_n(&h->census_sent, __ATOMIC_ACQUIRE);
-    case 10:
-        return __atomic_load_n(&h->census_ack, __ATOMIC_RELAXED);
-    }
-    return 0;
+    out->dropped = __atomic_load_n(&h->dropped, __ATOMIC_RELAXED);
+    out->unattributed = __atomic_load_n(&h->unattributed, __ATOMIC_RELAXED);
+    out->reentrant = __atomic_load_n(&h->reentrant, __ATOMIC_RELAXED);
+    out->state = __atomic_load_n(&h->state, __ATOMIC_RELAXED);
+    out->claimed = __atomic_load_n(&h->head, __ATOMIC_RELAXED);
+    out->consumed = __atomic_load_n(&h->tail, __ATOMIC_RELAXED);
+    out->stats_cost_ns = __atomic_load_n(&h->stats_cost_ns, __ATOMIC_RELAXED);
+    out->forks = __atomic_load_n(&h->forks, __ATOMIC_RELAXED);
+    out->exit_status = __atomic_load_n(&h->exit_status, __ATOMIC_RELAXED);
+    /* acquire: the census text it counts is then visible in the metadata ring */
+    out->census_sent = __atomic_load_n(&h->census_sent, __ATOMIC_ACQUIRE);
+    out->census_ack = __atomic_load_n(&h->census_ack, __ATOMIC_RELAXED);
 }
 
 void mt_shm_request_stats(void *shm, int python) {

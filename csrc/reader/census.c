@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "census.h"
+#include "../events.h"
 
 #define PYMALLOC_MAX 512        /* larger requests go to malloc (pymalloc's threshold) */
 #define NPY_OWNDATA 0x0004
@@ -321,7 +322,7 @@ void mt_take_census(int reason) {
     take(&c, &t, reason);
     mt_census_free(&c);
     if (!c.failed && !t.failed && t.len)
-        mt_meta_text_to_shim(12 /* MT_TEXT_CENSUS */, t.p, t.len);
+        mt_meta_text_to_shim(MT_TEXT_CENSUS, t.p, t.len);
     mt_big_free(t.p, t.cap);
     mt_shim_untraced(0);
     PyErr_Restore(type, value, tb);

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "reader.h"
+#include "../events.h"
 
 /* Exported by every CPython 3.9-3.15, declared only in internal headers since 3.10. */
 extern int _PyObject_DebugMallocStats(FILE *out);
@@ -59,7 +60,7 @@ static int format_pymalloc_stats(int reason) {
         }
         line = end ? end + 1 : NULL;
     }
-    mt_meta_text_to_shim(8 /* MT_TEXT_PYMALLOC */, out, out_len);
+    mt_meta_text_to_shim(MT_TEXT_PYMALLOC, out, out_len);
     free(out);
     free(buf);
     return 0;

@@ -8,6 +8,7 @@
 #include "recorder.h"
 
 #include <dlfcn.h>
+#include <stddef.h>
 #include <string.h>
 #include <time.h>
 
@@ -34,19 +35,20 @@ static int64_t clock_ns(void) {
 
 static void send_heapstats(mt_shm_header *h, uint32_t reason) {
     int64_t start = clock_ns();
-    struct {
-        uint64_t position;
-        uint32_t reason, cost_ns; /* what mallinfo cost the program, saturated */
-        uint64_t v[10];
-    } rec = {__atomic_load_n(&h->head, __ATOMIC_RELAXED), reason, 0, {0}};
+    mt_heapstats_payload rec = {.position = __atomic_load_n(&h->head, __ATOMIC_RELAXED),
+                                .reason = reason};
+    /* mallinfo2's ten fields are the payload's last ten, in order */
+    uint64_t *v = &rec.arena;
+    _Static_assert(sizeof rec - offsetof(mt_heapstats_payload, arena) == 10 * sizeof(uint64_t),
+                   "mt_heapstats_payload ends with mallinfo2's ten fields");
     if (real_mallinfo2) {
         struct mt_mallinfo2 m = real_mallinfo2();
-        memcpy(rec.v, &m, sizeof rec.v);
+        memcpy(v, &m, 10 * sizeof *v);
     } else if (real_mallinfo) {
         struct mt_mallinfo m = real_mallinfo();
         const int *f = &m.arena;
         for (int i = 0; i < 10; i++)
-            rec.v[i] = (uint32_t)f[i];
+            v[i] = (uint32_t)f[i];
     } else {
         return;
     }

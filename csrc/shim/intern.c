@@ -85,11 +85,7 @@ static uint32_t intern_code(const mt_python_reader *r, void *code) {
                 if (r->describe(code, file, &file_len, name, &name_len, &first) != 0) {
                     file_len = name_len = 0;
                 }
-                struct {
-                    uint32_t id;
-                    int32_t first;
-                    uint16_t file_len, name_len;
-                } head = {id, first, (uint16_t)file_len, (uint16_t)name_len};
+                mt_code_payload head = {id, first, (uint16_t)file_len, (uint16_t)name_len};
                 char text[sizeof file + sizeof name];
                 memcpy(text, file, file_len);
                 memcpy(text + file_len, name, name_len);
@@ -128,10 +124,7 @@ uint32_t mt_intern_node(const mt_python_reader *r, uint32_t parent, void *code,
                 s->code = code_id;
                 s->lasti = lasti;
                 uint32_t id = __atomic_fetch_add(&next_node, 1, __ATOMIC_RELAXED);
-                struct {
-                    uint32_t id, parent, code;
-                    int32_t line;
-                } rec = {id, parent, code_id, r->line(code, lasti)};
+                mt_node_payload rec = {id, parent, code_id, r->line(code, lasti)};
                 mt_meta_write(mt_stream, MT_META_NODE, &rec, sizeof rec, NULL, 0);
                 __atomic_store_n(&s->id, id, __ATOMIC_RELEASE);
                 return id;
@@ -177,11 +170,7 @@ static uint16_t lib_for_base(uintptr_t base, const Dl_info *info) {
         const char *name;
         size_t len;
         lib_name(info, &name, &len);
-        struct {
-            uint16_t id, pad;
-            uint32_t pad2;
-            uint64_t base;
-        } rec = {(uint16_t)id, 0, 0, base};
+        mt_lib_payload rec = {(uint16_t)id, 0, 0, base};
         mt_meta_write(mt_stream, MT_META_LIB, &rec, sizeof rec, name, len);
     }
     __atomic_store_n(&lib_lock, 0, __ATOMIC_RELEASE);

@@ -211,8 +211,10 @@ static void first_event_of_thread(void) {
     mt_self.tid = (uint32_t)syscall(SYS_gettid);
     char name[17] = {0};
     prctl(PR_GET_NAME, name, 0, 0, 0);
-    if (mt_stream)
-        mt_meta_write(mt_stream, MT_META_THREAD, &mt_self.tid, 4, name, strlen(name));
+    if (mt_stream) {
+        mt_thread_payload rec = {mt_self.tid};
+        mt_meta_write(mt_stream, MT_META_THREAD, &rec, sizeof rec, name, strlen(name));
+    }
 }
 
 /* ---- Recording ----------------------------------------------------------- */
@@ -459,9 +461,7 @@ EXPORT void mt_region_name(uint32_t id, uint32_t kind, const char *name, size_t 
     mt_shm_header *h = mt_stream;
     if (h == NULL)
         return;
-    struct {
-        uint32_t id, kind;
-    } head = {id, kind};
+    mt_region_payload head = {id, kind};
     mt_self.in_hook++;
     mt_meta_write(h, MT_META_REGION, &head, sizeof head, name, len);
     mt_self.in_hook--;

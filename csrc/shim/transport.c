@@ -438,10 +438,10 @@ static void meta_copy(mt_shm_header *h, uint64_t at, const void *src, size_t len
 void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, const void *b,
                    size_t blen) {
     size_t payload = alen + blen;
-    if (payload > 0xffff - 4)
-        payload = blen = 0xffff - 4 - alen;
-    size_t total = (4 + payload + 3) & ~(size_t)3;
-    uint16_t head[2] = {type, (uint16_t)payload};
+    if (payload > 0xffff - sizeof(mt_meta_header))
+        payload = blen = 0xffff - sizeof(mt_meta_header) - alen;
+    size_t total = (sizeof(mt_meta_header) + payload + 3) & ~(size_t)3;
+    mt_meta_header head = {type, (uint16_t)payload};
     static const char zeros[4];
     meta_lock(h);
     uint64_t at = h->meta_head;
@@ -456,10 +456,10 @@ void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, 
         struct timespec pause = {0, 100 * 1000};
         nanosleep(&pause, NULL);
     }
-    meta_copy(h, at, head, 4);
-    meta_copy(h, at + 4, a, alen);
-    meta_copy(h, at + 4 + alen, b, blen);
-    meta_copy(h, at + 4 + payload, zeros, total - 4 - payload);
+    meta_copy(h, at, &head, sizeof head);
+    meta_copy(h, at + sizeof head, a, alen);
+    meta_copy(h, at + sizeof head + alen, b, blen);
+    meta_copy(h, at + sizeof head + payload, zeros, total - sizeof head - payload);
     __atomic_store_n(&h->meta_head, at + total, __ATOMIC_RELEASE);
     meta_unlock(h);
 }

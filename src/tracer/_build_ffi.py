@@ -1,8 +1,10 @@
 """cffi build script for tracer._native, the collector's C hot loops (csrc/collector/).
 
-The C declarations come from the headers themselves — the mt_event layout from
-csrc/events.h and the API between the CDEF markers of csrc/collector/native.h —
-so there is one definition of the wire format, never a hand-kept copy.
+The C declarations come from the headers themselves — the wire format between the
+CDEF markers of csrc/events.h (constants, the event, every metadata payload) and
+the API between those of csrc/collector/native.h — so there is one definition of
+the wire format, never a hand-kept copy: tracer._format reads it all from lib and
+ffi.
 """
 import os
 import re
@@ -16,19 +18,11 @@ SOURCES = ("stream.c", "aggregate.c", "regions.c", "query.c", "regions_rows.c", 
            "codec.c", "report.c")
 
 
-def _event_struct() -> str:
-    text = (CSRC / "events.h").read_text()
-    match = re.search(r"typedef struct mt_event \{.*?\} mt_event;", text, re.S)
+def _cdef_block(header: Path) -> str:
+    """What lies between a header's CDEF markers: the part cffi reads."""
+    match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", header.read_text(), re.S)
     if match is None:
-        raise RuntimeError("csrc/events.h: mt_event definition not found")
-    return match.group(0)
-
-
-def _native_api() -> str:
-    text = (COLLECTOR / "native.h").read_text()
-    match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", text, re.S)
-    if match is None:
-        raise RuntimeError("csrc/collector/native.h: CDEF markers not found")
+        raise RuntimeError(f"{header.relative_to(CSRC.parent)}: CDEF markers not found")
     return match.group(1)
 
 
@@ -37,7 +31,7 @@ def _strip_comments(text: str) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_strip_comments(_event_struct() + "\n" + _native_api()))
+ffibuilder.cdef(_strip_comments(_cdef_block(CSRC / "events.h") + "\n" + _cdef_block(COLLECTOR / "native.h")))
 ffibuilder.set_source(
     "tracer._native",
     '#include "native.h"',

@@ -1,66 +1,111 @@
 """The wire and capture formats, on the Python side.
 
-Mirrors csrc/events.h (kinds, flags, metadata records) — the C header is the
-definition; the event record's NumPy dtype is derived from the compiled cffi
-module, so its layout cannot drift. The capture file layout is documented in
-docs/capture-format.md.
+Every wire constant and layout comes from csrc/events.h through the compiled cffi
+module (lib.MT_*, ffi.typeof, ffi.offsetof), so C and Python cannot drift apart;
+tests/unit/test_wire_format.py checks the few places that cannot import it. The
+capture file layout is documented in docs/capture-format.md.
 """
 import struct
 
-from tracer._native import ffi
+from tracer._native import ffi, lib
 
-# ---- csrc/events.h -------------------------------------------------------
-KIND_NAMES = {
-    0: "none", 1: "malloc", 2: "calloc", 3: "realloc", 4: "reallocarray",
-    5: "posix_memalign", 6: "aligned_alloc", 7: "memalign", 8: "valloc", 9: "pvalloc",
-    10: "free", 11: "mmap", 12: "munmap", 13: "mremap", 14: "region",
-}
-LAST_ALLOC = 9
-FREE, MMAP, MUNMAP, MREMAP, REGION = 10, 11, 12, 13, 14
-FLAG_NUMPY, FLAG_ANON, FLAG_REMAP, FLAG_SHARED, FLAG_SAMPLED, FLAG_KEEP = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+# ---- csrc/events.h (read by cffi: every value below comes from the header) ----
+def _enum(name: str, prefix: str) -> dict:
+    """{NAME: value} of a C enum, the prefix taken off (MT_TEXT_ARGV -> ARGV)."""
+    return {k[len(prefix):]: v for k, v in ffi.typeof(f"enum {name}").relements.items()}
 
-META_CODE, META_NODE, META_LIB, META_THREAD, META_TEXT = 1, 2, 3, 4, 5
-TEXT_PYTHON_VERSION, TEXT_FRAMES_OFF, TEXT_NUMPY, TEXT_WARNING, TEXT_LIBRARY_PATHS = 1, 2, 3, 4, 5
-TEXT_ARGV, TEXT_EXE = 6, 7
 
-STATE_RUNNING, STATE_EXITED, STATE_DISABLED, STATE_EXITING = 0, 1, 2, 3
-META_HEAPSTATS, META_REGION = 6, 7
-REGION_KIND_USER, REGION_KIND_TEST, REGION_KIND_CELL, REGION_KIND_TASK = 0, 1, 2, 3
-REGION_KINDS = {0: "region", 1: "test", 2: "cell", 3: "task"}
-ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4
-STATS_REQUESTED, STATS_EXIT = 0, 1
-TEXT_PYMALLOC, TEXT_TRACER_RANGES, TEXT_SAMPLE_RATE, TEXT_STACKS = 8, 9, 10, 11
-TEXT_CENSUS, TEXT_CENSUS_LINES = 12, 13  # an object census (JSON), its blocks joined by the collector
-TEXT_CLUSTER = 14  # JSON from a cluster integration (tracer.cluster): worker labels, engine numbers
-MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                   "uordblks", "fordblks", "keepcost")
+_KINDS = _enum("mt_kind", "MT_")
+KIND_NAMES = dict(sorted((v, k.lower()) for k, v in _KINDS.items() if k not in ("LAST_ALLOC", "KIND_COUNT")))
+LAST_ALLOC = _KINDS["LAST_ALLOC"]
+FREE, MMAP, MUNMAP, MREMAP, REGION = (_KINDS[k] for k in ("FREE", "MMAP", "MUNMAP", "MREMAP", "REGION"))
+FLAG_NUMPY, FLAG_ANON, FLAG_REMAP = lib.MT_FLAG_NUMPY, lib.MT_FLAG_ANON, lib.MT_FLAG_REMAP
+FLAG_SHARED, FLAG_SAMPLED, FLAG_KEEP = lib.MT_FLAG_SHARED, lib.MT_FLAG_SAMPLED, lib.MT_FLAG_KEEP
+
+_META = _enum("mt_meta_type", "MT_META_")
+META_CODE, META_NODE, META_LIB, META_THREAD = _META["CODE"], _META["NODE"], _META["LIB"], _META["THREAD"]
+META_TEXT, META_HEAPSTATS, META_REGION = _META["TEXT"], _META["HEAPSTATS"], _META["REGION"]
+
+_TEXT = _enum("mt_text_key", "MT_TEXT_")
+TEXT_PYTHON_VERSION, TEXT_FRAMES_OFF, TEXT_NUMPY = _TEXT["PYTHON_VERSION"], _TEXT["FRAMES_OFF"], _TEXT["NUMPY"]
+TEXT_WARNING, TEXT_LIBRARY_PATHS, TEXT_ARGV = _TEXT["WARNING"], _TEXT["LIBRARY_PATHS"], _TEXT["ARGV"]
+TEXT_EXE, TEXT_PYMALLOC, TEXT_TRACER_RANGES = _TEXT["EXE"], _TEXT["PYMALLOC"], _TEXT["TRACER_RANGES"]
+TEXT_SAMPLE_RATE, TEXT_STACKS = _TEXT["SAMPLE_RATE"], _TEXT["STACKS"]
+TEXT_CENSUS, TEXT_CENSUS_LINES = _TEXT["CENSUS"], _TEXT["CENSUS_LINES"]  # a census (JSON), its blocks joined
+TEXT_CLUSTER = _TEXT["CLUSTER"]  # JSON from a cluster integration: worker labels, engine numbers
+
+_STATE = _enum("mt_state", "MT_STATE_")
+STATE_RUNNING, STATE_EXITED = _STATE["RUNNING"], _STATE["EXITED"]
+STATE_DISABLED, STATE_EXITING = _STATE["DISABLED"], _STATE["EXITING"]
+
+_REGION_KIND = _enum("mt_region_kind", "MT_REGION_KIND_")
+REGION_KIND_USER, REGION_KIND_TEST = _REGION_KIND["USER"], _REGION_KIND["TEST"]
+REGION_KIND_CELL, REGION_KIND_TASK = _REGION_KIND["CELL"], _REGION_KIND["TASK"]
+REGION_KINDS = {REGION_KIND_USER: "region", REGION_KIND_TEST: "test", REGION_KIND_CELL: "cell",
+                REGION_KIND_TASK: "task"}
+
+_ASK = _enum("mt_ask", "MT_ASK_")
+ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = (_ASK[k] for k in ("USAGE", "AT_PEAK", "LIVE", "CHECKPOINT"))
+STATS_REQUESTED, STATS_EXIT = lib.MT_STATS_REQUESTED, lib.MT_STATS_EXIT
+
+WIRE_VERSION, HELLO_MAGIC = lib.MT_WIRE_VERSION, lib.MT_HELLO_MAGIC
+HELLO_SIZE = ffi.sizeof("mt_hello")
+
+# C field types as NumPy formats and struct codes (the layouts below are read from cffi).
+_C_TYPES = {"uint8_t": ("u1", "B"), "uint16_t": ("<u2", "H"), "uint32_t": ("<u4", "I"),
+            "int32_t": ("<i4", "i"), "uint64_t": ("<u8", "Q"), "int64_t": ("<i8", "q"),
+            "double": ("<f8", "d")}
+
+
+def c_fields(ctype: str) -> list:
+    """[(name, NumPy format)] of a C struct's fields, in order, as cffi read them."""
+    return [(name, _C_TYPES[f.type.cname][0]) for name, f in ffi.typeof(ctype).fields]
+
+
+def payload_struct(ctype: str) -> struct.Struct:
+    """The struct module's layout of a fixed payload (csrc/events.h), checked against
+    cffi's size: fields in order, no padding inside (the header says so)."""
+    layout = struct.Struct("<" + "".join(_C_TYPES[f.type.cname][1]
+                                         for _, f in ffi.typeof(ctype).fields))
+    assert layout.size == ffi.sizeof(ctype), ctype
+    return layout
+
+
+def c_dtype(ctype: str, names=None):
+    """A NumPy dtype at the exact offsets and size of a C struct (fields renamed by
+    `names`, in order, when given)."""
+    import numpy as np
+    fields = ffi.typeof(ctype).fields
+    return np.dtype({"names": list(names or [name for name, _ in fields]),
+                     "formats": [_C_TYPES[f.type.cname][0] for _, f in fields],
+                     "offsets": [f.offset for _, f in fields], "itemsize": ffi.sizeof(ctype)})
+
+
+MALLINFO_FIELDS = tuple(name for name, _ in ffi.typeof("mt_heapstats_payload").fields
+                        if name not in ("position", "reason", "cost_ns"))
+HELLO = payload_struct("mt_hello")  # magic, version, pid, ppid, shm size
+META_HEADER = payload_struct("mt_meta_header")  # type, payload length
+# Each metadata payload's fixed part; its bytes (names, paths, text) follow at .size.
+PAYLOADS = {META_CODE: payload_struct("mt_code_payload"),      # id, first line, name lengths
+            META_NODE: payload_struct("mt_node_payload"),      # id, parent id, code id, line
+            META_LIB: payload_struct("mt_lib_payload"),        # id, pad, pad, base
+            META_THREAD: payload_struct("mt_thread_payload"),  # tid
+            META_TEXT: payload_struct("mt_text_payload"),      # key
+            META_REGION: payload_struct("mt_region_payload"),  # id, kind
+            META_HEAPSTATS: payload_struct("mt_heapstats_payload")}  # position, reason, cost, mallinfo2
 
 
 # Record layouts as (name, NumPy format); the dtypes are built on first use, so
 # that the collector, which never needs NumPy, starts without importing it.
-EVENT_FIELDS = [
-    ("addr", "<u8"), ("size", "<u8"), ("stack", "<u4"), ("tid", "<u4"),
-    ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"), ("seq", "<u4")]
-SITE_FIELDS = [
-    ("stack", "<u4"), ("tid", "<u4"), ("lib", "<u2"), ("kind", "u1"), ("flags", "u1"),
-    ("dirty", "<u4"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"), ("live_bytes", "<i8"),
-    ("live_count", "<i8"), ("peak_bytes", "<i8"), ("peak_count", "<i8"),
-    ("temp_bytes", "<u8"), ("temp_count", "<u8")]
+EVENT_FIELDS = c_fields("mt_event")
+SITE_FIELDS = c_fields("mt_site")
 
 TOTALS_FIELDS = [name for name, _ in ffi.typeof("mt_totals").fields]
 
 # Regions (csrc/collector/native.h): a region's closed instances or one open instance, and
 # the numbers of each site inside them.
-REGION_ROW_FIELDS = [
-    ("region", "<u4"), ("tid", "<u4"), ("instances", "<u4"), ("parent", "<u4"),
-    ("peak_bytes", "<i8"), ("peak_time", "<f8"), ("peak_event", "<u8"), ("t_enter", "<f8"),
-    ("t_leave", "<f8"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"), ("live_bytes", "<i8"),
-    ("live_count", "<i8"), ("last_peak_bytes", "<i8"), ("last_live_bytes", "<i8"),
-    ("last_alloc_bytes", "<u8")]
-REGION_SITE_FIELDS = [
-    ("row", "<u4"), ("site", "<u4"), ("alloc_bytes", "<u8"), ("n_allocs", "<u8"),
-    ("live_bytes", "<i8"), ("live_count", "<i8"), ("peak_bytes", "<i8"), ("peak_count", "<i8"),
-    ("temp_bytes", "<u8"), ("temp_count", "<u8")]
+REGION_ROW_FIELDS = c_fields("mt_region_row")
+REGION_SITE_FIELDS = c_fields("mt_region_site")
 
 # ---- capture file (docs/capture-format.md) -------------------------------
 MAGIC = b"MTRACE\x00\n"
@@ -148,10 +193,15 @@ def __getattr__(name):
 
 def iter_meta(data: bytes):
     """Yield (type, payload) for each record of a metadata byte stream."""
-    pos, end = 0, len(data)
-    while pos + 4 <= end:
-        rtype, length = struct.unpack_from("<HH", data, pos)
-        if pos + 4 + length > end:
+    pos, end, head = 0, len(data), META_HEADER.size
+    while pos + head <= end:
+        rtype, length = META_HEADER.unpack_from(data, pos)
+        if pos + head + length > end:
             return  # cut short: the process died mid-record
-        yield rtype, data[pos + 4:pos + 4 + length]
-        pos += (4 + length + 3) & ~3
+        yield rtype, data[pos + head:pos + head + length]
+        pos += meta_record_size(length)
+
+
+def meta_record_size(length: int) -> int:
+    """Bytes a metadata record with a payload of `length` takes (padded to 4)."""
+    return (META_HEADER.size + length + 3) & ~3

@@ -19,8 +19,10 @@ heavy, and finds the shim only on first use.
 import os
 import threading
 
-KIND_USER, KIND_TEST, KIND_CELL, KIND_TASK = 0, 1, 2, 3  # csrc/events.h, mt_region_kind
-ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4  # csrc/events.h, mt_ask
+# csrc/events.h (mt_region_kind, mt_ask), written out: this module runs in the traced
+# program, which may not have cffi (tests/unit/test_wire_format.py checks them)
+KIND_USER, KIND_TEST, KIND_CELL, KIND_TASK = 0, 1, 2, 3
+ASK_USAGE, ASK_AT_PEAK, ASK_LIVE, ASK_CHECKPOINT = 1, 2, 3, 4
 ASK_TIMEOUT_MS = 10_000
 _CO_COROUTINE = 0x80
 

@@ -5,7 +5,6 @@ they are; a stream that never got its final aggregate (the collector itself
 was killed) is rebuilt by replaying its events through the C aggregator.
 """
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -193,23 +192,24 @@ def _with_temporary(sites: np.ndarray, replayed: np.ndarray) -> np.ndarray:
 def _parse_meta(data: bytes):
     """Codes, the stack table, libraries, threads and texts of a metadata stream."""
     types, offsets, lengths = st.meta_index(data)
-    nodes = (types == fmt.META_NODE) & (lengths >= 16)
-    code = (types == fmt.META_CODE) & (lengths >= 12)
+    nodes = (types == fmt.META_NODE) & (lengths >= st.NODE_RECORD.itemsize)
+    code = (types == fmt.META_CODE) & (lengths >= fmt.PAYLOADS[fmt.META_CODE].size)
     codes = st.code_records(data, offsets[code], lengths[code])
     table = st.StackTable(st.fixed_records(data, offsets[nodes], st.NODE_RECORD), codes)
     stats = (types == fmt.META_HEAPSTATS) & (lengths >= st.HEAPSTATS_RECORD.itemsize)
     heapstats = st.fixed_records(data, offsets[stats], st.HEAPSTATS_RECORD)
     libs, threads, texts = {}, {}, []
     for rtype, payload in st.meta_text_records(data, types, offsets, lengths):
-        if rtype == fmt.META_LIB and len(payload) >= 16:
-            lid, = struct.unpack_from("<H", payload)
-            libs[lid] = payload[16:].decode("utf-8", "replace")
-        elif rtype == fmt.META_THREAD and len(payload) >= 4:
-            tid, = struct.unpack_from("<I", payload)
-            threads[tid] = payload[4:].decode("utf-8", "replace")
-        elif rtype == fmt.META_TEXT and len(payload) >= 2:
-            key, = struct.unpack_from("<H", payload)
-            texts.append((key, payload[2:].decode("utf-8", "replace")))
+        head = fmt.PAYLOADS[rtype]
+        if len(payload) < head.size:
+            continue
+        ident, text = head.unpack_from(payload)[0], payload[head.size:].decode("utf-8", "replace")
+        if rtype == fmt.META_LIB:
+            libs[ident] = text
+        elif rtype == fmt.META_THREAD:
+            threads[ident] = text
+        else:
+            texts.append((ident, text))
     return codes, table, libs, threads, texts, heapstats
 
 

@@ -10,7 +10,6 @@ A node id that the capture never described ends its stack in a "lost" frame (the
 reports' `<stack lost>`); so does, in a corrupt capture, a parent link that goes
 round in a cycle or more than MAX_STACK_DEPTH frames deep.
 """
-import struct
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -21,7 +20,7 @@ from tracer._native import ffi, lib
 MAX_STACK_DEPTH = 4096  # guards against cyclic parent links in a corrupt capture
 ROOT = -1  # above the outermost frame
 LOST = -2  # a node the capture never described
-NODE_RECORD = np.dtype([("id", "<u4"), ("parent", "<u4"), ("code", "<u4"), ("line", "<i4")])
+NODE_RECORD = fmt.c_dtype("mt_node_payload", names=("id", "parent", "code", "line"))
 
 
 def meta_index(data: bytes) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,8 +36,7 @@ def meta_index(data: bytes) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return types, offsets.astype(np.int64), lengths.astype(np.int64)
 
 
-HEAPSTATS_RECORD = np.dtype([("position", "<u8"), ("reason", "<u4"), ("cost_ns", "<u4")]
-                            + [(name, "<u8") for name in fmt.MALLINFO_FIELDS])
+HEAPSTATS_RECORD = fmt.c_dtype("mt_heapstats_payload")
 
 
 def fixed_records(data: bytes, offsets: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -60,13 +58,14 @@ def code_records(data: bytes, offsets, lengths) -> Dict[int, Tuple[str, str, int
     """{code id: (file, function, first line)} of the CODE records (the last one
     of an id wins, as when the records are read one by one)."""
     codes = {}
+    head = fmt.PAYLOADS[fmt.META_CODE]
     for at, length in zip(offsets.tolist(), lengths.tolist()):
-        if length < 12:
+        if length < head.size:
             continue
-        cid, first, flen, nlen = struct.unpack_from("<IiHH", data, at)
-        end = at + length
-        file = data[at + 12:min(at + 12 + flen, end)].decode("utf-8", "replace")
-        name = data[at + 12 + flen:min(at + 12 + flen + nlen, end)].decode("utf-8", "replace")
+        cid, first, flen, nlen = head.unpack_from(data, at)
+        end, text = at + length, at + head.size
+        file = data[text:min(text + flen, end)].decode("utf-8", "replace")
+        name = data[text + flen:min(text + flen + nlen, end)].decode("utf-8", "replace")
         codes[cid] = (file, name, first)
     return codes
 

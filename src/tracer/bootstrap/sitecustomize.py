@@ -9,7 +9,8 @@ run without it.
 import os
 import sys
 
-# Keep in step with csrc/events.h (mt_text_key).
+# csrc/events.h's mt_text_key, written out: the traced Python may not have cffi to read
+# tracer._native (tests/unit/test_wire_format.py checks them against the header).
 _TEXT_PYTHON_VERSION, _TEXT_FRAMES_OFF, _TEXT_NUMPY, _TEXT_WARNING, _TEXT_LIBRARY_PATHS = 1, 2, 3, 4, 5
 _TEXT_STACKS = 11
 _NUMPY_CORE = ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath")

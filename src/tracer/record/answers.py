@@ -10,7 +10,6 @@ when such a question comes. No NumPy: this runs in the collector.
 """
 import json
 import os
-import struct
 from typing import Dict, List, Tuple
 
 from tracer import _format as fmt
@@ -32,27 +31,25 @@ class Names:
     def update(self, kept) -> None:
         """Read the records added to `kept` (whole records only) since the last call."""
         end = len(kept)
-        while self.parsed + 4 <= end:
-            rtype, length = struct.unpack_from("<HH", kept, self.parsed)
-            if self.parsed + 4 + length > end:
-                break
-            self._record(rtype, bytes(kept[self.parsed + 4:self.parsed + 4 + length]))
-            self.parsed += (4 + length + 3) & ~3
+        for rtype, payload in fmt.iter_meta(bytes(kept[self.parsed:end])):
+            self._record(rtype, payload)
+            self.parsed += fmt.meta_record_size(len(payload))
 
     def _record(self, rtype: int, p: bytes) -> None:
-        if rtype == fmt.META_CODE and len(p) >= 12:
-            cid, _first, flen, nlen = struct.unpack_from("<IiHH", p)
-            self.codes[cid] = (p[12:12 + flen].decode("utf-8", "replace"),
-                               p[12 + flen:12 + flen + nlen].decode("utf-8", "replace"))
-        elif rtype == fmt.META_NODE and len(p) >= 16:
-            nid, parent, code, line = struct.unpack_from("<IIIi", p)
-            self.nodes[nid] = (parent, code, line)
-        elif rtype == fmt.META_LIB and len(p) >= 16:
-            self.libs[struct.unpack_from("<H", p)[0]] = p[16:].decode("utf-8", "replace")
-        elif rtype == fmt.META_THREAD and len(p) >= 4:
-            self.threads[struct.unpack_from("<I", p)[0]] = p[4:].decode("utf-8", "replace")
-        elif rtype == fmt.META_REGION and len(p) >= 8:
-            self.regions[struct.unpack_from("<I", p)[0]] = p[8:].decode("utf-8", "replace")
+        head = fmt.PAYLOADS.get(rtype)
+        if head is None or len(p) < head.size:
+            return
+        fields, text = head.unpack_from(p), p[head.size:]
+        if rtype == fmt.META_CODE:
+            flen, nlen = fields[2], fields[3]
+            self.codes[fields[0]] = (text[:flen].decode("utf-8", "replace"),
+                                     text[flen:flen + nlen].decode("utf-8", "replace"))
+        elif rtype == fmt.META_NODE:
+            self.nodes[fields[0]] = fields[1:]  # parent, code, line
+        elif rtype in (fmt.META_LIB, fmt.META_THREAD, fmt.META_REGION):
+            names = {fmt.META_LIB: self.libs, fmt.META_THREAD: self.threads,
+                     fmt.META_REGION: self.regions}[rtype]
+            names[fields[0]] = text.decode("utf-8", "replace")
 
     def frames(self, stack: int, tid: int) -> list:
         """[function, file, line] of a stack, innermost first."""
@@ -83,9 +80,9 @@ class Questions:
         q = self.question
         if not lib.mt_shm_question(stream.ptr, q):
             return
-        if stream.counter(5) < q.position:
+        if stream.counters().consumed < q.position:
             collector._drain(stream, everything=True)
-            if stream.counter(5) < q.position:
+            if stream.counters().consumed < q.position:
                 return  # another thread's event is not committed yet: next round
         if q.what == fmt.ASK_CHECKPOINT:  # the program reads its own capture next
             collector._flush_samples(stream)

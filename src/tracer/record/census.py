@@ -31,7 +31,7 @@ def due(stream, t: float) -> bool:
 
 def join(collector, stream) -> None:
     """A census was sent: drain up to it, join its blocks, write the lines, let it go."""
-    sent = stream.counter(9)
+    sent = stream.counters().census_sent
     collector._drain(stream, everything=True)
     for record in _new_records(stream):
         lines = _lines(stream, record, collector.now())

@@ -29,9 +29,6 @@ from tracer.record.session import Session
 if TYPE_CHECKING:
     from tracer.live.server import LiveServer
 
-HELLO = struct.Struct("<IIIIQ")  # mt_hello: magic, version, pid, ppid, shm size
-HELLO_MAGIC = 0x4D54484C
-WIRE_VERSION = 2
 BATCH_EVENTS = 1 << 16
 BATCHES_PER_ROUND = 4  # while the process lives (so one busy process cannot starve the others)
 UNLIMITED = 1 << 62  # batches to drain from a dead process, or at its exit point: all
@@ -99,17 +96,17 @@ class Collector:
         conn.settimeout(5)
         fds = array.array("i")
         try:
-            msg, anc, _flags, _addr = conn.recvmsg(HELLO.size, socket.CMSG_LEN(fds.itemsize))
+            msg, anc, _flags, _addr = conn.recvmsg(fmt.HELLO.size, socket.CMSG_LEN(fds.itemsize))
         except OSError:
             return
         for level, ctype, data in anc:
             if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
                 fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
         try:
-            if len(msg) != HELLO.size or len(fds) != 1:
+            if len(msg) != fmt.HELLO.size or len(fds) != 1:
                 return
-            magic, version, pid, ppid, size = HELLO.unpack(msg)
-            if magic != HELLO_MAGIC or version != WIRE_VERSION or size > 1 << 32:
+            magic, version, pid, ppid, size = fmt.HELLO.unpack(msg)
+            if magic != fmt.HELLO_MAGIC or version != fmt.WIRE_VERSION or size > 1 << 32:
                 return
             shm = mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError):
@@ -162,7 +159,7 @@ class Collector:
         packer = stream.packer
         assert packer is not None  # given to each stream as it connects
         lost = ffi.new("uint64_t *")
-        claimed = stream.counter(4) if everything else 0  # the events claimed by now
+        claimed = stream.counters().claimed if everything else 0  # the events claimed by now
         for _ in range(UNLIMITED if dead or everything else BATCHES_PER_ROUND):
             if dead:
                 n = lib.mt_ring_drain_dead(stream.ptr, self.buffer_ptr, BATCH_EVENTS, lost)
@@ -178,7 +175,7 @@ class Collector:
             stream.n_events += n
             self._note_heap(stream, t)
             total += n
-            if n < BATCH_EVENTS or (everything and stream.counter(5) >= claimed):
+            if n < BATCH_EVENTS or (everything and stream.counters().consumed >= claimed):
                 break
         stream.lost += lost[0]
         while True:
@@ -231,8 +228,9 @@ class Collector:
     def _write_aggregate(self, stream: Stream, checkpoint: str = "latest") -> None:
         """checkpoint: "exit" (the program's exit point: what it left live), or
         "latest" (refreshed while it runs, and the final one)."""
-        extra = {"rss_peak": stream.rss.peak, "dropped": stream.counter(0) + stream.lost,
-                 "unattributed": stream.counter(1), "lost": stream.lost, "checkpoint": checkpoint}
+        counters = stream.counters()
+        extra = {"rss_peak": stream.rss.peak, "dropped": counters.dropped + stream.lost,
+                 "unattributed": counters.unattributed, "lost": stream.lost, "checkpoint": checkpoint}
         # Events go to disk in large compressed groups (the ratio depends on it);
         # an aggregate refreshed while the process runs flushes them every
         # EVENTS_FLUSH_SECONDS at least, and the final ones flush everything.
@@ -256,13 +254,14 @@ class Collector:
         stream.alive = False
         self._flush_samples(stream, final=True)
         self._write_aggregate(stream)
-        state = stream.counter(3)
+        counters = stream.counters()
+        state = counters.state
         how = ("exec" if stream.ended_by_exec else
                "running" if still_running else
                "exit" if state == fmt.STATE_EXITED else "killed_or_exit")
-        stream.forks = stream.counter(7)
-        ending = {"how": how, "t_end": self.now(), "dropped": stream.counter(0) + stream.lost,
-                  "unrecorded_reentrant": stream.counter(2), "forks": stream.counter(7)}
+        stream.forks = counters.forks
+        ending = {"how": how, "t_end": self.now(), "dropped": counters.dropped + stream.lost,
+                  "unrecorded_reentrant": counters.reentrant, "forks": counters.forks}
         if how not in ("exec", "running"):
             ending.update(self._exit_status(stream))
             if how == "killed_or_exit" and "signal" in ending:
@@ -287,7 +286,7 @@ class Collector:
         """How an ended process went: the status it gave exit()/_exit() (the shim
         wrote it into the stream), else the wait status the kernel shows for it
         while it is a zombie (a signal); {} if neither can be known."""
-        status = stream.counter(8)
+        status = stream.counters().exit_status
         if status & 0x100:
             return {"exit_code": status & 0xff}
         wait_status = procfs.zombie_wait_status(stream.pid)
@@ -304,7 +303,7 @@ class Collector:
         for s in self.streams.values():
             children.setdefault(s.ppid, set()).add(s.pid)
         for s in self.streams.values():
-            forks = s.forks if not s.alive else s.counter(7)
+            forks = s.forks if not s.alive else s.counters().forks
             if forks > len(children.get(s.pid, ())):
                 return True
         return False
@@ -324,11 +323,12 @@ class Collector:
         t = self.now()
         for stream in list(self.streams.values()):
             if stream.alive:
-                if self.objects and stream.counter(9) != stream.counter(10):
+                counters = stream.counters()
+                if self.objects and counters.census_sent != counters.census_ack:
                     census.join(self, stream)
                 if self.heap_stats:
                     snapshots.watch(self, stream, t)
-                elif stream.counter(3) == fmt.STATE_EXITING:
+                elif counters.state == fmt.STATE_EXITING:
                     lib.mt_shm_ack_exit(stream.ptr)
         for key, _ in self.selector.select(0):
             if key.data is not None and key.data.alive:

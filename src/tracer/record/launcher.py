@@ -183,7 +183,6 @@ def _redacting_writer(base):
     reads it from /proc/self/cmdline) to argv[0] + placeholder before it is written.
     Metadata records may straddle chunks: each stream's incomplete tail waits for the
     next chunk (and is dropped if the stream never completes it)."""
-    import struct
 
     from tracer import _format as fmt
 
@@ -197,18 +196,20 @@ def _redacting_writer(base):
                 return super().chunk(ctype, stream, *parts)
             data = self._pending.pop(stream, b"") + b"".join(bytes(p) for p in parts)
             out, pos = bytearray(), 0
-            while pos + 4 <= len(data):
-                rtype, length = struct.unpack_from("<HH", data, pos)
-                size = (4 + length + 3) & ~3
+            head, text = fmt.META_HEADER, fmt.PAYLOADS[fmt.META_TEXT]
+            while pos + head.size <= len(data):
+                rtype, length = head.unpack_from(data, pos)
+                size = fmt.meta_record_size(length)
                 if pos + size > len(data):
                     break  # completed by the stream's next chunk
                 record = data[pos:pos + size]
-                if rtype == fmt.META_TEXT and length >= 2 and \
-                        struct.unpack_from("<H", data, pos + 4)[0] == fmt.TEXT_ARGV:
-                    args = data[pos + 6:pos + 4 + length].rstrip(b"\0").split(b"\0")
+                body = pos + head.size
+                if rtype == fmt.META_TEXT and length >= text.size and \
+                        text.unpack_from(data, body)[0] == fmt.TEXT_ARGV:
+                    args = data[body + text.size:body + length].rstrip(b"\0").split(b"\0")
                     kept = args[:1] + ([REDACTED.encode()] if len(args) > 1 else [])
-                    payload = struct.pack("<H", fmt.TEXT_ARGV) + b"\0".join(kept) + b"\0"
-                    record = struct.pack("<HH", rtype, len(payload)) + payload
+                    payload = text.pack(fmt.TEXT_ARGV) + b"\0".join(kept) + b"\0"
+                    record = head.pack(rtype, len(payload)) + payload
                     record += b"\0" * (-len(record) % 4)
                 out += record
                 pos += size

@@ -6,12 +6,11 @@ not with the run. Records that come again and again are not kept: glibc's statis
 statistics, and object censuses (kept aside until the collector has joined them).
 The sifting is C (csrc/collector/stream.c, mt_meta_sift): no record is handled in Python.
 """
-import struct
-
+from tracer import _format as fmt
 from tracer._native import ffi, lib
 
 ASIDE_MAX = 1 << 20  # census records waiting for their join (at most 64 KiB each)
-_HEAPSTATS = struct.Struct("<QII10Q")  # position, reason, cost, mallinfo2 (csrc/events.h)
+_HEAPSTATS = fmt.PAYLOADS[fmt.META_HEAPSTATS]  # position, reason, cost, mallinfo2
 
 
 class Kept:
@@ -26,7 +25,7 @@ class Kept:
         n = len(data)
         keep, aside = ffi.new("uint8_t[]", max(n, 1)), ffi.new("uint8_t[]", max(n, 1))
         aside_len, consumed = ffi.new("size_t *"), ffi.new("size_t *")
-        stats, seen = ffi.new("uint8_t[]", 96), ffi.new("int *")
+        stats, seen = ffi.new("uint8_t[]", _HEAPSTATS.size), ffi.new("int *")
         kept = lib.mt_meta_sift(ffi.from_buffer(data), n, keep, aside,
                                 max(0, min(n, ASIDE_MAX - len(self.aside))), aside_len,
                                 consumed, stats, seen)
@@ -34,5 +33,6 @@ class Kept:
         self.aside += ffi.buffer(aside, aside_len[0])
         self._carry = data[consumed[0]:]
         if seen[0]:
-            values = _HEAPSTATS.unpack(bytes(ffi.buffer(stats, 96)))
-            self.held = (values[0], values[3] + values[7])  # arena + hblkhd
+            values = dict(zip(("position", "reason", "cost_ns") + fmt.MALLINFO_FIELDS,
+                              _HEAPSTATS.unpack(bytes(ffi.buffer(stats, _HEAPSTATS.size)))))
+            self.held = (values["position"], values["arena"] + values["hblkhd"])

@@ -51,7 +51,7 @@ def sample_rss(collector: "Collector", t: float) -> None:
         # at most ~2% (mallinfo2 is O(free chunks))
         if t >= stream.snaps.next_stats:
             lib.mt_shm_request_stats(stream.ptr, 0)
-            cost = stream.counter(6) / 1e9
+            cost = stream.counters().stats_cost_ns / 1e9
             stream.snaps.next_stats = t + max(collector.sample_interval, cost / STATS_COST_SHARE)
 
 def take(collector: "Collector", stream: Stream, kind: str) -> None:
@@ -62,7 +62,7 @@ def take(collector: "Collector", stream: Stream, kind: str) -> None:
     totals = stream.agg.totals()
     # position: the ring's event index (heap statistics carry one too); events: the
     # aggregator's count, the peak's index space; cost: seconds smaps took to read
-    record = {"kind": kind, "t": t, "position": stream.counter(5),
+    record = {"kind": kind, "t": t, "position": stream.counters().consumed,
               "events": totals["n_events"], "heap": totals["heap"],
               "peak_heap": totals["peak_heap"], "peak_time": totals["peak_time"],
               "peak_event": totals["peak_event"], "status": procfs.status(stream.pid)}
@@ -96,7 +96,7 @@ def may_snapshot(collector: "Collector", t: float, floor: float) -> bool:
 
 def watch(collector: "Collector", stream: Stream, t: float) -> None:
     """Snapshots: at each new heap peak, now and then, and as the process exits."""
-    state = stream.counter(3)
+    state = stream.counters().state
     if state == fmt.STATE_EXITING and not stream.snaps.exit_seen:
         stream.snaps.exit_seen = True
         collector._drain(stream, everything=True)

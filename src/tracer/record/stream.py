@@ -72,6 +72,10 @@ class Stream:
         self.timeline = HeapTimeline()
         self.snaps = SnapshotState(t=t)
         self.census = CensusState()
+        self._counters = ffi.new("mt_shm_counters *")
 
-    def counter(self, which: int) -> int:
-        return lib.mt_shm_counter(self.ptr, which)
+    def counters(self):
+        """The stream header's counters, read now: an mt_shm_counters (fields named in
+        csrc/collector/native.h), overwritten by the next call."""
+        lib.mt_shm_read_counters(self.ptr, self._counters)
+        return self._counters
