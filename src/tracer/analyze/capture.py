@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict, List, Optional, Tuple
 
 import numpy as np
 import zstandard
@@ -100,72 +100,95 @@ def read_capture(path: str, snapshots: bool = True) -> Capture:
         raise CaptureError(f"cannot read {path}: {exc.strerror}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(fmt.FILE_HEADER.size)
-        if len(head) < fmt.FILE_HEADER.size or head[:8] != fmt.MAGIC:
-            raise CaptureError(f"{path} is not a memtrace capture")
-        _, version, _ = fmt.FILE_HEADER.unpack(head)
-        if version not in fmt.READABLE_VERSIONS:
-            raise CaptureError(f"{path} was written in capture format {version}; this memtrace "
-                               f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}")
-        streams: Dict[int, StreamData]
-        info, end, streams, truncated = {}, None, {}, None
+        _check_file_header(path, f)
+        return _Indexer(path, f, snapshots).read(size)
+
+
+def _check_file_header(path: str, f: BinaryIO) -> None:
+    """The magic and a format version this memtrace reads, else a CaptureError."""
+    head = f.read(fmt.FILE_HEADER.size)
+    if len(head) < fmt.FILE_HEADER.size or head[:8] != fmt.MAGIC:
+        raise CaptureError(f"{path} is not a memtrace capture")
+    _, version, _ = fmt.FILE_HEADER.unpack(head)
+    if version not in fmt.READABLE_VERSIONS:
+        raise CaptureError(f"{path} was written in capture format {version}; this memtrace "
+                           f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}")
+
+
+class _Indexer:
+    """One pass over a capture's chunks, after its file header: what read_capture
+    gathers as it goes."""
+
+    def __init__(self, path: str, f: BinaryIO, snapshots: bool):
+        self.path, self.f, self.snapshots = path, f, snapshots
+        self.info: dict = {}
+        self.end: Optional[dict] = None
+        self.streams: Dict[int, StreamData] = {}
         # (type, stream) -> payload of the last DELTA_TYPES chunk
-        previous: Dict[Tuple[int, int], bytes] = {}
-        plain = zstandard.ZstdDecompressor()
+        self.previous: Dict[Tuple[int, int], bytes] = {}
+        self.plain = zstandard.ZstdDecompressor()
+
+    def read(self, size: int) -> Capture:
+        """Every chunk up to the end of the file, or up to the first one cut short."""
+        truncated = None
         pos = fmt.FILE_HEADER.size
         while pos < size:
-            header = f.read(fmt.CHUNK_HEADER.size)
+            header = self.f.read(fmt.CHUNK_HEADER.size)
             if len(header) < fmt.CHUNK_HEADER.size:
                 truncated = pos
                 break
             ctype, sid, length = fmt.CHUNK_HEADER.unpack(header)
             body_at = pos + fmt.CHUNK_HEADER.size
             if length > fmt.MAX_CHUNK or ctype not in fmt.CHUNK_NAMES:
-                raise CaptureError(f"{path} is corrupt at byte {pos} "
+                raise CaptureError(f"{self.path} is corrupt at byte {pos} "
                                    f"(chunk type {ctype}, length {length})")
             if body_at + length > size:
                 truncated = pos
                 break
-            if ctype in (fmt.CHUNK_Z, fmt.CHUNK_ZD):
-                ctype, body = _unwrap(path, pos, f.read(length), ctype, sid, previous, plain)
-            elif ctype in fmt.DELTA_TYPES:
-                body = f.read(length)
-            else:
-                body = None
-            if ctype in fmt.DELTA_TYPES:
-                previous[(ctype, sid)] = body
-            stream = streams.get(sid)
-            if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
-                stream = streams[sid] = StreamData(sid)
-            if body is not None:
-                if snapshots or ctype != fmt.CHUNK_SNAPSHOT:
-                    _load_chunk(path, pos, ctype, body, stream)
-                if ctype == fmt.CHUNK_INFO:
-                    info = _json(path, pos, body)
-            elif ctype == fmt.CHUNK_EVENTS:
-                if length < fmt.EVENTS_HEADER.size:
-                    raise CaptureError(f"{path} is corrupt at byte {pos} (short events chunk)")
-                t, first, count = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
-                data_length = length - fmt.EVENTS_HEADER.size
-                if count > data_length:  # every event takes at least one byte
-                    raise CaptureError(f"{path} is corrupt at byte {pos} (bad event count)")
-                assert stream is not None  # (made above for any chunk but INFO and END)
-                stream.event_chunks.append((body_at + fmt.EVENTS_HEADER.size, data_length,
-                                            count, t, first, None))
-                f.seek(body_at + length)
-            elif ctype == fmt.CHUNK_ZEVENTS:
-                assert stream is not None
-                stream.event_chunks.append(_zevents_index(path, pos, f, length))
-                f.seek(body_at + length)
-            else:
-                body = f.read(length)
-                _load_chunk(path, pos, ctype, body, stream)
-                if ctype == fmt.CHUNK_INFO:
-                    info = _json(path, pos, body)
-                elif ctype == fmt.CHUNK_END:
-                    end = _json(path, pos, body)
+            self._chunk(pos, ctype, sid, length)
             pos = body_at + length
-    return Capture(path, info, streams, end, truncated)
+        return Capture(self.path, self.info, self.streams, self.end, truncated)
+
+    def _chunk(self, pos: int, ctype: int, sid: int, length: int) -> None:
+        """Load or index one chunk, its header just read."""
+        ctype, body = self._payload(pos, ctype, sid, length)
+        stream = self.streams.get(sid)
+        if stream is None and ctype not in (fmt.CHUNK_INFO, fmt.CHUNK_END):
+            stream = self.streams[sid] = StreamData(sid)
+        if body is not None:
+            if self.snapshots or ctype != fmt.CHUNK_SNAPSHOT:
+                _load_chunk(self.path, pos, ctype, body, stream)
+            if ctype == fmt.CHUNK_INFO:
+                self.info = _json(self.path, pos, body)
+        elif ctype in (fmt.CHUNK_EVENTS, fmt.CHUNK_ZEVENTS):
+            assert stream is not None  # (made above for any chunk but INFO and END)
+            if ctype == fmt.CHUNK_EVENTS:
+                stream.event_chunks.append(_events_index(self.path, pos, self.f, length))
+            else:
+                stream.event_chunks.append(_zevents_index(self.path, pos, self.f, length))
+            self.f.seek(pos + fmt.CHUNK_HEADER.size + length)
+        else:
+            body = self.f.read(length)
+            _load_chunk(self.path, pos, ctype, body, stream)
+            if ctype == fmt.CHUNK_INFO:
+                self.info = _json(self.path, pos, body)
+            elif ctype == fmt.CHUNK_END:
+                self.end = _json(self.path, pos, body)
+
+    def _payload(self, pos: int, ctype: int, sid: int, length: int) -> Tuple[int, Optional[bytes]]:
+        """(type, payload) of a compressed chunk (its inner type) or of a DELTA_TYPES
+        one, read now (each the base of its stream's next delta); (type, None) for
+        the others, which _chunk reads (or only locates) itself."""
+        if ctype in (fmt.CHUNK_Z, fmt.CHUNK_ZD):
+            ctype, body = _unwrap(self.path, pos, self.f.read(length), ctype, sid, self.previous,
+                                  self.plain)
+        elif ctype in fmt.DELTA_TYPES:
+            body = self.f.read(length)
+        else:
+            return ctype, None
+        if ctype in fmt.DELTA_TYPES:
+            self.previous[(ctype, sid)] = body
+        return ctype, body
 
 
 def _unwrap(path, pos, data, outer, sid, previous, plain) -> tuple:
@@ -189,6 +212,18 @@ def _unwrap(path, pos, data, outer, sid, previous, plain) -> tuple:
             if body is not None and len(body) == length:
                 return ctype, body
     raise CaptureError(f"{path} is corrupt at byte {pos} (bad compressed chunk)")
+
+
+def _events_index(path, pos, f, length) -> tuple:
+    """Index entry of a plain events chunk, from its header."""
+    if length < fmt.EVENTS_HEADER.size:
+        raise CaptureError(f"{path} is corrupt at byte {pos} (short events chunk)")
+    t, first, count = fmt.EVENTS_HEADER.unpack(f.read(fmt.EVENTS_HEADER.size))
+    data_length = length - fmt.EVENTS_HEADER.size
+    if count > data_length:  # every event takes at least one byte
+        raise CaptureError(f"{path} is corrupt at byte {pos} (bad event count)")
+    data_at = pos + fmt.CHUNK_HEADER.size + fmt.EVENTS_HEADER.size
+    return (data_at, data_length, count, t, first, None)
 
 
 def _zevents_index(path, pos, f, length) -> tuple:

@@ -176,6 +176,14 @@ def render(model: Model, out, top: int = 10) -> None:
     for s in merged:
         if not s.get("complete"):
             w(f"  warning: {clean(s['source'])} is incomplete (its run was cut short)\n")
+    _write_worker_table(w, workers)
+    for r in rows:
+        _write_process(w, r, top)
+    _write_top_lines(w, model, top)
+
+
+def _write_worker_table(w, workers: List[dict]) -> None:
+    """One line per worker: peak heap, peak RSS, Dask's managed memory, explained share."""
     w("  worker                       host          pid      peak heap   peak RSS  Dask managed"
       "  explained\n")
     for r in workers:
@@ -186,48 +194,66 @@ def render(model: Model, out, top: int = 10) -> None:
           f" {r['pid']:>7} {human(r['peak_heap_bytes']):>12} {human(r['peak_rss_bytes'] or 0):>10}"
           f" {human(managed) if managed is not None else 'unknown':>13}"
           f"  {f'{100 * share:.1f}%' if share is not None else 'unknown':>9}\n")
-    for r in rows:
-        labels = r["labels"]
-        what = (f"worker {clean(labels.get('worker') or '?')} (name {clean(labels.get('worker_name'))})"
-                if r["is_worker"] else clean(" ".join(r["argv"]))[:60])
-        w(f"\n{what} · host {clean(labels.get('host') or '?')} · pid {r['pid']}"
-          f" · {clean(labels.get('source') or '')}\n")
-        w(f"  peak heap {human(r['peak_heap_bytes'])} at {r['peak_heap_time']:.2f} s · peak RSS "
-          f"{human(r['peak_rss_bytes'] or 0)} · live at exit {human(r['live_at_exit_bytes'])}\n")
-        a = r["at_peak"]
-        if "error" in a:
-            w(f"  at the peak: {clean(a['error'])}\n")
-        else:
-            rss = a["rss_bytes"] or 1
-            w(f"  RSS at the heap peak {human(a['rss_bytes'])} (explained "
-              f"{100 * a['explained_share']:.1f}%)\n")
-            if "dask_managed_bytes" in a:
-                w(f"    {human(a['dask_managed_bytes']):>12} {100 * a['dask_managed_bytes'] / rss:5.1f}%"
-                  f"  Dask managed ({r['dask_keys_at_peak']} keys in memory, Dask's sizeof)\n")
-                w(f"    {human(a['dask_unmanaged_bytes']):>12} {100 * a['dask_unmanaged_bytes'] / rss:5.1f}%"
-                  "  Dask unmanaged (RSS - managed) =\n")
-                parts = PARTS
-            else:
-                w(f"    {'':>12}        (no Dask managed memory noted: not a Dask worker, or "
-                  "its plugin did not run)\n")
-                parts = (("heap_resident_bytes", "live traced heap, resident"),) + PARTS[1:]
-            for key, title in parts:
-                v = a.get(key)
-                shown = human(v) if v is not None else "unknown"
-                pct = f"{100 * v / rss:5.1f}%" if v is not None else "     "
-                w(f"    {'  ' if 'dask_managed_bytes' in a else ''}{shown:>12} {pct}  {title}\n")
-            w(f"    {human(a['untouched_bytes'] or 0):>12}         allocated but never touched "
-              "(not in RSS)\n")
-        if r.get("tasks_live_at_peak"):
-            held = r["tasks_live_at_peak"]
-            w(f"  tasks holding blocks of {human(MIN_BLOCK)} or more at the peak:\n")
-            for name, size in list(held.items())[:top]:
-                w(f"    {human(size):>12}  {clean(name) if name else '(outside every task)'}\n")
-        if r["tasks_by_peak"]:
-            w(f"  tasks: {r['n_tasks']} run; highest peaks (peak / allocated / left live):\n")
-            for t in r["tasks_by_peak"]:
-                w(f"    {human(t['peak_bytes']):>12} {human(t['allocated_bytes']):>12} "
-                  f"{human(t['live_at_end_bytes']):>12}  {clean(t['name'])}\n")
+
+
+def _write_process(w, r: dict, top: int) -> None:
+    """A process's section: who it is, its numbers, RSS at its peak, its tasks."""
+    labels = r["labels"]
+    what = (f"worker {clean(labels.get('worker') or '?')} (name {clean(labels.get('worker_name'))})"
+            if r["is_worker"] else clean(" ".join(r["argv"]))[:60])
+    w(f"\n{what} · host {clean(labels.get('host') or '?')} · pid {r['pid']}"
+      f" · {clean(labels.get('source') or '')}\n")
+    w(f"  peak heap {human(r['peak_heap_bytes'])} at {r['peak_heap_time']:.2f} s · peak RSS "
+      f"{human(r['peak_rss_bytes'] or 0)} · live at exit {human(r['live_at_exit_bytes'])}\n")
+    a = r["at_peak"]
+    if "error" in a:
+        w(f"  at the peak: {clean(a['error'])}\n")
+    else:
+        _write_rss_at_peak(w, r, a)
+    _write_tasks(w, r, top)
+
+
+def _write_rss_at_peak(w, r: dict, a: dict) -> None:
+    """The reconciliation at the peak, its parts under Dask's unmanaged memory when
+    the worker noted its managed memory."""
+    rss = a["rss_bytes"] or 1
+    w(f"  RSS at the heap peak {human(a['rss_bytes'])} (explained "
+      f"{100 * a['explained_share']:.1f}%)\n")
+    if "dask_managed_bytes" in a:
+        w(f"    {human(a['dask_managed_bytes']):>12} {100 * a['dask_managed_bytes'] / rss:5.1f}%"
+          f"  Dask managed ({r['dask_keys_at_peak']} keys in memory, Dask's sizeof)\n")
+        w(f"    {human(a['dask_unmanaged_bytes']):>12} {100 * a['dask_unmanaged_bytes'] / rss:5.1f}%"
+          "  Dask unmanaged (RSS - managed) =\n")
+        parts = PARTS
+    else:
+        w(f"    {'':>12}        (no Dask managed memory noted: not a Dask worker, or "
+          "its plugin did not run)\n")
+        parts = (("heap_resident_bytes", "live traced heap, resident"),) + PARTS[1:]
+    for key, title in parts:
+        v = a.get(key)
+        shown = human(v) if v is not None else "unknown"
+        pct = f"{100 * v / rss:5.1f}%" if v is not None else "     "
+        w(f"    {'  ' if 'dask_managed_bytes' in a else ''}{shown:>12} {pct}  {title}\n")
+    w(f"    {human(a['untouched_bytes'] or 0):>12}         allocated but never touched "
+      "(not in RSS)\n")
+
+
+def _write_tasks(w, r: dict, top: int) -> None:
+    """The tasks holding big blocks at the peak, then those with the highest peaks."""
+    if r.get("tasks_live_at_peak"):
+        held = r["tasks_live_at_peak"]
+        w(f"  tasks holding blocks of {human(MIN_BLOCK)} or more at the peak:\n")
+        for name, size in list(held.items())[:top]:
+            w(f"    {human(size):>12}  {clean(name) if name else '(outside every task)'}\n")
+    if r["tasks_by_peak"]:
+        w(f"  tasks: {r['n_tasks']} run; highest peaks (peak / allocated / left live):\n")
+        for t in r["tasks_by_peak"]:
+            w(f"    {human(t['peak_bytes']):>12} {human(t['allocated_bytes']):>12} "
+              f"{human(t['live_at_end_bytes']):>12}  {clean(t['name'])}\n")
+
+
+def _write_top_lines(w, model: Model, top: int) -> None:
+    """The user's lines that held the most, summed over the processes' peaks."""
     cwd = model.capture.info.get("cwd")
     lines = tables.by_line(model, user_code=True)
     w("\ntop lines of your code across the cluster (bytes each held at its process's peak, summed):\n")

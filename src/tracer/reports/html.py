@@ -7,10 +7,10 @@ a Content-Security-Policy forbids any fetch.
 import json
 import os
 import threading
-from typing import Optional
+from typing import Optional, Tuple
 
 from tracer.analyze import reconcile
-from tracer.analyze.model import Model
+from tracer.analyze.model import Model, Process
 from tracer.reports import flame, objects, peaks, tables
 from tracer.reports import reconciliation as reconciliation_report
 from tracer.reports.summary import describe_end
@@ -45,45 +45,10 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
     shared = flame.Trees(model, ("peak", "leaks", "total"))
     trees = {metric: shared.tree(metric) for metric in ("peak", "leaks", "total")}
     trees["threads"] = flame.build_tree(model, "peak", by_thread=True)
-    timeline = []
-    for proc in model.processes:
-        label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""
-        if len(proc.heap):
-            timeline.append({"name": "heap" + label, "colour": "#e4803a",
-                             "points": _thin([list(r) for r in zip(proc.heap["t"].tolist(),
-                                                                   proc.heap["max"].tolist())])})
-        if len(proc.rss):
-            timeline.append({"name": "RSS" + label, "colour": "#1565c0",
-                             "points": _thin([list(r) for r in zip(proc.rss["t"].tolist(),
-                                                                   proc.rss["rss"].tolist())])})
-        held = [[t, h] for t, _rss, _heap, h in reconcile.timeline(model, proc) if h is not None]
-        if held:
-            timeline.append({"name": "glibc-held" + label, "colour": "#2e7d32", "points": _thin(held)})
+    timeline = _timeline(model)
     results = reconcile.reconcile(model)
     cwd = model.capture.info.get("cwd")
-    reconciliation = []
-    stats_processes = []
-    for proc in model.processes:
-        result = results[reconcile.process_key(proc)]
-        for moment in ("at_peak", "at_exit"):
-            row = result[moment]
-            if "error" in row:
-                continue
-            reconciliation.append({
-                "pid": proc.pid, "moment": moment.replace("_", " "),
-                "rows": [[reconcile.ROW_TITLES[k], row.get(k)] for k in reconcile.ROWS + ("residual_bytes",)],
-                "rss": row["rss_bytes"], "untouched": row["untouched_bytes"],
-                "notes": reconciliation_report.peak_notes(row) if moment == "at_peak" else [],
-                "advice": []})
-        if reconciliation and reconciliation[-1]["pid"] == proc.pid:  # each piece once
-            reconciliation[-1]["advice"] = reconciliation_report.merged_advice(proc, result, cwd)
-        peak = peaks.process_peak(proc, result.get("at_peak"), cwd)
-        stats_processes.append({
-            "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv,
-            "peak_heap_bytes": peak["bytes"], "peak_heap_resident_bytes": peak["resident_bytes"],
-            "peak_rss_bytes": proc.peak_rss,
-            "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)),
-            "ending": tables.describe_process_end(model, proc)})
+    reconciliation, stats_processes = _process_tables(model, results, cwd)
     tree = peaks.tree_peak(model)
     head = peaks.headline(model, results)
     lines = tables.by_line(model, user_code=True)[:50]
@@ -108,6 +73,60 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
         "reconciliation": reconciliation,
         "objects": objects.html_rows(model),
     }
+
+
+def _timeline(model: Model) -> list:
+    """Each process's heap, RSS and glibc-held memory over time, thinned."""
+    timeline = []
+    for proc in model.processes:
+        label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""
+        if len(proc.heap):
+            timeline.append({"name": "heap" + label, "colour": "#e4803a",
+                             "points": _thin([list(r) for r in zip(proc.heap["t"].tolist(),
+                                                                   proc.heap["max"].tolist())])})
+        if len(proc.rss):
+            timeline.append({"name": "RSS" + label, "colour": "#1565c0",
+                             "points": _thin([list(r) for r in zip(proc.rss["t"].tolist(),
+                                                                   proc.rss["rss"].tolist())])})
+        held = [[t, h] for t, _rss, _heap, h in reconcile.timeline(model, proc) if h is not None]
+        if held:
+            timeline.append({"name": "glibc-held" + label, "colour": "#2e7d32", "points": _thin(held)})
+    return timeline
+
+
+def _process_tables(model: Model, results: dict, cwd: Optional[str]) -> Tuple[list, list]:
+    """The reconciliation's tables (at the peak and at exit) and the processes' table,
+    one process at a time."""
+    reconciliation: list = []
+    stats_processes = []
+    for proc in model.processes:
+        result = results[reconcile.process_key(proc)]
+        _add_reconciliation(reconciliation, proc, result, cwd)
+        peak = peaks.process_peak(proc, result.get("at_peak"), cwd)
+        stats_processes.append({
+            "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv,
+            "peak_heap_bytes": peak["bytes"], "peak_heap_resident_bytes": peak["resident_bytes"],
+            "peak_rss_bytes": proc.peak_rss,
+            "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)),
+            "ending": tables.describe_process_end(model, proc)})
+    return reconciliation, stats_processes
+
+
+def _add_reconciliation(reconciliation: list, proc: Process, result: dict,
+                        cwd: Optional[str]) -> None:
+    """A process's tables, those without an error; the advice goes with its last one."""
+    for moment in ("at_peak", "at_exit"):
+        row = result[moment]
+        if "error" in row:
+            continue
+        reconciliation.append({
+            "pid": proc.pid, "moment": moment.replace("_", " "),
+            "rows": [[reconcile.ROW_TITLES[k], row.get(k)] for k in reconcile.ROWS + ("residual_bytes",)],
+            "rss": row["rss_bytes"], "untouched": row["untouched_bytes"],
+            "notes": reconciliation_report.peak_notes(row) if moment == "at_peak" else [],
+            "advice": []})
+    if reconciliation and reconciliation[-1]["pid"] == proc.pid:  # each piece once
+        reconciliation[-1]["advice"] = reconciliation_report.merged_advice(proc, result, cwd)
 
 
 class _Replay(threading.Thread):
