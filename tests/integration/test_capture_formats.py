@@ -190,3 +190,15 @@ def test_export_pprof(version):
     assert out.returncode == 0, out.stderr
     profile = gzip.decompress(out.stdout)
     assert b"in_thread" in profile and b"program.py" in profile
+
+
+@formats
+def test_cluster(version):
+    # a capture that is not a cluster's still gets the per-process table, with what an
+    # older format could not hold (a child's RSS at its peak) said to be unknown
+    out = report(version, "cluster", "--raw")
+    known = FILES[version]
+    for pid in (known["parent"], known["child"]):
+        assert f"· pid {pid} ·" in out
+    assert re.search(r"RSS at the heap peak \S+ \S+ \(explained (\d+\.\d%|unknown: no RSS was read)\)",
+                     out), out

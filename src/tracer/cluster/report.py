@@ -217,8 +217,9 @@ def _write_rss_at_peak(w, r: dict, a: dict) -> None:
     """The reconciliation at the peak, its parts under Dask's unmanaged memory when
     the worker noted its managed memory."""
     rss = a["rss_bytes"] or 1
-    w(f"  RSS at the heap peak {human(a['rss_bytes'])} (explained "
-      f"{100 * a['explained_share']:.1f}%)\n")
+    share = a["explained_share"]  # None: no RSS was read at the peak (older captures)
+    explained = f"{100 * share:.1f}%" if share is not None else "unknown: no RSS was read"
+    w(f"  RSS at the heap peak {human(a['rss_bytes'] or 0)} (explained {explained})\n")
     if "dask_managed_bytes" in a:
         w(f"    {human(a['dask_managed_bytes']):>12} {100 * a['dask_managed_bytes'] / rss:5.1f}%"
           f"  Dask managed ({r['dask_keys_at_peak']} keys in memory, Dask's sizeof)\n")
