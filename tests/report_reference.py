@@ -223,7 +223,7 @@ def flatten(root: Node, min_share: float, max_nodes: int) -> dict:
 
 def tree_text(root: Node, title: str, min_share: float, max_depth: int = 40) -> str:
     """`memtrace tree`'s text, node by node."""
-    from tracer.reports.summary import clean, human
+    from tracer.reports.text import clean, human
     lines, total = [], root.bytes or 1
     lines.append(f"{title}: {human(root.bytes)} in {root.count:,} blocks\n")
     stack = [(root, "", True, 0)]

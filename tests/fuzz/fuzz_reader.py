@@ -241,7 +241,7 @@ def worker(corpus, start, native):
 
         tracer.__path__.insert(0, os.path.join(native, "tracer"))
     from tracer import cli
-    from tracer.reports import summary
+    from tracer.reports import text
 
     full = None
     for path in files:
@@ -253,7 +253,7 @@ def worker(corpus, start, native):
             print(json.dumps({"start": name, "cmd": cmd[0]}), flush=True)
             out, err = io.StringIO(), io.StringIO()
             out.buffer = io.BytesIO()
-            summary.RAW = False
+            text.RAW = False
             try:
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                     status = cli.main([*cmd, path])

@@ -75,9 +75,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return command.run(rest)
         args = _parser(command).parse_args(rest)
         if getattr(args, "raw", False):
-            from tracer.reports import summary
+            from tracer.reports import text
 
-            summary.RAW = True
+            text.RAW = True
         return command.run(args)
     except MemtraceError as exc:
         sys.stderr.write(f"memtrace: {exc}\n")

@@ -21,7 +21,7 @@ from tracer.analyze import regions
 from tracer.cluster.merge import cluster_notes, worker_label
 from tracer.analyze.model import Model, Process, display_path
 from tracer.reports import tables
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 MIN_BLOCK = 64 << 10  # blocks followed for "tasks live at the peak"
 TOP = 5

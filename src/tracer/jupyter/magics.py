@@ -94,7 +94,7 @@ class MemtraceMagics(Magics):
 
 def _where(row: dict, cells: dict) -> str:
     """'In [3], line 2: x = f()' for a cell's line, else file:line."""
-    from tracer.reports.summary import clean
+    from tracer.reports.text import clean
 
     source = linecache.getline(row["file"], row["line"]).strip()
     if source.startswith(("get_ipython().run_cell_magic('memtrace'",
@@ -111,7 +111,7 @@ def summary(model, title: str, cells: dict) -> str:
     """The text shown under a cell: its peak, what it allocated and left live, and the
     lines holding the most at its peak."""
     from tracer.reports import peaks, regions, tables
-    from tracer.reports.summary import clean, human
+    from tracer.reports.text import clean, human
 
     t = tables.totals(model)
     tree = peaks.tree_peak(model)

@@ -3,7 +3,7 @@ the top lines of the user's code, the threads, and the processes of the tree.
 
 Keys: s sorts the lines by the next column, [ and ] switch process, q leaves.
 Strings from the traced program are shown as plain text (never Rich markup) with
-control characters replaced (summary.clean), like every other report.
+control characters replaced (tracer.reports.text.clean), like every other report.
 """
 import time
 from typing import BinaryIO, List, Optional
@@ -17,7 +17,7 @@ from textual.widgets import Footer, RichLog, Sparkline
 
 from tracer.live.client import SORT_TITLES, SORTS, LiveClient, StreamView
 from tracer.analyze.model import display_path
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 REFRESH_SECONDS = 0.5
 LINES_SHOWN = 30

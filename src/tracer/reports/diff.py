@@ -1,7 +1,7 @@
 """`memtrace diff BEFORE AFTER`: per line and per library, what grew."""
 from tracer.analyze.model import Model
 from tracer.reports import peaks, tables
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 
 def diff_rows(before: Model, after: Model, key_fn, rows_fn) -> list:

@@ -13,7 +13,7 @@ from tracer.analyze import reconcile
 from tracer.analyze.model import Model, Process
 from tracer.reports import flame, objects, peaks, tables
 from tracer.reports import reconciliation as reconciliation_report
-from tracer.reports.summary import describe_end
+from tracer.reports.text import describe_end
 
 TEMPLATE = "report.html"
 VIEW_ORDER = ("peak", "leaks", "total", "temporary", "threads")

@@ -8,7 +8,7 @@ import numpy as np
 
 from tracer.analyze import stacks as st
 from tracer.analyze.model import LOST_FRAME, Model, heap_mask
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 
 def line_table(model: Model, source: str) -> Dict[int, dict]:

@@ -8,7 +8,7 @@ import numpy as np
 from tracer import _format as fmt
 from tracer.analyze.model import Model
 from tracer.analyze.regions import event_filter, names as region_names
-from tracer.reports.summary import clean
+from tracer.reports.text import clean
 
 
 def render(model: Model, out, min_size: int = 0, library: Optional[str] = None, limit: int = 0,

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tracer import _format as fmt
 from tracer.analyze.model import Model, Process, display_path, site_frame
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 TOP_TYPES = 20   # types per census in the HTML report (stats --json: all the census lists)
 TOP_LINES = 3    # allocating lines per type

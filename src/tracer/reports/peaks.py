@@ -6,6 +6,8 @@ import numpy as np
 
 from tracer import _format as fmt
 from tracer.analyze.model import Model, Process, display_path, site_frame
+from tracer.analyze.reconcile import process_key
+from tracer.reports.text import clean, human
 
 
 def tree_peak(model: Model) -> Optional[dict]:
@@ -121,8 +123,6 @@ def process_peak(proc: Process, at_peak: Optional[dict], cwd: Optional[str]) -> 
 
 def describe_resident(peak: dict) -> str:
     """', resident 95.3 MiB' (a range when part of it was freed before it was read)."""
-    from tracer.reports.summary import human
-
     if peak["resident_bytes"] is None:
         return ""
     high, unknown = peak["resident_bytes"], peak["resident_unknown_bytes"] or 0
@@ -136,9 +136,6 @@ def headline(model: Model, results: dict) -> List[str]:
     """The summary's peak lines: one process's peak with its resident part and who made
     what was never touched; for a process tree, its simultaneous peak and the sum of
     the processes' own peaks, each said for what it is."""
-    from tracer.analyze.reconcile import process_key
-    from tracer.reports.summary import clean, human
-
     cwd = model.capture.info.get("cwd")
     merged = model.capture.info.get("merged")
     if merged:

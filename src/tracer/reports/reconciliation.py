@@ -5,7 +5,7 @@ from typing import Dict, List, Optional
 from tracer.analyze import reconcile as rec
 from tracer.analyze.model import Model, Process, display_path
 from tracer.reports import peaks, tables
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 ADVICE_SHARE = 0.10  # a row worth a word of advice holds at least 10% of RSS ...
 ADVICE_MIN = 16 << 20  # ... and 16 MiB

@@ -4,7 +4,7 @@ from typing import List, Optional
 
 from tracer.analyze import regions as rg
 from tracer.analyze.model import Model
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 HEADER = f"{'peak':>10}  {'allocated':>10}  {'left live':>10}  {'instances':>9}  "
 EXPLAIN = ("peak: the most bytes allocated inside it that were live at one moment; left live: "

@@ -1,53 +1,15 @@
 """`memtrace summary`: the terminal report (also printed at the end of a run)."""
-import unicodedata
 from typing import Optional
 
 from tracer.analyze import reconcile as rec
 from tracer.analyze import regions
 from tracer.errors import CaptureError
 from tracer.analyze.model import Model, Process, display_path
-from tracer.reports import peaks, tables
+from tracer.reports import objects, peaks, tables
+from tracer.reports.reconciliation import digest
+from tracer.reports.text import clean, describe_end, human
 
 TOP = 10
-_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
-
-
-def clean(text) -> str:
-    """Strings from the traced program never reach the terminal as control codes
-    (escape sequences, line separators, bidi overrides): each becomes '?'."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join("?" if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
-
-
-RAW = False  # --raw: exact byte counts instead of KiB/MiB
-
-
-def human(n: float) -> str:
-    if RAW:
-        return f"{int(n):,}"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def describe_end(model: Model) -> str:
-    end = model.end
-    if getattr(model, "live", False):
-        return "still running"
-    if not end:
-        return "the capture is incomplete: the run was cut short"
-    if end.get("merged"):  # memtrace merge: each run's own end is in `memtrace cluster`
-        return f"{end['merged']} captures merged; the longest run took {end.get('duration', 0):.2f} s"
-    if end.get("signal"):
-        return f"killed by signal {end['signal']} after {end.get('duration', 0):.2f} s"
-    return f"exited with code {end.get('exit_code')} after {end.get('duration', 0):.2f} s"
-
-
 def native_only_note(model: Model):
     """One line when the main process was traced without Python frames."""
     main = next((p for p in model.processes if p.pid == model.end.get("main_pid")), None)
@@ -70,7 +32,6 @@ def _reconciled(model: Model) -> tuple:
     corrupt only now (a snapshot's mappings are read when needed) is an error before
     anything is written."""
     try:
-        from tracer.reports.reconciliation import digest
         results = rec.reconcile(model)
         return results, digest(model, results)
     except CaptureError:
@@ -93,7 +54,6 @@ def render(model: Model, out, top: int = TOP) -> None:
     _write_leaks(w, lines, cwd)
     if focused is None:
         _write_regions(w, model)
-    from tracer.reports import objects  # (it uses this module's helpers)
     objects.render_summary(model, w)
     if len(model.processes) > 1:
         w(f"  processes: {len(model.processes)}\n")

@@ -1,7 +1,7 @@
 """`memtrace tree`: the biggest stacks as a terminal call tree."""
 from tracer.analyze.model import Model
 from tracer.reports import flame
-from tracer.reports.summary import clean, human
+from tracer.reports.text import clean, human
 
 
 def render(model: Model, out, metric: str = "peak", min_share: float = 0.01,
