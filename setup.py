@@ -9,17 +9,20 @@
   cffi, API mode; see src/tracer/_build_ffi.py).
 csrc/events.h (the wire format), csrc/shim_api.h and csrc/hash.h are shared.
 """
+
 import os
 import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SHIM_SOURCES = ["csrc/shim/" + name for name in (
-    "preload.c", "recorder.c", "intern.c", "heapstats.c", "transport.c", "sampler.c")]
+SHIM_SOURCES = [
+    "csrc/shim/" + name
+    for name in ("preload.c", "recorder.c", "intern.c", "heapstats.c", "transport.c", "sampler.c")
+]
 SHIM_HEADERS = ["csrc/events.h", "csrc/shim_api.h", "csrc/hash.h"] + [
-    "csrc/shim/" + name for name in (
-        "hooks.h", "recorder.h", "intern.h", "transport.h", "sampler.h")]
+    "csrc/shim/" + name for name in ("hooks.h", "recorder.h", "intern.h", "transport.h", "sampler.h")
+]
 STRICT = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
@@ -49,8 +52,10 @@ class BuildExt(build_ext):
         except Exception as exc:  # distutils raises several unrelated types
             reason = _failure_reason(ext, self.compiler)
             if ext.name in OPTIONAL:
-                sys.stderr.write(f"memtrace: warning: {ext.name} was not built ({reason}); "
-                                 "programs will be traced without Python frames\n")
+                sys.stderr.write(
+                    f"memtrace: warning: {ext.name} was not built ({reason}); "
+                    "programs will be traced without Python frames\n"
+                )
                 return
             raise SystemExit(f"memtrace: building {ext.name} failed: {reason}") from exc
 
@@ -72,12 +77,24 @@ setup(
         ),
         Extension(
             "tracer._pyframes",
-            sources=["csrc/reader/module.c", "csrc/reader/walk.c", "csrc/reader/pins.c",
-                     "csrc/reader/pins_monitoring.c", "csrc/reader/pins_profiled.c",
-                     "csrc/reader/stats.c", "csrc/reader/numpy.c", "csrc/reader/census.c",
-                     "csrc/reader/census_tables.c"],
-            depends=["csrc/shim_api.h", "csrc/reader/reader.h", "csrc/reader/layout.h",
-                     "csrc/reader/pins.h", "csrc/reader/census.h"],
+            sources=[
+                "csrc/reader/module.c",
+                "csrc/reader/walk.c",
+                "csrc/reader/pins.c",
+                "csrc/reader/pins_monitoring.c",
+                "csrc/reader/pins_profiled.c",
+                "csrc/reader/stats.c",
+                "csrc/reader/numpy.c",
+                "csrc/reader/census.c",
+                "csrc/reader/census_tables.c",
+            ],
+            depends=[
+                "csrc/shim_api.h",
+                "csrc/reader/reader.h",
+                "csrc/reader/layout.h",
+                "csrc/reader/pins.h",
+                "csrc/reader/census.h",
+            ],
             extra_compile_args=STRICT + ["-Wno-missing-field-initializers"],
             libraries=["dl"],
         ),

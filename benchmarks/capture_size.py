@@ -8,6 +8,7 @@ memray's are the allocations `memray stats` counts, times two (each has its free
 
     python benchmarks/capture_size.py [--json OUT]
 """
+
 import argparse
 import json
 import subprocess
@@ -38,8 +39,11 @@ def memtrace_counts(path: Path) -> tuple:
 
 def memray_events(path: Path, tmp: Path) -> int:
     out = tmp / "stats.json"
-    subprocess.run([sys.executable, "-m", "memray", "stats", "--json", "-f", "-o", str(out),
-                    str(path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "memray", "stats", "--json", "-f", "-o", str(out), str(path)],
+        check=True,
+        capture_output=True,
+    )
     return 2 * int(json.loads(out.read_text())["total_num_allocations"])
 
 
@@ -53,20 +57,44 @@ def main():
         for name in NAMES:
             script = next(d / f"{name}.py" for d in DIRS if (d / f"{name}.py").exists())
             ours, theirs = tmp / f"{name}.mtrace", tmp / f"{name}.memray"
-            subprocess.run([sys.executable, "-m", "tracer", "run", "--no-report", "-o", str(ours),
-                            "--", sys.executable, str(script)], check=True, stdout=subprocess.DEVNULL)
-            subprocess.run([sys.executable, "-m", "memray", "run", "-q", "-o", str(theirs),
-                            str(script)], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tracer",
+                    "run",
+                    "--no-report",
+                    "-o",
+                    str(ours),
+                    "--",
+                    sys.executable,
+                    str(script),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            subprocess.run(
+                [sys.executable, "-m", "memray", "run", "-q", "-o", str(theirs), str(script)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             events, event_bytes = memtrace_counts(ours)
             theirs_events = memray_events(theirs, tmp)
-            row = {"workload": name, "memtrace_bytes": ours.stat().st_size,
-                   "memtrace_events": events, "memtrace_event_bytes": event_bytes,
-                   "memray_bytes": theirs.stat().st_size, "memray_events": theirs_events}
+            row = {
+                "workload": name,
+                "memtrace_bytes": ours.stat().st_size,
+                "memtrace_events": events,
+                "memtrace_event_bytes": event_bytes,
+                "memray_bytes": theirs.stat().st_size,
+                "memray_events": theirs_events,
+            }
             rows.append(row)
-            print(f"{name:13} memtrace {row['memtrace_bytes']:>10,} B / {events:>11,} events = "
-                  f"{row['memtrace_bytes'] / max(events, 1):6.3f} B/event (events alone "
-                  f"{event_bytes / max(events, 1):.3f})   memray {row['memray_bytes']:>10,} B / "
-                  f"{theirs_events:>11,} = {row['memray_bytes'] / max(theirs_events, 1):6.3f}")
+            print(
+                f"{name:13} memtrace {row['memtrace_bytes']:>10,} B / {events:>11,} events = "
+                f"{row['memtrace_bytes'] / max(events, 1):6.3f} B/event (events alone "
+                f"{event_bytes / max(events, 1):.3f})   memray {row['memray_bytes']:>10,} B / "
+                f"{theirs_events:>11,} = {row['memray_bytes'] / max(theirs_events, 1):6.3f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

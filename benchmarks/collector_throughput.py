@@ -13,6 +13,7 @@ B. End to end: benchmarks/targets/churn.c (PAIRS malloc/free pairs, 10,000 block
    (getrusage of the memtrace process), its RSS is sampled every 0.2 s. Events per
    collector CPU-second is its capacity; RSS must not grow with the run's length.
 """
+
 import argparse
 import json
 import os
@@ -36,7 +37,6 @@ def synthetic_batches(n_batches, batch=1 << 16, threads=4, stacks=2000, live=10_
     rng = np.random.default_rng(seed)
     pairs = batch // 2
     addr_pool = 0x5555_0000_0000 + np.arange(live * 4, dtype=np.uint64) * 4096
-    allocated = np.zeros(0, dtype=np.uint64)
     out = []
     for b in range(n_batches):
         ev = np.zeros(batch, dtype=fmt.EVENT_DTYPE)
@@ -56,9 +56,9 @@ def synthetic_batches(n_batches, batch=1 << 16, threads=4, stacks=2000, live=10_
 
 
 def pipeline(seconds: float) -> dict:
-    from tracer.record.aggregate import Aggregator
-    from tracer.analyze.capture import CaptureWriter, EventPacker
     from tracer._native import ffi, lib
+    from tracer.analyze.capture import CaptureWriter, EventPacker
+    from tracer.record.aggregate import Aggregator
 
     batches = synthetic_batches(64)
     encoded = bytearray(len(batches[0]) * lib.MT_ENCODED_MAX)
@@ -82,21 +82,40 @@ def pipeline(seconds: float) -> dict:
         cpu = time.process_time() - cpu0
         size = os.path.getsize(os.path.join(tmp, "bench.mtrace"))
     wall = time.perf_counter() - start
-    return {"events": n, "wall_seconds": round(wall, 3), "events_per_second": round(n / wall),
-            "cpu_seconds": round(cpu, 3), "events_per_cpu_second": round(n / cpu),
-            "capture_bytes_per_event": round(size / n, 4)}
+    return {
+        "events": n,
+        "wall_seconds": round(wall, 3),
+        "events_per_second": round(n / wall),
+        "cpu_seconds": round(cpu, 3),
+        "events_per_cpu_second": round(n / cpu),
+        "capture_bytes_per_event": round(size / n, 4),
+    }
 
 
 def end_to_end(pairs: int, live: int = 10_000) -> dict:
     cc = shutil.which("cc") or shutil.which("gcc")
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "churn")
-        subprocess.run([cc, "-O2", "-pthread", "-o", exe, str(HERE / "targets" / "churn.c")],
-                       check=True)
+        subprocess.run([cc, "-O2", "-pthread", "-o", exe, str(HERE / "targets" / "churn.c")], check=True)
         capture = os.path.join(tmp, "churn.mtrace")
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "tracer", "run", "-q", "--no-report",
-                                 "-o", capture, "--", exe, str(pairs), str(live), "1"])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tracer",
+                "run",
+                "-q",
+                "--no-report",
+                "-o",
+                capture,
+                "--",
+                exe,
+                str(pairs),
+                str(live),
+                "1",
+            ]
+        )
         me = psutil.Process(proc.pid)
         rss = []
         while proc.poll() is None:
@@ -107,17 +126,25 @@ def end_to_end(pairs: int, live: int = 10_000) -> dict:
             time.sleep(0.2)
         wall = time.perf_counter() - t0
         assert proc.returncode == 0, proc.returncode
-        stats = json.loads(subprocess.run(
-            [sys.executable, "-m", "tracer", "stats", "--json", capture],
-            capture_output=True, text=True, check=True).stdout)
+        stats = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "tracer", "stats", "--json", capture],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         from tracer.analyze.capture import read_capture
+
         end = read_capture(capture).end
         size = os.path.getsize(capture)
     p = stats["processes"][0]
     events = p["n_allocations"] + p["n_frees"]
     third = max(1, len(rss) // 3)
     return {
-        "pairs": pairs, "events": events, "wall_seconds": round(wall, 2),
+        "pairs": pairs,
+        "events": events,
+        "wall_seconds": round(wall, 2),
         "dropped": stats["dropped_events"],
         "collector_cpu_seconds": round(end["collector_cpu_seconds"], 2),
         "events_per_collector_cpu_second": round(events / end["collector_cpu_seconds"]),
@@ -129,11 +156,15 @@ def end_to_end(pairs: int, live: int = 10_000) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", type=float, metavar="SECONDS", help="run part A only")
-    ap.add_argument("--pairs", type=int, nargs="*", default=[5_000_000, 50_000_000],
-                    help="part B run lengths (malloc/free pairs; default 5 M and 50 M)")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        nargs="*",
+        default=[5_000_000, 50_000_000],
+        help="part B run lengths (malloc/free pairs; default 5 M and 50 M)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     results = {"pipeline": pipeline(args.pipeline or 10.0)}

@@ -10,12 +10,14 @@ median wall-time ratio traced/untraced with its range, the median peak-RSS ratio
     python benchmarks/compare.py                          # benchmarks/workloads, memtrace + memray
     python benchmarks/compare.py -n 7 -w alloc_storm deep_stack:150
     python benchmarks/compare.py --dir benchmarks/realworld --json out.json
-    python benchmarks/compare.py --tracer 'sampled={python} -m tracer run --sample-rate 512K -o {out} -- {python} {script}'
+    python benchmarks/compare.py --tracer \
+        'sampled={python} -m tracer run --sample-rate 512K -o {out} -- {python} {script}'
 
 A workload is a script of the folder, with arguments after a colon (deep_stack:150).
 A tracer is NAME=TEMPLATE: {python}, {script} (with its arguments) and {out} are
 filled in. memray is used where it is installed in the Python that runs the workloads.
 """
+
 import argparse
 import json
 import os
@@ -96,23 +98,28 @@ def compare(folder, specs, tracers, runs, python, scratch):
                 wall, peak = run_once(command(template, python, script, out))
                 walls[tracer].append(wall)
                 rss[tracer].append(peak)
-                sizes[tracer] = sum(p.stat().st_size for p in scratch.glob(out.name + "*")
-                                    if p.is_file())
+                sizes[tracer] = sum(p.stat().st_size for p in scratch.glob(out.name + "*") if p.is_file())
         results[name] = {"untraced_seconds": statistics.median(walls["untraced"])}
         for tracer in tracers:
             ratios = [t / u for t, u in zip(walls[tracer], walls["untraced"])]
-            row = {"ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-                   "rss_ratio": statistics.median(t / u for t, u in zip(rss[tracer], rss["untraced"])),
-                   "output_bytes": sizes[tracer]}
+            row = {
+                "ratio": statistics.median(ratios),
+                "min": min(ratios),
+                "max": max(ratios),
+                "rss_ratio": statistics.median(t / u for t, u in zip(rss[tracer], rss["untraced"])),
+                "output_bytes": sizes[tracer],
+            }
             results[name][tracer] = row
-            print(f"{name:22} {tracer:12} {row['ratio']:7.2f} {row['min']:6.2f}-{row['max']:<6.2f} "
-                  f"{row['rss_ratio']:6.2f} {sizes[tracer] / 1e6:8.1f}M", flush=True)
+            print(
+                f"{name:22} {tracer:12} {row['ratio']:7.2f} {row['min']:6.2f}-{row['max']:<6.2f} "
+                f"{row['rss_ratio']:6.2f} {sizes[tracer] / 1e6:8.1f}M",
+                flush=True,
+            )
     return results
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--runs", type=int, default=5)
     ap.add_argument("-w", "--workloads", nargs="*", help="names in the folder (default: all)")
     ap.add_argument("--dir", default=str(HERE / "workloads"), help="folder of workload scripts")

@@ -5,6 +5,7 @@ ratio at each depth and the ratio of the two (target: deep <= 1.2x shallow).
 
     python benchmarks/depth.py [-n RUNS]
 """
+
 import argparse
 import statistics
 import subprocess
@@ -34,9 +35,11 @@ def main():
         traced = [sys.executable, "-m", "tracer", "run", "--no-report", "-f", "-o", str(out), "--"] + base
         pairs = [(timed(base), timed(traced)) for _ in range(args.runs)]
         ratios[depth] = statistics.median(t / u for u, t in pairs)
-        print(f"depth {depth:3}: untraced {statistics.median(u for u, _ in pairs):.3f} s, "
-              f"traced/untraced {ratios[depth]:.2f} (min {min(t / u for u, t in pairs):.2f}, "
-              f"max {max(t / u for u, t in pairs):.2f})")
+        print(
+            f"depth {depth:3}: untraced {statistics.median(u for u, _ in pairs):.3f} s, "
+            f"traced/untraced {ratios[depth]:.2f} (min {min(t / u for u, t in pairs):.2f}, "
+            f"max {max(t / u for u, t in pairs):.2f})"
+        )
     print(f"depth 150 vs 5: {ratios[150] / ratios[5]:.2f}x")
 
 

@@ -5,6 +5,7 @@ and without heap statistics, paired runs, medians.
 
     python benchmarks/heapstats_cost.py [-n RUNS] [WORKLOAD ...]
 """
+
 import argparse
 import json
 import statistics
@@ -17,13 +18,38 @@ WORKLOADS = Path(__file__).resolve().parent / "workloads"
 
 
 def target_cpu(extra, script, out):
-    subprocess.run([sys.executable, "-m", "tracer", "run", "--no-report", "-f", "-o", str(out),
-                    *extra, "--", sys.executable, str(script)], check=True,
-                   stdout=subprocess.DEVNULL)
-    stats = subprocess.run([sys.executable, "-c", (
-        "import sys, json; from tracer.analyze.capture import read_capture; "
-        "print(json.dumps(read_capture(sys.argv[1]).end))"), str(out)],
-        capture_output=True, text=True, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "run",
+            "--no-report",
+            "-f",
+            "-o",
+            str(out),
+            *extra,
+            "--",
+            sys.executable,
+            str(script),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    stats = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, json; from tracer.analyze.capture import read_capture; "
+                "print(json.dumps(read_capture(sys.argv[1]).end))"
+            ),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(stats.stdout)["main_cpu_seconds"]
 
 
@@ -41,8 +67,11 @@ def main():
             on = target_cpu([], script, out)
             off = target_cpu(["--no-heap-stats"], script, out)
             ratios.append(on / off)
-        print(f"{name:14} target CPU with/without heap statistics: median {statistics.median(ratios):.3f} "
-              f"(min {min(ratios):.3f}, max {max(ratios):.3f})", flush=True)
+        print(
+            f"{name:14} target CPU with/without heap statistics: median {statistics.median(ratios):.3f} "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ program's own instructions and the shim's (csrc/, the frame reader included).
 It counts instructions, not cache misses or the atomic claim's wait: use it to see
 what a change to the hot path does, and compare.py for what a run costs.
 """
+
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -29,8 +29,7 @@ LINE = re.compile(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S+)")
 
 def counts(out: Path) -> dict:
     """{file:function: instructions} from callgrind_annotate, plus the total."""
-    text = subprocess.run(["callgrind_annotate", str(out)], capture_output=True,
-                          text=True, check=True).stdout
+    text = subprocess.run(["callgrind_annotate", str(out)], capture_output=True, text=True, check=True).stdout
     table = {}
     for line in text.splitlines():
         m = LINE.match(line)
@@ -42,10 +41,29 @@ def counts(out: Path) -> dict:
 
 def traced_counts(script: Path, n: int, extra, tmp: Path) -> dict:
     out = tmp / f"cg.{n}"
-    subprocess.run([sys.executable, "-m", "tracer", "run", "--no-report", "-f", *extra,
-                    "-o", str(tmp / "cg.mtrace"), "--", "valgrind", "--tool=callgrind",
-                    f"--callgrind-out-file={out}", sys.executable, str(script), str(n)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "run",
+            "--no-report",
+            "-f",
+            *extra,
+            "-o",
+            str(tmp / "cg.mtrace"),
+            "--",
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            str(script),
+            str(n),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return counts(out)
 
 
@@ -74,9 +92,11 @@ def main():
             b = traced_counts(script, args.n2, extra, Path(tmp))
             per = {k: (b[k] - a.get(k, 0)) / iterations for k in b}
             shim = sum(v for k, v in per.items() if is_shim(k))
-            print(f"{script.name} [{mode}]: {per['TOTAL']:.0f} instructions per iteration, "
-                  f"of which the shim {shim:.0f} ({100 * shim / per['TOTAL']:.1f}%); "
-                  f"the program alone {per['TOTAL'] - shim:.0f}")
+            print(
+                f"{script.name} [{mode}]: {per['TOTAL']:.0f} instructions per iteration, "
+                f"of which the shim {shim:.0f} ({100 * shim / per['TOTAL']:.1f}%); "
+                f"the program alone {per['TOTAL'] - shim:.0f}"
+            )
             for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
                 if is_shim(k) and v >= 2:
                     print(f"    {v:7.1f}  {k}")

@@ -12,6 +12,7 @@ Per mode: the kernel's start (until the first cell runs) and the cells' own time
 
     python benchmarks/jupyter_overhead.py [--runs 3] [--cells 10] [--json OUT]
 """
+
 import argparse
 import json
 import os
@@ -37,11 +38,18 @@ def execute(cells, kernel: str, folder: Path) -> tuple:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     t = time.time()
-    nbclient.NotebookClient(nb, kernel_name=kernel, timeout=600, startup_timeout=120,
-                            resources={"metadata": {"path": str(folder)}}).execute()
+    nbclient.NotebookClient(
+        nb,
+        kernel_name=kernel,
+        timeout=600,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(folder)}},
+    ).execute()
     first = when(nb.cells[0].metadata.execution["iopub.status.busy"])
-    busy = sum(when(c.metadata.execution["shell.execute_reply"]) -
-               when(c.metadata.execution["iopub.status.busy"]) for c in nb.cells[1:])
+    busy = sum(
+        when(c.metadata.execution["shell.execute_reply"]) - when(c.metadata.execution["iopub.status.busy"])
+        for c in nb.cells[1:]
+    )
     return first - t, busy
 
 
@@ -52,8 +60,11 @@ def main():
     ap.add_argument("--json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    subprocess.run([sys.executable, "-m", "tracer", "jupyter", "install", "--prefix", str(tmp)],
-                   check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "tracer", "jupyter", "install", "--prefix", str(tmp)],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     os.environ["JUPYTER_PATH"] = str(tmp / "share" / "jupyter")
     body = [CELL.format(i=i) for i in range(args.cells)]
     modes = {
@@ -66,15 +77,17 @@ def main():
     for _ in range(args.runs):
         for mode, (kernel, cells) in modes.items():
             runs[mode].append(execute(cells, kernel, tmp))
-    med = {m: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
-           for m, v in runs.items()}
+    med = {
+        m: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for m, v in runs.items()
+    }
     base = med["python3"][1]
     for mode, (start, cells) in med.items():
-        print(f"{mode:14} kernel start {start:5.2f} s   {args.cells} cells {cells:6.2f} s  "
-              f"x{cells / base:.2f}  ({(cells - base) / args.cells * 1e3:+.0f} ms per cell)")
+        print(
+            f"{mode:14} kernel start {start:5.2f} s   {args.cells} cells {cells:6.2f} s  "
+            f"x{cells / base:.2f}  ({(cells - base) / args.cells * 1e3:+.0f} ms per cell)"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"cells": args.cells, "runs": runs, "medians": med},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"cells": args.cells, "runs": runs, "medians": med}, indent=1))
 
 
 if __name__ == "__main__":

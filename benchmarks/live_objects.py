@@ -10,6 +10,7 @@ around it), and its CPU seconds (`main_cpu_seconds`). A --live run is made in a 
 terminal of 160 x 40 with the view open the whole time; q is sent once the program
 has ended. Prints medians and ratios; --json writes every number.
 """
+
 import json
 import os
 import shutil
@@ -58,15 +59,18 @@ ALLOC_LONG = ALLOC_HEAVY.replace("1_500_000", "10_000_000")
 REAL = {"pandas": ("pandas_roundtrip.py", "500000", "67108864"), "pure_python": ("pure_python.py", "300000")}
 
 WORKLOADS = {"alloc_heavy": ALLOC_HEAVY, "alloc_long": ALLOC_LONG, "objects": OBJECTS, **REAL}
-VARIANTS = {"alloc_heavy": ("untraced", "memtrace", "--live"),
-            "alloc_long": ("memtrace", "--live"),
-            "objects": ("untraced", "memtrace", "--objects"),
-            "pandas": ("untraced", "memtrace", "--objects"),
-            "pure_python": ("untraced", "memtrace", "--objects")}
+VARIANTS = {
+    "alloc_heavy": ("untraced", "memtrace", "--live"),
+    "alloc_long": ("memtrace", "--live"),
+    "objects": ("untraced", "memtrace", "--objects"),
+    "pandas": ("untraced", "memtrace", "--objects"),
+    "pure_python": ("untraced", "memtrace", "--objects"),
+}
 
 
 def _end(capture: str) -> dict:
     from tracer.analyze.capture import read_capture  # (the installed memtrace)
+
     return read_capture(capture).end or {}
 
 
@@ -78,12 +82,30 @@ def run_untraced(script) -> dict:
 
 def run_traced(script, tmp: str, *options) -> dict:
     cap = os.path.join(tmp, f"run-{uuid.uuid4().hex[:6]}.mtrace")
-    subprocess.run([sys.executable, "-m", "tracer", "run", "-q", "--no-report", "-o", cap,
-                    *options, "--", sys.executable, *script], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "run",
+            "-q",
+            "--no-report",
+            "-o",
+            cap,
+            *options,
+            "--",
+            sys.executable,
+            *script,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     end = _end(cap)
-    return {"wall": end["duration"], "cpu": end["main_cpu_seconds"],
-            "collector_cpu": end["collector_cpu_seconds"]}
+    return {
+        "wall": end["duration"],
+        "cpu": end["main_cpu_seconds"],
+        "collector_cpu": end["collector_cpu_seconds"],
+    }
 
 
 def run_live(script, tmp: str) -> dict:
@@ -91,14 +113,30 @@ def run_live(script, tmp: str) -> dict:
     name = "mtbench" + uuid.uuid4().hex[:6]
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     tmux = ["tmux", "-L", name]
-    subprocess.run(tmux + ["new-session", "-d", "-s", name, "-x", "160", "-y", "40", "-c", tmp,
-                           f"{sys.executable} -m tracer run -q --no-report -o {cap} --live -- "
-                           f"{sys.executable} {' '.join(script)}; echo EXIT=$?; sleep 30"],
-                   check=True, env=env)
+    subprocess.run(
+        tmux
+        + [
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "160",
+            "-y",
+            "40",
+            "-c",
+            tmp,
+            f"{sys.executable} -m tracer run -q --no-report -o {cap} --live -- "
+            f"{sys.executable} {' '.join(script)}; echo EXIT=$?; sleep 30",
+        ],
+        check=True,
+        env=env,
+    )
     try:
         while True:
-            screen = subprocess.run(tmux + ["capture-pane", "-p", "-t", name], capture_output=True,
-                                    text=True, env=env).stdout
+            screen = subprocess.run(
+                tmux + ["capture-pane", "-p", "-t", name], capture_output=True, text=True, env=env
+            ).stdout
             if "the program ended" in screen:
                 subprocess.run(tmux + ["send-keys", "-t", name, "q"], env=env)
             if "EXIT=" in screen:
@@ -107,8 +145,11 @@ def run_live(script, tmp: str) -> dict:
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True, env=env)
     end = _end(cap)
-    return {"wall": end["duration"], "cpu": end["main_cpu_seconds"],
-            "collector_cpu": end["collector_cpu_seconds"]}
+    return {
+        "wall": end["duration"],
+        "cpu": end["main_cpu_seconds"],
+        "collector_cpu": end["collector_cpu_seconds"],
+    }
 
 
 def main() -> None:
@@ -144,13 +185,16 @@ def main() -> None:
                 wall = [r["wall"] for r in values]
                 cpu = [r["cpu"] for r in values if r["cpu"] is not None]
                 col = [r["collector_cpu"] for r in values if r.get("collector_cpu") is not None]
-                print(f"{workload:12} {variant:9} wall median {statistics.median(wall):6.2f} s "
-                      f"(runs {', '.join(f'{w:.2f}' for w in wall)})  "
-                      f"x untraced {statistics.median(wall) / plain:5.2f}  "
-                      f"x memtrace {statistics.median(wall) / base:5.2f}  paired x memtrace "
-                      f"{statistics.median(v['wall'] / m['wall'] for v, m in zip(values, rows['memtrace'])):5.2f}"
-                      + (f"  program CPU {statistics.median(cpu):.2f} s" if cpu else "")
-                      + (f"  collector CPU {statistics.median(col):.2f} s" if col else ""))
+                paired = statistics.median(v["wall"] / m["wall"] for v, m in zip(values, rows["memtrace"]))
+                print(
+                    f"{workload:12} {variant:9} wall median {statistics.median(wall):6.2f} s "
+                    f"(runs {', '.join(f'{w:.2f}' for w in wall)})  "
+                    f"x untraced {statistics.median(wall) / plain:5.2f}  "
+                    f"x memtrace {statistics.median(wall) / base:5.2f}  paired x memtrace "
+                    f"{paired:5.2f}"
+                    + (f"  program CPU {statistics.median(cpu):.2f} s" if cpu else "")
+                    + (f"  collector CPU {statistics.median(col):.2f} s" if col else "")
+                )
     if out_json:
         with open(out_json, "w") as f:
             json.dump(results, f, indent=1)

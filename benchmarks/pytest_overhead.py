@@ -10,6 +10,7 @@ interleaved, medians of --runs wall times:
 
     python benchmarks/pytest_overhead.py [--runs 5] [--tests 400] [--json OUT]
 """
+
 import argparse
 import json
 import statistics
@@ -31,8 +32,9 @@ def make_suite(folder: Path, n: int, marker: str) -> None:
     folder.mkdir()
     per_file = 50
     for f in range(0, n, per_file):
-        body = "import pytest\n" + "".join(TEST.format(i=i, marker=marker)
-                                          for i in range(f, min(n, f + per_file)))
+        body = "import pytest\n" + "".join(
+            TEST.format(i=i, marker=marker) for i in range(f, min(n, f + per_file))
+        )
         (folder / f"test_{f // per_file}.py").write_text(body)
 
 
@@ -51,16 +53,20 @@ def main():
     tmp = Path(tempfile.mkdtemp())
     make_suite(tmp / "plain", args.tests, "")
     make_suite(tmp / "limited", args.tests, '@pytest.mark.limit_memory("24 MB")')
-    py, mt = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], \
-        [sys.executable, "-m", "tracer"]
+    py, mt = (
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "tracer"],
+    )
     modes = {
         "pytest": py + ["plain"],
-        "traced": mt + ["run", "-q", "--no-report", "-f", "-o", "t.mtrace", "--"] + py +
-                  ["-p", "no:memtrace", "plain"],
-        "memtrace pytest": mt + ["pytest", "-q", "-p", "no:cacheprovider",
-                                 "--memtrace-output", "p.mtrace", "plain"],
-        "+ limit_memory": mt + ["pytest", "-q", "-p", "no:cacheprovider",
-                                "--memtrace-output", "l.mtrace", "limited"],
+        "traced": mt
+        + ["run", "-q", "--no-report", "-f", "-o", "t.mtrace", "--"]
+        + py
+        + ["-p", "no:memtrace", "plain"],
+        "memtrace pytest": mt
+        + ["pytest", "-q", "-p", "no:cacheprovider", "--memtrace-output", "p.mtrace", "plain"],
+        "+ limit_memory": mt
+        + ["pytest", "-q", "-p", "no:cacheprovider", "--memtrace-output", "l.mtrace", "limited"],
     }
     times = {m: [] for m in modes}
     for _ in range(args.runs):
@@ -69,11 +75,12 @@ def main():
     med = {m: statistics.median(v) for m, v in times.items()}
     for mode in modes:
         extra = (med[mode] - med["traced"]) / args.tests * 1e3 if mode != "pytest" else 0
-        print(f"{mode:16} {med[mode]:7.2f} s  x{med[mode] / med['pytest']:.2f} of pytest"
-              + (f"  {extra:+.2f} ms per test over traced" if mode not in ("pytest", "traced") else ""))
+        print(
+            f"{mode:16} {med[mode]:7.2f} s  x{med[mode] / med['pytest']:.2f} of pytest"
+            + (f"  {extra:+.2f} ms per test over traced" if mode not in ("pytest", "traced") else "")
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"tests": args.tests, "runs": times, "medians": med},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"tests": args.tests, "runs": times, "medians": med}, indent=1))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ the feature, medians of --runs.
 
     python benchmarks/regions_cost.py [--runs 5] [--json OUT]
 """
+
 import argparse
 import json
 import os
@@ -19,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 MARKS = r"""
@@ -70,17 +70,39 @@ with tracer.region("asked"):
 def traced(script: Path, args, tmp: Path) -> tuple:
     """(the program's printed number, the collector's CPU seconds) of one traced run."""
     cap = tmp / "run.mtrace"
-    out = subprocess.run([sys.executable, "-m", "tracer", "run", "-q", "--no-report", "-f", "-o",
-                          str(cap), "--", sys.executable, str(script), *map(str, args)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "run",
+            "-q",
+            "--no-report",
+            "-f",
+            "-o",
+            str(cap),
+            "--",
+            sys.executable,
+            str(script),
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     from tracer.analyze.capture import read_capture
+
     return float(out.stdout.split()[-1]), read_capture(str(cap)).end["collector_cpu_seconds"]
 
 
 def untraced(script: Path, args) -> float:
-    out = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
-                         text=True, check=True, env={k: v for k, v in os.environ.items()
-                                                     if not k.startswith("MEMTRACE")})
+    out = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MEMTRACE")},
+    )
     return float(out.stdout.split()[-1])
 
 
@@ -97,9 +119,20 @@ def main():
     for name, text in (("marks", MARKS), ("inside", INSIDE), ("question", QUESTION)):
         scripts[name] = tmp / f"{name}.py"
         scripts[name].write_text(text)
-    rows = {k: [] for k in ("mark_ext_ns", "mark_ctypes_ns", "mark_untraced_ns", "nullcontext_ns",
-                            "plain_s",
-                            "region_s", "plain_collector_s", "region_collector_s", "question_us")}
+    rows = {
+        k: []
+        for k in (
+            "mark_ext_ns",
+            "mark_ctypes_ns",
+            "mark_untraced_ns",
+            "nullcontext_ns",
+            "plain_s",
+            "region_s",
+            "plain_collector_s",
+            "region_collector_s",
+            "question_us",
+        )
+    }
     for _ in range(args.runs):
         rows["mark_ext_ns"].append(traced(scripts["marks"], ["ext", args.marks], tmp)[0])
         rows["mark_ctypes_ns"].append(traced(scripts["marks"], ["ctypes", args.marks], tmp)[0])

@@ -10,6 +10,7 @@ For each workload (the shared alloc_storm: one stack; benchmarks/workloads/many_
   - the HTML report as `memtrace run` makes it at exit: load + render + write, timed
     inside an interpreter that already has memtrace imported.
 """
+
 import argparse
 import json
 import statistics
@@ -43,8 +44,7 @@ def timed(cmd) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--runs", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -56,20 +56,57 @@ def main():
                 print(f"{name}: {script} missing, skipped")
                 continue
             ours, theirs = tmp / f"{name}.mtrace", tmp / f"{name}.memray"
-            subprocess.run([py, "-m", "tracer", "run", "-q", "--no-report", "-o", str(ours), "--",
-                            py, str(script)], check=True, stdout=subprocess.DEVNULL)
-            subprocess.run([py, "-m", "memray", "run", "-q", "-o", str(theirs), str(script)],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [py, "-m", "tracer", "run", "-q", "--no-report", "-o", str(ours), "--", py, str(script)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            subprocess.run(
+                [py, "-m", "memray", "run", "-q", "-o", str(theirs), str(script)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             cases = {
-                "memtrace flamegraph": [py, "-m", "tracer", "flamegraph", "-o", str(tmp / "m.html"),
-                                        str(ours)],
-                "memray flamegraph": [py, "-m", "memray", "flamegraph", "-f", "-o",
-                                      str(tmp / "r.html"), str(theirs)],
-                "memtrace flamegraph --temporary": [py, "-m", "tracer", "flamegraph", "--temporary",
-                                                    "-o", str(tmp / "m2.html"), str(ours)],
+                "memtrace flamegraph": [
+                    py,
+                    "-m",
+                    "tracer",
+                    "flamegraph",
+                    "-o",
+                    str(tmp / "m.html"),
+                    str(ours),
+                ],
+                "memray flamegraph": [
+                    py,
+                    "-m",
+                    "memray",
+                    "flamegraph",
+                    "-f",
+                    "-o",
+                    str(tmp / "r.html"),
+                    str(theirs),
+                ],
+                "memtrace flamegraph --temporary": [
+                    py,
+                    "-m",
+                    "tracer",
+                    "flamegraph",
+                    "--temporary",
+                    "-o",
+                    str(tmp / "m2.html"),
+                    str(ours),
+                ],
                 "memray flamegraph --temporary-allocations": [
-                    py, "-m", "memray", "flamegraph", "--temporary-allocations", "-f", "-o",
-                    str(tmp / "r2.html"), str(theirs)],
+                    py,
+                    "-m",
+                    "memray",
+                    "flamegraph",
+                    "--temporary-allocations",
+                    "-f",
+                    "-o",
+                    str(tmp / "r2.html"),
+                    str(theirs),
+                ],
                 "memtrace stats --json": [py, "-m", "tracer", "stats", "--json", str(ours)],
             }
             times = {k: [] for k in cases}
@@ -77,14 +114,22 @@ def main():
             for _ in range(args.runs):
                 for label, cmd in cases.items():
                     times[label].append(timed(cmd))
-                out = subprocess.run([py, "-c", IN_PROCESS, str(ours), str(tmp / "m3.html")],
-                                     check=True, capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [py, "-c", IN_PROCESS, str(ours), str(tmp / "m3.html")],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 times["memtrace report at exit (in process)"].append(float(out))
             med = {k: statistics.median(v) for k, v in times.items()}
-            results[name] = {k: {"median_s": round(med[k], 3), "min_s": round(min(v), 3),
-                                 "max_s": round(max(v), 3)} for k, v in times.items()}
-            results[name]["capture_bytes"] = {"memtrace": ours.stat().st_size,
-                                              "memray": theirs.stat().st_size}
+            results[name] = {
+                k: {"median_s": round(med[k], 3), "min_s": round(min(v), 3), "max_s": round(max(v), 3)}
+                for k, v in times.items()
+            }
+            results[name]["capture_bytes"] = {
+                "memtrace": ours.stat().st_size,
+                "memray": theirs.stat().st_size,
+            }
             base = med["memray flamegraph"]
             print(f"== {name} (medians of {args.runs})")
             for k in times:

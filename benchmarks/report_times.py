@@ -10,6 +10,7 @@ command on the capture, whole commands (interpreter start included), and the rep
 already imported them (as memtrace has by then). It needs only this repository
 (memtrace installed from it, with its NumPy).
 """
+
 import argparse
 import json
 import random
@@ -74,8 +75,7 @@ def program(n_stacks: int, n_functions: int = 300, depth: int = 6, seed: int = 1
             "",
         ]
     lines.append(f"FUNCS = [{', '.join(f'f{i}' for i in range(n_functions))}]")
-    paths = {tuple(rnd.randrange(n_functions) for _ in range(rnd.randint(2, depth)))
-             for _ in range(n_stacks)}
+    paths = {tuple(rnd.randrange(n_functions) for _ in range(rnd.randint(2, depth))) for _ in range(n_stacks)}
     lines += [
         f"rnd = random.Random({seed})",
         "def main():",
@@ -98,13 +98,29 @@ def make_capture(tmp: Path, n_stacks: int) -> Path:
     script = tmp / "many_paths.py"
     script.write_text(program(n_stacks))
     capture = tmp / "many_paths.mtrace"
-    subprocess.run([sys.executable, "-m", "tracer", "run", "-q", "--no-report", "-o", str(capture),
-                    "--", sys.executable, str(script)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "run",
+            "-q",
+            "--no-report",
+            "-o",
+            str(capture),
+            "--",
+            sys.executable,
+            str(script),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return capture
 
 
 def describe(capture: Path) -> str:
     from tracer.analyze.model import load
+
     model = load(str(capture))
     stacks = sum(len(set(p.sites["stack"].tolist())) for p in model.processes)
     sites = sum(len(p.sites) for p in model.processes)
@@ -113,8 +129,7 @@ def describe(capture: Path) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--runs", type=int, default=3)
     ap.add_argument("--stacks", type=int, default=120_000, help="call paths of the generated program")
     ap.add_argument("--capture", help="time the reports on this capture instead")
@@ -133,16 +148,18 @@ def main():
             for name, cmd in REPORTS.items():
                 argv = [py, "-m", "tracer", *(a.format(tmp=tmp) for a in cmd), str(capture)]
                 times[name].append(timed(argv))
-            out = subprocess.run([py, "-c", AT_EXIT, str(copy)], check=True, capture_output=True,
-                                 text=True).stdout
+            out = subprocess.run(
+                [py, "-c", AT_EXIT, str(copy)], check=True, capture_output=True, text=True
+            ).stdout
             times["at-exit report (in process)"].append(float(out))
         medians = {name: statistics.median(v) for name, v in times.items()}
         print(f"{'report':32} {'median s':>9} {'min':>7} {'max':>7}   (runs: {args.runs})")
         for name, values in times.items():
             print(f"{name:32} {medians[name]:9.3f} {min(values):7.3f} {max(values):7.3f}")
         if args.json:
-            Path(args.json).write_text(json.dumps({"capture": describe(capture), "median_s": medians},
-                                                  indent=1) + "\n")
+            Path(args.json).write_text(
+                json.dumps({"capture": describe(capture), "median_s": medians}, indent=1) + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -65,10 +65,10 @@
 
 /* Event kinds. Allocation kinds first: the collector uses kind <= MT_LAST_ALLOC. */
 enum mt_kind {
-    MT_NONE = 0,          /* a claimed slot whose call failed: skip */
+    MT_NONE = 0, /* a claimed slot whose call failed: skip */
     MT_MALLOC = 1,
     MT_CALLOC = 2,
-    MT_REALLOC = 3,       /* the new block of a realloc (its old block: a MT_FREE before) */
+    MT_REALLOC = 3, /* the new block of a realloc (its old block: a MT_FREE before) */
     MT_REALLOCARRAY = 4,
     MT_POSIX_MEMALIGN = 5,
     MT_ALIGNED_ALLOC = 6,
@@ -77,20 +77,21 @@ enum mt_kind {
     MT_PVALLOC = 9,
     MT_LAST_ALLOC = 9,
     MT_FREE = 10,
-    MT_MMAP = 11,         /* a new mapping [addr, addr + size) */
-    MT_MUNMAP = 12,       /* unmap [addr, addr + size): may cut or span mappings */
-    MT_MREMAP = 13,       /* the new mapping of an mremap (old one: a MT_MUNMAP just before) */
-    MT_REGION = 14,       /* the thread enters (size 1) or leaves (size 0) region addr */
+    MT_MMAP = 11,   /* a new mapping [addr, addr + size) */
+    MT_MUNMAP = 12, /* unmap [addr, addr + size): may cut or span mappings */
+    MT_MREMAP = 13, /* the new mapping of an mremap (old one: a MT_MUNMAP just before) */
+    MT_REGION = 14, /* the thread enters (size 1) or leaves (size 0) region addr */
     MT_KIND_COUNT = 15
 };
 
 /* Event flags. */
-#define MT_FLAG_NUMPY 0x01    /* NumPy array data (its data-memory handler made this call) */
-#define MT_FLAG_ANON 0x02     /* mmap: anonymous mapping (not file-backed) */
-#define MT_FLAG_REMAP 0x04    /* free/munmap half of a realloc/mremap pair */
-#define MT_FLAG_SHARED 0x08   /* mmap: MAP_SHARED */
-#define MT_FLAG_SAMPLED 0x10  /* kept by --sample-rate: size is real, weight it (docs/capture-format.md) */
-#define MT_FLAG_KEEP 0x20     /* munmap half of an mremap(MREMAP_DONTUNMAP): the old range stays */
+#define MT_FLAG_NUMPY 0x01  /* NumPy array data (its data-memory handler made this call) */
+#define MT_FLAG_ANON 0x02   /* mmap: anonymous mapping (not file-backed) */
+#define MT_FLAG_REMAP 0x04  /* free/munmap half of a realloc/mremap pair */
+#define MT_FLAG_SHARED 0x08 /* mmap: MAP_SHARED */
+#define MT_FLAG_SAMPLED                                                                            \
+    0x10 /* kept by --sample-rate: size is real, weight it (docs/capture-format.md) */
+#define MT_FLAG_KEEP 0x20 /* munmap half of an mremap(MREMAP_DONTUNMAP): the old range stays */
 
 typedef struct mt_event {
     uint64_t addr;
@@ -117,8 +118,8 @@ enum mt_meta_type {
 
 /* Each metadata record: this header, the payload, zero bytes up to a multiple of 4. */
 typedef struct mt_meta_header {
-    uint16_t type;              /* mt_meta_type */
-    uint16_t length;            /* of the payload */
+    uint16_t type;   /* mt_meta_type */
+    uint16_t length; /* of the payload */
 } mt_meta_header;
 
 /* Metadata payloads (little-endian, natural alignment: no padding inside). */
@@ -148,25 +149,29 @@ typedef struct mt_thread_payload { /* then the thread's name */
 } mt_thread_payload;
 
 typedef struct mt_text_payload { /* then the text (UTF-8) */
-    uint16_t key;               /* mt_text_key */
+    uint16_t key;                /* mt_text_key */
 } mt_text_payload;
 
 typedef struct mt_region_payload { /* then the region's name (UTF-8) */
     uint32_t region_id;
-    uint32_t region_kind;       /* mt_region_kind */
+    uint32_t region_kind; /* mt_region_kind */
 } mt_region_payload;
 
 typedef struct mt_heapstats_payload {
-    uint64_t position;          /* events claimed when the statistics were read */
-    uint32_t reason;            /* mt_stats_reason */
-    uint32_t cost_ns;           /* what reading them cost the program, saturated */
+    uint64_t position; /* events claimed when the statistics were read */
+    uint32_t reason;   /* mt_stats_reason */
+    uint32_t cost_ns;  /* what reading them cost the program, saturated */
     /* glibc's mallinfo2, field by field */
     uint64_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
 } mt_heapstats_payload;
 
 /* Who opened a region (reports list tests and notebook cells apart). */
-enum mt_region_kind { MT_REGION_KIND_USER = 0, MT_REGION_KIND_TEST = 1, MT_REGION_KIND_CELL = 2,
-                      MT_REGION_KIND_TASK = 3 /* a task of a Dask worker (tracer.cluster) */ };
+enum mt_region_kind {
+    MT_REGION_KIND_USER = 0,
+    MT_REGION_KIND_TEST = 1,
+    MT_REGION_KIND_CELL = 2,
+    MT_REGION_KIND_TASK = 3 /* a task of a Dask worker (tracer.cluster) */
+};
 
 /* What the program asks about a region (mt_shm_header.ask_what). */
 enum mt_ask {
@@ -184,18 +189,18 @@ enum mt_text_key {
     MT_TEXT_FRAMES_OFF = 2,     /* why this Python process has no frames */
     MT_TEXT_NUMPY = 3,          /* NumPy version whose data handler is labelled */
     MT_TEXT_WARNING = 4,
-    MT_TEXT_LIBRARY_PATHS = 5,  /* newline-separated folders of the stdlib and installed packages */
-    MT_TEXT_ARGV = 6,           /* /proc/self/cmdline at the stream's start (NUL-separated) */
-    MT_TEXT_EXE = 7,            /* /proc/self/exe */
-    MT_TEXT_PYMALLOC = 8,       /* "position=N reason=R key=value ..." from _PyObject_DebugMallocStats */
-    MT_TEXT_TRACER_RANGES = 9,  /* "start-end" lines: memory the shim itself mapped */
-    MT_TEXT_SAMPLE_RATE = 10,   /* decimal bytes: this stream is sampled (--sample-rate) */
-    MT_TEXT_STACKS = 11,        /* how Python stacks are read: pinned frames or whole walks */
-    MT_TEXT_CENSUS = 12,        /* JSON: a census of live Python objects (--objects) */
-    MT_TEXT_CENSUS_LINES = 13,  /* JSON, written by the collector: a census's blocks joined with
-                                   the live table (the allocating sites) */
-    MT_TEXT_CLUSTER = 14        /* JSON, from a cluster engine's integration (tracer.cluster):
-                                   the worker's labels, and the engine's own memory numbers */
+    MT_TEXT_LIBRARY_PATHS = 5, /* newline-separated folders of the stdlib and installed packages */
+    MT_TEXT_ARGV = 6,          /* /proc/self/cmdline at the stream's start (NUL-separated) */
+    MT_TEXT_EXE = 7,           /* /proc/self/exe */
+    MT_TEXT_PYMALLOC = 8, /* "position=N reason=R key=value ..." from _PyObject_DebugMallocStats */
+    MT_TEXT_TRACER_RANGES = 9, /* "start-end" lines: memory the shim itself mapped */
+    MT_TEXT_SAMPLE_RATE = 10,  /* decimal bytes: this stream is sampled (--sample-rate) */
+    MT_TEXT_STACKS = 11,       /* how Python stacks are read: pinned frames or whole walks */
+    MT_TEXT_CENSUS = 12,       /* JSON: a census of live Python objects (--objects) */
+    MT_TEXT_CENSUS_LINES = 13, /* JSON, written by the collector: a census's blocks joined with
+                                  the live table (the allocating sites) */
+    MT_TEXT_CLUSTER = 14       /* JSON, from a cluster engine's integration (tracer.cluster):
+                                  the worker's labels, and the engine's own memory numbers */
 };
 
 /* Process states (mt_shm_header.state). */
@@ -222,9 +227,9 @@ typedef struct mt_shm_header {
     char magic[8];
     uint32_t version;
     uint32_t header_size;
-    uint32_t ring_slots;     /* a power of two */
-    uint32_t meta_bytes;     /* a power of two */
-    uint64_t ring_offset;    /* from the start of the mapping */
+    uint32_t ring_slots;  /* a power of two */
+    uint32_t meta_bytes;  /* a power of two */
+    uint64_t ring_offset; /* from the start of the mapping */
     uint64_t meta_offset;
     uint32_t pid;
     uint32_t ppid;
@@ -233,40 +238,40 @@ typedef struct mt_shm_header {
     uint32_t stats_request;  /* bumped by the collector: send heap statistics */
     uint32_t python_request; /* bumped by the collector: send pymalloc statistics too */
     /* Producers. */
-    uint64_t head;           /* next event position to claim */
-    uint32_t forks;          /* children forked (counted in the parent after fork()) */
-    uint32_t exit_status;    /* 0x100 | status once exit()/_exit()/_Exit() was called */
+    uint64_t head;        /* next event position to claim */
+    uint32_t forks;       /* children forked (counted in the parent after fork()) */
+    uint32_t exit_status; /* 0x100 | status once exit()/_exit()/_Exit() was called */
     char pad2[MT_CACHELINE - 16];
     /* Consumer. */
-    uint64_t tail;           /* next event position to read */
-    uint64_t heartbeat;      /* bumped by the collector on every drain */
+    uint64_t tail;      /* next event position to read */
+    uint64_t heartbeat; /* bumped by the collector on every drain */
     char pad3[MT_CACHELINE - 16];
     /* Metadata ring. */
-    uint64_t meta_head;      /* bytes committed */
-    uint64_t meta_tail;      /* bytes consumed */
+    uint64_t meta_head; /* bytes committed */
+    uint64_t meta_tail; /* bytes consumed */
     uint32_t meta_lock;
     uint32_t pad4;
     /* Counters the shim keeps for the report. */
-    uint64_t dropped;        /* events not recorded (stream lost) */
-    uint64_t unattributed;   /* events whose stack could not be interned (tables full) */
-    uint64_t reentrant;      /* calls not recorded: made while the thread was inside a hook
-                                (a signal handler interrupting one) */
-    uint32_t stats_served;   /* last stats_request answered (claimed by CAS) */
+    uint64_t dropped;      /* events not recorded (stream lost) */
+    uint64_t unattributed; /* events whose stack could not be interned (tables full) */
+    uint64_t reentrant;    /* calls not recorded: made while the thread was inside a hook
+                              (a signal handler interrupting one) */
+    uint32_t stats_served; /* last stats_request answered (claimed by CAS) */
     uint32_t python_served;
-    uint64_t stats_cost_ns;  /* how long the last heap statistics took in the target */
+    uint64_t stats_cost_ns; /* how long the last heap statistics took in the target */
     char pad5[MT_CACHELINE - 64];
     /* Questions about regions (see above). ask_* are written by the asking thread
      * under ask_lock; answer_* by the collector. */
     uint32_t ask_lock;
-    uint32_t ask_seq;        /* published (release) once the question is filled */
-    uint32_t ask_what;       /* mt_ask */
-    uint32_t ask_tid;        /* the asking thread */
-    uint32_t ask_region;     /* region id (0: the thread's innermost open region) */
-    uint32_t answer_seq;     /* = ask_seq once answered (release) */
-    uint64_t ask_position;   /* events claimed when asked: the answer covers them all */
-    uint64_t answer_offset;  /* the answer area, from the start of the mapping */
+    uint32_t ask_seq;       /* published (release) once the question is filled */
+    uint32_t ask_what;      /* mt_ask */
+    uint32_t ask_tid;       /* the asking thread */
+    uint32_t ask_region;    /* region id (0: the thread's innermost open region) */
+    uint32_t answer_seq;    /* = ask_seq once answered (release) */
+    uint64_t ask_position;  /* events claimed when asked: the answer covers them all */
+    uint64_t answer_offset; /* the answer area, from the start of the mapping */
     uint32_t answer_bytes;
-    uint32_t answer_len;     /* bytes of JSON text in the last answer */
+    uint32_t answer_len; /* bytes of JSON text in the last answer */
     char pad6[2 * MT_CACHELINE - 48];
     /* Object census (--objects): the collector bumps census_request (with a python
      * request); the target claims it (census_served), writes a MT_TEXT_CENSUS record,

@@ -18,15 +18,15 @@
  * reader, a dlopen'ed extension, needs no TLS of its own that could allocate on
  * first touch) and hands it to every call on that thread. */
 typedef struct mt_reader_thread {
-    void *anchor;       /* the frame pinned on this thread (NULL: none); cleared by
-                           the reader when the pin no longer proves anything */
+    void *anchor; /* the frame pinned on this thread (NULL: none); cleared by
+                     the reader when the pin no longer proves anything */
     /* The reader's own (see csrc/reader/pins.h). */
     void *anchor_code;
     uintptr_t seq;
     void *seen_frame;
     uintptr_t seen_seq;
     int64_t quiet_since;
-    void *candidate;    /* a code object asked for again and again ... */
+    void *candidate; /* a code object asked for again and again ... */
     uint32_t candidate_asks;
     uint32_t confirmed; /* the pin proves (1) or waits for its proof (0) */
     uint32_t fallback;  /* pins wait (another user of the proof's field) */
@@ -34,14 +34,14 @@ typedef struct mt_reader_thread {
 
 /* One walk of the calling thread's frames. */
 typedef struct mt_walk {
-    void **frame;   /* in: arrays of `max` entries, filled innermost first */
+    void **frame; /* in: arrays of `max` entries, filled innermost first */
     void **code;
     int32_t *lasti;
     int max;
-    int n;          /* out: frames read */
-    int anchor_at;  /* out: index of the thread's pinned frame among them (-1: not met) */
-    int stopped;    /* out: 1 if the walk stopped at the pinned frame (frame[n-1]): the
-                       frames outer of it are proven unchanged since it was pinned */
+    int n;         /* out: frames read */
+    int anchor_at; /* out: index of the thread's pinned frame among them (-1: not met) */
+    int stopped;   /* out: 1 if the walk stopped at the pinned frame (frame[n-1]): the
+                      frames outer of it are proven unchanged since it was pinned */
 } mt_walk;
 
 /* Called by the shim from inside allocation hooks, on the allocating thread,
@@ -83,9 +83,9 @@ typedef uint64_t (*mt_position_fn)(void);
 #define MT_SYM_SET_PYTHON_READER "mt_set_python_reader"
 #define MT_SYM_NUMPY_DATA "mt_numpy_data"
 #define MT_SYM_META_TEXT "mt_meta_text"
-#define MT_SYM_POSITION "mt_position" /* events claimed so far in this process's stream */
+#define MT_SYM_POSITION "mt_position"     /* events claimed so far in this process's stream */
 #define MT_SYM_EXIT_POINT "mt_exit_point" /* the program is done: final statistics now */
-#define MT_SYM_UNTRACED "mt_untraced" /* 1/0: what this thread allocates now is memtrace's */
+#define MT_SYM_UNTRACED "mt_untraced"     /* 1/0: what this thread allocates now is memtrace's */
 typedef void (*mt_untraced_fn)(int on);
 #define MT_SYM_READER_THREAD "mt_reader_thread_state" /* this thread's mt_reader_thread */
 typedef mt_reader_thread *(*mt_reader_thread_fn)(void);

@@ -6,6 +6,7 @@ Two worker processes fill caches at their own pace; the main process keeps a
 growing list of blocks. Press s to sort the lines, [ and ] to switch process, q to
 leave once it is done (its output is in the capture's .out file).
 """
+
 import multiprocessing
 import time
 
@@ -14,10 +15,10 @@ import numpy as np
 
 def worker(n):
     cache = []
-    for step in range(60):
-        cache.append(np.ones(250_000 * n))        # n x 2 MB a step
+    for _step in range(60):
+        cache.append(np.ones(250_000 * n))  # n x 2 MB a step
         if len(cache) > 20:
-            cache = cache[10:]                    # the cache is trimmed now and then
+            cache = cache[10:]  # the cache is trimmed now and then
         time.sleep(0.25)
 
 
@@ -27,7 +28,7 @@ if __name__ == "__main__":
         w.start()
     kept = []
     for step in range(60):
-        kept.append(bytearray(1_000_000))          # 1 MB a step, kept
+        kept.append(bytearray(1_000_000))  # 1 MB a step, kept
         print("step", step, flush=True)
         time.sleep(0.25)
     for w in workers:

@@ -5,6 +5,7 @@
 expect 80,000 / 8,000,000 / 80,000,000 bytes of NumPy array data on lines 12-14,
 and NumPy's small shape/strides blocks shown apart as plain malloc.
 """
+
 import numpy as np
 
 

@@ -9,6 +9,7 @@ expect "load" to leave its 40,000,000-byte table live, "transform" to peak at ab
 and "report" (called three times) to peak at 8 MB and leave nothing.
 Outside memtrace the regions do nothing at all.
 """
+
 import tracer
 
 

@@ -1,4 +1,5 @@
 """Pytest fixtures shared by every test folder (the helpers they use are in helpers.py)."""
+
 import sys
 import textwrap
 
@@ -15,8 +16,9 @@ def trace(tmp_path):
         script = tmp_path / name
         script.write_text(textwrap.dedent(source))
         capture = tmp_path / (name + ".mtrace")
-        out = traced([sys.executable, script, *args], capture, *options, timeout=timeout,
-                     input=stdin, cwd=tmp_path)
+        out = traced(
+            [sys.executable, script, *args], capture, *options, timeout=timeout, input=stdin, cwd=tmp_path
+        )
         return Traced(out.returncode, out.stdout, out.stderr, capture)
 
     return run
@@ -32,8 +34,9 @@ def cbuild(tmp_path_factory):
     def build_once(source: str, *flags: str, compiler: str = "cc", name: str = None):
         key = (source, flags, compiler, name)
         if key not in cache:
-            cache[key] = build(source, out_dir / (name or source.rsplit(".", 1)[0]), *flags,
-                               compiler=compiler, opt="-O1")
+            cache[key] = build(
+                source, out_dir / (name or source.rsplit(".", 1)[0]), *flags, compiler=compiler, opt="-O1"
+            )
         return cache[key]
 
     build_once.dir = out_dir

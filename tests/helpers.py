@@ -7,6 +7,7 @@ counter file, a subreaper).
 Pytest fixtures live in tests/conftest.py; test files import these by name
 (`from helpers import ...`: pytest puts tests/ on sys.path for its conftest.py).
 """
+
 import json
 import os
 import shutil
@@ -34,19 +35,20 @@ KIND = {name: code for code, name in fmt.KIND_NAMES.items()}
 
 # ---- running memtrace ----------------------------------------------------------------
 
+
 def memtrace(*args, timeout=180, text=True, **kw) -> subprocess.CompletedProcess:
     """`memtrace ARGS...` (output captured, as text unless text=False), with a hard
     timeout."""
-    return subprocess.run(MEMTRACE + [str(a) for a in args], capture_output=True, text=text,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        MEMTRACE + [str(a) for a in args], capture_output=True, text=text, timeout=timeout, **kw
+    )
 
 
 def traced(argv, capture, *options, timeout=120, **kw) -> subprocess.CompletedProcess:
     """`memtrace run -q -f -o CAPTURE [OPTIONS] -- ARGV` with a hard timeout (a hang
     fails the test). Without "--no-report" in OPTIONS the HTML report is written too,
     as for a user."""
-    return memtrace("run", "-q", "-f", "-o", capture, *options, "--", *argv,
-                    timeout=timeout, **kw)
+    return memtrace("run", "-q", "-f", "-o", capture, *options, "--", *argv, timeout=timeout, **kw)
 
 
 def traced_popen(argv, capture, *options, **kw) -> subprocess.Popen:
@@ -66,6 +68,7 @@ def stats(capture, *extra, timeout=300) -> dict:
 @dataclass
 class Traced:
     """A traced Python program: its exit status and output, and its capture."""
+
     returncode: int
     stdout: str
     stderr: str
@@ -83,6 +86,7 @@ def shim_so() -> str:
 
 
 # ---- reading stats --------------------------------------------------------------------
+
 
 def lines_of(stats: dict, filename: str, key: str = "by_line") -> dict:
     """by_line (or by_user_line) rows of one file, keyed by line number."""
@@ -112,11 +116,11 @@ def library_row(st: dict, name: str) -> dict:
 def terminal_safe(text: str) -> bool:
     """No control character but newline, no line/paragraph separators, no bidi or
     other format characters: what a terminal shows is what the report printed."""
-    return all(c == "\n" or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
-               for c in text)
+    return all(c == "\n" or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co") for c in text)
 
 
 # ---- building C targets -----------------------------------------------------------------
+
 
 def need_compiler(compiler: str = "cc") -> None:
     """Skip the test, saying why, when the compiler is not on PATH."""
@@ -133,14 +137,14 @@ def build(source, out, *flags, compiler: str = "cc", opt: str = "-O0") -> Path:
     source = Path(source)
     if not source.is_absolute():
         source = TARGETS / source
-    cmd = [compiler, opt, "-g", "-Wall", "-fno-builtin", "-o", str(out), str(source),
-           *map(str, flags)]
+    cmd = [compiler, opt, "-g", "-Wall", "-fno-builtin", "-o", str(out), str(source), *map(str, flags)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return Path(out)
 
 
 # ---- watching a traced program from outside ------------------------------------------------
+
 
 def wait_for(predicate, timeout=30.0, interval=0.01, what="condition"):
     """Poll predicate() until it returns something true, and return that; fail the
@@ -217,8 +221,14 @@ def process_waiting(pid: int) -> bool:
     return bool(tids) and all(thread_waiting(pid, tid) for tid in tids)
 
 
-def wait_until_blocked(pid: int, progress, polls: int = 10, interval: float = 0.02,
-                       timeout: float = 30.0, what: str = "the program to block"):
+def wait_until_blocked(
+    pid: int,
+    progress,
+    polls: int = 10,
+    interval: float = 0.02,
+    timeout: float = 30.0,
+    what: str = "the program to block",
+):
     """Wait until the process is observably blocked: progress() (a counter the program
     moves as it works) has not changed across `polls` consecutive polls `interval`
     apart, and every one of its threads is asleep in a sleep or futex call at the
@@ -233,8 +243,9 @@ def wait_until_blocked(pid: int, progress, polls: int = 10, interval: float = 0.
         last = now
         if still >= polls and process_waiting(pid):
             return now
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} "
-                         f"(counter {last}, unchanged for {still} polls)")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (counter {last}, unchanged for {still} polls)"
+    )
 
 
 class Shared:
@@ -284,8 +295,7 @@ def reaper_popen(status_file: Path, argv, **kw) -> subprocess.Popen:
     """Run argv under reaper.py: it becomes a child subreaper, so the traced program
     (orphaned when memtrace is killed) is re-parented to it and its exit status is
     still observed. Each reaped child is appended to status_file as a JSON line."""
-    return subprocess.Popen([sys.executable, str(REAPER), str(status_file), "--", *map(str, argv)],
-                            **kw)
+    return subprocess.Popen([sys.executable, str(REAPER), str(status_file), "--", *map(str, argv)], **kw)
 
 
 def reaped(status_file: Path) -> dict:
@@ -313,6 +323,7 @@ def spawned_pid(status_file: Path) -> int:
 
 
 # ---- raw capture checks ------------------------------------------------------------------
+
 
 def chunk_types(capture) -> list:
     """Chunk types of the capture in file order (to check END is the very last)."""
@@ -346,8 +357,7 @@ class Raw:
 
     def __init__(self, capture):
         self.capture = read_capture(str(capture))
-        self.streams = {sid: (sd, _events(self.capture, sid))
-                        for sid, sd in self.capture.streams.items()}
+        self.streams = {sid: (sd, _events(self.capture, sid)) for sid, sd in self.capture.streams.items()}
 
     def pids(self):
         return [sd.info["pid"] for sd, _ in self.streams.values()]

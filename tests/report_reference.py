@@ -6,6 +6,7 @@ Each works on a RefProcess: a process's metadata decoded record by record into
 dictionaries, and its stacks walked node by node. Sorting keeps Python's stable
 order, so ties come out in the order the sites first show them.
 """
+
 import gzip
 import json
 import os
@@ -17,8 +18,12 @@ from typing import Dict, List, Optional, Tuple
 from tracer import _format as fmt
 from tracer.analyze.model import heap_mask
 
-METRICS = {"peak": ("peak_bytes", "peak_count"), "leaks": ("live_bytes", "live_count"),
-           "total": ("alloc_bytes", "n_allocs"), "temporary": ("temp_bytes", "temp_count")}
+METRICS = {
+    "peak": ("peak_bytes", "peak_count"),
+    "leaks": ("live_bytes", "live_count"),
+    "total": ("alloc_bytes", "n_allocs"),
+    "temporary": ("temp_bytes", "temp_count"),
+}
 LOST = ("<unknown>", 0, "<stack lost>")
 
 
@@ -32,8 +37,10 @@ class RefProcess:
         for rtype, payload in fmt.iter_meta(bytes(proc.meta)):
             if rtype == fmt.META_CODE and len(payload) >= 12:
                 cid, first, flen, nlen = struct.unpack_from("<IiHH", payload)
-                self.codes[cid] = (payload[12:12 + flen].decode("utf-8", "replace"),
-                                   payload[12 + flen:12 + flen + nlen].decode("utf-8", "replace"))
+                self.codes[cid] = (
+                    payload[12 : 12 + flen].decode("utf-8", "replace"),
+                    payload[12 + flen : 12 + flen + nlen].decode("utf-8", "replace"),
+                )
             elif rtype == fmt.META_NODE and len(payload) >= 16:
                 nid, parent, code, line = struct.unpack_from("<IIIi", payload)
                 self.nodes[nid] = (parent, code, line)
@@ -63,7 +70,8 @@ class RefProcess:
 
     def is_library(self, file: str) -> bool:
         return file.startswith("<frozen") or any(
-            file.startswith(p.rstrip("/") + "/") for p in self.library_paths)
+            file.startswith(p.rstrip("/") + "/") for p in self.library_paths
+        )
 
     def user_frame(self, node: int):
         frames = self.stack(node)
@@ -97,11 +105,22 @@ def by_line(processes: List[RefProcess], user_code: bool = False) -> List[dict]:
     for proc in processes:
         for site in proc.heap_sites():
             file, line, function = site_frame(proc, site, user_code)
-            row = rows.setdefault((file, line, function), {
-                "file": file, "line": line, "function": function, "allocated_bytes": 0,
-                "n_allocations": 0, "peak_bytes": 0, "live_at_exit_bytes": 0, "numpy_bytes": 0,
-                "allocators": defaultdict(int), "numpy_allocators": defaultdict(int),
-                "libraries": defaultdict(int)})
+            row = rows.setdefault(
+                (file, line, function),
+                {
+                    "file": file,
+                    "line": line,
+                    "function": function,
+                    "allocated_bytes": 0,
+                    "n_allocations": 0,
+                    "peak_bytes": 0,
+                    "live_at_exit_bytes": 0,
+                    "numpy_bytes": 0,
+                    "allocators": defaultdict(int),
+                    "numpy_allocators": defaultdict(int),
+                    "libraries": defaultdict(int),
+                },
+            )
             size = int(site["alloc_bytes"])
             row["allocated_bytes"] += size
             row["n_allocations"] += int(site["n_allocs"])
@@ -113,8 +132,15 @@ def by_line(processes: List[RefProcess], user_code: bool = False) -> List[dict]:
                 row["numpy_allocators"][name] += size
             row["allocators"][name] += size
             row["libraries"][proc.lib_name(int(site["lib"])).rsplit("/", 1)[-1]] += size
-    out = [{**r, "allocators": dict(r["allocators"]), "numpy_allocators": dict(r["numpy_allocators"]),
-            "libraries": dict(r["libraries"])} for r in rows.values()]
+    out = [
+        {
+            **r,
+            "allocators": dict(r["allocators"]),
+            "numpy_allocators": dict(r["numpy_allocators"]),
+            "libraries": dict(r["libraries"]),
+        }
+        for r in rows.values()
+    ]
     return sorted(out, key=lambda r: (-r["peak_bytes"], -r["allocated_bytes"], r["file"], r["line"]))
 
 
@@ -125,8 +151,17 @@ def by_library(processes: List[RefProcess]) -> List[dict]:
         for site in sorted(sites, key=lambda s: int(s["lib"])):
             path = proc.lib_name(int(site["lib"]))
             name = path.rsplit("/", 1)[-1]
-            row = rows.setdefault(name, {"library": name, "path": path, "allocated_bytes": 0,
-                                         "n_allocations": 0, "peak_bytes": 0, "live_at_exit_bytes": 0})
+            row = rows.setdefault(
+                name,
+                {
+                    "library": name,
+                    "path": path,
+                    "allocated_bytes": 0,
+                    "n_allocations": 0,
+                    "peak_bytes": 0,
+                    "live_at_exit_bytes": 0,
+                },
+            )
             row["allocated_bytes"] += int(site["alloc_bytes"])
             row["n_allocations"] += int(site["n_allocs"])
             row["peak_bytes"] += int(site["peak_bytes"])
@@ -135,6 +170,7 @@ def by_library(processes: List[RefProcess]) -> List[dict]:
 
 
 # ---- call trees ------------------------------------------------------------------
+
 
 @dataclass
 class Node:
@@ -172,8 +208,11 @@ def build_tree(processes: List[RefProcess], metric: str = "peak", by_thread: boo
         sites = sites[sites[bytes_col] > 0]
         if len(sites) == 0:
             continue
-        top = root.child(("pid", proc.sid), name=f"pid {proc.pid}: {' '.join(proc.argv)[:80]}",
-                         kind=3) if many else root
+        top = (
+            root.child(("pid", proc.sid), name=f"pid {proc.pid}: {' '.join(proc.argv)[:80]}", kind=3)
+            if many
+            else root
+        )
         for site in sites:
             stack, tid = int(site["stack"]), int(site["tid"])
             node = top
@@ -200,8 +239,19 @@ def flatten(root: Node, min_share: float, max_nodes: int) -> dict:
     threshold = max(1, int(root.bytes * min_share))
 
     def emit(parent, name, file, line, kind, b, c, n):
-        for key, value in zip(out, (parent, names.setdefault(name, len(names)),
-                                    files.setdefault(file, len(files)), line, kind, b, c, n)):
+        for key, value in zip(
+            out,
+            (
+                parent,
+                names.setdefault(name, len(names)),
+                files.setdefault(file, len(files)),
+                line,
+                kind,
+                b,
+                c,
+                n,
+            ),
+        ):
             out[key].append(value)
         return len(out["parent"]) - 1
 
@@ -213,10 +263,18 @@ def flatten(root: Node, min_share: float, max_nodes: int) -> dict:
         keep = [c for c in kids if c.bytes >= threshold]
         if len(out["parent"]) + len(keep) > max_nodes:
             keep = []
-        rest = kids[len(keep):]
+        rest = kids[len(keep) :]
         if rest:
-            emit(index, f"[other: {len(rest)} small]", "", 0, 4, sum(c.bytes for c in rest),
-                 sum(c.count for c in rest), sum(c.numpy for c in rest))
+            emit(
+                index,
+                f"[other: {len(rest)} small]",
+                "",
+                0,
+                4,
+                sum(c.bytes for c in rest),
+                sum(c.count for c in rest),
+                sum(c.numpy for c in rest),
+            )
         stack.extend((c, index) for c in reversed(keep))
     return {**out, "names": list(names), "files": list(files)}
 
@@ -224,6 +282,7 @@ def flatten(root: Node, min_share: float, max_nodes: int) -> dict:
 def tree_text(root: Node, title: str, min_share: float, max_depth: int = 40) -> str:
     """`memtrace tree`'s text, node by node."""
     from tracer.reports.text import clean, human
+
     lines, total = [], root.bytes or 1
     lines.append(f"{title}: {human(root.bytes)} in {root.count:,} blocks\n")
     stack = [(root, "", True, 0)]
@@ -232,8 +291,10 @@ def tree_text(root: Node, title: str, min_share: float, max_depth: int = 40) -> 
         if node is not root:
             label = f"{node.name} ({node.file}:{node.line})" if node.file else node.name
             numpy = f", NumPy {human(node.numpy)}" if node.numpy else ""
-            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{human(node.bytes):>10} "
-                         f"{100.0 * node.bytes / total:5.1f}%  {clean(label)}  ({node.count:,} blocks{numpy})\n")
+            lines.append(
+                f"{prefix}{'└─ ' if last else '├─ '}{human(node.bytes):>10} "
+                f"{100.0 * node.bytes / total:5.1f}%  {clean(label)}  ({node.count:,} blocks{numpy})\n"
+            )
             prefix += "   " if last else "│  "
         if depth >= max_depth:
             continue
@@ -249,6 +310,7 @@ def tree_text(root: Node, title: str, min_share: float, max_depth: int = 40) -> 
 
 
 # ---- exports ----------------------------------------------------------------------
+
 
 def site_samples(processes: List[RefProcess], metric: str = "peak"):
     bytes_col, count_col = METRICS[metric]
@@ -306,8 +368,13 @@ def pprof_body(processes, metric, count_name, bytes_name) -> bytes:
                 name, file, line = frame
                 if (name, file) not in functions:
                     fid = functions[(name, file)] = len(functions) + 1
-                    function_msgs += _field_bytes(5, _field_varint(1, fid) + _field_varint(2, s(name))
-                                                  + _field_varint(3, s(name)) + _field_varint(4, s(file)))
+                    function_msgs += _field_bytes(
+                        5,
+                        _field_varint(1, fid)
+                        + _field_varint(2, s(name))
+                        + _field_varint(3, s(name))
+                        + _field_varint(4, s(file)),
+                    )
                 loc = locations[frame] = len(locations) + 1
                 line_msg = _field_varint(1, functions[(name, file)]) + _field_varint(2, line)
                 location_msgs += _field_bytes(4, _field_varint(1, loc) + _field_bytes(4, line_msg))
@@ -322,13 +389,20 @@ def pprof_body(processes, metric, count_name, bytes_name) -> bytes:
 
 # ---- memtrace lines -----------------------------------------------------------------
 
+
 def line_table(processes: List[RefProcess], source: str) -> Dict[int, dict]:
     target = os.path.realpath(source)
     rows = defaultdict(lambda: {"allocated": 0, "peak": 0, "count": 0, "numpy": 0})
     for proc in processes:
         for site in proc.heap_sites():
-            line = next((f[1] for f in proc.stack(int(site["stack"]))
-                         if f[0] == source or os.path.realpath(f[0]) == target), None)
+            line = next(
+                (
+                    f[1]
+                    for f in proc.stack(int(site["stack"]))
+                    if f[0] == source or os.path.realpath(f[0]) == target
+                ),
+                None,
+            )
             if line is None:
                 continue
             row = rows[line]

@@ -4,6 +4,7 @@ back, then a groupby and a merge. A NumPy array of known size is held across
 
     python pandas_roundtrip.py [ROWS [MARKER_BYTES]]   (default 2,000,000 rows, 256 MiB)
 """
+
 import os
 import sys
 import tempfile
@@ -17,9 +18,14 @@ MARKER = int(sys.argv[2]) if len(sys.argv) > 2 else 256 << 20  # bytes held acro
 
 def main():
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"id": np.arange(ROWS), "x": rng.random(ROWS),
-                       "name": [f"name{i}" for i in range(ROWS)],
-                       "city": [f"city{i % 997}" for i in range(ROWS)]})
+    df = pd.DataFrame(
+        {
+            "id": np.arange(ROWS),
+            "x": rng.random(ROWS),
+            "name": [f"name{i}" for i in range(ROWS)],
+            "city": [f"city{i % 997}" for i in range(ROWS)],
+        }
+    )
     path = os.path.join(tempfile.mkdtemp(), "table.csv")
     marker = np.ones(MARKER // 8)  # MARKER-LINE
     df.to_csv(path, index=False)

@@ -3,6 +3,7 @@ bytes object of known size lives through the peak and its size is printed.
 
     python pure_python.py [RECORDS]          (default 1,000,000)
 """
+
 import json
 import pickle
 import sys
@@ -12,8 +13,10 @@ RECORDS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 
 def main():
     marker = b"m" * (RECORDS * 24)  # MARKER-LINE
-    records = [{"id": i, "name": f"user{i}", "tags": ["a", "b", str(i % 7)], "score": i * 0.5}
-               for i in range(RECORDS)]
+    records = [
+        {"id": i, "name": f"user{i}", "tags": ["a", "b", str(i % 7)], "score": i * 0.5}
+        for i in range(RECORDS)
+    ]
     text = json.dumps(records)
     back = json.loads(text)
     blob = pickle.dumps(back)

@@ -3,6 +3,7 @@ training data's size is printed, so a test can find it at the heap peak.
 
     python sklearn_forest.py [SAMPLES]       (default 20,000)
 """
+
 import sys
 
 from sklearn.datasets import make_classification

@@ -2,6 +2,7 @@
 millions of small Python calls, few native allocations. A tracer whose cost
 follows calls (a profile hook) pays here; one whose cost follows allocations
 should not."""
+
 import sys
 
 

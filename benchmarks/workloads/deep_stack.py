@@ -1,7 +1,8 @@
 """Allocation cost against stack depth: N native allocations made DEPTH frames deep.
 
-    python deep_stack.py DEPTH [N]
+python deep_stack.py DEPTH [N]
 """
+
 import sys
 
 DEPTH = int(sys.argv[1]) if len(sys.argv) > 1 else 5
@@ -11,7 +12,7 @@ N = int(sys.argv[2]) if len(sys.argv) > 2 else 2_000_000
 def allocate(n):
     x = b"x"
     for i in range(n):
-        b = x * (600 + (i & 255))   # one malloc + one free
+        b = x * (600 + (i & 255))  # one malloc + one free
 
 
 def recurse(depth, n):
@@ -21,5 +22,5 @@ def recurse(depth, n):
 
 
 if __name__ == "__main__":
-    recurse(DEPTH - 1, N)   # the module frame is the first
+    recurse(DEPTH - 1, N)  # the module frame is the first
     print("done")

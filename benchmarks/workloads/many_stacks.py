@@ -4,6 +4,7 @@ Each allocation is a bytes object above pymalloc's 512-byte limit (one malloc, o
 free), made at the bottom of a recursion whose depth (1-30) and branch (one of 50
 functions) vary, so a report has many stacks to merge, as in a real program.
 """
+
 import sys
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
@@ -18,6 +19,7 @@ def make_branch(k):
         for i in range(n):
             total += len(x * (600 + k))
         return total
+
     branch.__name__ = branch.__qualname__ = f"branch_{k}"
     return branch
 

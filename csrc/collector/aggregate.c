@@ -120,7 +120,8 @@ static recent *recent_of(mt_agg *a, uint32_t tid, int create) {
     for (size_t i = 0; i < a->n_recent; i++)
         if (a->recent[i].tid == tid)
             return &a->recent[i];
-    if (!create || mt_grow((void **)&a->recent, &a->recent_cap, a->n_recent + 1, sizeof(recent)) < 0)
+    if (!create ||
+        mt_grow((void **)&a->recent, &a->recent_cap, a->n_recent + 1, sizeof(recent)) < 0)
         return NULL;
     recent *r = &a->recent[a->n_recent++];
     memset(r, 0, sizeof *r);
@@ -343,8 +344,8 @@ static int map_range(mt_agg *a, uint64_t start, uint64_t end, uint32_t site, uin
     if (!is_heap_mapping(flags))
         a->t.mapped_file += bytes;
     else if (a->regions)
-        a->maps[lo].region = mt_regions_alloc(a->regions, tid, site, bytes, a->t_feed,
-                                              a->t.n_events);
+        a->maps[lo].region =
+            mt_regions_alloc(a->regions, tid, site, bytes, a->t_feed, a->t.n_events);
     return 0;
 }
 
@@ -367,8 +368,8 @@ static int feed_alloc(mt_agg *a, const mt_event *e, double t) {
         mt_regions_release(a->regions, old.region, old.site, (int64_t)old.size, 1, 0, 1);
     }
     if (a->regions)
-        slot->region = mt_regions_alloc(a->regions, e->tid, (uint32_t)s, (int64_t)size, t,
-                                        a->t.n_events);
+        slot->region =
+            mt_regions_alloc(a->regions, e->tid, (uint32_t)s, (int64_t)size, t, a->t.n_events);
     mt_site *site = &a->sites[s];
     site->alloc_bytes += size;
     site->n_allocs++;
@@ -391,8 +392,8 @@ static void feed_free(mt_agg *a, const mt_event *e) {
         a->t.n_frees++;
         int temporary = a->temp_threshold && note_free(a, e->tid, e->addr);
         if (old.region)
-            mt_regions_release(a->regions, old.region, old.site, (int64_t)old.size, 1,
-                               temporary, 1);
+            mt_regions_release(a->regions, old.region, old.site, (int64_t)old.size, 1, temporary,
+                               1);
     } else {
         a->t.unknown_frees++;
     }

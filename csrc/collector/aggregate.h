@@ -65,10 +65,10 @@ struct mt_agg {
     uint32_t temp_threshold;
     struct recent *recent; /* per-thread recent allocations (temporary tracking) */
     size_t n_recent, recent_cap;
-    double sample_rate;    /* 0: not sampled */
-    uint32_t last_site;    /* the site of the last allocation (a one-entry cache) */
-    mt_regions *regions;   /* owned; made at the first region mark (NULL: none yet) */
-    double t_feed;         /* the time of the batch being fed */
+    double sample_rate;  /* 0: not sampled */
+    uint32_t last_site;  /* the site of the last allocation (a one-entry cache) */
+    mt_regions *regions; /* owned; made at the first region mark (NULL: none yet) */
+    double t_feed;       /* the time of the batch being fed */
 };
 
 #endif /* MT_AGGREGATE_H */

@@ -23,7 +23,7 @@
 #define H_STACK 0x40
 #define H_LIB 0x80
 #define H_RECENT 0x40 /* on a free: bit 6 (never a stack change there) */
-#define MRU_SIZE 32 /* = the length of mt_codec.recent */
+#define MRU_SIZE 32   /* = the length of mt_codec.recent */
 
 static void mru_push(mt_codec *m, uint64_t addr) {
     int n = m->n_recent < MRU_SIZE ? m->n_recent : MRU_SIZE - 1;
@@ -120,8 +120,7 @@ size_t mt_encode(const mt_event *events, size_t n, uint8_t *out) {
 
 /* One event from p (p < end) into e: where the next one starts, or NULL if the
  * bytes are malformed. */
-static const uint8_t *decode_one(mt_codec *st, const uint8_t *p, const uint8_t *end,
-                                 mt_event *e) {
+static const uint8_t *decode_one(mt_codec *st, const uint8_t *p, const uint8_t *end, mt_event *e) {
     uint64_t v;
     uint8_t h = *p++;
     memset(e, 0, sizeof *e);

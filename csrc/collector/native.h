@@ -19,37 +19,37 @@
 /* One allocation site: everything the reports need, per distinct
  * (stack, thread, caller library, kind, flags). */
 typedef struct mt_site {
-    uint32_t stack;        /* Python stack node, 0 = none */
-    uint32_t tid;          /* the allocating thread */
+    uint32_t stack; /* Python stack node, 0 = none */
+    uint32_t tid;   /* the allocating thread */
     uint16_t lib;
     uint8_t kind;
-    uint8_t flags;         /* MT_FLAG_NUMPY | MT_FLAG_ANON | MT_FLAG_SHARED */
-    uint32_t dirty;        /* internal: changed since the last heap peak */
-    uint64_t alloc_bytes;  /* total allocated here */
+    uint8_t flags;        /* MT_FLAG_NUMPY | MT_FLAG_ANON | MT_FLAG_SHARED */
+    uint32_t dirty;       /* internal: changed since the last heap peak */
+    uint64_t alloc_bytes; /* total allocated here */
     uint64_t n_allocs;
-    int64_t live_bytes;    /* live now (at exit once the stream ended) */
+    int64_t live_bytes; /* live now (at exit once the stream ended) */
     int64_t live_count;
-    int64_t peak_bytes;    /* live at the process's heap peak */
+    int64_t peak_bytes; /* live at the process's heap peak */
     int64_t peak_count;
-    uint64_t temp_bytes;   /* freed within the temporary threshold (when tracked) */
+    uint64_t temp_bytes; /* freed within the temporary threshold (when tracked) */
     uint64_t temp_count;
 } mt_site;
 
 typedef struct mt_totals {
-    int64_t heap;             /* live malloc-family bytes + live anonymous mmaps */
+    int64_t heap; /* live malloc-family bytes + live anonymous mmaps */
     int64_t peak_heap;
     double peak_time;         /* seconds, time of the batch that reached the peak */
     uint64_t peak_event;      /* index of the event that reached the peak */
     uint64_t total_allocated; /* bytes of every heap allocation */
     uint64_t n_allocations;
     uint64_t n_frees;
-    uint64_t unknown_frees;   /* frees of blocks never seen allocated */
+    uint64_t unknown_frees; /* frees of blocks never seen allocated */
     uint64_t n_events;
-    int64_t mapped_file;      /* live file-backed mappings made by the program */
+    int64_t mapped_file; /* live file-backed mappings made by the program */
     uint64_t n_sites;
     uint64_t live_blocks;
     uint64_t live_mappings;
-    int64_t feed_max;         /* highest heap reached during the last mt_agg_feed */
+    int64_t feed_max; /* highest heap reached during the last mt_agg_feed */
 } mt_totals;
 
 typedef struct mt_agg mt_agg;
@@ -76,19 +76,19 @@ int mt_agg_site(const mt_agg *agg, size_t i, mt_site *out);
 /* Regions (tracer.region; regions.c). A row is a region's closed instances
  * folded together (instances > 0) or one instance still open (instances = 0). */
 typedef struct mt_region_row {
-    uint32_t region;          /* region id (named by a MT_META_REGION record) */
-    uint32_t tid;             /* an open instance's thread (0: closed instances) */
-    uint32_t instances;       /* closed instances folded in this row */
-    uint32_t parent;          /* the region around it (its first instance), 0: none */
-    int64_t peak_bytes;       /* highest live within one instance (the highest one's) */
-    double peak_time;         /* seconds, of the batch that reached it */
-    uint64_t peak_event;      /* the aggregator's event index then */
-    double t_enter, t_leave;  /* first entered, last left (open: -1) */
-    uint64_t alloc_bytes;     /* allocated inside (nested regions included) */
+    uint32_t region;         /* region id (named by a MT_META_REGION record) */
+    uint32_t tid;            /* an open instance's thread (0: closed instances) */
+    uint32_t instances;      /* closed instances folded in this row */
+    uint32_t parent;         /* the region around it (its first instance), 0: none */
+    int64_t peak_bytes;      /* highest live within one instance (the highest one's) */
+    double peak_time;        /* seconds, of the batch that reached it */
+    uint64_t peak_event;     /* the aggregator's event index then */
+    double t_enter, t_leave; /* first entered, last left (open: -1) */
+    uint64_t alloc_bytes;    /* allocated inside (nested regions included) */
     uint64_t n_allocs;
-    int64_t live_bytes;       /* closed: live at each instance's close, summed; open: now */
+    int64_t live_bytes; /* closed: live at each instance's close, summed; open: now */
     int64_t live_count;
-    int64_t last_peak_bytes;  /* the last closed instance's own numbers */
+    int64_t last_peak_bytes; /* the last closed instance's own numbers */
     int64_t last_live_bytes;
     uint64_t last_alloc_bytes;
 } mt_region_row;
@@ -96,8 +96,8 @@ typedef struct mt_region_row {
 /* One site's numbers inside a row's instances (same columns as mt_site: peak_* at
  * the row's peak, live_* as live_bytes of the row). */
 typedef struct mt_region_site {
-    uint32_t row;             /* index of its row in the same output */
-    uint32_t site;            /* index of the site (mt_agg_sites) */
+    uint32_t row;  /* index of its row in the same output */
+    uint32_t site; /* index of the site (mt_agg_sites) */
     uint64_t alloc_bytes;
     uint64_t n_allocs;
     int64_t live_bytes;
@@ -133,9 +133,8 @@ size_t mt_meta_drain(void *shm, uint8_t *out, size_t max);
  * *heapstats_seen is set), pymalloc's (dropped) and object censuses (copied to aside,
  * while they fit in aside_cap). Returns the bytes written to keep; *consumed: the
  * bytes of whole records read (a record cut at the end is left for the next call). */
-size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside,
-                    size_t aside_cap, size_t *aside_len, size_t *consumed, uint8_t *heapstats,
-                    int *heapstats_seen);
+size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside, size_t aside_cap,
+                    size_t *aside_len, size_t *consumed, uint8_t *heapstats, int *heapstats_seen);
 /* The shared-memory header's counters, read together (each load atomic). */
 typedef struct mt_shm_counters {
     uint64_t dropped;       /* events not recorded (stream lost) */
@@ -259,16 +258,16 @@ int64_t mt_tree_fold(mt_tree *tree, const int64_t *parent, const int64_t *key, c
  * node, or -1 - node for that node's "other" entry) under entry parent_out[k];
  * shown_out[k] is how many of the node's children are shown. The out arrays hold
  * 2 * n + 2; returns the number of entries (0 if out of memory). */
-size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids,
-                        size_t n, int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
+size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids, size_t n,
+                        int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
                         int64_t *shown_out);
 /* Per node of a tree (node 0 the root): how many children have bytes (> 0), and
  * the bytes, count and NumPy bytes of those children (all[0..2]) and of those
  * under threshold (small[0..2]). values: bytes, count, numpy, n each. */
 void mt_tree_child_sums(const int64_t *parent, size_t n, const int64_t *bytes, const int64_t *count,
-                        const int64_t *numpy, int64_t threshold, int64_t *n_kids, int64_t *all_bytes,
-                        int64_t *all_count, int64_t *all_numpy, int64_t *small_bytes,
-                        int64_t *small_count, int64_t *small_numpy);
+                        const int64_t *numpy, int64_t threshold, int64_t *n_kids,
+                        int64_t *all_bytes, int64_t *all_count, int64_t *all_numpy,
+                        int64_t *small_bytes, int64_t *small_count, int64_t *small_numpy);
 /* For each row of a forest whose rows come after their parents (parent[r] < r;
  * -1, -2: none, lost): the first row from r towards the root, r included, whose
  * flag is set, else the end of its chain (-1 or -2). */
@@ -284,8 +283,8 @@ void mt_tree_leaf_values(const int64_t *leaf, size_t n, const int64_t *size, con
                          int64_t *counts, int64_t *numpys, int64_t *first);
 /* Subtree totals of a tree whose nodes come after their parents (node 0 the
  * root): each node's values are added to its parent's, first is their minimum. */
-void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,
-                    int64_t *numpy, int64_t *first);
+void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count, int64_t *numpy,
+                    int64_t *first);
 
 /* JSON text of lists of non-negative integers, as Python's json.dumps writes
  * them: [[v0, v1], [v2]] with list i being values[starts[i] .. starts[i+1]);
@@ -301,8 +300,7 @@ size_t mt_json_int_lists(const uint64_t *values, const uint64_t *starts, size_t 
 size_t mt_pprof_samples(const uint64_t *ids, const uint64_t *starts, size_t n,
                         const int64_t *counts, const int64_t *sizes, uint8_t *out);
 /* Location (field 4): id i + 1, one Line {function_id, line}; 48 bytes each at most. */
-size_t mt_pprof_locations(const uint64_t *functions, const int64_t *lines, size_t n,
-                          uint8_t *out);
+size_t mt_pprof_locations(const uint64_t *functions, const int64_t *lines, size_t n, uint8_t *out);
 /* Function (field 5): id i + 1, name, system_name (= name) and filename string
  * indexes; 48 bytes each at most. */
 size_t mt_pprof_functions(const uint64_t *names, const uint64_t *files, size_t n, uint8_t *out);

@@ -78,9 +78,9 @@ static size_t first_ending_after(const uint64_t *ends, size_t n, uint64_t addr) 
     return mt_first_above(ends, n, sizeof *ends, 0, addr);
 }
 
-void mt_agg_bytes_in_ranges(const mt_agg *a, const uint64_t *starts, const uint64_t *ends,
-                            size_t n, int64_t *block_bytes, int64_t *anon_map_bytes,
-                            int64_t *file_map_bytes, uint32_t *top_site, int64_t *top_bytes) {
+void mt_agg_bytes_in_ranges(const mt_agg *a, const uint64_t *starts, const uint64_t *ends, size_t n,
+                            int64_t *block_bytes, int64_t *anon_map_bytes, int64_t *file_map_bytes,
+                            uint32_t *top_site, int64_t *top_bytes) {
     for (size_t i = 0; i < n; i++) {
         block_bytes[i] = anon_map_bytes[i] = file_map_bytes[i] = top_bytes[i] = 0;
         top_site[i] = UINT32_MAX;

@@ -9,26 +9,26 @@
 #include "regions.h"
 
 #define OPEN_OWNER 0x80000000u /* an entry's owner: an open instance (else a region id) */
-#define MAX_REGIONS (1u << 20)  /* ids beyond (a corrupt capture): ignored */
+#define MAX_REGIONS (1u << 20) /* ids beyond (a corrupt capture): ignored */
 
 typedef struct inst {
     uint32_t region, tid;
-    uint32_t parent;   /* the enclosing instance on its thread + 1 (0: none) */
-    uint32_t refs;     /* open + live blocks and mappings + nested instances kept */
-    uint32_t depth;    /* enters of the same region on its thread while open */
+    uint32_t parent; /* the enclosing instance on its thread + 1 (0: none) */
+    uint32_t refs;   /* open + live blocks and mappings + nested instances kept */
+    uint32_t depth;  /* enters of the same region on its thread while open */
     uint32_t open;
-    uint32_t first;    /* its first site entry + 1 (a list through entry.next) */
+    uint32_t first; /* its first site entry + 1 (a list through entry.next) */
     uint32_t next_free;
     int64_t live, live_count, peak;
     uint64_t alloc, n_allocs, peak_event;
     double peak_time, t_enter;
-    uint32_t *dirty;   /* owned, kept across reuse: entries changed since its last peak */
+    uint32_t *dirty; /* owned, kept across reuse: entries changed since its last peak */
     size_t n_dirty, dirty_cap;
 } inst;
 
 typedef struct entry {
     uint32_t owner, site;
-    uint32_t next;     /* the owner's next entry + 1 (the free list's, once freed) */
+    uint32_t next; /* the owner's next entry + 1 (the free list's, once freed) */
     uint32_t dirty;
     int64_t live, live_count, peak, peak_count;
     uint64_t alloc, n_allocs, temp, temp_count;

@@ -231,8 +231,8 @@ typedef struct dfs_item {
     int64_t node, entry; /* a node, and the entry of its parent */
 } dfs_item;
 
-size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids,
-                        size_t n, int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
+size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t *n_kids, size_t n,
+                        int64_t max_nodes, int64_t *order_out, int64_t *parent_out,
                         int64_t *shown_out) {
     if (n == 0)
         return 0;
@@ -263,9 +263,9 @@ size_t mt_tree_preorder(const int64_t *start, const int64_t *kids, const int64_t
 }
 
 void mt_tree_child_sums(const int64_t *parent, size_t n, const int64_t *bytes, const int64_t *count,
-                        const int64_t *numpy, int64_t threshold, int64_t *n_kids, int64_t *all_bytes,
-                        int64_t *all_count, int64_t *all_numpy, int64_t *small_bytes,
-                        int64_t *small_count, int64_t *small_numpy) {
+                        const int64_t *numpy, int64_t threshold, int64_t *n_kids,
+                        int64_t *all_bytes, int64_t *all_count, int64_t *all_numpy,
+                        int64_t *small_bytes, int64_t *small_count, int64_t *small_numpy) {
     size_t size = n * sizeof(int64_t);
     memset(n_kids, 0, size);
     memset(all_bytes, 0, size);
@@ -317,8 +317,8 @@ void mt_tree_leaf_values(const int64_t *leaf, size_t n, const int64_t *size, con
     }
 }
 
-void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count,
-                    int64_t *numpy, int64_t *first) {
+void mt_tree_sum_up(const int64_t *parent, size_t n, int64_t *bytes, int64_t *count, int64_t *numpy,
+                    int64_t *first) {
     for (size_t i = n; i-- > 1;) {
         int64_t p = parent[i];
         bytes[p] += bytes[i];
@@ -408,11 +408,11 @@ size_t mt_pprof_samples(const uint64_t *ids, const uint64_t *starts, size_t n,
     return (size_t)(p - out);
 }
 
-size_t mt_pprof_locations(const uint64_t *functions, const int64_t *lines, size_t n,
-                          uint8_t *out) {
+size_t mt_pprof_locations(const uint64_t *functions, const int64_t *lines, size_t n, uint8_t *out) {
     uint8_t *p = out;
     for (size_t i = 0; i < n; i++) {
-        size_t line_len = field_varint_len(1, functions[i]) + field_varint_len(2, (uint64_t)lines[i]);
+        size_t line_len =
+            field_varint_len(1, functions[i]) + field_varint_len(2, (uint64_t)lines[i]);
         size_t len = field_varint_len(1, i + 1) + 1 + varint_len(line_len) + line_len;
         p = put_field_head(p, 4, len);
         p = put_field_varint(p, 1, i + 1);

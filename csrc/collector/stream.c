@@ -7,8 +7,7 @@
 
 int mt_shm_check(const void *shm, size_t size) {
     const mt_shm_header *h = shm;
-    if (size < sizeof *h || memcmp(h->magic, MT_SHM_MAGIC, 8) != 0 ||
-        h->version != MT_WIRE_VERSION)
+    if (size < sizeof *h || memcmp(h->magic, MT_SHM_MAGIC, 8) != 0 || h->version != MT_WIRE_VERSION)
         return -1;
     if (h->ring_slots == 0 || (h->ring_slots & (h->ring_slots - 1)) || h->meta_bytes == 0 ||
         (h->meta_bytes & (h->meta_bytes - 1)))
@@ -87,9 +86,8 @@ size_t mt_meta_drain(void *shm, uint8_t *out, size_t max) {
     return n;
 }
 
-size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside,
-                    size_t aside_cap, size_t *aside_len, size_t *consumed, uint8_t *heapstats,
-                    int *heapstats_seen) {
+size_t mt_meta_sift(const uint8_t *in, size_t len, uint8_t *keep, uint8_t *aside, size_t aside_cap,
+                    size_t *aside_len, size_t *consumed, uint8_t *heapstats, int *heapstats_seen) {
     size_t pos = 0, kept = 0;
     while (pos + 4 <= len) {
         uint16_t type, length, key = 0;

@@ -28,13 +28,12 @@
 #include "census.h"
 #include "../events.h"
 
-#define PYMALLOC_MAX 512        /* larger requests go to malloc (pymalloc's threshold) */
+#define PYMALLOC_MAX 512 /* larger requests go to malloc (pymalloc's threshold) */
 #define NPY_OWNDATA 0x0004
 
 /* NumPy's PyArrayObject_fields: part of its stable ABI (1.x and 2.x). */
 typedef struct {
-    PyObject_HEAD
-    char *data;
+    PyObject_HEAD char *data;
     int nd;
     Py_ssize_t *dimensions;
     Py_ssize_t *strides;
@@ -80,7 +79,6 @@ static Py_ssize_t direct_sizeof(type_row *r, PyObject *o) {
         PyErr_Clear();
     return n;
 }
-
 
 /* Bytes in front of an object: the GC header, and from 3.11 the managed dict and
  * weak references (sys.getsizeof counts them; the allocation starts there). */
@@ -136,8 +134,7 @@ static uint64_t size_of(PyObject *o, PyTypeObject *tp, type_row *r) {
 static int visit(PyObject *o, void *arg);
 
 static uint64_t array_nbytes(PyObject *o) {
-    PyObject *v = Py_TYPE(nbytes_getter)->tp_descr_get(nbytes_getter, o,
-                                                         (PyObject *)ndarray_type);
+    PyObject *v = Py_TYPE(nbytes_getter)->tp_descr_get(nbytes_getter, o, (PyObject *)ndarray_type);
     Py_ssize_t n = v ? PyLong_AsSsize_t(v) : -1;
     Py_XDECREF(v);
     if (n < 0) {

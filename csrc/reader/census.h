@@ -7,32 +7,32 @@
 
 #include "reader.h"
 
-#define CANDIDATES 256          /* largest traced-block objects kept per type */
+#define CANDIDATES 256 /* largest traced-block objects kept per type */
 
 typedef struct {
     uint64_t addr, weight;
 } candidate;
 
 typedef struct {
-    PyTypeObject *type;  /* NULL: empty slot */
+    PyTypeObject *type; /* NULL: empty slot */
     uint64_t count, bytes;
     uint64_t own_count, own_nbytes, view_count, view_nbytes;
-    int64_t fixed_size;  /* sys.getsizeof of every instance (-1: call it per object) */
-    int python_sizeof;   /* __sizeof__ is Python code: sizes estimated, never called */
-    PyCFunction direct;  /* its C __sizeof__, called as such (NULL: call sys.getsizeof) */
-    int64_t pre;         /* sys.getsizeof minus __sizeof__ (-1: not learned yet) */
+    int64_t fixed_size; /* sys.getsizeof of every instance (-1: call it per object) */
+    int python_sizeof;  /* __sizeof__ is Python code: sizes estimated, never called */
+    PyCFunction direct; /* its C __sizeof__, called as such (NULL: call sys.getsizeof) */
+    int64_t pre;        /* sys.getsizeof minus __sizeof__ (-1: not learned yet) */
     uint32_t n_cand;
-    size_t cand_at;      /* 1 + index of its min-heap (by weight) in the pool; 0: none */
+    size_t cand_at; /* 1 + index of its min-heap (by weight) in the pool; 0: none */
 } type_row;
 
 typedef struct {
     type_row *types;
     size_t types_cap, n_types;
-    PyObject **seen;     /* untracked objects already counted (a set) */
+    PyObject **seen; /* untracked objects already counted (a set) */
     size_t seen_cap, n_seen;
-    PyObject **todo;     /* untracked objects whose references are still to visit */
+    PyObject **todo; /* untracked objects whose references are still to visit */
     size_t todo_cap, n_todo;
-    candidate *pool;     /* candidate heaps, CANDIDATES per type that has any */
+    candidate *pool; /* candidate heaps, CANDIDATES per type that has any */
     size_t pool_cap, pool_used;
     uint64_t n_objects, n_bytes, n_untracked, n_frame_roots;
     int failed;

@@ -9,7 +9,7 @@
 
 #include "census.h"
 
-#define OUT_TYPES 50            /* types written in full; the rest are summed */
+#define OUT_TYPES 50 /* types written in full; the rest are summed */
 /* A metadata record holds at most 64 KiB: types are listed while the record is
  * under TYPES_UNTIL bytes, and blocks (the heaviest first) under BLOCKS_UNTIL. */
 #define TYPES_UNTIL 50000
@@ -124,7 +124,7 @@ void mt_census_candidate(census *c, type_row *r, uint64_t addr, uint64_t weight)
         return;
     if (r->cand_at == 0) { /* (the pool may move as it grows: heaps are kept by index) */
         if (mt_big_grow((void **)&c->pool, &c->pool_cap, c->pool_used + CANDIDATES,
-                     sizeof(candidate)) < 0)
+                        sizeof(candidate)) < 0)
             return;
         r->cand_at = c->pool_used + 1;
         c->pool_used += CANDIDATES;
@@ -158,7 +158,6 @@ void mt_census_candidate(census *c, type_row *r, uint64_t addr, uint64_t weight)
 }
 
 /* ---- The record -------------------------------------------------------------- */
-
 
 static void put(text *t, const char *s, size_t n) {
     if (t->failed)

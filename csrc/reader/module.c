@@ -21,8 +21,8 @@ void *mt_shim_symbol(const char *name) {
     return dlsym(RTLD_DEFAULT, name);
 }
 
-static const mt_python_reader with_pins = {mt_walk_frames,   mt_pin,        mt_describe_code,
-                                           mt_code_identity, mt_code_line,  mt_request_stats};
+static const mt_python_reader with_pins = {mt_walk_frames,   mt_pin,       mt_describe_code,
+                                           mt_code_identity, mt_code_line, mt_request_stats};
 static const mt_python_reader whole_walks = {mt_walk_frames,   NULL,         mt_describe_code,
                                              mt_code_identity, mt_code_line, mt_request_stats};
 static const mt_python_reader without_frames = {mt_walk_nothing,  NULL,         mt_describe_code,
@@ -32,8 +32,7 @@ static const mt_python_reader without_frames = {mt_walk_nothing,  NULL,         
  * in this process. A str: why this interpreter's frames cannot be read; the
  * reader is registered anyway (pymalloc statistics), with no frames. */
 static PyObject *install(PyObject *self, PyObject *args) {
-    mt_set_python_reader_fn set =
-        (mt_set_python_reader_fn)mt_shim_symbol(MT_SYM_SET_PYTHON_READER);
+    mt_set_python_reader_fn set = (mt_set_python_reader_fn)mt_shim_symbol(MT_SYM_SET_PYTHON_READER);
     if (set == NULL)
         Py_RETURN_FALSE;
     mt_meta_text_to_shim = (mt_meta_text_fn)mt_shim_symbol(MT_SYM_META_TEXT);
@@ -63,8 +62,7 @@ static PyObject *pins(PyObject *self, PyObject *args) {
 /* uninstall(): stop reading frames (called at interpreter exit, before thread
  * states are torn down). */
 static PyObject *uninstall(PyObject *self, PyObject *args) {
-    mt_set_python_reader_fn set =
-        (mt_set_python_reader_fn)mt_shim_symbol(MT_SYM_SET_PYTHON_READER);
+    mt_set_python_reader_fn set = (mt_set_python_reader_fn)mt_shim_symbol(MT_SYM_SET_PYTHON_READER);
     if (set)
         set(NULL);
     Py_RETURN_NONE;
@@ -153,11 +151,8 @@ static PyObject *region_ask(PyObject *self, PyObject *args) {
         Py_RETURN_NONE;
     char answer[1 << 16]; /* the answer area's size (shim/transport.c) */
     int n;
-    Py_BEGIN_ALLOW_THREADS
-    n = region_ask_fn(what, id, answer, sizeof answer, timeout_ms);
-    Py_END_ALLOW_THREADS
-    if (n < 0)
-        Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS n = region_ask_fn(what, id, answer, sizeof answer, timeout_ms);
+    Py_END_ALLOW_THREADS if (n < 0) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize(answer, n);
 }
 

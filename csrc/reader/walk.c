@@ -155,7 +155,7 @@ size_t mt_utf8_of(PyObject *s, char *out, size_t cap) {
 }
 
 int mt_describe_code(void *code, char *file, size_t *file_len, char *name, size_t *name_len,
-                    int32_t *firstlineno) {
+                     int32_t *firstlineno) {
     PyCodeObject *co = (PyCodeObject *)code;
     *file_len = mt_utf8_of(co->co_filename, file, *file_len);
 #if PY_VERSION_HEX >= 0x030B0000

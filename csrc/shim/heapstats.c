@@ -24,7 +24,7 @@ struct mt_mallinfo { /* the older struct mallinfo: same fields as int */
 
 static struct mt_mallinfo2 (*real_mallinfo2)(void);
 static struct mt_mallinfo (*real_mallinfo)(void);
-uint32_t mt_stats_seen;      /* process-local copies of the served counters */
+uint32_t mt_stats_seen; /* process-local copies of the served counters */
 static uint32_t python_seen;
 
 static int64_t clock_ns(void) {

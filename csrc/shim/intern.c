@@ -72,7 +72,7 @@ static uint32_t intern_code(const mt_python_reader *r, void *code) {
         uint64_t t = __atomic_load_n(&s->tag, __ATOMIC_ACQUIRE);
         if (t == 0) {
             if (!__atomic_compare_exchange_n(&s->tag, &t, tag, 0, __ATOMIC_ACQ_REL,
-                                              __ATOMIC_ACQUIRE)) {
+                                             __ATOMIC_ACQUIRE)) {
                 if (t != tag) /* someone else took it for another key */
                     continue;
             } else {
@@ -104,8 +104,7 @@ static uint32_t intern_code(const mt_python_reader *r, void *code) {
     return 0; /* table full */
 }
 
-uint32_t mt_intern_node(const mt_python_reader *r, uint32_t parent, void *code,
-                        int32_t lasti) {
+uint32_t mt_intern_node(const mt_python_reader *r, uint32_t parent, void *code, int32_t lasti) {
     uint32_t code_id = intern_code(r, code);
     if (code_id == 0)
         return 0;
@@ -116,7 +115,7 @@ uint32_t mt_intern_node(const mt_python_reader *r, uint32_t parent, void *code,
         uint64_t t = __atomic_load_n(&s->tag, __ATOMIC_ACQUIRE);
         if (t == 0) {
             if (!__atomic_compare_exchange_n(&s->tag, &t, tag, 0, __ATOMIC_ACQ_REL,
-                                              __ATOMIC_ACQUIRE)) {
+                                             __ATOMIC_ACQUIRE)) {
                 if (t != tag)
                     continue;
             } else {

@@ -86,16 +86,16 @@ static void ensure_init(void) {
     if (LIKELY(__atomic_load_n(&init_state, __ATOMIC_ACQUIRE) == INIT_DONE))
         return;
     int expected = INIT_NONE;
-    if (!__atomic_compare_exchange_n(&init_state, &expected, INIT_RESOLVING, 0,
-                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    if (!__atomic_compare_exchange_n(&init_state, &expected, INIT_RESOLVING, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
         while (__atomic_load_n(&init_state, __ATOMIC_ACQUIRE) != INIT_DONE)
             __builtin_ia32_pause();
         return;
     }
     mt_self.in_hook++;
-#define RESOLVE(name, ret, params)                                                  \
-    real_##name = (ret(*) params)dlsym(RTLD_NEXT, #name);                           \
-    if (real_##name == NULL)                                                        \
+#define RESOLVE(name, ret, params)                                                                 \
+    real_##name = (ret(*) params)dlsym(RTLD_NEXT, #name);                                          \
+    if (real_##name == NULL)                                                                       \
         missing(#name);
     MT_FOR_EACH_HOOK(RESOLVE)
 #undef RESOLVE
@@ -214,15 +214,15 @@ static void *boot_realloc(void *p, size_t size) {
 
 /* realloc and reallocarray: the old block's free and the new block are one
  * pair of slots claimed before the real call. */
-static void *record_realloc(uint8_t kind, void *p, size_t size, void *n, uint64_t pos,
-                            void *caller, int free_kept, int new_kept) {
+static void *record_realloc(uint8_t kind, void *p, size_t size, void *n, uint64_t pos, void *caller,
+                            int free_kept, int new_kept) {
     int saved = errno;
     int freed = p != NULL && (n != NULL || size == 0);
     if (p != NULL && !freed && free_kept && mt_sample_rate)
         mt_sampled_add(p); /* the realloc failed: the old block is still there */
     mt_commit_free(pos, freed && free_kept ? MT_FREE : MT_NONE, MT_FLAG_REMAP, p, 0);
-    mt_commit_alloc(pos + 1, n && new_kept ? kind : MT_NONE,
-                    mt_sample_rate ? MT_FLAG_SAMPLED : 0, n, size, caller);
+    mt_commit_alloc(pos + 1, n && new_kept ? kind : MT_NONE, mt_sample_rate ? MT_FLAG_SAMPLED : 0,
+                    n, size, caller);
     errno = saved;
     return n;
 }
@@ -293,21 +293,21 @@ EXPORT int posix_memalign(void **out, size_t align, size_t size) {
 }
 
 /* aligned_alloc, memalign, valloc, pvalloc: same shape, one body. */
-#define ALIGNED_HOOK(name, kind, params, args, size)                               \
-    EXPORT void *name params {                                                     \
-        if (UNLIKELY(real_##name == NULL))                                         \
-            ensure_init();                                                         \
-        if (PASS_THROUGH)                                                          \
-            return real_##name args;                                               \
-        mt_self.in_hook++;                                                         \
-        void *p = real_##name args;                                                \
-        if (p) {                                                                   \
-            int saved = errno;                                                     \
-            mt_record_alloc(kind, 0, p, size, CALLER);                             \
-            errno = saved;                                                         \
-        }                                                                          \
-        leave();                                                         \
-        return p;                                                                  \
+#define ALIGNED_HOOK(name, kind, params, args, size)                                               \
+    EXPORT void *name params {                                                                     \
+        if (UNLIKELY(real_##name == NULL))                                                         \
+            ensure_init();                                                                         \
+        if (PASS_THROUGH)                                                                          \
+            return real_##name args;                                                               \
+        mt_self.in_hook++;                                                                         \
+        void *p = real_##name args;                                                                \
+        if (p) {                                                                                   \
+            int saved = errno;                                                                     \
+            mt_record_alloc(kind, 0, p, size, CALLER);                                             \
+            errno = saved;                                                                         \
+        }                                                                                          \
+        leave();                                                                                   \
+        return p;                                                                                  \
     }
 
 ALIGNED_HOOK(aligned_alloc, MT_ALIGNED_ALLOC, (size_t align, size_t size), (align, size), size)
@@ -389,7 +389,7 @@ EXPORT void *mremap(void *old, size_t old_size, size_t new_size, int flags, ...)
         /* In place: only the difference changed (the kernel accepts this even over
          * holes in the old range, which stay holes). A shrink unmaps the tail; a
          * growth maps a new tail of the old mapping's kind. */
-        int shrink = new_size < old_size, grow = new_size > old_size;
+        int shrink = new_size<old_size, grow = new_size> old_size;
         if (shrink)
             mt_commit_free(pos, MT_MUNMAP, 0, (char *)old + new_size, old_size - new_size);
         else /* a growth's KEEP record names the kind of mapping the tail copies */

@@ -42,8 +42,8 @@ static uint32_t py_reader_gen = 1;
 typedef struct stack_cache {
     uint32_t gen;
     int depth;
-    int anchor_h;      /* height of the pinned frame (-1: none) */
-    int pin_below_top; /* where the next pin goes: this many frames below the top */
+    int anchor_h;       /* height of the pinned frame (-1: none) */
+    int pin_below_top;  /* where the next pin goes: this many frames below the top */
     uint32_t pin_walks; /* walks since the current pin was placed */
     void *frame[MT_MAX_FRAMES];
     void *code[MT_MAX_FRAMES];
@@ -148,7 +148,7 @@ static uint32_t current_stack(void) {
     if (w.stopped && n == 1 && stacks.anchor_h == top && stacks.frame[top] == w.frame[0] &&
         stacks.lasti[top] == w.lasti[0] && ++stacks.pin_walks < PIN_LONG_LIVED)
         return stacks.node[top]; /* the pinned top frame, on the same line: a loop */
-    int base = 0; /* height of frame[n - 1] */
+    int base = 0;                /* height of frame[n - 1] */
     if (w.stopped) {
         base = stacks.anchor_h;
         if (base < 0 || base >= stacks.depth || base + n > MT_MAX_FRAMES ||
@@ -231,9 +231,9 @@ static inline void fill(mt_event *e, uint8_t kind, uint8_t flags, void *addr, si
 }
 
 /* Fill the claimed slot at pos and publish it. */
-static inline __attribute__((always_inline)) void put(mt_shm_header *h, uint64_t pos,
-                                                      uint8_t kind, uint8_t flags, void *addr,
-                                                      size_t size, uint32_t stack, uint16_t lib) {
+static inline __attribute__((always_inline)) void put(mt_shm_header *h, uint64_t pos, uint8_t kind,
+                                                      uint8_t flags, void *addr, size_t size,
+                                                      uint32_t stack, uint16_t lib) {
     mt_event *e = mt_ring_slot(h, pos);
     if (e == NULL)
         return;
@@ -384,7 +384,6 @@ EXPORT void mt_set_python_reader(const mt_python_reader *reader) {
     __atomic_fetch_add(&py_reader_gen, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&py_reader, reader, __ATOMIC_RELEASE);
 }
-
 
 /* The calling thread's reader state (for the reader's callbacks in Python). */
 EXPORT mt_reader_thread *mt_reader_thread_state(void) {

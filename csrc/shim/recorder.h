@@ -16,11 +16,11 @@
 /* Per-thread state, all initial-exec TLS so that touching it never calls
  * __tls_get_addr (which may call malloc). */
 typedef struct mt_thread {
-    int in_hook;        /* reentrancy guard: >0 while inside a hook */
-    int untraced;       /* >0 while memtrace's own work runs in the target (not counted) */
-    int numpy_data;     /* >0 while NumPy's data-memory handler is allocating */
-    void *numpy_caller; /* the handler's address, reported as the caller */
-    uint32_t tid;       /* cached gettid(), 0 until the thread's first event */
+    int in_hook;         /* reentrancy guard: >0 while inside a hook */
+    int untraced;        /* >0 while memtrace's own work runs in the target (not counted) */
+    int numpy_data;      /* >0 while NumPy's data-memory handler is allocating */
+    void *numpy_caller;  /* the handler's address, reported as the caller */
+    uint32_t tid;        /* cached gettid(), 0 until the thread's first event */
     void *last_caller;   /* one-entry cache of caller -> library id */
     uint32_t last_lib;   /* its library id + 1 (0: empty) */
     int64_t sample_left; /* --sample-rate: bytes to this thread's next sample point */
@@ -59,7 +59,8 @@ void mt_record_free(void *addr);
 extern uint32_t mt_stats_seen;
 static inline int mt_stats_wanted(const mt_shm_header *h) {
     return h != NULL && __builtin_expect(__atomic_load_n(&h->stats_request, __ATOMIC_ACQUIRE) !=
-                                             __atomic_load_n(&mt_stats_seen, __ATOMIC_RELAXED), 0);
+                                             __atomic_load_n(&mt_stats_seen, __ATOMIC_RELAXED),
+                                         0);
 }
 void mt_after_call(void);
 void mt_heapstats_init(void);

@@ -40,7 +40,8 @@ int mt_sample_slow(size_t size) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         mt_self.rng = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)(uintptr_t)&mt_self << 16) ^
-                            (uint64_t)syscall(SYS_gettid)) | 1;
+                            (uint64_t)syscall(SYS_gettid)) |
+                      1;
         mt_self.sample_left = next_gap() - (int64_t)size;
         if (mt_self.sample_left > 0)
             return 0;

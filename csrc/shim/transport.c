@@ -33,7 +33,8 @@ _Static_assert(sizeof(mt_shm_header) == 7 * MT_CACHELINE, "mt_shm_header is seve
  * program that edits its environment cannot cut its children off. */
 static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static pid_t collector_pid;
-static uint64_t collector_start; /* its start time (/proc/PID/stat field 22): a reused pid differs */
+static uint64_t
+    collector_start; /* its start time (/proc/PID/stat field 22): a reused pid differs */
 static uint32_t ring_slots = MT_DEFAULT_RING_SLOTS;
 static size_t stream_size;
 
@@ -42,7 +43,6 @@ static size_t stream_size;
  * looks full keeps it off the hot path. Any value read from tail is a lower
  * bound of the current one, so a stale copy only makes the check stricter. */
 uint64_t mt_tail_seen;
-
 
 void *mt_sys_mmap(size_t len) {
     void *p = (void *)syscall(SYS_mmap, NULL, len, PROT_READ | PROT_WRITE,
@@ -200,8 +200,8 @@ static int open_stream(void) {
         return MT_ERR;
     if (ftruncate(fd, (off_t)stream_size) < 0)
         goto error;
-    mt_shm_header *h = (mt_shm_header *)syscall(SYS_mmap, NULL, stream_size,
-                                                PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    mt_shm_header *h = (mt_shm_header *)syscall(SYS_mmap, NULL, stream_size, PROT_READ | PROT_WRITE,
+                                                MAP_SHARED, fd, 0);
     if ((void *)h == MAP_FAILED)
         goto error;
     memcpy(h->magic, MT_SHM_MAGIC, 8);
@@ -284,8 +284,8 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-int mt_transport_ask(mt_shm_header *h, uint32_t what, uint32_t tid, uint32_t region,
-                     char *out, size_t cap, uint32_t timeout_ms) {
+int mt_transport_ask(mt_shm_header *h, uint32_t what, uint32_t tid, uint32_t region, char *out,
+                     size_t cap, uint32_t timeout_ms) {
     int saved = errno;
     int ret = -1;
     while (__atomic_exchange_n(&h->ask_lock, 1, __ATOMIC_ACQUIRE)) {
@@ -350,9 +350,9 @@ void mt_transport_census_sent(void) {
     int saved = errno;
     uint32_t sent = __atomic_add_fetch(&h->census_sent, 1, __ATOMIC_RELEASE);
     mt_transport_wake();
-    for (int ms = 0; ms < MT_CENSUS_WAIT_MS &&
-                     __atomic_load_n(&h->census_ack, __ATOMIC_ACQUIRE) != sent &&
-                     __atomic_load_n(&h->state, __ATOMIC_RELAXED) != MT_STATE_DISABLED;
+    for (int ms = 0;
+         ms < MT_CENSUS_WAIT_MS && __atomic_load_n(&h->census_ack, __ATOMIC_ACQUIRE) != sent &&
+         __atomic_load_n(&h->state, __ATOMIC_RELAXED) != MT_STATE_DISABLED;
          ms++) {
         struct timespec pause = {0, 1000 * 1000};
         nanosleep(&pause, NULL);
@@ -447,8 +447,7 @@ void mt_meta_write(mt_shm_header *h, uint16_t type, const void *a, size_t alen, 
     uint64_t at = h->meta_head;
     /* Wait for room; same liveness rule as the event ring. */
     while (at + total - __atomic_load_n(&h->meta_tail, __ATOMIC_ACQUIRE) > h->meta_bytes) {
-        if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED ||
-            collector_gone()) {
+        if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) == MT_STATE_DISABLED || collector_gone()) {
             __atomic_store_n(&h->state, MT_STATE_DISABLED, __ATOMIC_RELEASE);
             meta_unlock(h);
             return;

@@ -37,7 +37,8 @@ static inline mt_event *mt_ring_at(mt_shm_header *h, uint64_t pos) {
 extern uint64_t mt_tail_seen;
 mt_event *mt_ring_slot_wait(mt_shm_header *h, uint64_t pos);
 static inline mt_event *mt_ring_slot(mt_shm_header *h, uint64_t pos) {
-    if (__builtin_expect(pos - __atomic_load_n(&mt_tail_seen, __ATOMIC_RELAXED) >= h->ring_slots, 0))
+    if (__builtin_expect(pos - __atomic_load_n(&mt_tail_seen, __ATOMIC_RELAXED) >= h->ring_slots,
+                         0))
         return mt_ring_slot_wait(h, pos);
     return mt_ring_at(h, pos);
 }
@@ -61,8 +62,8 @@ void mt_transport_wake(void);
 /* Ask the collector a question about a region (see events.h) and wait up to
  * timeout_ms for its answer: the length of the JSON text copied into out, or -1
  * (no answer: the collector is gone or too slow). One question at a time. */
-int mt_transport_ask(mt_shm_header *h, uint32_t what, uint32_t tid, uint32_t region,
-                     char *out, size_t cap, uint32_t timeout_ms);
+int mt_transport_ask(mt_shm_header *h, uint32_t what, uint32_t tid, uint32_t region, char *out,
+                     size_t cap, uint32_t timeout_ms);
 /* Object census (events.h): claim the collector's request, and say a census
  * record was written (waits, bounded, for the collector to join it). */
 int mt_transport_census_due(void);

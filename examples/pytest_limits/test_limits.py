@@ -7,6 +7,7 @@ test_leak_over_limit to fail (it leaves 2 MiB live on one line, over 1 MB), each
 naming the line to blame; then the tests with the highest peak and the most left live.
 Without memtrace the markers do nothing and all five pass.
 """
+
 import pytest
 
 CACHE = []

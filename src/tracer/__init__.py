@@ -6,6 +6,7 @@ the thread's open region; outside memtrace both do nothing. `%load_ext tracer`
 loads the IPython magics. Importing this package is cheap: nothing heavy loads
 until it is used.
 """
+
 __version__ = "0.1.0"
 
 from tracer._regions import region, usage  # noqa: E402,F401

@@ -6,6 +6,7 @@ the API between those of csrc/collector/native.h — so there is one definition 
 the wire format, never a hand-kept copy: tracer._format reads it all from lib and
 ffi.
 """
+
 import os
 import re
 from pathlib import Path
@@ -14,8 +15,16 @@ from cffi import FFI
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 COLLECTOR = CSRC / "collector"
-SOURCES = ("stream.c", "aggregate.c", "regions.c", "query.c", "regions_rows.c", "smaps.c",
-           "codec.c", "report.c")
+SOURCES = (
+    "stream.c",
+    "aggregate.c",
+    "regions.c",
+    "query.c",
+    "regions_rows.c",
+    "smaps.c",
+    "codec.c",
+    "report.c",
+)
 
 
 def _cdef_block(header: Path) -> str:
@@ -38,8 +47,9 @@ ffibuilder.set_source(
     # setuptools wants relative source paths
     sources=[os.path.relpath(COLLECTOR / name) for name in SOURCES],
     include_dirs=[str(CSRC), str(COLLECTOR)],
-    depends=[os.path.relpath(path) for path in (
-        CSRC / "events.h", CSRC / "hash.h", *sorted(COLLECTOR.glob("*.h")))],
+    depends=[
+        os.path.relpath(path) for path in (CSRC / "events.h", CSRC / "hash.h", *sorted(COLLECTOR.glob("*.h")))
+    ],
     extra_compile_args=["-O2", "-std=gnu11"],
     libraries=["m"],
 )

@@ -16,6 +16,7 @@ nothing.
 `import tracer` must stay cheap in any program: this module imports nothing
 heavy, and finds the shim only on first use.
 """
+
 import os
 import threading
 
@@ -80,8 +81,7 @@ def _ctypes_calls():
     mark.argtypes, mark.restype = (ctypes.c_uint32, ctypes.c_int), None
     name.argtypes = (ctypes.c_uint32, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t)
     name.restype = None
-    ask.argtypes = (ctypes.c_uint32, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t,
-                    ctypes.c_uint32)
+    ask.argtypes = (ctypes.c_uint32, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint32)
     ask.restype = ctypes.c_int
 
     def ask_bytes(what, rid, timeout_ms):
@@ -129,8 +129,10 @@ class Usage:
             setattr(self, key, answer.get(key))
 
     def __repr__(self):
-        return (f"Usage(name={self.name!r}, open={self.open}, live={self.live}, "
-                f"peak={self.peak}, allocated={self.allocated}, instances={self.instances})")
+        return (
+            f"Usage(name={self.name!r}, open={self.open}, live={self.live}, "
+            f"peak={self.peak}, allocated={self.allocated}, instances={self.instances})"
+        )
 
 
 def _ask(what: int, rid: int):
@@ -198,14 +200,17 @@ class Region:
 
         code = getattr(fn, "__code__", None)
         if code is not None and code.co_flags & _CO_COROUTINE:
+
             async def marked_coroutine(*args, **kwargs):
                 with self:  # (spans the awaits: other tasks on the thread count too)
                     return await fn(*args, **kwargs)
+
             return functools.wraps(fn)(marked_coroutine)
 
         def marked(*args, **kwargs):
             with self:
                 return fn(*args, **kwargs)
+
         return functools.wraps(fn)(marked)
 
     def usage(self, details: int = 0):

@@ -1,4 +1,5 @@
 """Errors that end a memtrace command with one clear line and an exit code."""
+
 from typing import Optional
 
 

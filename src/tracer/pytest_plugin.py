@@ -15,6 +15,7 @@ shim never aggregates), and a failure lists the stacks holding the most. Not
 traced, the plugin does nothing (the markers are only registered). Importing it
 is cheap: pytest loads it in every run.
 """
+
 import os
 import re
 import subprocess
@@ -53,6 +54,7 @@ def human(n: float) -> str:
 @dataclass
 class StackFrame:
     """A frame of a stack given to a limit_leaks filter_fn (as pytest-memray's)."""
+
     function: str
     filename: str
     lineno: int
@@ -65,25 +67,37 @@ class Stack:
 
 def pytest_addoption(parser):
     group = parser.getgroup("memtrace", "memtrace (native allocation tracer)")
-    group.addoption("--memtrace", action="store_true", default=False,
-                    help="run these tests under memtrace: every test is a region; the tests "
-                         "with the highest peak and the most left live are listed at the end")
-    group.addoption("--memtrace-output", metavar="FILE", default=None,
-                    help="the capture file, replaced if it exists (default: a new "
-                         "memtrace-pytest-PID.mtrace)")
-    group.addoption("--memtrace-top", metavar="N", type=int, default=10,
-                    help="tests listed at the end (default 10)")
+    group.addoption(
+        "--memtrace",
+        action="store_true",
+        default=False,
+        help="run these tests under memtrace: every test is a region; the tests "
+        "with the highest peak and the most left live are listed at the end",
+    )
+    group.addoption(
+        "--memtrace-output",
+        metavar="FILE",
+        default=None,
+        help="the capture file, replaced if it exists (default: a new memtrace-pytest-PID.mtrace)",
+    )
+    group.addoption(
+        "--memtrace-top", metavar="N", type=int, default=10, help="tests listed at the end (default 10)"
+    )
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "limit_memory(limit, *, current_thread_only=False): under memtrace, fail "
-                   "the test if its peak (bytes allocated inside it, live at one moment) "
-                   "exceeds limit, e.g. '24 MB'")
+        "markers",
+        "limit_memory(limit, *, current_thread_only=False): under memtrace, fail "
+        "the test if its peak (bytes allocated inside it, live at one moment) "
+        "exceeds limit, e.g. '24 MB'",
+    )
     config.addinivalue_line(
-        "markers", "limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False): "
-                   "under memtrace, fail the test if one stack left more than location_limit "
-                   "live when it ended")
+        "markers",
+        "limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False): "
+        "under memtrace, fail the test if one stack left more than location_limit "
+        "live when it ended",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -155,16 +169,21 @@ def _check(region, name: str, limit: float, marker) -> Optional[str]:
     if name == "limit_memory":
         if usage.peak <= limit:
             return None
-        head = (f"Test was limited to {human(limit)} but its peak was {human(usage.peak)} "
-                f"({usage.peak:,} bytes allocated inside the test, live at one moment)")
+        head = (
+            f"Test was limited to {human(limit)} but its peak was {human(usage.peak)} "
+            f"({usage.peak:,} bytes allocated inside the test, live at one moment)"
+        )
         return head + "\n" + _stacks("Stacks holding the most at the peak:", lines)
     filter_fn = marker.kwargs.get("filter_fn")
-    over = [line for line in lines if line["bytes"] > limit and
-            (filter_fn is None or filter_fn(_stack(line)))]
+    over = [
+        line for line in lines if line["bytes"] > limit and (filter_fn is None or filter_fn(_stack(line)))
+    ]
     if not over:
         return None
-    head = (f"Test was allowed to leak {human(limit)} per stack but {len(over)} "
-            f"stack{'s' if len(over) > 1 else ''} left more live at its end")
+    head = (
+        f"Test was allowed to leak {human(limit)} per stack but {len(over)} "
+        f"stack{'s' if len(over) > 1 else ''} left more live at its end"
+    )
     return head + "\n" + _stacks("Stacks left live (allocated inside the test):", over)
 
 
@@ -187,8 +206,10 @@ def _stacks(title: str, lines: list) -> str:
     out = [title]
     for line in [x for x in lines[:5] if x["bytes"] * 100 >= lines[0]["bytes"]]:
         blocks = f"{line['count']:,} block{'s' if line['count'] != 1 else ''}"
-        out.append(f"    - {human(line['bytes'])} ({line['bytes']:,} bytes, {blocks}, "
-                   f"{line['library']}) allocated here:")
+        out.append(
+            f"    - {human(line['bytes'])} ({line['bytes']:,} bytes, {blocks}, "
+            f"{line['library']}) allocated here:"
+        )
         frames = _own_frames(line["stack"])
         for function, file, number in frames[:FRAMES_SHOWN]:
             out.append(f"        {function}:{file}:{number}")

@@ -9,6 +9,7 @@ page's own table — is on screen without scrolling, import machinery is one box
 per run until the page is asked to show it, and the graph is no taller than the
 window.
 """
+
 import os
 import shutil
 import sys
@@ -56,8 +57,10 @@ def report(tmp_path_factory):
 def page(report):
     _prog, html = report
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
         page.problems = []
         page.on("pageerror", lambda e: page.problems.append(str(e)))
@@ -73,8 +76,12 @@ def on_screen(page, function, file, line):
     if box is None:
         return None
     canvas = page.locator("#flame").bounding_box()
-    return {"left": canvas["x"] + box["x"], "top": canvas["y"] + box["y"], "width": box["w"],
-            "bottom": canvas["y"] + box["y"] + box["h"]}
+    return {
+        "left": canvas["x"] + box["x"],
+        "top": canvas["y"] + box["y"],
+        "width": box["w"],
+        "bottom": canvas["y"] + box["y"] + box["h"],
+    }
 
 
 def test_top_line_is_visible_without_scrolling(page, report):
@@ -85,7 +92,7 @@ def test_top_line_is_visible_without_scrolling(page, report):
     assert box is not None, page.evaluate("window.memtrace.state()")
     assert page.evaluate("window.scrollY") == 0
     assert 0 <= box["top"] and box["bottom"] <= HEIGHT, box
-    assert box["left"] >= 0 and box["width"] > WIDTH / 3, box   # most of the graph's width
+    assert box["left"] >= 0 and box["width"] > WIDTH / 3, box  # most of the graph's width
     assert page.problems == []
 
 

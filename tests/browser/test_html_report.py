@@ -1,6 +1,7 @@
 """The HTML report in a real headless Chromium: it renders, clicking zooms, searching
 highlights, nothing logs an error, nothing is fetched, and nothing from the traced
 program runs in the page."""
+
 import json
 import os
 import shutil
@@ -53,9 +54,18 @@ def report(tmp_path_factory):
 def page(report):
     _cap, html = report
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.problems = []
         page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
@@ -71,7 +81,8 @@ def page(report):
 
 def painted(page, colour=None) -> int:
     """How many canvas pixels are painted (or have exactly this #rrggbb colour)."""
-    return page.evaluate("""(colour) => {
+    return page.evaluate(
+        """(colour) => {
         const c = document.getElementById('flame');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0;
@@ -80,7 +91,9 @@ def painted(page, colour=None) -> int:
             if (want ? (d[i] === want[0] && d[i+1] === want[1] && d[i+2] === want[2]) : d[i+3] > 0) n++;
         }
         return n;
-    }""", colour)
+    }""",
+        colour,
+    )
 
 
 def test_renders_flame_graph(page):
@@ -95,8 +108,7 @@ def test_click_zooms(page):
     box = page.evaluate("window.memtrace.boxOf('build')")
     assert box, "the frame of build() is drawn"
     # bring the frame into the viewport, then click its middle
-    page.evaluate("(y) => window.scrollTo(0, document.getElementById('flame').offsetTop + y - 300)",
-                  box["y"])
+    page.evaluate("(y) => window.scrollTo(0, document.getElementById('flame').offsetTop + y - 300)", box["y"])
     canvas = page.locator("#flame").bounding_box()
     page.mouse.click(canvas["x"] + box["x"] + box["w"] / 2, canvas["y"] + box["y"] + 5)
     state = page.evaluate("window.memtrace.state()")
@@ -140,4 +152,4 @@ def test_hostile_strings_in_other_reports(report):
     parsed = json.loads(stats.stdout)
     assert any(HOSTILE in r["function"] for r in parsed["by_line"])
     summary = memtrace("summary", cap)
-    assert "\u2028" not in summary.stdout   # control/separator characters stripped
+    assert "\u2028" not in summary.stdout  # control/separator characters stripped

@@ -1,6 +1,7 @@
 """A %%memtrace cell's flame graph as a notebook shows it — the report in an iframe's
 srcdoc — in a real headless Chromium: it renders the region's frames, fetches nothing,
 logs no error, and its script cannot reach the page around it."""
+
 import json
 import os
 import shutil
@@ -33,23 +34,35 @@ other = outside()
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from tracer.jupyter.magics import frame, summary
     from tracer.analyze.model import load
     from tracer.analyze.regions import focus
+    from tracer.jupyter.magics import frame, summary
 
     tmp = tmp_path_factory.mktemp("frame")
     (tmp / "prog.py").write_text(PROGRAM)
-    run = memtrace("run", "-q", "--no-report", "-o", tmp / "p.mtrace", "--", sys.executable,
-                   tmp / "prog.py", cwd=tmp)
+    run = memtrace(
+        "run", "-q", "--no-report", "-o", tmp / "p.mtrace", "--", sys.executable, tmp / "prog.py", cwd=tmp
+    )
     assert run.returncode == 0, run.stderr
     model = focus(load(str(tmp / "p.mtrace")), "cell")
     notebook = tmp / "notebook.html"
-    notebook.write_text(f"<!DOCTYPE html><html><body><div id='outside'>notebook</div>"
-                        f"<pre>{summary(model, 'cell', {})}</pre>{frame(model)}</body></html>")
+    notebook.write_text(
+        f"<!DOCTYPE html><html><body><div id='outside'>notebook</div>"
+        f"<pre>{summary(model, 'cell', {})}</pre>{frame(model)}</body></html>"
+    )
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.problems, page.requests = [], []
         page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
@@ -70,7 +83,7 @@ def test_the_cells_frames_are_drawn(page):
     assert state["boxes"] > 2
     names = inner.evaluate("window.memtrace.names()")
     assert any("grow_inside" in n for n in names)
-    assert not any("outside" == n.split(" ")[0] for n in names)   # not the region's
+    assert not any("outside" == n.split(" ")[0] for n in names)  # not the region's
     data = json.loads(inner.evaluate("document.getElementById('memtrace-data').textContent"))
     assert data["peak_heap"] >= 6_000_006
 
@@ -79,6 +92,7 @@ def test_offline_and_sandboxed(page):
     outer, inner = page
     assert [u for u in outer.requests if not u.startswith(("file:", "about:"))] == []
     assert outer.problems == []
-    reach = inner.evaluate("() => { try { return window.parent.document.body.innerHTML }"
-                           " catch (e) { return 'blocked' } }")
+    reach = inner.evaluate(
+        "() => { try { return window.parent.document.body.innerHTML } catch (e) { return 'blocked' } }"
+    )
     assert reach == "blocked"

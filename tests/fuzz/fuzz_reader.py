@@ -21,6 +21,7 @@ main, a crash, a hang, running out of memory — is a finding, reported with a
 signature. `--native DIR` puts another build of tracer._native (e.g. the
 ASan/UBSan one from run_asan.sh) in front of the installed one.
 """
+
 import argparse
 import contextlib
 import io
@@ -35,14 +36,14 @@ import sys
 import time
 import traceback
 
-COMMANDS = (["stats", "--json"], ["summary"], ["tree"], ["log", "-n", "200"],
-            ["flamegraph", "-o", "-"])
+COMMANDS = (["stats", "--json"], ["summary"], ["tree"], ["log", "-n", "200"], ["flamegraph", "-o", "-"])
 TIMEOUT = 10.0
 MEMORY = 1 << 30
 HEADER = 16
 
 
 # ---- making the corpus -------------------------------------------------------
+
 
 def chunk_offsets(data: bytes):
     """[(offset, type, length)] of each chunk header of a well-formed capture."""
@@ -70,22 +71,27 @@ def mutants(data: bytes, every_offset: bool, flips: int, seed: int):
             at = rng.randrange(len(b))
             b[at] ^= 1 << rng.randrange(8)
         yield f"flip-{i}", bytes(b)
-    for value, name in ((1 << 63, "2p63"), ((1 << 64) - 1, "max"), (1 << 32, "2p32"),
-                        ((1 << 30) + 1, "1g"), (0, "zero")):
+    for value, name in (
+        (1 << 63, "2p63"),
+        ((1 << 64) - 1, "max"),
+        (1 << 32, "2p32"),
+        ((1 << 30) + 1, "1g"),
+        (0, "zero"),
+    ):
         for k, (pos, ctype, length) in enumerate(chunks):
             b = bytearray(data)
             struct.pack_into("<Q", b, pos + 8, value)
             yield f"len-{name}-chunk{k}-type{ctype}", bytes(b)
-            if ctype == 3 and length >= 24:       # events: t, first, count
+            if ctype == 3 and length >= 24:  # events: t, first, count
                 b = bytearray(data)
                 struct.pack_into("<Q", b, pos + 16 + 16, value)
                 yield f"count-{name}-chunk{k}", bytes(b)
-            if ctype == 6 and length >= 4:        # aggregate: u32 JSON length
+            if ctype == 6 and length >= 4:  # aggregate: u32 JSON length
                 b = bytearray(data)
                 struct.pack_into("<I", b, pos + 16, value & 0xFFFFFFFF)
                 yield f"aggjson-{name}-chunk{k}", bytes(b)
         b = bytearray(data)
-    for k, (pos, ctype, _l) in enumerate(chunks[:40]):
+    for k, (pos, _ctype, _l) in enumerate(chunks[:40]):
         for t in (0, 11, 0xFFFFFFFF):
             b = bytearray(data)
             struct.pack_into("<I", b, pos, t)
@@ -103,8 +109,8 @@ def synthetic(tmpdir: str):
 
     from tracer import _format as fmt
     from tracer._native import ffi, lib
-    from tracer.record.aggregate import Aggregator
     from tracer.analyze.capture import CaptureWriter
+    from tracer.record.aggregate import Aggregator
 
     def rec(rtype, payload):
         r = struct.pack("<HH", rtype, len(payload)) + payload
@@ -120,21 +126,25 @@ def synthetic(tmpdir: str):
     def build(name, meta_records, events, aggregate="replay", sites=None):
         path = os.path.join(tmpdir, f"synth-{name}")
         w = CaptureWriter(path, overwrite=True)
-        w.json_chunk(fmt.CHUNK_INFO, 0, {"command": ["prog"], "main_pid": 7, "page_size": 4096,
-                                         "cwd": "/x"})
+        w.json_chunk(fmt.CHUNK_INFO, 0, {"command": ["prog"], "main_pid": 7, "page_size": 4096, "cwd": "/x"})
         w.json_chunk(fmt.CHUNK_PROCESS, 1, {"pid": 7, "ppid": 1, "t_start": 0.0})
-        meta = rec(fmt.META_TEXT, struct.pack("<H", fmt.TEXT_PYTHON_VERSION) + b"3.11") + \
-            rec(fmt.META_TEXT, struct.pack("<H", fmt.TEXT_ARGV) + b"prog\0") + \
-            rec(fmt.META_LIB, struct.pack("<HHIQ", 1, 0, 0, 0) + b"/x/libc.so") + \
-            b"".join(meta_records)
+        meta = (
+            rec(fmt.META_TEXT, struct.pack("<H", fmt.TEXT_PYTHON_VERSION) + b"3.11")
+            + rec(fmt.META_TEXT, struct.pack("<H", fmt.TEXT_ARGV) + b"prog\0")
+            + rec(fmt.META_LIB, struct.pack("<HHIQ", 1, 0, 0, 0) + b"/x/libc.so")
+            + b"".join(meta_records)
+        )
         w.chunk(fmt.CHUNK_META, 1, meta)
         ev = np.zeros(len(events), dtype=fmt.EVENT_DTYPE)
         for i, (kind, addr, size, stack) in enumerate(events):
             ev[i] = (addr, size, stack, 7, 1, kind, 0x02 if kind in (11, 12, 13) else 0, i + 1)
         if len(ev):
             out = bytearray(len(ev) * lib.MT_ENCODED_MAX)
-            n = lib.mt_encode(ffi.cast("mt_event *", ffi.from_buffer(ev)), len(ev),
-                              ffi.cast("uint8_t *", ffi.from_buffer(out)))
+            n = lib.mt_encode(
+                ffi.cast("mt_event *", ffi.from_buffer(ev)),
+                len(ev),
+                ffi.cast("uint8_t *", ffi.from_buffer(out)),
+            )
             w.chunk(fmt.CHUNK_EVENTS, 1, fmt.EVENTS_HEADER.pack(0.0, 0, len(ev)), bytes(out[:n]))
         if aggregate == "real":
             agg = Aggregator()
@@ -148,8 +158,7 @@ def synthetic(tmpdir: str):
             head = json.dumps({"heap": -5, "peak_heap": 1 << 63, "n_allocations": -1}).encode()
             w.chunk(fmt.CHUNK_AGGREGATE, 1, len(head).to_bytes(4, "little"), head, sites.tobytes())
             w.json_chunk(fmt.CHUNK_PROCESS_END, 1, {"how": "exit", "t_end": 1.0, "dropped": 0})
-        w.json_chunk(fmt.CHUNK_END, 0, {"exit_code": 0, "signal": None, "duration": 1.0,
-                                        "main_pid": 7})
+        w.json_chunk(fmt.CHUNK_END, 0, {"exit_code": 0, "signal": None, "duration": 1.0, "main_pid": 7})
         w.close()
         return path
 
@@ -159,25 +168,51 @@ def synthetic(tmpdir: str):
         made += [
             build(f"cycle2-{agg}", [code(1), node(5, 6), node(6, 5)], [(1, a, 100, 5)], agg),
             build(f"selfloop-{agg}", [code(1), node(5, 5)], [(1, a, 100, 5)], agg),
-            build(f"duplicate-{agg}", [code(1), node(5, 0), node(5, 9), node(9, 5)],
-                  [(1, a, 100, 5)], agg),
+            build(f"duplicate-{agg}", [code(1), node(5, 0), node(5, 9), node(9, 5)], [(1, a, 100, 5)], agg),
             build(f"dangling-{agg}", [code(1), node(5, 77, cid=99)], [(1, a, 100, 5)], agg),
-            build(f"chain100k-{agg}", [code(1)] + [node(i, i - 1) for i in range(1, 100_001)],
-                  [(1, a, 100, 100_000)], agg),
-            build(f"huge-size-{agg}", [code(1), node(5, 0)],
-                  [(1, a, 1 << 63, 5), (1, a + 64, (1 << 63) - 1, 5), (2, a + 128, (1 << 64) - 1, 5),
-                   (10, a, 0, 0)], agg),
-            build(f"wrapping-mmap-{agg}", [code(1), node(5, 0)],
-                  [(11, (1 << 64) - 4096, 1 << 20, 5), (11, 0, (1 << 64) - 1, 5),
-                   (12, (1 << 64) - 8192, 1 << 63, 0), (13, 4096, 1 << 62, 5)], agg),
+            build(
+                f"chain100k-{agg}",
+                [code(1)] + [node(i, i - 1) for i in range(1, 100_001)],
+                [(1, a, 100, 100_000)],
+                agg,
+            ),
+            build(
+                f"huge-size-{agg}",
+                [code(1), node(5, 0)],
+                [
+                    (1, a, 1 << 63, 5),
+                    (1, a + 64, (1 << 63) - 1, 5),
+                    (2, a + 128, (1 << 64) - 1, 5),
+                    (10, a, 0, 0),
+                ],
+                agg,
+            ),
+            build(
+                f"wrapping-mmap-{agg}",
+                [code(1), node(5, 0)],
+                [
+                    (11, (1 << 64) - 4096, 1 << 20, 5),
+                    (11, 0, (1 << 64) - 1, 5),
+                    (12, (1 << 64) - 8192, 1 << 63, 0),
+                    (13, 4096, 1 << 62, 5),
+                ],
+                agg,
+            ),
             build(f"free-unknown-{agg}", [], [(10, a, 0, 0)] * 50 + [(12, a, 1 << 40, 0)], agg),
             build(f"realloc-alone-{agg}", [code(1), node(5, 0)], [(3, a, 10, 5), (3, a, 20, 5)], agg),
-            build(f"hostile-names-{agg}", [code(1, "\x1b]8;;x\x07</script>\u2028", "\x00\x1b[2J.py"),
-                                           node(5, 0), rec(fmt.META_THREAD, struct.pack("<I", 7) +
-                                                           b"\xff\xfe\x1b[31m")],
-                  [(1, a, 100, 5), (1, a + 200, 50, 0)], agg),
+            build(
+                f"hostile-names-{agg}",
+                [
+                    code(1, "\x1b]8;;x\x07</script>\u2028", "\x00\x1b[2J.py"),
+                    node(5, 0),
+                    rec(fmt.META_THREAD, struct.pack("<I", 7) + b"\xff\xfe\x1b[31m"),
+                ],
+                [(1, a, 100, 5), (1, a + 200, 50, 0)],
+                agg,
+            ),
         ]
     from tracer import _format as fmt  # noqa: F811
+
     sites = np.zeros(4, dtype=fmt.SITE_DTYPE)
     sites["kind"] = [200, 0, 1, 14]
     sites["stack"] = [5, 6, 0xFFFFFFFF, 5]
@@ -186,8 +221,7 @@ def synthetic(tmpdir: str):
     sites["peak_bytes"] = (1 << 63) - 1
     sites["n_allocs"] = 1 << 63
     sites["lib"] = 0xFFFF
-    made.append(build("crafted-sites", [code(1), node(5, 6), node(6, 5)], [(1, a, 100, 5)],
-                      "crafted", sites))
+    made.append(build("crafted-sites", [code(1), node(5, 6), node(6, 5)], [(1, a, 100, 5)], "crafted", sites))
     return made
 
 
@@ -207,6 +241,7 @@ def make(seed_path: str, corpus: str, every_offset: bool, flips: int, seed: int)
 
 # ---- running it ----------------------------------------------------------------
 
+
 def judge(name: str, cmd, status, err: str, full_length):
     """None if the outcome is acceptable, else a short reason."""
     lines = err.strip().splitlines()
@@ -214,10 +249,10 @@ def judge(name: str, cmd, status, err: str, full_length):
         if len(lines) != 1 or not lines[0].startswith("memtrace: "):
             return f"status 2 without exactly one memtrace line: {lines[:3]}"
     elif status == 3:
-        if not lines or not all(l.startswith("memtrace: warning: ") for l in lines):
+        if not lines or not all(ln.startswith("memtrace: warning: ") for ln in lines):
             return f"status 3 without a warning line: {lines[:3]}"
     elif status == 0:
-        if err.strip() and not all(l.startswith("memtrace: ") for l in lines):
+        if err.strip() and not all(ln.startswith("memtrace: ") for ln in lines):
             return f"status 0 with stray stderr: {lines[:3]}"
     else:
         return f"status {status}"
@@ -260,12 +295,17 @@ def worker(corpus, start, native):
                 problem = judge(name, cmd, status, err.getvalue(), full)
             except BaseException as exc:  # noqa: BLE001 - everything escaping main is a finding
                 tb = traceback.extract_tb(exc.__traceback__)
-                where = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(tb)
-                              if "/tracer/" in f.filename), "?")
+                where = next(
+                    (
+                        f"{os.path.basename(f.filename)}:{f.lineno}"
+                        for f in reversed(tb)
+                        if "/tracer/" in f.filename
+                    ),
+                    "?",
+                )
                 problem = f"exception {type(exc).__name__} at {where}: {str(exc)[:120]}"
                 status = None
-            print(json.dumps({"done": name, "cmd": cmd[0], "status": status, "problem": problem}),
-                  flush=True)
+            print(json.dumps({"done": name, "cmd": cmd[0], "status": status, "problem": problem}), flush=True)
 
 
 def limit_memory():
@@ -279,27 +319,41 @@ def run(corpus: str, native=None):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     i = 0
     while i < len(files):
-        child = subprocess.Popen([sys.executable, __file__, "worker", *(["--native", native] if native else []),
-                                  corpus, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=env, preexec_fn=limit_memory)
+        child = subprocess.Popen(
+            [sys.executable, __file__, "worker", *(["--native", native] if native else []), corpus, str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=limit_memory,
+        )
         current = None
         while True:
             ready, _, _ = select.select([child.stdout], [], [], TIMEOUT)
             if not ready:
                 child.kill()
                 child.wait()
-                results["findings"].append({"input": current[0], "cmd": current[1],
-                                            "problem": f"hang (no answer in {TIMEOUT:.0f} s)"})
+                results["findings"].append(
+                    {
+                        "input": current[0],
+                        "cmd": current[1],
+                        "problem": f"hang (no answer in {TIMEOUT:.0f} s)",
+                    }
+                )
                 break
             line = child.stdout.readline()
             if not line:
                 child.wait()
                 err = child.stderr.read()
                 if current is not None:
-                    tail = [l for l in err.splitlines() if l.strip()][-3:]
-                    results["findings"].append({
-                        "input": current[0], "cmd": current[1],
-                        "problem": f"worker died (status {child.returncode}): {' | '.join(tail)[:400]}"})
+                    tail = [ln for ln in err.splitlines() if ln.strip()][-3:]
+                    results["findings"].append(
+                        {
+                            "input": current[0],
+                            "cmd": current[1],
+                            "problem": f"worker died (status {child.returncode}): {' | '.join(tail)[:400]}",
+                        }
+                    )
                 break
             msg = json.loads(line)
             if "start" in msg:
@@ -307,8 +361,9 @@ def run(corpus: str, native=None):
             else:
                 results["runs"] += 1
                 if msg["problem"]:
-                    results["findings"].append({"input": msg["done"], "cmd": msg["cmd"],
-                                                "problem": msg["problem"]})
+                    results["findings"].append(
+                        {"input": msg["done"], "cmd": msg["cmd"], "problem": msg["problem"]}
+                    )
                 current = None
         if current is None and child.returncode == 0:
             break
@@ -361,8 +416,10 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             f.write(text)
-    print(f"fuzzed {results['inputs']} inputs ({results['runs']} report runs) in "
-          f"{results['seconds']} s: {len(results['findings'])} findings")
+    print(
+        f"fuzzed {results['inputs']} inputs ({results['runs']} report runs) in "
+        f"{results['seconds']} s: {len(results['findings'])} findings"
+    )
     for s in results["signatures"]:
         print("  ", s)
     return 1 if results["findings"] else 0

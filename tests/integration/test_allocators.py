@@ -1,4 +1,5 @@
 """Known malloc/realloc/free/mmap calls from known lines, counted exactly."""
+
 from helpers import line_of, lines_of
 
 CTYPES_PROGRAM = """
@@ -35,11 +36,11 @@ def test_ctypes_malloc_realloc_mmap_exact(trace, tmp_path):
     at = lambda marker: rows[line_of(tmp_path / "prog.py", marker)]
 
     assert at("MALLOC")["allocators"] == {"malloc": 123457}
-    assert at("MALLOC")["live_at_exit_bytes"] == 0        # moved by the realloc
+    assert at("MALLOC")["live_at_exit_bytes"] == 0  # moved by the realloc
     assert at("REALLOC")["allocators"] == {"realloc": 234567}
-    assert at("REALLOC")["live_at_exit_bytes"] == 0       # freed
+    assert at("REALLOC")["live_at_exit_bytes"] == 0  # freed
     assert at("MMAP")["allocators"] == {"mmap": 10 * 2**20}
-    assert at("MMAP")["live_at_exit_bytes"] == 0          # unmapped
+    assert at("MMAP")["live_at_exit_bytes"] == 0  # unmapped
     assert at("MMAP")["peak_bytes"] == 10 * 2**20
     loop = at("LOOP")
     assert loop["allocators"]["malloc"] >= 7_777_000

@@ -1,4 +1,5 @@
 """Bad input: one clear line, a non-zero exit, no traceback."""
+
 import sys
 
 from helpers import memtrace

@@ -1,5 +1,6 @@
 """The bootstrap stays out of the program's way: its own sitecustomize still runs,
 sys.path is the program's, and exec'd Python children are traced as new streams."""
+
 import json
 import os
 import sys
@@ -17,7 +18,8 @@ def test_existing_sitecustomize_still_runs(tmp_path):
         "import sys, builtins\n"
         "print(builtins.MY_SITE_RAN)\n"
         "print(any('bootstrap' in p for p in sys.path))\n"
-        "x = bytearray(2345678)   # ALLOC\n")
+        "x = bytearray(2345678)   # ALLOC\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(site_dir))
     cap = tmp_path / "s.mtrace"
     out = memtrace("run", "-q", "-o", cap, "--", sys.executable, script, env=env)
@@ -52,12 +54,18 @@ def test_free_threaded_python_is_traced_native_only_with_its_reason(tmp_path):
     # GIVEN a Python that says it is a free-threaded build (sys.abiflags with "t",
     # set by a .pth file, which runs before the bootstrap, in a venv that sees memtrace)
     import subprocess
+
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
+    )
     python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(site) / "fake_free_threaded.pth").write_text("import sys; sys.abiflags += 't'\n")
     script = tmp_path / "p.py"
     script.write_text("import sys\nprint(sys.abiflags)\nx = bytearray(3_456_789)\n")
@@ -80,12 +88,14 @@ def test_free_threaded_python_is_traced_native_only_with_its_reason(tmp_path):
 
 def test_unsupported_python_reason_names_the_supported_range():
     import importlib.util
+
     path = Path(__file__).resolve().parents[2] / "src" / "tracer" / "bootstrap" / "sitecustomize.py"
     spec = importlib.util.spec_from_file_location("memtrace_bootstrap", path)
     boot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(boot)  # under its own name it only defines
     assert boot.frames_unavailable((3, 16, 0), "") == (
-        "CPython 3.16 is not supported (3.9 to 3.15 are): traced native-only")
+        "CPython 3.16 is not supported (3.9 to 3.15 are): traced native-only"
+    )
     assert boot.frames_unavailable((3, 8, 18), "").startswith("CPython 3.8 is not supported")
     assert boot.frames_unavailable((3, 14, 1), "t").startswith("free-threaded CPython 3.14t")
     assert boot.frames_unavailable((3, 14, 1), "") is None

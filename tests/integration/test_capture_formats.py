@@ -1,5 +1,6 @@
 """Captures written by every capture format (tests/fixtures/captures/, README.md there)
 stay readable: every report runs on each and gives the program's exact numbers."""
+
 import csv
 import gzip
 import io
@@ -16,14 +17,34 @@ PROGRAM = CAPTURES / "program.py"
 # format -> what each file holds besides the program's own lines: its processes
 # (parent, forked child), how the child's end was recorded, and the file's totals
 FILES = {
-    1: dict(parent=31499, child=31521, child_end={"how": "killed_or_exit"},
-            allocations=10_337, allocated=108_651_434),
-    2: dict(parent=31655, child=31660, child_end={"how": "_exit", "exit_code": 0},
-            allocations=10_336, allocated=108_618_618),
-    3: dict(parent=31699, child=31702, child_end={"how": "_exit", "exit_code": 0},
-            allocations=10_337, allocated=108_623_506),
-    4: dict(parent=32313, child=32316, child_end={"how": "_exit", "exit_code": 0},
-            allocations=10_338, allocated=108_625_853),
+    1: dict(
+        parent=31499,
+        child=31521,
+        child_end={"how": "killed_or_exit"},
+        allocations=10_337,
+        allocated=108_651_434,
+    ),
+    2: dict(
+        parent=31655,
+        child=31660,
+        child_end={"how": "_exit", "exit_code": 0},
+        allocations=10_336,
+        allocated=108_618_618,
+    ),
+    3: dict(
+        parent=31699,
+        child=31702,
+        child_end={"how": "_exit", "exit_code": 0},
+        allocations=10_337,
+        allocated=108_623_506,
+    ),
+    4: dict(
+        parent=32313,
+        child=32316,
+        child_end={"how": "_exit", "exit_code": 0},
+        allocations=10_338,
+        allocated=108_625_853,
+    ),
 }
 # marker -> (function, allocators) on the program's marked lines, in every format
 LINES = {
@@ -71,8 +92,7 @@ def test_stats(version):
     assert [(p["pid"], p["ppid"]) for p in st["processes"]][1] == (known["child"], known["parent"])
     assert st["processes"][0]["pid"] == known["parent"]
     assert st["processes"][1]["end"] == known["child_end"]
-    assert (st["n_allocations"], st["total_allocated_bytes"]) == \
-        (known["allocations"], known["allocated"])
+    assert (st["n_allocations"], st["total_allocated_bytes"]) == (known["allocations"], known["allocated"])
     assert st["numpy_bytes"] == 8_000_024  # the array, and 24 bytes while importing NumPy
     # AND each marked line has exactly its allocations, in both line tables
     for key in ("by_line", "by_user_line"):
@@ -125,8 +145,7 @@ def test_tree(version):
     out = report(version, "tree", "--raw")
     # the held bytes of each marked line's frame, under its process
     for marker, (function, allocators) in LINES.items():
-        rows = [r for r in out.splitlines()
-                if f" {function} (" in r and f"/program.py:{line(marker)})" in r]
+        rows = [r for r in out.splitlines() if f" {function} (" in r and f"/program.py:{line(marker)})" in r]
         assert len(rows) == 1, (marker, rows)
         assert f" {sum(allocators.values()):,} " in rows[0], rows[0]
     assert f"pid {FILES[version]['child']}: " in out
@@ -135,8 +154,10 @@ def test_tree(version):
 @formats
 def test_lines(version):
     out = report(version, "lines", "--raw")
-    rows = {int(m.group(1)): m.group(2).split()
-            for m in re.finditer(r"^ +(\d+) +([\d,]+ +[\d,]+ +[\d,]+.*)$", out, re.M)}
+    rows = {
+        int(m.group(1)): m.group(2).split()
+        for m in re.finditer(r"^ +(\d+) +([\d,]+ +[\d,]+ +[\d,]+.*)$", out, re.M)
+    }
     # allocated, at peak, blocks (and NumPy bytes) of each marked line
     assert rows[line("BYTEARRAY")][:3] == ["1,000,001", "1,000,001", "1"]
     assert rows[line("ZEROS")][:4] == ["8,000,032", "8,000,032", "2", "8,000,000"]
@@ -178,8 +199,7 @@ def test_export_speedscope(version):
     # each marked line's frame carries at least that line's bytes
     frames = doc["shared"]["frames"]
     for marker, (function, allocators) in LINES.items():
-        ids = {i for i, f in enumerate(frames)
-               if f["name"] == function and f.get("line") == line(marker)}
+        ids = {i for i, f in enumerate(frames) if f["name"] == function and f.get("line") == line(marker)}
         weight = sum(w for s, w in zip(profile["samples"], profile["weights"]) if ids & set(s))
         assert weight >= sum(allocators.values()), marker
 
@@ -203,5 +223,8 @@ def test_cluster(version):
     parent, child = out.split(f"· pid {known['child']} ·")
     assert re.search(r"RSS at the heap peak [\d,]+ \(explained 100\.0%\)", parent), out
     # the child: a share, or why there is none (formats differ in what they kept of it)
-    assert re.search(r"RSS at the heap peak [\d,]+ \(explained (\d+\.\d%|unknown: no RSS was "
-                     r"read)\)|at the peak: no snapshot of this process was taken", child), out
+    assert re.search(
+        r"RSS at the heap peak [\d,]+ \(explained (\d+\.\d%|unknown: no RSS was "
+        r"read)\)|at the peak: no snapshot of this process was taken",
+        child,
+    ), out

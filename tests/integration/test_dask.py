@@ -3,11 +3,11 @@ traced (tracer.cluster.dask.MemtraceWorker), tasks that make NumPy arrays of kno
 sizes and tasks that leak on purpose, the workers' captures merged chunk by chunk,
 and exact bytes per task and per worker, Dask's managed memory beside memtrace's
 numbers, and each worker's RSS explained."""
+
 import json
 import os
 import socket
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,10 +15,9 @@ from helpers import line_of, lines_of, memtrace
 from tracer import _format as fmt
 
 pytest.importorskip("numpy")
-pytest.importorskip("distributed", reason="distributed (Dask) is not installed: "
-                                          "pip install '.[test]'")
+pytest.importorskip("distributed", reason="distributed (Dask) is not installed: pip install '.[test]'")
 
-TASKS = '''
+TASKS = """
 import numpy as np
 
 KEPT = []
@@ -35,9 +34,9 @@ def leak(n):
 
 def total(a):
     return float(a.sum())
-'''
+"""
 
-WORKLOAD = '''
+WORKLOAD = """
 import json
 import os
 import sys
@@ -64,7 +63,7 @@ if __name__ == "__main__":
         assert sums == [1e6] * 3 and client.gather(leaks) == [500_000] * 3
         print(json.dumps({"workers": [a, b], "where": where,
                           "pids": client.run(os.getpid)}))
-'''
+"""
 
 ARRAY, LEAKED = 8_000_000, 4_000_000  # np.ones(1_000_000), np.ones(500_000): float64
 
@@ -78,8 +77,14 @@ def cluster(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(tmp) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     import subprocess
 
-    done = subprocess.run([sys.executable, str(tmp / "workload.py"), str(captures) + os.sep],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(tmp / "workload.py"), str(captures) + os.sep],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout.strip().splitlines()[-1])
     files = sorted(captures.glob("*.mtrace"))
@@ -88,8 +93,7 @@ def cluster(tmp_path_factory):
     assert out.returncode == 0, out.stderr
     report = memtrace("cluster", "--json", merged)
     assert report.returncode == 0, report.stderr
-    return {"tmp": tmp, "run": run, "files": files, "merged": merged,
-            "report": json.loads(report.stdout)}
+    return {"tmp": tmp, "run": run, "files": files, "merged": merged, "report": json.loads(report.stdout)}
 
 
 def stats(capture, *extra):
@@ -106,7 +110,8 @@ def workers(cluster):
 def test_one_capture_per_worker_in_the_folder_with_the_usual_name(cluster):
     pids = cluster["run"]["pids"]
     assert sorted(f.name for f in cluster["files"]) == sorted(
-        f"memtrace-dask_worker-{pid}.mtrace" for pid in pids.values())
+        f"memtrace-dask_worker-{pid}.mtrace" for pid in pids.values()
+    )
 
 
 def test_merged_processes_keep_their_pid_and_gain_host_and_worker(cluster):
@@ -157,8 +162,7 @@ def test_exact_bytes_per_worker_and_tasks_at_its_peak(cluster):
         assert held == expected, (address, row["tasks_live_at_peak"])
         # what the leaking tasks left stays live at the worker's exit, exactly
         leaks = sum(1 for k in mine if k.startswith("leak"))
-        per_pid = lines_of(stats(cluster["merged"], "--pid", row["pid"]), "tasks.py",
-                           "by_user_line")
+        per_pid = lines_of(stats(cluster["merged"], "--pid", row["pid"]), "tasks.py", "by_user_line")
         left = per_pid[line_of(tasks_py, "LINE-LEAK")]["live_at_exit_bytes"]
         assert leaks * LEAKED <= left <= leaks * (LEAKED + 16)  # (+ shape and strides)
         assert per_pid[line_of(tasks_py, "LINE-ARRAY")]["numpy_bytes"] == (len(mine) - leaks) * ARRAY
@@ -186,9 +190,17 @@ def test_each_workers_rss_is_explained(cluster):
             assert share >= 0.95, (address, moment, row[moment])
 
 
-@pytest.mark.parametrize("command", [
-    ["summary"], ["stats", "--json"], ["reconcile"], ["flamegraph", "-o", "-"],
-    ["regions", "--kind", "task"], ["cluster"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["summary"],
+        ["stats", "--json"],
+        ["reconcile"],
+        ["flamegraph", "-o", "-"],
+        ["regions", "--kind", "task"],
+        ["cluster"],
+    ],
+)
 def test_every_report_opens_the_merged_capture(cluster, command):
     out = memtrace(command[0], *command[1:], cluster["merged"])
     assert out.returncode == 0, out.stderr
@@ -229,8 +241,9 @@ def test_merging_a_corrupt_capture_is_one_line_and_fails(cluster, tmp_path):
 
 def test_a_dir_output_writes_the_usual_name_inside(tmp_path):
     folder = tmp_path / "new" / "caps"
-    out = memtrace("run", "-q", "--no-report", "-o", str(folder) + os.sep, "--",
-                   sys.executable, "-c", "print('hi')")
+    out = memtrace(
+        "run", "-q", "--no-report", "-o", str(folder) + os.sep, "--", sys.executable, "-c", "print('hi')"
+    )
     assert out.returncode == 0, out.stderr
     [capture] = folder.glob("*.mtrace")
     # (the folder is made like mkdir -p, private)

@@ -1,4 +1,5 @@
 """How runs end: exit codes, signals, SIGKILL mid-run, stdio passing through."""
+
 import signal
 import subprocess
 import sys
@@ -7,16 +8,19 @@ from helpers import MEMTRACE, line_of, lines_of
 
 
 def test_exit_code_and_stdio_pass_through(trace):
-    run = trace("""
+    run = trace(
+        """
         import sys
         data = sys.stdin.read()
         sys.stdout.write("out:" + data.upper())
         sys.stderr.write("err-line\\n")
         sys.exit(7)
-    """, stdin="hello\n")
+    """,
+        stdin="hello\n",
+    )
     assert run.returncode == 7
     assert run.stdout == "out:HELLO\n"
-    assert run.stderr == "err-line\n"   # -q: memtrace itself prints nothing
+    assert run.stderr == "err-line\n"  # -q: memtrace itself prints nothing
     assert run.stats()["exit_code"] == 7
 
 
@@ -54,8 +58,9 @@ def test_sigkill_after_50_mb_keeps_everything(trace, tmp_path):
 def test_default_capture_name_and_summary_on_stderr(tmp_path):
     script = tmp_path / "script.py"
     script.write_text("x = bytearray(10**6)\nprint('done')\n")
-    out = subprocess.run(MEMTRACE + [sys.executable, str(script)], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        MEMTRACE + [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "done\n"
     captures = list(tmp_path.glob("memtrace-script-*.mtrace"))

@@ -1,5 +1,6 @@
 """Every hooked function, called with known sizes by a C program: exact bytes per
 allocator, errno kept, failures recorded as nothing, partial unmaps and mremap tracked."""
+
 import json
 
 import pytest
@@ -34,21 +35,20 @@ def test_exact_bytes_per_allocator(traced):
     # the program's own calls, by allocator (libc's own start-up blocks are not the program's)
     expected = {
         "calloc": 2020,
-        "realloc": 3003 + 4004,                 # realloc(NULL, n) and the growth
+        "realloc": 3003 + 4004,  # realloc(NULL, n) and the growth
         "reallocarray": 77,
         "posix_memalign": 6006,
         "aligned_alloc": 1280,
         "memalign": 7007,
         "valloc": 8008,
         "pvalloc": 9009,
-        "mmap": 10 * page + page + 2 * page,    # the three mmaps (mmap64 included)
+        "mmap": 10 * page + page + 2 * page,  # the three mmaps (mmap64 included)
         "mremap": 3 * page,
     }
     for name, size in expected.items():
         assert alloc.get(name) == size, (name, alloc)
     # malloc: 1001 + 5005 + 100 + 0 + 12345 from the program (plus libc's own, e.g. stdio)
     assert alloc["malloc"] >= 1001 + 5005 + 100 + 12345
-    live = 1001 + 2020 + 4004 + 100 + 77 + 6006 + 1280 + 7007 + 8008 + 9009 \
-        + 8 * page + 3 * page
+    live = 1001 + 2020 + 4004 + 100 + 77 + 6006 + 1280 + 7007 + 8008 + 9009 + 8 * page + 3 * page
     assert mine["live_at_exit_bytes"] == live
     assert stats["processes"][0]["unknown_frees"] == 0

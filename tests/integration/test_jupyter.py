@@ -1,6 +1,7 @@
 """Jupyter: a real notebook executed (nbclient) against the kernel `memtrace jupyter
 install` registers; %%memtrace cells show their own numbers and an offline flame
 graph, %memtrace_report the kernel's, and the kernel's capture has each cell."""
+
 import html
 import json
 import re
@@ -21,8 +22,7 @@ CELLS = [
     "tmp = bytearray(30_000_000)\n"
     "del tmp\n"
     "later = bytearray(10_000_000)",
-    "%%memtrace loading --no-flame\n"
-    "more = bytearray(5_000_000)",
+    "%%memtrace loading --no-flame\nmore = bytearray(5_000_000)",
     "%memtrace_report --no-flame",
 ]
 
@@ -41,8 +41,13 @@ def kernel_path(tmp_path_factory):
 def execute(cells, folder, kernel_name):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
-    nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=180, startup_timeout=120,
-                            resources={"metadata": {"path": str(folder)}}).execute()
+    nbclient.NotebookClient(
+        nb,
+        kernel_name=kernel_name,
+        timeout=180,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(folder)}},
+    ).execute()
     return nb
 
 
@@ -64,34 +69,35 @@ def notebook(kernel_path, tmp_path_factory):
 
 def test_cell_summary_counts_the_cell(notebook):
     nb, _folder = notebook
-    text, = outputs(nb.cells[1], "text/plain")
+    (text,) = outputs(nb.cells[1], "text/plain")
     peak = int(re.search(r"peak [\d.]+ MiB \(([\d,]+) bytes\)", text).group(1).replace(",", ""))
     # the 40 MB and 30 MB blocks were live together; 10 MB came after the 30 MB went
     assert 70_000_002 <= peak < 70_000_002 + (1 << 20)
     lines = text.split("lines holding the most at the peak:")[1].splitlines()
     assert "38.1 MiB  In [2], line 1: kept = bytearray(40_000_000)" in lines[1]
     assert "28.6 MiB  In [2], line 2: tmp = bytearray(30_000_000)" in lines[2]
-    named, = outputs(nb.cells[2], "text/plain")
+    (named,) = outputs(nb.cells[2], "text/plain")
     assert named.startswith("memtrace: cell 'loading' — peak 4.8 MiB (5,00")
 
 
 def test_cell_flame_graph_is_embedded_and_offline(notebook):
     nb, _folder = notebook
-    page, = outputs(nb.cells[1], "text/html")
+    (page,) = outputs(nb.cells[1], "text/html")
     frame = re.search(r'<iframe srcdoc="([^"]*)" sandbox="allow-scripts"', page)
     assert frame is not None
     report = html.unescape(frame.group(1))
     assert report.startswith("<!DOCTYPE html>") and "default-src 'none'" in report
     assert not re.search(r"""(src|href|url)\s*[=(]\s*["']?\s*(https?:)?//""", report)
-    data = json.loads(re.search(r'<script id="memtrace-data" type="application/json">(.*?)</script>',
-                                report, re.S).group(1))
-    assert 70_000_002 <= data["peak_heap"] < 70_000_002 + (1 << 20)   # the cell's own peak
-    assert not outputs(nb.cells[2], "text/html")[0].count("<iframe")   # --no-flame
+    data = json.loads(
+        re.search(r'<script id="memtrace-data" type="application/json">(.*?)</script>', report, re.S).group(1)
+    )
+    assert 70_000_002 <= data["peak_heap"] < 70_000_002 + (1 << 20)  # the cell's own peak
+    assert not outputs(nb.cells[2], "text/html")[0].count("<iframe")  # --no-flame
 
 
 def test_kernel_report_lists_the_cells(notebook):
     nb, _folder = notebook
-    text, = outputs(nb.cells[3], "text/plain")
+    (text,) = outputs(nb.cells[3], "text/plain")
     assert text.startswith("memtrace: this kernel so far — peak")
     cells = text.split("cells run with %%memtrace:")[1].splitlines()[2:]
     assert [c.split()[-2:] for c in cells][:2] == [["In", "[2]"], ["1", "loading"]]
@@ -99,9 +105,9 @@ def test_kernel_report_lists_the_cells(notebook):
 
 def test_kernel_capture_has_each_cell(notebook):
     _nb, folder = notebook
-    capture, = folder.glob("memtrace-kernel-*.mtrace")
+    (capture,) = folder.glob("memtrace-kernel-*.mtrace")
     out = memtrace("stats", "--json", capture)
-    assert out.returncode == 0, out.stderr          # complete: the kernel shut down cleanly
+    assert out.returncode == 0, out.stderr  # complete: the kernel shut down cleanly
     rows = {r["name"]: r for r in json.loads(out.stdout)["regions"]}
     assert rows["In [2]"]["kind"] == rows["loading"]["kind"] == "cell"
     assert rows["In [2]"]["live_at_end_bytes"] >= 50_000_002

@@ -1,5 +1,6 @@
 """The live view, used as a user would: `memtrace run --live` and `memtrace live PID` in a
 terminal (tmux), keys sent, the screen read back."""
+
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from helpers import line_of, memtrace
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 # Phases are driven by files, so that the screen is read in a known state.
-PROGRAM = r'''
+PROGRAM = r"""
 import os, sys, time
 import numpy as np
 
@@ -44,7 +45,7 @@ if pid == 0:
 wait_for("done")
 os.waitpid(pid, 0)
 print("done", flush=True)
-'''
+"""
 
 
 class Terminal:
@@ -52,14 +53,26 @@ class Terminal:
 
     def __init__(self, command: str, cwd):
         self.name = "mt" + uuid.uuid4().hex[:8]
-        self._tmux("new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", "-c", str(cwd),
-                   f"{command}; echo EXIT=$?; sleep 60")
+        self._tmux(
+            "new-session",
+            "-d",
+            "-s",
+            self.name,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-c",
+            str(cwd),
+            f"{command}; echo EXIT=$?; sleep 60",
+        )
 
     def _tmux(self, *args) -> str:
         # (a COLUMNS or LINES inherited from the test runner would override the pane's size)
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-        return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True,
-                              check=True, env=env).stdout
+        return subprocess.run(
+            ["tmux", "-L", self.name, *args], capture_output=True, text=True, check=True, env=env
+        ).stdout
 
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", self.name)
@@ -103,8 +116,7 @@ def program(tmp_path):
 def test_run_live_shows_lines_sorts_and_switches_processes(program):
     tmp, script = program
     parent_line, child_line = line_of(script, "# PARENT"), line_of(script, "# CHILD")
-    term = Terminal(f"{sys.executable} -m tracer run -o prog.mtrace --live -- "
-                    f"{sys.executable} prog.py", tmp)
+    term = Terminal(f"{sys.executable} -m tracer run -o prog.mtrace --live -- {sys.executable} prog.py", tmp)
     try:
         # GIVEN the program holds 20,000,000 bytes from one line
         _wait_file(tmp / "ready")
@@ -143,14 +155,20 @@ def test_run_live_shows_lines_sorts_and_switches_processes(program):
 def test_live_attaches_to_a_running_program_by_pid(program):
     tmp, script = program
     parent_line = line_of(script, "# PARENT")
-    run = subprocess.Popen([sys.executable, "-m", "tracer", "run", "-q", "-o", "prog.mtrace", "--",
-                            sys.executable, "prog.py"], cwd=tmp, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tracer", "run", "-q", "-o", "prog.mtrace", "--", sys.executable, "prog.py"],
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     term = None
     try:
         _wait_file(tmp / "ready")
-        pid = int(subprocess.run(["pgrep", "-P", str(run.pid), "-f", "prog.py$"],
-                                 capture_output=True, text=True).stdout.split()[0])
+        pid = int(
+            subprocess.run(
+                ["pgrep", "-P", str(run.pid), "-f", "prog.py$"], capture_output=True, text=True
+            ).stdout.split()[0]
+        )
         # WHEN `memtrace live PID` is given the traced program's pid
         term = Terminal(f"{sys.executable} -m tracer live {pid}", tmp)
         screen = term.wait(rf"prog\.py:{parent_line}\s")
@@ -170,7 +188,10 @@ def test_live_attaches_to_a_running_program_by_pid(program):
 def test_live_refuses_what_it_cannot_watch(tmp_path):
     out = memtrace("live", str(os.getpid()))
     assert out.returncode == 2
-    assert out.stderr == f"memtrace: process {os.getpid()} is not traced by memtrace (run it with `memtrace run`)\n"
+    assert (
+        out.stderr
+        == f"memtrace: process {os.getpid()} is not traced by memtrace (run it with `memtrace run`)\n"
+    )
     out = memtrace("live", tmp_path / "nothing.sock")
     assert out.returncode == 2 and "no such socket" in out.stderr
     out = memtrace("run", "--live", "--", sys.executable, "-c", "pass", stdin=subprocess.DEVNULL)

@@ -36,6 +36,7 @@ def test_c_program_native_only(c_program, tmp_path):
     assert run.stdout == "1\n"
     assert "not a Python program" in run.stderr
     import json
+
     stats = json.loads(memtrace("stats", "--json", cap).stdout)
     proc = stats["processes"][0]
     assert proc["python"] is None and proc["end"]["exit_code"] == 3

@@ -1,4 +1,5 @@
 """NumPy array data is labelled and attributed to its line, exactly."""
+
 import pytest
 
 from helpers import line_of, lines_of
@@ -65,6 +66,6 @@ def test_uint8_ones_attributed_to_multiarray(trace, tmp_path):
     assert inner[0]["numpy_bytes"] == 123_000
     # nothing that is not NumPy array data is labelled as such, in any library but NumPy
     for r in stats["by_line"]:
-        for lib in r["libraries"]:
+        for _lib in r["libraries"]:
             if r["numpy_bytes"]:
-                assert any(l.startswith("_multiarray_umath") for l in r["libraries"]), r
+                assert any(ln.startswith("_multiarray_umath") for ln in r["libraries"]), r

@@ -1,5 +1,6 @@
 """`memtrace run --objects`: a census of live Python objects by type, exact, at the heap
 peak and at exit, that never changes what the program computes."""
+
 import json
 import subprocess
 import sys
@@ -61,12 +62,34 @@ def census_run(tmp_path_factory):
     script = tmp / "prog.py"
     script.write_text(PROGRAM)
     cap = tmp / "prog.mtrace"
-    run = subprocess.run([sys.executable, "-m", "tracer", "run", "-f", "-o", str(cap), "--objects",
-                          "--", sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=180, cwd=tmp)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "run",
+            "-f",
+            "-o",
+            str(cap),
+            "--objects",
+            "--",
+            sys.executable,
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp,
+    )
     assert run.returncode == 0, run.stderr
-    stats = json.loads(subprocess.run([sys.executable, "-m", "tracer", "stats", "--json", str(cap)],
-                                      capture_output=True, text=True, timeout=120).stdout)
+    stats = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "tracer", "stats", "--json", str(cap)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )
     return tmp, script, cap, run, stats
 
 
@@ -91,12 +114,21 @@ def test_exit_census_counts_exactly(census_run):
     assert sized["count"] == 500 and sized["bytes"] == facts["sizeof_sized"]
     # and splits the array's nbytes: owning for the array, a view for the view
     arrays = _type(census, "__main__.Owned")
-    assert arrays["numpy"] == {"owning_count": 1, "owning_nbytes": facts["nbytes"],
-                               "view_count": 1, "view_nbytes": facts["view_nbytes"]}
+    assert arrays["numpy"] == {
+        "owning_count": 1,
+        "owning_nbytes": facts["nbytes"],
+        "view_count": 1,
+        "view_nbytes": facts["view_nbytes"],
+    }
     # and names the line that allocated the array's data, from the trace
     line = line_of(script, "# ARRAY")
-    assert {"file": "prog.py", "line": line, "function": "<module>", "count": 1,
-            "bytes": facts["nbytes"]} in arrays["lines"]
+    assert {
+        "file": "prog.py",
+        "line": line,
+        "function": "<module>",
+        "count": 1,
+        "bytes": facts["nbytes"],
+    } in arrays["lines"]
     assert census["cost_seconds"] > 0 and census["objects"] >= 1000
 
 
@@ -110,8 +142,15 @@ def test_peak_census_holds_what_the_peak_held(census_run):
     # owning its data, named by its line; at exit it is gone
     assert arrays["numpy"]["owning_nbytes"] == 40_000_000 + facts["nbytes"]
     big = [ln for ln in arrays["lines"] if ln["line"] == line_of(script, "# BIG")]
-    assert big == [{"file": "prog.py", "line": line_of(script, "# BIG"), "function": "at_peak",
-                    "count": 1, "bytes": 40_000_000}]
+    assert big == [
+        {
+            "file": "prog.py",
+            "line": line_of(script, "# BIG"),
+            "function": "at_peak",
+            "count": 1,
+            "bytes": 40_000_000,
+        }
+    ]
     assert _type(end, "__main__.Owned")["numpy"]["owning_nbytes"] == facts["nbytes"]
     # how far from the peak it was taken is said, in events and seconds
     assert peak["distance_events"] is not None and peak["distance_seconds"] is not None
@@ -126,8 +165,7 @@ def test_census_changes_nothing_the_program_computes(census_run):
     weighed = _type(stats["processes"][0]["objects"]["at_peak"], "__main__.Weighed")
     assert weighed["count"] == 300 and weighed["sizes_estimated"] and weighed["bytes"] < 10**6
     # and the program prints what it prints without memtrace
-    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                           timeout=60, cwd=tmp)
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp)
     assert json.loads(plain.stdout) == facts
 
 

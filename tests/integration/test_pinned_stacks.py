@@ -8,13 +8,14 @@ below makes exactly that possible — the same functions, the same frame sizes, 
 same depth, first under f, then under g — and checks that every allocation has
 the callers it really had. Sizes are unique per phase.
 """
+
 import sys
 
 import pytest
 
 from helpers import memtrace
 
-PROGRAM = r'''
+PROGRAM = r"""
 import ctypes, sys, threading
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -106,14 +107,25 @@ if greenlet is not None:
         gf.switch()
         gg.switch()
 print("greenlet" if greenlet is not None else "no greenlet")
-'''
+"""
 
 CALLERS = {  # size -> the function every stack of that size must pass through
-    200_001: "f", 200_002: "g", 200_003: "f",
-    200_011: "f", 200_012: "g", 200_013: "f",
-    200_021: "f_gen", 200_022: "g_gen", 200_023: "f_gen", 200_024: "g_gen",
-    200_031: "f", 200_032: "g",
-    200_041: "f", 200_042: "g", 200_043: "f", 200_044: "g",
+    200_001: "f",
+    200_002: "g",
+    200_003: "f",
+    200_011: "f",
+    200_012: "g",
+    200_013: "f",
+    200_021: "f_gen",
+    200_022: "g_gen",
+    200_023: "f_gen",
+    200_024: "g_gen",
+    200_031: "f",
+    200_032: "g",
+    200_041: "f",
+    200_042: "g",
+    200_043: "f",
+    200_044: "g",
 }
 OTHER = {"f": "g", "g": "f", "f_gen": "g_gen", "g_gen": "f_gen"}
 
@@ -156,7 +168,7 @@ def test_every_allocation_has_its_real_callers(traced, size):
     caller, other = CALLERS[size], OTHER[CALLERS[size]]
     expected = 3000 * (3 if size in (200_031, 200_032) else 1)
     assert sum(n for _names, n in stacks) == expected
-    for names, n in stacks:
+    for names, _n in stacks:
         assert caller in names and other not in names, (size, names)
         # outermost: the module, a thread's bootstrap, or a greenlet's function
         assert names[-1] in ("<module>", "_bootstrap", "in_f", "in_g"), names

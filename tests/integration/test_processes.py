@@ -15,7 +15,9 @@ def _rows_for_pid(run, pid, tmp_path, name="prog.py"):
 
 
 def test_fork_child_has_its_own_stream(trace, tmp_path):
-    run = trace(PROLOGUE + """
+    run = trace(
+        PROLOGUE
+        + """
 libc.malloc(1_111_111)                      # PARENT-BEFORE
 pid = os.fork()
 if pid == 0:
@@ -24,7 +26,8 @@ if pid == 0:
 os.waitpid(pid, 0)
 libc.malloc(2_222_222)                      # PARENT-AFTER
 print(pid)
-""")
+"""
+    )
     assert run.returncode == 0, run.stderr
     child = int(run.stdout.strip())
     stats = run.stats()
@@ -46,7 +49,9 @@ print(pid)
 
 
 def test_multiprocessing_and_subprocess_children(trace, tmp_path):
-    run = trace(PROLOGUE + """
+    run = trace(
+        PROLOGUE
+        + """
 import multiprocessing, subprocess
 
 def work():
@@ -58,7 +63,8 @@ if __name__ == "__main__":
     code = "import ctypes; l = ctypes.CDLL(None); l.malloc.argtypes = [ctypes.c_size_t]; l.malloc(5555555)"
     subprocess.run([sys.executable, "-c", code], check=True)
     print(p.pid)
-""")
+"""
+    )
     assert run.returncode == 0, run.stderr
     stats = run.stats()
     mp_pid = int(run.stdout.strip())

@@ -1,6 +1,7 @@
 """The pytest plugin on a real suite (pytester): every test a region, the limit
 markers passing and failing with the stacks to blame, the tests table, under
 `memtrace pytest`, `pytest --memtrace` and pytest-xdist workers."""
+
 import json
 import sys
 
@@ -78,44 +79,66 @@ def capture_rows(path) -> dict:
 
 
 def test_memtrace_pytest(suite):
-    result = suite.run(sys.executable, "-m", "tracer", "pytest", "-p", "no:cacheprovider",
-                       "--memtrace-output", "suite.mtrace")
+    result = suite.run(
+        sys.executable,
+        "-m",
+        "tracer",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--memtrace-output",
+        "suite.mtrace",
+    )
     text = check_failures(result, suite)
     assert result.ret == 1
-    assert table_of_tests(text) == ["test_limits.py::test_peak_over_limit",
-                                 "test_limits.py::test_peak_within_limit",
-                                 "test_limits.py::test_plain",
-                                 "test_limits.py::test_leak_over_limit",
-                                 "test_limits.py::test_leak_within_limit"]
+    assert table_of_tests(text) == [
+        "test_limits.py::test_peak_over_limit",
+        "test_limits.py::test_peak_within_limit",
+        "test_limits.py::test_plain",
+        "test_limits.py::test_leak_over_limit",
+        "test_limits.py::test_leak_within_limit",
+    ]
     left = text.split("tests that left the most live")[1]
-    assert left.index("test_plain") < left.index("test_leak_over_limit") < left.index(
-        "test_leak_within_limit")
+    assert (
+        left.index("test_plain") < left.index("test_leak_over_limit") < left.index("test_leak_within_limit")
+    )
     rows, data = capture_rows(suite.path / "suite.mtrace")
     assert len(rows) == 5
     big = rows["test_limits.py::test_peak_over_limit"]
     assert BIG <= big["peak_bytes"] < BIG + (1 << 20) and big["live_at_end_bytes"] < 1 << 16
     assert rows["test_limits.py::test_plain"]["live_at_end_bytes"] >= 3_000_001
     # one test seen through --region: its line holds exactly the block at its peak
-    out = memtrace("stats", "--json", "--region", "test_limits.py::test_peak_over_limit",
-                   suite.path / "suite.mtrace")
+    out = memtrace(
+        "stats", "--json", "--region", "test_limits.py::test_peak_over_limit", suite.path / "suite.mtrace"
+    )
     by_line = [r for r in json.loads(out.stdout)["by_line"] if r["file"].endswith("test_limits.py")]
-    assert [(r["line"], r["peak_bytes"]) for r in by_line if r["peak_bytes"]] == \
-        [(line("LINE-BIG"), BIG)]
+    assert [(r["line"], r["peak_bytes"]) for r in by_line if r["peak_bytes"]] == [(line("LINE-BIG"), BIG)]
 
 
 def test_pytest_dash_dash_memtrace_reruns_under_memtrace(suite):
-    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "--memtrace",
-                                        "--memtrace-output", "again.mtrace")
+    result = suite.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--memtrace", "--memtrace-output", "again.mtrace"
+    )
     text = check_failures(result, suite)
-    assert "memtrace: each test is a region" in text       # the report header of the traced run
+    assert "memtrace: each test is a region" in text  # the report header of the traced run
     assert len(table_of_tests(text)) == 5
     assert (suite.path / "again.mtrace").exists()
 
 
 def test_xdist_workers_are_traced(suite):
     pytest.importorskip("xdist")
-    result = suite.run(sys.executable, "-m", "tracer", "pytest", "-p", "no:cacheprovider",
-                       "-n", "2", "--memtrace-output", "workers.mtrace")
+    result = suite.run(
+        sys.executable,
+        "-m",
+        "tracer",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        "--memtrace-output",
+        "workers.mtrace",
+    )
     check_failures(result, suite)
     rows, data = capture_rows(suite.path / "workers.mtrace")
     main_pid = data["processes"][0]["pid"]
@@ -132,21 +155,25 @@ def test_without_memtrace_the_markers_do_nothing(suite):
 
 
 def test_a_bad_size_is_an_error(pytester):
-    pytester.makepyfile(test_bad="""
+    pytester.makepyfile(
+        test_bad="""
 import pytest
 
 @pytest.mark.limit_memory("lots")
 def test_x():
     pass
-""")
-    result = pytester.run(sys.executable, "-m", "tracer", "pytest", "-p", "no:cacheprovider",
-                          "--memtrace-output", "bad.mtrace")
+"""
+    )
+    result = pytester.run(
+        sys.executable, "-m", "tracer", "pytest", "-p", "no:cacheprovider", "--memtrace-output", "bad.mtrace"
+    )
     result.assert_outcomes(failed=1)
     assert "Invalid memory size format: lots" in result.stdout.str()
 
 
 def test_limit_leaks_filter_fn_sees_the_stack(pytester):
-    pytester.makepyfile(test_filtered="""
+    pytester.makepyfile(
+        test_filtered="""
 import pytest
 
 KEPT = []
@@ -161,9 +188,18 @@ def test_known_cache_is_ignored():
 @pytest.mark.limit_leaks("1 MB", filter_fn=lambda stack: stack.frames[0].function != "cache_it")
 def test_other_leak_still_fails():
     KEPT.append(bytearray(3 << 20))
-""")
-    result = pytester.run(sys.executable, "-m", "tracer", "pytest", "-p", "no:cacheprovider",
-                          "--memtrace-output", "filtered.mtrace")
+"""
+    )
+    result = pytester.run(
+        sys.executable,
+        "-m",
+        "tracer",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--memtrace-output",
+        "filtered.mtrace",
+    )
     result.assert_outcomes(passed=1, failed=1)
     assert "test_other_leak_still_fails:" in result.stdout.str()
     assert f"{(3 << 20) + 1:,} bytes, 1 block" in result.stdout.str()

@@ -1,5 +1,6 @@
 """Reconciliation on real programs: the dominant row within 10%, the residual at most
 5% of RSS, and rows that add up to RSS."""
+
 import json
 import sys
 
@@ -7,9 +8,17 @@ import pytest
 
 from helpers import ROOT, build, memtrace
 
-ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes", "allocator_overhead_bytes",
-        "pymalloc_free_bytes", "file_backed_bytes", "stacks_and_other_anon_bytes", "untracked_bytes",
-        "residual_bytes")
+ROWS = (
+    "heap_resident_bytes",
+    "tracer_bytes",
+    "allocator_free_bytes",
+    "allocator_overhead_bytes",
+    "pymalloc_free_bytes",
+    "file_backed_bytes",
+    "stacks_and_other_anon_bytes",
+    "untracked_bytes",
+    "residual_bytes",
+)
 WORKLOADS = ROOT / "benchmarks" / "workloads"
 MiB = 1 << 20
 
@@ -38,7 +47,9 @@ def python(tmp_path, source, name):
 
 def test_glibc_keeps_freed_small_blocks(tmp_path):
     # GIVEN 300 MB of 1 KiB blocks, all freed but every 64th (which pins the arena)
-    argv = python(tmp_path, """
+    argv = python(
+        tmp_path,
+        """
 import ctypes
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -48,7 +59,9 @@ blocks = [libc.malloc(1024) for i in range(300 * 1024)]
 for i, p in enumerate(blocks):
     if i % 64:
         libc.free(p)
-""", "glibc")
+""",
+        "glibc",
+    )
     rows, stats, _ = reconciled(tmp_path, argv, "glibc")
     at_exit = rows["at_exit"]
     check_adds_up(at_exit)
@@ -60,11 +73,15 @@ for i, p in enumerate(blocks):
 
 
 def test_pymalloc_keeps_arenas_of_dead_objects(tmp_path):
-    argv = python(tmp_path, """
+    argv = python(
+        tmp_path,
+        """
 objs = [(i,) for i in range(2_000_000)]
 keep = objs[::1000]
 del objs
-""", "pym")
+""",
+        "pym",
+    )
     rows, stats, _ = reconciled(tmp_path, argv, "pym")
     at_exit = rows["at_exit"]
     check_adds_up(at_exit)
@@ -75,12 +92,16 @@ del objs
 
 def test_untouched_arrays(tmp_path):
     pytest.importorskip("numpy")
-    argv = python(tmp_path, """
+    argv = python(
+        tmp_path,
+        """
 import numpy as np
 never = np.zeros(100_000_000)            # 800 MB, never written
 half = np.empty(100_000_000)             # 800 MB, half written
 half[:50_000_000] = 1.0
-""", "untouched")
+""",
+        "untouched",
+    )
     rows, stats, _ = reconciled(tmp_path, argv, "untouched")
     at_exit = rows["at_exit"]
     check_adds_up(at_exit)
@@ -93,14 +114,18 @@ def test_mapped_file_is_library_memory(tmp_path):
     data = tmp_path / "big.bin"
     with open(data, "wb") as f:
         f.truncate(200 * MiB)
-    argv = python(tmp_path, f"""
+    argv = python(
+        tmp_path,
+        f"""
 import mmap
 with open({str(data)!r}, "rb") as f:
     m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
     total = 0
     for off in range(0, len(m), 4096):
         total += m[off]
-""", "files")
+""",
+        "files",
+    )
     rows, stats, _ = reconciled(tmp_path, argv, "files")
     at_exit = rows["at_exit"]
     check_adds_up(at_exit)
@@ -118,12 +143,20 @@ def test_thread_stacks(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workload,args", [("alloc_storm", ["2000000"]), ("malloc_heavy", ["5"]),
-                                           ("numpy_churn", ["4000"]), ("py_objects", ["2"]),
-                                           ("threads", ["20000"])])
+@pytest.mark.parametrize(
+    "workload,args",
+    [
+        ("alloc_storm", ["2000000"]),
+        ("malloc_heavy", ["5"]),
+        ("numpy_churn", ["4000"]),
+        ("py_objects", ["2"]),
+        ("threads", ["20000"]),
+    ],
+)
 def test_workloads_are_explained(tmp_path, workload, args):
-    rows, stats, _ = reconciled(tmp_path, [sys.executable, str(WORKLOADS / f"{workload}.py"), *args],
-                                workload)
+    rows, stats, _ = reconciled(
+        tmp_path, [sys.executable, str(WORKLOADS / f"{workload}.py"), *args], workload
+    )
     check_adds_up(rows["at_peak"])
     check_adds_up(rows["at_exit"])
 
@@ -132,9 +165,13 @@ def test_reconcile_command_and_digest(tmp_path):
     # (it keeps allocating a moment: the collector, still importing while a program
     # starts, asks for glibc's books from its first round on, and a program answers
     # inside its next allocator call)
-    argv = python(tmp_path, "import time\nx = [bytes(5000) for i in range(20000)]\n"
-                            "end = time.time() + 0.3\n"
-                            "while time.time() < end:\n    y = bytes(6000)\n", "digest")
+    argv = python(
+        tmp_path,
+        "import time\nx = [bytes(5000) for i in range(20000)]\n"
+        "end = time.time() + 0.3\n"
+        "while time.time() < end:\n    y = bytes(6000)\n",
+        "digest",
+    )
     cap = tmp_path / "digest.mtrace"
     run = memtrace("run", "-o", cap, "--", *argv, cwd=tmp_path)
     assert run.returncode == 0
@@ -153,14 +190,18 @@ def test_peak_held_in_a_long_call_is_read_at_once(tmp_path):
     # GIVEN a program that reaches its peak a moment after a large allocation (growth
     # too small to have asked for a snapshot by the old 2% rule), then holds it in a
     # long call without allocating, then frees it
-    argv = python(tmp_path, """
+    argv = python(
+        tmp_path,
+        """
 import time
 big = b"x" * (200 << 20)
 top = b"y" * (1 << 20)                 # the peak: 0.5% more, just after
 time.sleep(1.0)                        # a long call: no allocation, no pending call
 del big, top
 time.sleep(0.2)
-""", "held")
+""",
+        "held",
+    )
     rows, stats, cap = reconciled(tmp_path, argv, "held")
     peak = rows["at_peak"]
     check_adds_up(peak)
@@ -189,8 +230,7 @@ def test_snapshots_from_older_captures_still_reconcile(tmp_path):
     model = load(str(cap))
     older = ("events", "peak_event", "cost")
     for proc in model.processes:
-        proc.snapshots = [{k: v for k, v in dict(snap).items() if k not in older}
-                          for snap in proc.snapshots]
+        proc.snapshots = [{k: v for k, v in dict(snap).items() if k not in older} for snap in proc.snapshots]
     # THEN every report still has its numbers, distances taken from ring positions
     doc = stats.stats(model)
     at_peak = doc["reconciliation"][str(model.processes[0].pid)]["at_peak"]

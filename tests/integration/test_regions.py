@@ -1,6 +1,7 @@
 """tracer.region in real traced programs: exact numbers per region, the program's
 questions answered by the collector, every report filtered by --region, and nothing
 at all outside memtrace."""
+
 import json
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_each_region_has_its_exact_numbers(regions_run):
     assert step["allocated_bytes"] >= 6_000_003
     outer, inner = table["outer"], table["inner"]
     assert inner["parent"] == "outer"
-    assert inner["live_at_end_bytes"] >= 1_500_001     # still live as inner ended
+    assert inner["live_at_end_bytes"] >= 1_500_001  # still live as inner ended
     # inner's block was freed inside outer: outer left only `early` (and small objects)
     assert 600_001 <= outer["live_at_end_bytes"] < 600_001 + (1 << 20)
     # the other thread's 7 MB never counts in the region open on the main thread
@@ -90,8 +91,10 @@ def test_breakdown_at_the_region_peak_is_exact_by_line(regions_run):
     assert outer[line_of(script, "LINE-INNER")]["peak_bytes"] == 1_500_001
     assert outer[line_of(script, "LINE-INNER")]["live_at_exit_bytes"] == 0
     assert outer[line_of(script, "LINE-EARLY")]["live_at_exit_bytes"] == 600_001
-    assert line_of(script, "LINE-THREAD") not in outer or \
-        outer[line_of(script, "LINE-THREAD")]["allocated_bytes"] < 7_000_000
+    assert (
+        line_of(script, "LINE-THREAD") not in outer
+        or outer[line_of(script, "LINE-THREAD")]["allocated_bytes"] < 7_000_000
+    )
 
 
 def test_focused_totals_are_the_regions(regions_run):
@@ -105,10 +108,20 @@ def test_focused_totals_are_the_regions(regions_run):
     assert whole["peak_heap_bytes"] > load["peak_heap_bytes"]
 
 
-@pytest.mark.parametrize("command", [
-    ["summary"], ["tree"], ["tree", "--leaks"], ["lines"], ["log", "--min-size", "100000"],
-    ["export", "--format", "csv", "-o", "-"], ["export", "--format", "speedscope", "-o", "-"],
-    ["reconcile"], ["flamegraph", "-o", "-"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["summary"],
+        ["tree"],
+        ["tree", "--leaks"],
+        ["lines"],
+        ["log", "--min-size", "100000"],
+        ["export", "--format", "csv", "-o", "-"],
+        ["export", "--format", "speedscope", "-o", "-"],
+        ["reconcile"],
+        ["flamegraph", "-o", "-"],
+    ],
+)
 def test_every_report_takes_region(regions_run, command):
     script, cap = regions_run
     out = memtrace(command[0], cap, "--region", "step", *command[1:])
@@ -129,7 +142,7 @@ def test_every_report_takes_region(regions_run, command):
 def test_diff_and_glob_and_unknown_region(regions_run):
     _script, cap = regions_run
     assert memtrace("diff", "--region", "step", cap, cap).returncode == 0
-    both = stats(cap, "--region", "*er")              # outer and inner: a glob
+    both = stats(cap, "--region", "*er")  # outer and inner: a glob
     assert both["peak_heap_bytes"] >= 2_100_002
     bad = memtrace("summary", "--region", "nope", cap)
     assert bad.returncode == 2
@@ -143,8 +156,8 @@ def test_regions_command_lists_them(regions_run):
     lines = [x.split() for x in out.stdout.splitlines()[2:]]
     by_name = {x[-1]: x for x in lines}
     assert set(by_name) == {"load", "step", "outer", "inner"}
-    assert by_name["step"][3] == "3"                    # instances
-    assert [x[-1] for x in lines][0] == "load"           # by peak
+    assert by_name["step"][3] == "3"  # instances
+    assert [x[-1] for x in lines][0] == "load"  # by peak
 
 
 USAGE_PROGRAM = """
@@ -176,7 +189,7 @@ def test_program_asks_the_collector(trace, tmp_path):
     assert 6_000_001 <= inside["live"] < 6_000_001 + (1 << 20) and inside["peak"] >= inside["live"]
     assert out["after_free"]["live"] < 1_000_001 + (1 << 20)
     assert out["after_free"]["peak"] >= 6_000_001
-    assert out["top"][0] == 6_000_001 and out["top"][1][2] == 6     # the line of `a = ...`
+    assert out["top"][0] == 6_000_001 and out["top"][1][2] == 6  # the line of `a = ...`
     ended = out["ended"]
     assert ended["open"] is False and ended["instances"] == 1 and ended["live"] >= 1_000_001
     assert out["none_open"] is True
@@ -202,10 +215,11 @@ print("untraced ok", [m for m in heavy if m in sys.modules])
 def test_outside_memtrace_regions_do_nothing(tmp_path):
     script = tmp_path / "untraced.py"
     script.write_text(UNTRACED_PROGRAM)
-    out = subprocess.run([sys.executable, script], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "untraced ok []"   # nothing heavy loaded, nothing looked up
+    assert out.stdout.strip() == "untraced ok []"  # nothing heavy loaded, nothing looked up
 
 
 CTYPES_PROGRAM = """
@@ -246,11 +260,12 @@ with tracer.region("parent"):
 def test_forked_child_names_its_own_regions(trace):
     traced = trace(FORK_PROGRAM)
     assert traced.returncode == 0, traced.stderr
-    rows = {(r["pid"] != traced.stats()["processes"][0]["pid"], r["name"]): r
-            for r in traced.stats()["regions"]}
+    rows = {
+        (r["pid"] != traced.stats()["processes"][0]["pid"], r["name"]): r for r in traced.stats()["regions"]
+    }
     assert rows[(False, "parent")]["live_at_end_bytes"] >= 1_000_001
     assert rows[(True, "child")]["live_at_end_bytes"] >= 2_000_001
-    assert (True, "parent") not in rows           # entered before the fork: not in the child's stream
+    assert (True, "parent") not in rows  # entered before the fork: not in the child's stream
 
 
 def test_hostile_region_names_are_escaped(trace):
@@ -290,5 +305,7 @@ def test_captures_of_format_3_still_read_and_newer_ones_are_refused(trace, tmp_p
     newer.write_bytes(bytes(data))
     out = memtrace("summary", newer)
     assert out.returncode == 2
-    assert out.stderr == f"memtrace: {newer} was written in capture format 5; this memtrace reads " \
-                         "formats 1 to 4\n"
+    assert (
+        out.stderr == f"memtrace: {newer} was written in capture format 5; this memtrace reads "
+        "formats 1 to 4\n"
+    )

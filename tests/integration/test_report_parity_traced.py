@@ -7,6 +7,7 @@ and depths vary), imports, a thread, NumPy buffers and a child process;
 WHEN it is traced; THEN every table, tree and export matches the reference,
 and the line that allocates most holds the bytes the program kept.
 """
+
 import io
 import json
 import sys
@@ -84,8 +85,10 @@ def test_numbers_are_the_programs(traced):
     script, model = traced
     rows = {(r["file"], r["line"]): r for r in tables.by_line(model, user_code=True)}
     big = rows[(str(script), line_of(script, "# BIG"))]
-    assert big["peak_bytes"] >= 8_000_000 and big["allocators"].get("malloc", 0) + \
-        big["allocators"].get("mmap", 0) >= 8_000_000
+    assert (
+        big["peak_bytes"] >= 8_000_000
+        and big["allocators"].get("malloc", 0) + big["allocators"].get("mmap", 0) >= 8_000_000
+    )
     leaf = rows[(str(script), line_of(script, "# LEAF"))]
     assert leaf["n_allocations"] >= 3000 and leaf["allocated_bytes"] >= sum(1000 + k for k in range(3000))
     thread = rows[(str(script), line_of(script, "# THREAD"))]
@@ -107,8 +110,9 @@ def test_tree_text(traced, min_share):
     _script, model = traced
     out = io.StringIO()
     tree.render(model, out, "total", min_share=min_share)
-    assert out.getvalue() == ref.tree_text(ref.build_tree(ref.refs(model), "total"),
-                                           METRIC_TITLES["total"], min_share)
+    assert out.getvalue() == ref.tree_text(
+        ref.build_tree(ref.refs(model), "total"), METRIC_TITLES["total"], min_share
+    )
 
 
 def test_exports(traced):
@@ -122,7 +126,8 @@ def test_exports(traced):
     out = io.BytesIO()
     export.pprof(model, out, "peak")
     assert ref.gunzip(out.getvalue()).startswith(
-        ref.pprof_body(ref.refs(model), "peak", "inuse_objects", "inuse_space"))
+        ref.pprof_body(ref.refs(model), "peak", "inuse_objects", "inuse_space")
+    )
 
 
 def test_lines(traced):
@@ -137,10 +142,16 @@ def test_report_commands_run(traced, tmp_path):
     """Every report command on the capture (the CLI around the functions above)."""
     _script, model = traced
     cap = model.capture.path
-    for args in (["summary"], ["stats", "--json"], ["reconcile"], ["tree"], ["lines"],
-                 ["flamegraph", "-o", tmp_path / "f.html"],
-                 ["export", "--format", "speedscope", "-o", tmp_path / "s.json"],
-                 ["export", "--format", "pprof", "-o", tmp_path / "p.pb.gz"]):
+    for args in (
+        ["summary"],
+        ["stats", "--json"],
+        ["reconcile"],
+        ["tree"],
+        ["lines"],
+        ["flamegraph", "-o", tmp_path / "f.html"],
+        ["export", "--format", "speedscope", "-o", tmp_path / "s.json"],
+        ["export", "--format", "pprof", "-o", tmp_path / "p.pb.gz"],
+    ):
         out = memtrace(*args, cap)
         assert out.returncode == 0, (args, out.stderr)
     stats = json.loads(memtrace("stats", "--json", cap).stdout)

@@ -1,4 +1,5 @@
 """tree, lines, log, diff and the exports against a program with known allocations."""
+
 import csv
 import gzip
 import io
@@ -56,7 +57,7 @@ def test_lines_lists_exact_bytes(capture):
         if len(parts) >= 4 and parts[0].isdigit() and parts[1][0].isdigit():
             rows[int(parts[0])] = [int(p.replace(",", "")) for p in parts[1:4]]
     a, b, temp = (line_of(script, m) for m in ("LINE-A", "LINE-B", "LINE-TEMP"))
-    assert rows[a] == [1_000_000, 1_000_000, 1]        # allocated, held at peak, blocks
+    assert rows[a] == [1_000_000, 1_000_000, 1]  # allocated, held at peak, blocks
     assert rows[b] == [2_000_000, 2_000_000, 1]
     assert rows[temp][0] == 500_000 and rows[temp][2] == 100
     # a line owns what was allocated while it was this file's innermost line: the
@@ -69,11 +70,11 @@ def test_tree_shows_the_stack_with_exact_bytes(capture):
     out = memtrace("tree", cap, "--total", "--raw", "--min-share", "0")
     assert out.returncode == 0, out.stderr
     b = line_of(script, "LINE-B")
-    line = next(l for l in out.stdout.splitlines() if "grow (" in l and f":{b})" in l)
+    line = next(ln for ln in out.stdout.splitlines() if "grow (" in ln and f":{b})" in ln)
     assert " 2,000,000 " in line
     temp = line_of(script, "LINE-TEMP")
     out = memtrace("tree", cap, "--temporary", "--raw", "--min-share", "0")
-    line = next(l for l in out.stdout.splitlines() if "churn (" in l and f":{temp})" in l)
+    line = next(ln for ln in out.stdout.splitlines() if "churn (" in ln and f":{temp})" in ln)
     assert " 500,000 " in line and "(100 blocks" in line
 
 
@@ -81,25 +82,25 @@ def test_log_filters_by_size_and_library(capture):
     script, cap = capture
     out = memtrace("log", cap, "--min-size", "1000000")
     assert out.returncode == 0, out.stderr
-    lines = [l for l in out.stdout.splitlines() if "->malloc(" in l and "prog.py" in l]
+    lines = [ln for ln in out.stdout.splitlines() if "->malloc(" in ln and "prog.py" in ln]
     assert len(lines) == 2
     assert "->malloc(1000000) = 0x" in lines[0] and f"prog.py:{line_of(script, 'LINE-A')}" in lines[0]
     assert "->malloc(2000000) = 0x" in lines[1] and f"prog.py:{line_of(script, 'LINE-B')}" in lines[1]
     library = lines[0].split()[3].split("->")[0]
     only = memtrace("log", cap, "--library", library, "--min-size", "4000")
-    mine = [l for l in only.stdout.splitlines()]
-    assert mine and all(l.split()[3].startswith(library + "->") for l in mine)
-    assert sum("->malloc(5000)" in l for l in mine) == 100
+    mine = [ln for ln in only.stdout.splitlines()]
+    assert mine and all(ln.split()[3].startswith(library + "->") for ln in mine)
+    assert sum("->malloc(5000)" in ln for ln in mine) == 100
 
 
 def test_diff_shows_what_grew(capture):
     script, before = capture
-    _, after = traced(script.parent, scale=3)   # the same script path, three times bigger
+    _, after = traced(script.parent, scale=3)  # the same script path, three times bigger
     out = memtrace("diff", before, after, "--raw")
     assert out.returncode == 0, out.stderr
     b = line_of(script, "LINE-B")
-    row = next(l for l in out.stdout.splitlines() if f"prog.py:{b}" in l)
-    assert row.split()[:2] == ["+4,000,000", "+4,000,000"]   # held at peak, allocated
+    row = next(ln for ln in out.stdout.splitlines() if f"prog.py:{b}" in ln)
+    assert row.split()[:2] == ["+4,000,000", "+4,000,000"]  # held at peak, allocated
 
 
 def test_speedscope_export(capture, tmp_path):
@@ -113,8 +114,11 @@ def test_speedscope_export(capture, tmp_path):
     stats = json.loads(memtrace("stats", "--json", cap).stdout)
     assert sum(profile["weights"]) == stats["total_allocated_bytes"]
     b = line_of(script, "LINE-B")
-    hits = [w for s, w in zip(profile["samples"], profile["weights"])
-            if any(frames[i].get("line") == b and frames[i]["name"] == "grow" for i in s)]
+    hits = [
+        w
+        for s, w in zip(profile["samples"], profile["weights"])
+        if any(frames[i].get("line") == b and frames[i]["name"] == "grow" for i in s)
+    ]
     assert sum(hits) == 2_000_000
 
 
@@ -141,7 +145,7 @@ def decode_protobuf(data: bytes) -> list:
             out.append((field, 0, value))
         elif wire == 2:
             n, pos = read_varint(data, pos)
-            out.append((field, 2, data[pos:pos + n]))
+            out.append((field, 2, data[pos : pos + n]))
             pos += n
         else:
             raise AssertionError(f"unexpected wire type {wire}")
@@ -196,9 +200,15 @@ def test_every_report_reads_a_truncated_capture(capture, tmp_path):
     data = cap.read_bytes()
     cut = tmp_path / "cut.mtrace"
     cut.write_bytes(data[: len(data) * 3 // 4])
-    for args in (["summary"], ["stats", "--json"], ["tree"], ["lines"], ["log", "-n", "5"],
-                 ["flamegraph", "-o", tmp_path / "cut.html"],
-                 ["export", "--format", "speedscope", "-o", tmp_path / "cut.json"]):
+    for args in (
+        ["summary"],
+        ["stats", "--json"],
+        ["tree"],
+        ["lines"],
+        ["log", "-n", "5"],
+        ["flamegraph", "-o", tmp_path / "cut.html"],
+        ["export", "--format", "speedscope", "-o", tmp_path / "cut.json"],
+    ):
         out = memtrace(args[0], cut, *args[1:])
         assert out.returncode == 3, (args, out.stderr)
         assert "cut short" in out.stderr and "Traceback" not in out.stderr
@@ -212,14 +222,15 @@ def test_summary_at_exit_is_the_summary_of_the_capture(tmp_path):
     `memtrace summary` reads the capture later; THEN both say the same, "still live
     at exit" included: the program's exit point, in every report."""
     script = tmp_path / "late_free.py"
-    script.write_text("import atexit\n"
-                      "KEEP = [bytearray(100_000) for _ in range(30)]\n"
-                      "atexit.register(KEEP.clear)\n")
+    script.write_text(
+        "import atexit\nKEEP = [bytearray(100_000) for _ in range(30)]\natexit.register(KEEP.clear)\n"
+    )
     cap = tmp_path / "late.mtrace"
     run = memtrace("run", "-o", cap, "--", sys.executable, script, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    at_exit = [line for line in run.stderr.splitlines()
-               if not line.lstrip().startswith(("capture:", "report:"))]
+    at_exit = [
+        line for line in run.stderr.splitlines() if not line.lstrip().startswith(("capture:", "report:"))
+    ]
     later = memtrace("summary", cap)
     assert later.returncode == 0, later.stderr
     assert at_exit == later.stdout.splitlines()

@@ -1,6 +1,7 @@
 """The shim survives what programs do to their process (closed fds), and other Pythons are
 traced as far as they can be. Programs the shim cannot load into are in
 tests/reliability/test_not_loaded.py."""
+
 import glob
 import json
 import os
@@ -43,7 +44,7 @@ def test_python_without_frames_says_why(tmp_path):
     cap = tmp_path / "iso.mtrace"
     out = memtrace("run", "-o", cap, "--", sys.executable, "-I", "-c", "x = bytearray(10**6)")
     assert out.returncode == 0
-    notes = [l for l in out.stderr.splitlines() if "native-only" in l]
+    notes = [ln for ln in out.stderr.splitlines() if "native-only" in ln]
     assert len(notes) == 1 and "bootstrap did not run" in notes[0]
 
 
@@ -71,7 +72,7 @@ def test_other_python_without_memtrace_is_native_only(tmp_path):
     cap = tmp_path / "py38.mtrace"
     out = memtrace("run", "-o", cap, "--", candidates[0], "-c", "x = bytearray(10**6)")
     assert out.returncode == 0, out.stderr
-    notes = [l for l in out.stderr.splitlines() if "native-only" in l]
+    notes = [ln for ln in out.stderr.splitlines() if "native-only" in ln]
     assert len(notes) == 1 and "not supported" in notes[0]
     proc = json.loads(memtrace("stats", "--json", cap).stdout)["processes"][0]
     assert proc["python"] is None and "not supported" in proc["frames_off_reason"]

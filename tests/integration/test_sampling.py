@@ -5,6 +5,7 @@ with probability p = 1 - exp(-s/rate) and counted as s/p, so for N equal blocks
 the relative standard deviation of the total is sqrt((1-p) / (N p)). Each
 tolerance below is more than 5 of those standard deviations.
 """
+
 import math
 
 import pytest
@@ -62,7 +63,8 @@ def test_sampled_estimates_are_unbiased_and_large_blocks_exact(trace, tmp_path):
 
 
 def test_sampling_with_threads_and_fork(trace):
-    run = trace("""
+    run = trace(
+        """
         import os, threading
         def work():
             keep = [bytearray(5000) for _ in range(20_000)]   # 100 MB per thread
@@ -76,7 +78,9 @@ def test_sampling_with_threads_and_fork(trace):
         for t in threads: t.join()
         os.waitpid(pid, 0)
         print("ok")
-    """, options=["--sample-rate", "256K"])
+    """,
+        options=["--sample-rate", "256K"],
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == "ok\n"
     stats = run.stats()

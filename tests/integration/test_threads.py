@@ -1,4 +1,5 @@
 """Each thread's allocations land on its own line, counts exact, nothing dropped."""
+
 from helpers import line_of, lines_of
 
 FOUR_THREADS = """
@@ -41,8 +42,12 @@ def test_four_threads(trace, tmp_path):
     assert run.returncode == 0, run.stderr
     stats = run.stats()
     rows = lines_of(stats, "prog.py")
-    for marker, size, function in (("T1", 1111, "one"), ("T2", 2222, "two"),
-                                   ("T3", 3333, "three"), ("T4", 4444, "four")):
+    for marker, size, function in (
+        ("T1", 1111, "one"),
+        ("T2", 2222, "two"),
+        ("T3", 3333, "three"),
+        ("T4", 4444, "four"),
+    ):
         row = rows[line_of(tmp_path / "prog.py", marker)]
         assert row["function"] == function
         assert row["allocators"] == {"malloc": 5000 * size}
@@ -69,8 +74,12 @@ def test_native_thread_gets_its_own_bucket(trace, tmp_path):
         libc.pthread_join(tid, None)
     """)
     assert run.returncode == 0, run.stderr
-    native = [r for r in run.stats()["by_line"]
-              if r["file"] == "<native>" and r["allocators"].get("malloc", 0) >= 987654
-              and "(main)" not in r["function"]]
+    native = [
+        r
+        for r in run.stats()["by_line"]
+        if r["file"] == "<native>"
+        and r["allocators"].get("malloc", 0) >= 987654
+        and "(main)" not in r["function"]
+    ]
     assert native, "the C thread's malloc must be in its own thread bucket"
     assert native[0]["function"].startswith("[no Python frame] thread ")

@@ -1,6 +1,7 @@
 """Helpers for the real-world tests: trace one of the programs in benchmarks/realworld/
 as a user would (`memtrace run`, end-of-run summary on), then check the contracts the
 headline numbers must keep on it. The general helpers are in tests/helpers.py."""
+
 import re
 import sys
 from dataclasses import dataclass
@@ -9,21 +10,26 @@ from pathlib import Path
 from helpers import ROOT, memtrace, stats
 
 PROGRAMS = ROOT / "benchmarks" / "realworld"
-PEAK_WINDOW = 0.05   # the at-peak snapshot is read within 50 ms of the peak ...
-RSS_SHARE = 0.05     # ... and its RSS is within 5% of the highest RSS sampled around it
-ADVICE_TOPICS = ("glibc holds", "pymalloc arenas keep", "never touched",
-                 "libraries and mapped files hold", "never seen allocated")
+PEAK_WINDOW = 0.05  # the at-peak snapshot is read within 50 ms of the peak ...
+RSS_SHARE = 0.05  # ... and its RSS is within 5% of the highest RSS sampled around it
+ADVICE_TOPICS = (
+    "glibc holds",
+    "pymalloc arenas keep",
+    "never touched",
+    "libraries and mapped files hold",
+    "never seen allocated",
+)
 
 
 @dataclass
 class Run:
     program: Path
     capture: Path
-    stdout: str          # the program's own output
-    end_of_run: str      # memtrace's summary printed at the end of the run (stderr)
+    stdout: str  # the program's own output
+    end_of_run: str  # memtrace's summary printed at the end of the run (stderr)
     stats: dict
-    summary: str         # `memtrace summary` on the same capture
-    reconcile: str       # `memtrace reconcile`
+    summary: str  # `memtrace summary` on the same capture
+    reconcile: str  # `memtrace reconcile`
 
     @property
     def main(self) -> dict:
@@ -37,10 +43,12 @@ class Run:
 
     def line_row(self, marker: str) -> dict:
         """The by_user_line row of the program's line holding `marker`."""
-        number = next(i for i, text in enumerate(self.program.read_text().splitlines(), 1)
-                      if marker in text)
-        rows = [r for r in self.stats["by_user_line"]
-                if r["file"].endswith(self.program.name) and r["line"] == number]
+        number = next(i for i, text in enumerate(self.program.read_text().splitlines(), 1) if marker in text)
+        rows = [
+            r
+            for r in self.stats["by_user_line"]
+            if r["file"].endswith(self.program.name) and r["line"] == number
+        ]
         assert len(rows) == 1, (marker, number)
         return rows[0]
 
@@ -48,14 +56,14 @@ class Run:
 def trace(tmp_path: Path, program, *args, name=None) -> Run:
     program = Path(program) if Path(program).is_absolute() else PROGRAMS / program
     capture = tmp_path / f"{name or program.stem}.mtrace"
-    run = memtrace("run", "-f", "-o", capture, "--", sys.executable, program, *args,
-                   timeout=300, cwd=tmp_path)
+    run = memtrace(
+        "run", "-f", "-o", capture, "--", sys.executable, program, *args, timeout=300, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     summary = memtrace("summary", capture)
     reconcile = memtrace("reconcile", capture)
     assert summary.returncode == 0 and reconcile.returncode == 0, summary.stderr + reconcile.stderr
-    return Run(program, capture, run.stdout, run.stderr, stats(capture), summary.stdout,
-               reconcile.stdout)
+    return Run(program, capture, run.stdout, run.stderr, stats(capture), summary.stdout, reconcile.stdout)
 
 
 def check_read_at_peak(run: Run, pid=None) -> dict:
@@ -80,8 +88,7 @@ def check_same_summary(run: Run) -> None:
     files went)."""
     lines = run.end_of_run.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("memtrace: "))
-    ours = [line for line in lines[start:]
-            if not line.startswith(("  capture: ", "  report:  "))]
+    ours = [line for line in lines[start:] if not line.startswith(("  capture: ", "  report:  "))]
     assert ours == run.summary.splitlines()
 
 

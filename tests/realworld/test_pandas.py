@@ -1,9 +1,8 @@
 """pandas: a DataFrame with two string columns to CSV and back (benchmarks/realworld).
 A 256 MiB array is held across to_csv, one long C call: the heap's peak."""
-import pytest
 
-from rwtools import (check_advice_once, check_read_at_peak, check_resident_peak,
-                     check_same_summary, trace)
+import pytest
+from rwtools import check_advice_once, check_read_at_peak, check_resident_peak, check_same_summary, trace
 
 pytestmark = pytest.mark.realworld
 pytest.importorskip("pandas")

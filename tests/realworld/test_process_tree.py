@@ -1,9 +1,9 @@
 """A process tree: the headline gives the tree's heap at one moment and the sum of
 each process's own peak, each called what it is, in every report."""
+
 import re
 
 import pytest
-
 from rwtools import trace
 
 pytestmark = pytest.mark.realworld
@@ -41,8 +41,9 @@ def test_tree_peak_is_simultaneous_and_the_sum_is_labelled(run):
     procs = {p["pid"]: p for p in stats["processes"]}
     assert len(procs) == 3
     parent = stats["processes"][0]
-    children = sorted((p for p in procs.values() if p["ppid"] == parent["pid"]),
-                      key=lambda p: p["peak_heap_time"])
+    children = sorted(
+        (p for p in procs.values() if p["ppid"] == parent["pid"]), key=lambda p: p["peak_heap_time"]
+    )
     # each child's own peak holds its block, exactly
     assert [c["peak_heap_bytes"] >= n for c, n in zip(children, (100 * MiB, 80 * MiB))] == [True, True]
     own = [p["peak_heap_bytes"] for p in stats["processes"]]
@@ -52,7 +53,7 @@ def test_tree_peak_is_simultaneous_and_the_sum_is_labelled(run):
     assert tree >= parent["peak_heap_bytes"] + children[0]["peak_heap_bytes"] - MiB
     assert tree <= stats["peak_heap_upper_bytes"] < sum(own) - 70 * MiB
     assert abs(stats["peak_heap_time"] - children[0]["peak_heap_time"]) < 0.35
-    headline = next(l for l in run.summary.splitlines() if "peak heap of the process tree" in l)
+    headline = next(ln for ln in run.summary.splitlines() if "peak heap of the process tree" in ln)
     assert "sum of each process's own peak" in headline
     assert re.search(r"at \d+\.\d\d s \(3 processes at one moment", headline), headline
 

@@ -1,8 +1,14 @@
 """Pure Python: records through JSON and pickle (benchmarks/realworld), no NumPy."""
-import pytest
 
-from rwtools import (advice_lines, check_advice_once, check_read_at_peak, check_resident_peak,
-                     check_same_summary, trace)
+import pytest
+from rwtools import (
+    advice_lines,
+    check_advice_once,
+    check_read_at_peak,
+    check_resident_peak,
+    check_same_summary,
+    trace,
+)
 
 pytestmark = pytest.mark.realworld
 

@@ -1,9 +1,15 @@
 """scikit-learn: a RandomForest fit (benchmarks/realworld), and the import alone,
 where OpenBLAS maps buffers it never touches."""
-import pytest
 
-from rwtools import (advice_lines, check_advice_once, check_read_at_peak, check_resident_peak,
-                     check_same_summary, trace)
+import pytest
+from rwtools import (
+    advice_lines,
+    check_advice_once,
+    check_read_at_peak,
+    check_resident_peak,
+    check_same_summary,
+    trace,
+)
 
 pytestmark = pytest.mark.realworld
 pytest.importorskip("sklearn")
@@ -42,7 +48,7 @@ def _check_openblas_named(run):
     for c in causes:
         assert c["cause"].startswith("OpenBLAS"), c
         assert c["where"].rpartition(":")[0].endswith(run.program.name), c
-    untouched_line = next(l for l in run.summary.splitlines() if "never touched at the peak" in l)
+    untouched_line = next(ln for ln in run.summary.splitlines() if "never touched at the peak" in ln)
     assert "OpenBLAS" in untouched_line
     return causes
 
@@ -54,10 +60,10 @@ def test_import_alone_shows_resident_peak_next_to_allocated(tmp_path):
     check_resident_peak(run)
     # its buffers were mapped by the import, the program's one line
     assert all(c["where"].endswith(f"{program.name}:1") for c in _check_openblas_named(run))
-    openblas = sum(r["allocated_bytes"] for r in run.stats["by_library"]
-                   if "openblas" in r["library"].lower())
-    named = sum(c["bytes"] for c in run.main["untouched_at_peak"]
-                if "openblas" in c["library"].lower())
+    openblas = sum(
+        r["allocated_bytes"] for r in run.stats["by_library"] if "openblas" in r["library"].lower()
+    )
+    named = sum(c["bytes"] for c in run.main["untouched_at_peak"] if "openblas" in c["library"].lower())
     # OpenBLAS's buffers are counted in the peak but never touched by an import
     assert named >= 0.9 * openblas > 0
     assert run.main["peak_heap_resident_bytes"] <= run.main["peak_heap_bytes"] - named

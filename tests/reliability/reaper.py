@@ -6,6 +6,7 @@ collector) is killed. Each reaped process is appended to STATUS_FILE as one JSON
 {"pid", "exit_code", "signal"}; the first line is {"spawned": PID}. Exits when it has
 no child left.
 """
+
 import ctypes
 import json
 import os
@@ -34,9 +35,11 @@ def main():
                 child, status = os.wait()
             except ChildProcessError:
                 break
-            rec = {"pid": child,
-                   "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                   "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+            rec = {
+                "pid": child,
+                "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            }
             out.write(json.dumps(rec) + "\n")
             out.flush()
 

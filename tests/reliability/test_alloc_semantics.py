@@ -11,6 +11,7 @@ ledger exactly, twice over:
   sites hold exactly the ledger's bytes and block count, and no site or total is
   ever negative.
 """
+
 import numpy as np
 import pytest
 
@@ -32,10 +33,12 @@ def run(tmp_path_factory):
     for line in out.stdout.splitlines():
         words = line.split()
         if words and words[0] == "STEP":
-            ledgers[int(words[1])] = (words[2], {int(a, 16): int(s) for a, s in
-                                                 (w.split(":") for w in words[3:])})
+            ledgers[int(words[1])] = (
+                words[2],
+                {int(a, 16): int(s) for a, s in (w.split(":") for w in words[3:])},
+            )
     assert "PROBLEMS 0" in out.stdout, out.stdout
-    (proc, events), = streams(cap)
+    ((proc, events),) = streams(cap)
     exe_libs = {lid for lid, path in proc.libs.items() if path.endswith("/alloc_semantics")}
     assert exe_libs, proc.libs
     return cap, ledgers, proc, events, exe_libs, out.stdout
@@ -89,15 +92,16 @@ def test_failed_calls_left_no_record(run):
     real = allocs[(allocs["size"] <= MARK) | (allocs["size"] > MARK + 100)]
     kinds = {}
     from tracer import _format as fmt
+
     for e in real:
         kinds[fmt.KIND_NAMES[int(e["kind"])]] = kinds.get(fmt.KIND_NAMES[int(e["kind"])], 0) + 1
-    assert kinds["realloc"] == 3            # from NULL, grow, shrink (realloc(p, 0) frees only)
+    assert kinds["realloc"] == 3  # from NULL, grow, shrink (realloc(p, 0) frees only)
     assert kinds["reallocarray"] == 1
-    assert kinds["calloc"] == 2             # calloc(0, 5) and calloc(12, 34)
+    assert kinds["calloc"] == 2  # calloc(0, 5) and calloc(12, 34)
     assert kinds["posix_memalign"] == 1
     assert kinds["memalign"] == 1
     assert kinds["valloc"] == 1 and kinds["pvalloc"] == 1
-    assert kinds["malloc"] == 3             # malloc(0), malloc(200), malloc(4321)
+    assert kinds["malloc"] == 3  # malloc(0), malloc(200), malloc(4321)
 
 
 def test_aggregator_equals_ledger_after_every_step(run):
@@ -125,12 +129,14 @@ def test_reported_numbers(run):
     cap, _ledgers, _proc, _events, _libs, stdout = run
     st = stats(cap)
     row = [r for r in st["by_library"] if r["library"] == "alloc_semantics"][0]
-    assert row["live_at_exit_bytes"] == 0           # everything was freed at the last step
+    assert row["live_at_exit_bytes"] == 0  # everything was freed at the last step
     markers = sum(MARK + n for n in range(1, 19))
     # every successful call, at the size asked for (pvalloc: 1, not a page)
     asked = 0 + 300 + 5000 + 100 + 200 + 77 + 0 + 408 + 1000 + 96 + 640 + 480 + 10 + 1 + 4321
-    glibc_accepts_odd_alignment = " 96" in stdout.split("STEP 13")[1].split("\n")[0] or \
-        ":96" in stdout.split("STEP 13")[1].split("\n")[0]
+    glibc_accepts_odd_alignment = (
+        " 96" in stdout.split("STEP 13")[1].split("\n")[0]
+        or ":96" in stdout.split("STEP 13")[1].split("\n")[0]
+    )
     if not glibc_accepts_odd_alignment:
         asked -= 96
     assert row["allocated_bytes"] == asked + markers

@@ -9,6 +9,7 @@
   for the main process and a child; argv[0] is kept;
 - the environment is never stored.
 """
+
 import os
 import stat
 import subprocess
@@ -18,9 +19,11 @@ from helpers import MEMTRACE, memtrace
 
 SECRET_ARG = "--password=hunter2-arg-SECRET"
 SECRET_ENV = "s3cr3t-ENV-value-7d1e"
-PROGRAM = ("import subprocess, sys\n"
-           "x = bytearray(2_000_000)\n"
-           "subprocess.run([sys.executable, '-c', 'pass', sys.argv[1]])\n")
+PROGRAM = (
+    "import subprocess, sys\n"
+    "x = bytearray(2_000_000)\n"
+    "subprocess.run([sys.executable, '-c', 'pass', sys.argv[1]])\n"
+)
 
 
 def one_line(err):
@@ -30,19 +33,29 @@ def one_line(err):
 
 def test_umask_000_still_private(tmp_path):
     cap = tmp_path / "u.mtrace"
-    out = subprocess.run(MEMTRACE + ["run", "-q", "-o", str(cap), "--", sys.executable, "-c",
-                                     "x = bytearray(10**6)"],
-                         capture_output=True, text=True, timeout=60,
-                         preexec_fn=lambda: os.umask(0))
+    out = subprocess.run(
+        MEMTRACE + ["run", "-q", "-o", str(cap), "--", sys.executable, "-c", "x = bytearray(10**6)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(0),
+    )
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE(os.stat(cap).st_mode) == 0o600
     html = tmp_path / "u.mtrace.html"
     assert stat.S_IMODE(os.stat(html).st_mode) == 0o600
     # reports made later too
-    for extra in (["flamegraph", "-o", str(tmp_path / "f.html")],
-                  ["export", "--format", "csv", "-o", str(tmp_path / "e.csv")]):
-        r = subprocess.run(MEMTRACE + [extra[0], str(cap)] + extra[1:], capture_output=True,
-                           text=True, timeout=60, preexec_fn=lambda: os.umask(0))
+    for extra in (
+        ["flamegraph", "-o", str(tmp_path / "f.html")],
+        ["export", "--format", "csv", "-o", str(tmp_path / "e.csv")],
+    ):
+        r = subprocess.run(
+            MEMTRACE + [extra[0], str(cap)] + extra[1:],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: os.umask(0),
+        )
         assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(tmp_path / "f.html").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "e.csv").st_mode) == 0o600
@@ -101,18 +114,27 @@ def test_redact_argv_and_no_environment(tmp_path):
     script.write_text(PROGRAM)
     cap = tmp_path / "red.mtrace"
     env = dict(os.environ, MEMTRACE_TEST_SECRET=SECRET_ENV)
-    out = subprocess.run(MEMTRACE + ["run", "--redact-argv", "-o", str(cap), "--", sys.executable,
-                                     str(script), SECRET_ARG],
-                         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        MEMTRACE + ["run", "--redact-argv", "-o", str(cap), "--", sys.executable, str(script), SECRET_ARG],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
-    texts = {"capture": cap.read_bytes().decode("latin-1"),
-             "html": (tmp_path / "red.mtrace.html").read_text(), "run summary": out.stderr}
+    texts = {
+        "capture": cap.read_bytes().decode("latin-1"),
+        "html": (tmp_path / "red.mtrace.html").read_text(),
+        "run summary": out.stderr,
+    }
     for command in (["summary"], ["stats", "--json"], ["tree"], ["log", "-n", "50"]):
         texts[command[0]] = memtrace(*command, cap).stdout
     for where, text in texts.items():
         assert "hunter2" not in text, where
         assert SECRET_ENV not in text, where
     import json
+
     st = json.loads(memtrace("stats", "--json", cap).stdout)
     assert st["command"] == [sys.executable, "<redacted>"]
     assert len(st["processes"]) == 2
@@ -120,9 +142,14 @@ def test_redact_argv_and_no_environment(tmp_path):
         assert p["argv"][1:] == ["<redacted>"] and p["argv"][0]
     # without the option, the arguments are there (the test can see them) but never the env
     cap2 = tmp_path / "plain.mtrace"
-    out = subprocess.run(MEMTRACE + ["run", "-q", "-o", str(cap2), "--", sys.executable,
-                                     str(script), SECRET_ARG],
-                         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        MEMTRACE + ["run", "-q", "-o", str(cap2), "--", sys.executable, str(script), SECRET_ARG],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0
     raw = cap2.read_bytes()
     assert b"hunter2" in raw and SECRET_ENV.encode() not in raw

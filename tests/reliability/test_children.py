@@ -2,6 +2,7 @@
 pools, subprocess (vfork/posix_spawn) and os.posix_spawn. Every process has its own
 stream with exact counts, the tree is rebuilt from pid/ppid, the parent's connection
 survives thousands of spawns."""
+
 import sys
 from collections import Counter
 
@@ -39,8 +40,9 @@ def _pool_run(tmp_path, method):
     cap = tmp_path / f"pool-{method}.mtrace"
     run = traced([sys.executable, script, method], cap, timeout=180, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    results = [tuple(map(int, line.split())) for line in run.stdout.splitlines()
-               if not line.startswith("main")]
+    results = [
+        tuple(map(int, line.split())) for line in run.stdout.splitlines() if not line.startswith("main")
+    ]
     main = int(run.stdout.split("main")[1])
     assert sorted(i for _, _, i in results) == list(range(8))
     raw = Raw(cap)
@@ -155,8 +157,7 @@ def test_thousand_subprocess_runs_and_posix_spawns(tmp_path):
     assert raw.count(ev, "malloc", 4242) == n and raw.count(ev, "malloc", 4243) == n
     _live, problems = live_model_check(ev)
     assert problems == []
-    trues = [sd for sd, _ in raw.streams.values()
-             if sd.info["pid"] != main and sd.end.get("how") != "exec"]
+    trues = [sd for sd, _ in raw.streams.values() if sd.info["pid"] != main and sd.end.get("how") != "exec"]
     # every child that exec'd true was traced (the loader preloaded the shim) ...
     assert len(trues) == 2 * n
     assert {sd.info["ppid"] for sd in trues} == {main}
@@ -165,7 +166,10 @@ def test_thousand_subprocess_runs_and_posix_spawns(tmp_path):
     pre_exec = [sd for sd, _ in raw.streams.values() if sd.end.get("how") == "exec"]
     assert {sd.info["pid"] for sd in pre_exec} <= {sd.info["pid"] for sd in trues}
     st = stats(cap)
-    argv0 = Counter(p["argv"][0] if p["argv"] else None for p in st["processes"]
-                    if p["pid"] != main and p["end"].get("how") != "exec")
+    argv0 = Counter(
+        p["argv"][0] if p["argv"] else None
+        for p in st["processes"]
+        if p["pid"] != main and p["end"].get("how") != "exec"
+    )
     assert argv0 == {"/bin/true": 2 * n}, argv0
     assert st["dropped_events"] == 0

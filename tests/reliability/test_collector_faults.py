@@ -1,6 +1,7 @@
 """What the traced program sees when the collector misbehaves: errno is never touched, a
 stopped collector only makes the program wait and loses nothing, a killed collector
 never kills or hangs the program nor changes its signal dispositions."""
+
 import os
 import re
 import signal
@@ -10,13 +11,27 @@ import time
 
 import pytest
 
-from helpers import (Raw, Shared, children_of, env_of, live_model_check, proc_state, reaped,
-                     reaper_popen, spawned_pid, kill_if_running, stats, traced_popen,
-                     wait_for, wait_until_blocked)
+from helpers import (
+    Raw,
+    Shared,
+    children_of,
+    env_of,
+    kill_if_running,
+    live_model_check,
+    proc_state,
+    reaped,
+    reaper_popen,
+    spawned_pid,
+    stats,
+    traced_popen,
+    wait_for,
+    wait_until_blocked,
+)
 
 
 def _target_of(collector: int, exe_name: str, timeout=30) -> int:
     """The traced program: the collector's child running exe_name."""
+
     def find():
         for pid in children_of(collector):
             try:
@@ -25,6 +40,7 @@ def _target_of(collector: int, exe_name: str, timeout=30) -> int:
             except OSError:
                 pass
         return None
+
     return wait_for(find, timeout, what=f"{exe_name} to start")
 
 
@@ -37,6 +53,7 @@ def _rss(pid: int) -> int:
 
 # ---- errno -------------------------------------------------------------------------
 
+
 def test_errno_unchanged_while_collector_runs_stops_and_dies(cbuild, tmp_path):
     """errno = EILSEQ survives every hooked call (malloc, calloc, realloc, reallocarray,
     free, free(NULL), posix_memalign, aligned_alloc, memalign, mmap, mremap, munmap)
@@ -46,8 +63,9 @@ def test_errno_unchanged_while_collector_runs_stops_and_dies(cbuild, tmp_path):
     shared = Shared(tmp_path / "shared")
     cap = tmp_path / "errno.mtrace"
     env = dict(os.environ, MEMTRACE_RING_SLOTS="1024")
-    mt = traced_popen([exe, shared.path, 2000], cap, env=env, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True)
+    mt = traced_popen(
+        [exe, shared.path, 2000], cap, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     target = None
     try:
         target = _target_of(mt.pid, "errno_phases")
@@ -60,8 +78,7 @@ def test_errno_unchanged_while_collector_runs_stops_and_dies(cbuild, tmp_path):
         # (phase 2 makes 34,000 records: it cannot finish without the collector)
         os.kill(mt.pid, signal.SIGSTOP)
         shared.command(2)
-        blocked_in = wait_until_blocked(target, lambda: shared.counter,
-                                        what="phase 2 to block in a hook")
+        blocked_in = wait_until_blocked(target, lambda: shared.counter, what="phase 2 to block in a hook")
         assert blocked_in == 1, "phase 2 finished with the collector stopped: no backpressure?"
         os.kill(mt.pid, signal.SIGCONT)
         wait_for(lambda: shared.counter == 2, what="phase 2")
@@ -82,6 +99,7 @@ def test_errno_unchanged_while_collector_runs_stops_and_dies(cbuild, tmp_path):
 
 # ---- a stopped collector: backpressure ---------------------------------------------
 
+
 @pytest.mark.slow
 def test_sigstop_collector_10s_target_waits_then_finishes_exactly(cbuild, tmp_path):
     """Backpressure: with the collector stopped for 10 s the program blocks in its hook
@@ -90,8 +108,9 @@ def test_sigstop_collector_10s_target_waits_then_finishes_exactly(cbuild, tmp_pa
     exe = cbuild("alloc_loop.c")
     shared = Shared(tmp_path / "shared")
     cap = tmp_path / "stop.mtrace"
-    mt = traced_popen([exe, shared.path, "free", 2345, 0, 0], cap, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True)
+    mt = traced_popen(
+        [exe, shared.path, "free", 2345, 0, 0], cap, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     target = None
     try:
         target = _target_of(mt.pid, "alloc_loop")
@@ -121,8 +140,9 @@ def test_sigstop_collector_10s_target_waits_then_finishes_exactly(cbuild, tmp_pa
             mt.kill()
             mt.wait()
         kill_if_running(target)
-    assert counts == {c1}, \
+    assert counts == {c1}, (
         f"the target kept allocating ({max(counts) - c1} more) while the collector was stopped"
+    )
     assert rss2 - rss1 < 1 << 20, f"RSS grew by {rss2 - rss1} bytes while blocked"
     assert states <= {"S", "R"}, f"target not alive while blocked: states {states}"
     assert mt.returncode == 0, err
@@ -141,6 +161,7 @@ def test_sigstop_collector_10s_target_waits_then_finishes_exactly(cbuild, tmp_pa
 
 # ---- a killed collector ------------------------------------------------------------
 
+
 def _signal_masks(text: str) -> dict:
     return dict(re.findall(r"^(SigIgn|SigCgt|SigBlk):\s+([0-9a-f]+)$", text, re.M))
 
@@ -151,8 +172,12 @@ def test_collector_sigkill_target_exits_normally_without_sigpipe(cbuild, tmp_pat
     connection is refused) and exits with its own status 7 — never SIGPIPE, never a
     hang. Its signal masks are those of the same program run without memtrace."""
     exe = cbuild("alloc_loop.c")
-    untraced = subprocess.run([str(x) for x in (exe, Shared(tmp_path / "plain").path, "free", 4321, 1000, 7)],
-                              capture_output=True, text=True, timeout=30)
+    untraced = subprocess.run(
+        [str(x) for x in (exe, Shared(tmp_path / "plain").path, "free", 4321, 1000, 7)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert untraced.returncode == 7
     plain_masks = _signal_masks(untraced.stdout)
     assert set(plain_masks) == {"SigIgn", "SigCgt", "SigBlk"}
@@ -161,10 +186,30 @@ def test_collector_sigkill_target_exits_normally_without_sigpipe(cbuild, tmp_pat
     cap = tmp_path / "killed.mtrace"
     status_file = tmp_path / "status.jsonl"
     env = dict(os.environ, MEMTRACE_RING_SLOTS="4096")
-    rp = reaper_popen(status_file, [sys.executable, "-m", "tracer",
-                                    "run", "-q", "-f", "-o", cap, "--",
-                                    exe, shared.path, "free", 4321, 0, 7],
-                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rp = reaper_popen(
+        status_file,
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "run",
+            "-q",
+            "-f",
+            "-o",
+            cap,
+            "--",
+            exe,
+            shared.path,
+            "free",
+            4321,
+            0,
+            7,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         collector = wait_for(lambda: spawned_pid(status_file), what="memtrace to start")
         target = _target_of(collector, "alloc_loop")
@@ -172,8 +217,9 @@ def test_collector_sigkill_target_exits_normally_without_sigpipe(cbuild, tmp_pat
         os.kill(collector, signal.SIGKILL)
         at_kill = shared.counter
         # the ring (4096 slots) fills within microseconds; the target must carry on
-        wait_for(lambda: shared.counter > at_kill + 200_000, timeout=20,
-                 what="progress after the collector died")
+        wait_for(
+            lambda: shared.counter > at_kill + 200_000, timeout=20, what="progress after the collector died"
+        )
         shared.command(1)
         out, err = rp.communicate(timeout=60)
     finally:
@@ -199,8 +245,14 @@ def test_collector_sigkill_not_yet_reaped_target_still_finishes(cbuild, tmp_path
     shared = Shared(tmp_path / "shared")
     cap = tmp_path / "zombie.mtrace"
     env = dict(os.environ, MEMTRACE_RING_SLOTS="4096")
-    mt = traced_popen([exe, shared.path, "free", 4321, 0, 7], cap, env=env,
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mt = traced_popen(
+        [exe, shared.path, "free", 4321, 0, 7],
+        cap,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     target = _target_of(mt.pid, "alloc_loop")
     try:
         wait_for(lambda: shared.counter > 50_000, what="the target to allocate")
@@ -210,11 +262,9 @@ def test_collector_sigkill_not_yet_reaped_target_still_finishes(cbuild, tmp_path
         # nothing drains the ring (4096 slots, 2 records an iteration) any more: the
         # target must get past a full ring, then stop when told to, within 20 s
         try:
-            wait_for(lambda: shared.counter > at_kill + 100_000, timeout=20,
-                     what="progress past a full ring")
+            wait_for(lambda: shared.counter > at_kill + 100_000, timeout=20, what="progress past a full ring")
             shared.command(1)
-            wait_for(lambda: proc_state(target) in (None, "Z"), timeout=20,
-                     what="the target to finish")
+            wait_for(lambda: proc_state(target) in (None, "Z"), timeout=20, what="the target to finish")
             finished = True
         except AssertionError:
             finished = False
@@ -224,5 +274,6 @@ def test_collector_sigkill_not_yet_reaped_target_still_finishes(cbuild, tmp_path
         mt.wait()  # reaping memtrace releases a stuck target
         mt.communicate(timeout=60)
         kill_if_running(target)
-    assert finished, (f"target stuck at {stuck_at} allocations ({stuck_at - at_kill} after the "
-                      f"kill) with memtrace a zombie")
+    assert finished, (
+        f"target stuck at {stuck_at} allocations ({stuck_at - at_kill} after the kill) with memtrace a zombie"
+    )

@@ -1,6 +1,7 @@
 """A daemon that closes every descriptor: the shim owns no descriptor once its stream is
 set up (the memfd went over the socket, which it closed), so nothing it does can land in
 the program's files, and the daemon is still traced."""
+
 import os
 import signal
 import subprocess
@@ -89,7 +90,7 @@ def test_child_forked_just_before_main_exits_is_traced(cbuild, tmp_path):
     raw.assert_valid()
     streams = raw.of_pid(child)
     assert len(streams) == 1, f"child {child}: {len(streams)} streams of {len(raw.streams)}"
-    (sd, events), = streams
+    ((sd, events),) = streams
     assert sd.info["ppid"] == raw.capture.end["main_pid"]
     assert (sd.end["how"], sd.end.get("exit_code")) == ("_exit", 0), sd.end  # traced to its end
     assert raw.count(events, "malloc", 12001) == 1

@@ -2,6 +2,7 @@
 skip atexit, abort, SIGKILL from inside and outside, and an OOM kill in a memory-limited
 cgroup. Whatever the process committed before it ended is in the capture, and the ending
 is named."""
+
 import os
 import re
 import signal
@@ -13,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (Raw, Shared, children_of, chunk_types, library_row, stats, traced,
-                     traced_popen, wait_for)
+from helpers import Raw, Shared, children_of, chunk_types, library_row, stats, traced, traced_popen, wait_for
 from tracer import _format as fmt
 
 ENDINGS = [  # mode, exit status of memtrace, end as stats names it
@@ -28,6 +28,7 @@ ENDINGS = [  # mode, exit status of memtrace, end as stats names it
 
 
 # ---- endings that skip atexit, and signal deaths -----------------------------------
+
 
 @pytest.mark.parametrize("mode,status,end", ENDINGS, ids=[m for m, _, _ in ENDINGS])
 def test_abrupt_exit_keeps_the_single_allocation(cbuild, tmp_path, mode, status, end):
@@ -45,7 +46,7 @@ def test_abrupt_exit_keeps_the_single_allocation(cbuild, tmp_path, mode, status,
     assert st["complete"] and st["dropped_events"] == 0
     raw = Raw(cap)
     raw.assert_valid()
-    (sd, _), = raw.streams.values()
+    ((sd, _),) = raw.streams.values()
     # not exit(): named from the status _exit() got, from the zombie's wait status
     # (when the launcher has not reaped it yet), or left as "killed_or_exit"
     assert sd.end["how"] in ("_exit", "signal", "killed_or_exit"), sd.end
@@ -53,10 +54,10 @@ def test_abrupt_exit_keeps_the_single_allocation(cbuild, tmp_path, mode, status,
         assert sd.end["exit_code"] == end["exit_code"]
     if sd.end["how"] == "signal":
         assert sd.end["signal"] == end["signal"]
-    summary = subprocess.run([sys.executable, "-m", "tracer", "summary", str(cap)],
-                             capture_output=True, text=True, timeout=60)
-    named = (f"killed by signal {end['signal']}" if end["signal"]
-             else f"exited with code {end['exit_code']}")
+    summary = subprocess.run(
+        [sys.executable, "-m", "tracer", "summary", str(cap)], capture_output=True, text=True, timeout=60
+    )
+    named = f"killed by signal {end['signal']}" if end["signal"] else f"exited with code {end['exit_code']}"
     assert named in summary.stdout
 
 
@@ -118,6 +119,7 @@ def test_child_ending_is_named(tmp_path):
 
 # ---- exit() from a worker thread ---------------------------------------------------
 
+
 def test_exit_from_worker_thread_while_eight_threads_allocate(cbuild, tmp_path):
     """A thread calls exit(0) while 8 threads loop malloc/free: no crash or hang, exit
     status 0, the capture ends with END (nothing after it), the stream is marked as
@@ -133,7 +135,7 @@ def test_exit_from_worker_thread_while_eight_threads_allocate(cbuild, tmp_path):
         raw = Raw(cap)
         raw.assert_valid(allow_lost=8)  # a thread killed between claim and commit
         assert chunk_types(cap)[-1] == fmt.CHUNK_END
-        (sd, ev), = raw.streams.values()
+        ((sd, ev),) = raw.streams.values()
         assert sd.end["how"] == "exit"
         for i in range(8):
             recorded = raw.count(ev, "malloc", 1000 + i)
@@ -142,6 +144,7 @@ def test_exit_from_worker_thread_while_eight_threads_allocate(cbuild, tmp_path):
 
 
 # ---- SIGKILL and the OOM killer ----------------------------------------------------
+
 
 def test_sigkill_after_100k_events_keeps_every_one(cbuild, tmp_path):
     """memray's test_tracking_with_SIGKILL, natively: 1 + 100,000 allocations, then the
@@ -164,8 +167,9 @@ def test_external_sigkill_mid_run_keeps_everything_committed(cbuild, tmp_path):
     exe = cbuild("alloc_loop.c")
     shared = Shared(tmp_path / "shared")
     cap = tmp_path / "extkill.mtrace"
-    mt = traced_popen([exe, shared.path, "free", 5555, 0, 0], cap, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE)
+    mt = traced_popen(
+        [exe, shared.path, "free", 5555, 0, 0], cap, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         target = wait_for(lambda: children_of(mt.pid), what="the target")[0]
         wait_for(lambda: shared.counter > 300_000, what="allocations")
@@ -230,8 +234,7 @@ def test_oom_kill_in_memory_limited_cgroup(cbuild, tmp_path):
         cap = tmp_path / "oom.mtrace"
         # only the program joins the cgroup: sh moves itself there, then execs it
         script = f'echo $$ > {group}/cgroup.procs && exec "$@"'
-        run = traced(["/bin/sh", "-c", script, "sh", exe, shared.path, "leak", 65536, 0, 0],
-                     cap, timeout=120)
+        run = traced(["/bin/sh", "-c", script, "sh", exe, shared.path, "leak", 65536, 0, 0], cap, timeout=120)
         events = (group / ("memory.oom_control" if v1 else "memory.events")).read_text()
     finally:
         for _ in range(50):

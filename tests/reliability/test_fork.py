@@ -1,5 +1,6 @@
 """fork under load: no deadlock, every child's own stream holds exactly what the child
 did, the parent's stream holds exactly what the parent did."""
+
 import re
 from collections import Counter
 
@@ -56,8 +57,9 @@ def test_fork_in_signal_handler_1000_times(cbuild, tmp_path):
     cap = tmp_path / "handler.mtrace"
     run = traced([exe, 1000], cap, timeout=120)
     assert run.returncode == 0, run.stderr
-    handled, forks, bad, main_allocs = map(int, re.search(
-        r"handled (\d+) forks (\d+) bad (\d+) main (\d+)", run.stdout).groups())
+    handled, forks, bad, main_allocs = map(
+        int, re.search(r"handled (\d+) forks (\d+) bad (\d+) main (\d+)", run.stdout).groups()
+    )
     assert handled >= 1000 and forks == handled and bad == 0
     raw = Raw(cap)
     raw.assert_valid()
@@ -86,19 +88,24 @@ def test_fork_in_signal_handler_child_allocations_accounted(cbuild, tmp_path):
     forks = int(re.search(r"forks (\d+)", run.stdout).group(1))
     child_map = 13 * 4096
     # (one more child is the process sending the signals: it maps nothing)
-    accounted = sum(1 for sd, ev in children
-                    if raw.count(ev, "mmap", child_map) or sd.end.get("unrecorded_reentrant", 0))
+    accounted = sum(
+        1 for sd, ev in children if raw.count(ev, "mmap", child_map) or sd.end.get("unrecorded_reentrant", 0)
+    )
     recorded = sum(raw.count(ev, "mmap", child_map) for _, ev in children)
     assert recorded == sum(raw.count(ev, "munmap", child_map) for _, ev in children)
     # (how many are recorded depends on where the signals land: under load, signals
     # queue behind the handler and land at the same interrupted point, often a hook,
     # and all 1,300 children of a run were counted, none recorded: 0-16% recorded here)
-    neither = [(sd.info, sd.end, len(ev)) for sd, ev in children
-               if not raw.count(ev, "mmap", child_map)
-               and not sd.end.get("unrecorded_reentrant", 0)]
-    assert accounted == forks, (f"{forks} handler children each mmap({child_map}): {recorded} "
-                                f"recorded, {forks - accounted} silently missing it; "
-                                f"{len(children)} child streams, without it: {neither}")
+    neither = [
+        (sd.info, sd.end, len(ev))
+        for sd, ev in children
+        if not raw.count(ev, "mmap", child_map) and not sd.end.get("unrecorded_reentrant", 0)
+    ]
+    assert accounted == forks, (
+        f"{forks} handler children each mmap({child_map}): {recorded} "
+        f"recorded, {forks - accounted} silently missing it; "
+        f"{len(children)} child streams, without it: {neither}"
+    )
 
 
 def test_fork_torture_while_threads_sit_in_hooks(cbuild, tmp_path):

@@ -11,6 +11,7 @@ The default run uses a stride of truncations; the slow ones truncate at every of
 fuzz a Python capture too, and run the corpus through an ASan/UBSan build of the C
 reader (tests/fuzz/run_asan.sh).
 """
+
 import json
 import os
 import subprocess
@@ -50,12 +51,21 @@ def seed(tmp_path_factory):
 
 def fuzz(tmp, seed_capture, *make_args, timeout=900, env=None):
     corpus = tmp / "corpus"
-    made = subprocess.run([sys.executable, FUZZ, "make", seed_capture, corpus, *make_args],
-                          capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        [sys.executable, FUZZ, "make", seed_capture, corpus, *make_args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr
     result = tmp / "result.json"
-    run = subprocess.run([sys.executable, FUZZ, "run", corpus, "--json", result],
-                         capture_output=True, text=True, timeout=timeout, env=env)
+    run = subprocess.run(
+        [sys.executable, FUZZ, "run", corpus, "--json", result],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert result.exists(), run.stderr[-2000:]
     return json.loads(result.read_text())
 
@@ -80,8 +90,9 @@ def test_fuzz_reader_every_offset(seed, tmp_path):
 @pytest.mark.slow
 def test_fuzz_reader_python_capture(tmp_path):
     cap = tmp_path / "py.mtrace"
-    out = traced([sys.executable, "-c", "import json; x = [bytearray(1000) for i in range(50)]"],
-                 cap, "--no-report")
+    out = traced(
+        [sys.executable, "-c", "import json; x = [bytearray(1000) for i in range(50)]"], cap, "--no-report"
+    )
     assert out.returncode == 0
     data = fuzz(tmp_path, cap, "--flips", "300", timeout=3000)
     check(data)
@@ -93,9 +104,13 @@ def test_fuzz_reader_under_asan(seed, tmp_path):
     asan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
     if asan.returncode != 0 or not os.path.isabs(asan.stdout.strip()):
         pytest.skip("gcc's libasan is not installed")
-    run = subprocess.run(["bash", ROOT / "tests" / "fuzz" / "run_asan.sh", seed, tmp_path],
-                         capture_output=True, text=True, timeout=3500,
-                         env=dict(os.environ, PYTHON=sys.executable, FLIPS="300"))
+    run = subprocess.run(
+        ["bash", ROOT / "tests" / "fuzz" / "run_asan.sh", seed, tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=3500,
+        env=dict(os.environ, PYTHON=sys.executable, FLIPS="300"),
+    )
     if run.returncode == 77:
         pytest.skip("gcc's libasan is not installed")
     result = tmp_path / "result.json"
@@ -116,17 +131,23 @@ def test_reader_has_no_undefined_behaviour_on_replay(seed, tmp_path):
         "kw = dict(kw, extra_compile_args=['-std=gnu11'] + san, extra_link_args=san,\n"
         "          sources=[os.path.abspath(s) for s in kw['sources']],\n"
         "          include_dirs=[os.path.abspath(d) for d in kw['include_dirs']])\n"
-        "ffi._assigned_source = (name, src, ext, kw); ffi.compile(tmpdir=sys.argv[1])\n")
-    done = subprocess.run([sys.executable, "-c", build_script, native], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+        "ffi._assigned_source = (name, src, ext, kw); ffi.compile(tmpdir=sys.argv[1])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", build_script, native], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     data = Path(seed).read_bytes()
     (corpus / "trunc-cut").write_bytes(data[: len(data) * 2 // 3])  # replayed: no final aggregate
-    run = subprocess.run([sys.executable, FUZZ, "worker", "--native", native, corpus, "0"],
-                         capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"))
+    run = subprocess.run(
+        [sys.executable, FUZZ, "worker", "--native", native, corpus, "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"),
+    )
     assert run.returncode == 0 and "runtime error" not in run.stderr, run.stderr[:600]
 
 
@@ -142,22 +163,28 @@ def rewrite_json_chunks(src: Path, dst: Path, ctype: int, change) -> int:
     previous = {}  # (type, stream) -> payload, the dictionary of the next delta chunk
     while pos + 16 <= len(data):
         t, sid, length = struct.unpack_from("<IIQ", data, pos)
-        body = data[pos + 16:pos + 16 + length]
+        body = data[pos + 16 : pos + 16 + length]
         if t in (12, 13):  # compressed (13: against the previous payload): rewrite plainly
             outer, (t, inner) = t, struct.unpack_from("<II", body)
-            d = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
-                previous[(t, sid)], dict_type=zstandard.DICT_TYPE_RAWCONTENT)) \
-                if outer == 13 else zstandard.ZstdDecompressor()
+            d = (
+                zstandard.ZstdDecompressor(
+                    dict_data=zstandard.ZstdCompressionDict(
+                        previous[(t, sid)], dict_type=zstandard.DICT_TYPE_RAWCONTENT
+                    )
+                )
+                if outer == 13
+                else zstandard.ZstdDecompressor()
+            )
             body = d.decompress(body[8:], max_output_size=inner)
         if t in (6, 10):
             previous[(t, sid)] = body
         if t == ctype:
             if t == 6:
                 k = int.from_bytes(body[:4], "little")
-                obj = json.loads(body[4:4 + k])
+                obj = json.loads(body[4 : 4 + k])
                 if change(obj):
                     head = json.dumps(obj).encode()
-                    body = len(head).to_bytes(4, "little") + head + body[4 + k:]
+                    body = len(head).to_bytes(4, "little") + head + body[4 + k :]
                     n += 1
             else:
                 obj = json.loads(body)
@@ -179,7 +206,7 @@ def test_exit_aggregate_without_heap_is_refused(seed, tmp_path):
 
     def drop_heap(obj):
         if obj.get("checkpoint") == "exit":
-            obj["heaq"] = obj.pop("heap")   # 'p' (0x70) -> 'q' (0x71): one flipped bit
+            obj["heaq"] = obj.pop("heap")  # 'p' (0x70) -> 'q' (0x71): one flipped bit
             return True
         return False
 
@@ -201,8 +228,9 @@ def test_snapshot_without_time_is_refused(seed, tmp_path):
     assert rewrite_json_chunks(Path(seed), bad, 10, drop_time) >= 1
     for command in (("stats", "--json"), ("reconcile",)):
         out = memtrace(*command, bad)
-        assert out.returncode == 2 and "Traceback" not in out.stderr and one_clean_line(out), \
-            out.stderr[-800:]
+        assert out.returncode == 2 and "Traceback" not in out.stderr and one_clean_line(out), out.stderr[
+            -800:
+        ]
         assert "corrupt" in out.stderr
 
 

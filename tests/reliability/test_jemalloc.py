@@ -11,6 +11,7 @@
   makes those nested mmaps pass through unrecorded — each user malloc is exactly one
   event and no jemalloc mmap is counted on top of it — and nothing deadlocks.
 """
+
 import ctypes.util
 import glob
 import os
@@ -23,8 +24,12 @@ from helpers import TARGETS, build, shim_so, stats, streams, traced
 
 
 def jemalloc_path():
-    for pattern in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/*/libjemalloc.so.2",
-                    "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2"):
+    for pattern in (
+        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+        "/usr/lib/*/libjemalloc.so.2",
+        "/usr/lib64/libjemalloc.so.2",
+        "/usr/local/lib/libjemalloc.so.2",
+    ):
         found = glob.glob(pattern)
         if found:
             return found[0]
@@ -90,12 +95,17 @@ def test_shim_before_jemalloc_balances(tmp_path):
     assert ffi[0]["n_allocations"] == 5 * 200 + 10
     assert ffi[0]["live_at_exit_bytes"] == 10 * 70_000
     r = rows(st, script)
-    assert r["ALLOC"]["libraries"].get("libffi.so.8", 0) + sum(
-        row["libraries"].get("libffi.so.8", 0) for row in st["by_line"]
-        if row["file"].endswith("work.py") and row["line"] == r["ALLOC"]["line"]
-        and row is not r["ALLOC"]) == 5 * 200 * 50_000
+    assert (
+        r["ALLOC"]["libraries"].get("libffi.so.8", 0)
+        + sum(
+            row["libraries"].get("libffi.so.8", 0)
+            for row in st["by_line"]
+            if row["file"].endswith("work.py") and row["line"] == r["ALLOC"]["line"] and row is not r["ALLOC"]
+        )
+        == 5 * 200 * 50_000
+    )
     # the caller of every recorded block is the program (ctypes), never jemalloc itself
-    (proc, events), = [(p, e) for p, e in streams(cap) if p.exe and "python" in p.exe]
+    ((proc, events),) = [(p, e) for p, e in streams(cap) if p.exe and "python" in p.exe]
     allocations = events[(events["kind"] >= 1) & (events["kind"] <= 9)]
     callers = {proc.libs.get(int(lid), "<unknown>") for lid in np.unique(allocations["lib"])}
     assert not [path for path in callers if "jemalloc" in path], callers
@@ -107,7 +117,7 @@ def test_jemalloc_before_shim_runs_and_stays_consistent(tmp_path):
     python = [p for p in st["processes"] if p["exe"] and "python" in os.path.basename(p["exe"])]
     assert python, st["processes"]
     for p in python:
-        assert p["unknown_frees"] == 0            # no jemalloc block was freed through the shim
+        assert p["unknown_frees"] == 0  # no jemalloc block was freed through the shim
         assert p["live_at_exit_bytes"] >= 0 and p["peak_heap_bytes"] >= 0
     # jemalloc's malloc shadows the shim's: the program's mallocs are not seen (documented)
     assert not [r for r in st["by_library"] if r["library"].startswith("libffi")]
@@ -126,7 +136,7 @@ def guarded(tmp_path_factory):
 
 def test_each_malloc_is_one_event_under_jemalloc(guarded):
     cap, calls = guarded
-    (proc, events), = streams(cap)
+    ((proc, events),) = streams(cap)
     exe = {lid for lid, path in proc.libs.items() if path.endswith("/jemalloc_guard")}
     mine = events[np.isin(events["lib"], list(exe))]
     assert int((mine["kind"] == 1).sum()) == calls

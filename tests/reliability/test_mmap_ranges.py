@@ -13,6 +13,7 @@ What must hold:
 - the model equals what the kernel says: the read-write anonymous pages that
   appeared in /proc/self/maps (within the ranges the ops touched).
 """
+
 import os
 
 import numpy as np
@@ -32,10 +33,10 @@ ops = st.one_of(
     st.tuples(st.just("m"), page_off, st.integers(1, 5)),
     st.tuples(st.just("u"), page_off, st.integers(1, 8)),
     st.tuples(st.just("U"), st.integers(0, 7), st.integers(0, 3), st.integers(1, 3)),
-    st.tuples(st.just("r"), page_off, st.integers(1, 4), st.integers(1, 6), st.integers(0, 3),
-              page_off),
-    st.tuples(st.just("A"), st.integers(0, 7), st.integers(1, 4), st.integers(1, 6),
-              st.integers(0, 3), page_off),
+    st.tuples(st.just("r"), page_off, st.integers(1, 4), st.integers(1, 6), st.integers(0, 3), page_off),
+    st.tuples(
+        st.just("A"), st.integers(0, 7), st.integers(1, 4), st.integers(1, 6), st.integers(0, 3), page_off
+    ),
 )
 
 
@@ -132,12 +133,12 @@ def model_of(op_list, results, froms, lens, arena, page):
                 continue
             if not pages(froms[i], old, page) <= mapped | reserved:
                 moved_holes = True  # a move of a range with holes: see check_sequence
-            if mode != 3:               # DONTUNMAP keeps the old range mapped
+            if mode != 3:  # DONTUNMAP keeps the old range mapped
                 mapped -= pages(froms[i], old, page)
                 reserved -= pages(froms[i], old, page)
                 counts[MUNMAP] += 1
             moved = pages(res, new, page)
-            mapped |= moved    # (a remap of the reservation is a mapping, PROT_NONE)
+            mapped |= moved  # (a remap of the reservation is a mapping, PROT_NONE)
             touched |= moved
             reserved -= moved
             counts[MREMAP] += 1
@@ -156,23 +157,28 @@ def check_sequence(interpreter, op_list):
     assert run.returncode == 0, run.stderr
     results, froms, lens, maps, arena, _n, page = parse(run.stdout)
     all_ops = [tuple(int(x) if x.isdigit() else x for x in w.split(",")) for w in WARMUP] + op_list
-    mapped, counts, touched, reserved, moved_holes = model_of(all_ops, results, froms, lens,
-                                                               arena, page)
+    mapped, counts, touched, reserved, moved_holes = model_of(all_ops, results, froms, lens, arena, page)
     if moved_holes:
         # Known limit (docs/reliability.md): an mremap that moves a range with holes
         # in it is recorded by the sizes asked for; the kernel moves less. Such
         # generated sequences are discarded.
         reject()
 
-    (proc, events), = streams(cap)
+    ((proc, events),) = streams(cap)
     exe_libs = {lid for lid, path in proc.libs.items() if path.endswith("/mmap_interp")}
     # (a munmap record flagged KEEP (0x20) is the old half of an mremap(DONTUNMAP): the
     # old range stays mapped, the record only names the kind of mapping copied)
     events = events[(events["kind"] != MUNMAP) | ((events["flags"] & 0x20) == 0)]
     mine = events[np.isin(events["lib"], list(exe_libs)) | np.isin(events["kind"], [MUNMAP])]
     # munmap records carry no caller: keep those inside what the ops touched
-    inside = np.array([int(a) // page in touched or (int(a) - arena) // page in range(64)
-                       for a in mine["addr"]], dtype=bool) if len(mine) else np.zeros(0, bool)
+    inside = (
+        np.array(
+            [int(a) // page in touched or (int(a) - arena) // page in range(64) for a in mine["addr"]],
+            dtype=bool,
+        )
+        if len(mine)
+        else np.zeros(0, bool)
+    )
     mine = mine[inside]
     got = {k: int((mine["kind"] == k).sum()) for k in counts}
     assert got == counts, (got, counts, op_list, results)
@@ -199,13 +205,13 @@ def check_sequence(interpreter, op_list):
 
 def test_known_sequences(interpreter):
     # memray's TestHighWatermark cases, by hand: partial unmap, gap, spanning, splits
-    check_sequence(interpreter, [("m", 0, 4), ("u", 1, 2)])                       # split in middle
-    check_sequence(interpreter, [("m", 0, 2), ("m", 3, 2), ("u", 0, 6)])          # spans a gap
-    check_sequence(interpreter, [("m", 0, 8), ("m", 2, 2), ("u", 3, 3)])          # overlay, span
+    check_sequence(interpreter, [("m", 0, 4), ("u", 1, 2)])  # split in middle
+    check_sequence(interpreter, [("m", 0, 2), ("m", 3, 2), ("u", 0, 6)])  # spans a gap
+    check_sequence(interpreter, [("m", 0, 8), ("m", 2, 2), ("u", 3, 3)])  # overlay, span
     check_sequence(interpreter, [("a", 3), ("A", 0, 3, 6, 1, 0), ("U", 0, 1, 2)])  # move, split
-    check_sequence(interpreter, [("m", 5, 2), ("r", 5, 2, 2, 2, 20)])             # MREMAP_FIXED
-    check_sequence(interpreter, [("m", 5, 1), ("r", 5, 1, 1, 3, 0)])              # DONTUNMAP
-    check_sequence(interpreter, [("m", 5, 3), ("r", 5, 3, 1, 0, 0)])              # shrink in place
+    check_sequence(interpreter, [("m", 5, 2), ("r", 5, 2, 2, 2, 20)])  # MREMAP_FIXED
+    check_sequence(interpreter, [("m", 5, 1), ("r", 5, 1, 1, 3, 0)])  # DONTUNMAP
+    check_sequence(interpreter, [("m", 5, 3), ("r", 5, 3, 1, 0, 0)])  # shrink in place
     # shrink in place over a hole (found by hypothesis): the hole stays a hole
     check_sequence(interpreter, [("a", 1), ("a", 1), ("a", 1), ("u", 6, 1), ("r", 5, 3, 2, 0, 0)])
 
@@ -216,17 +222,24 @@ def test_same_size_mremap_over_a_hole(interpreter):
     check_sequence(interpreter, [("m", 6, 2), ("r", 7, 1, 1, 2, 0), ("r", 6, 2, 2, 0, 0)])
 
 
-@settings(max_examples=int(os.environ.get("MEMTRACE_HYPOTHESIS_EXAMPLES", 25)), deadline=None,
-          database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("MEMTRACE_HYPOTHESIS_EXAMPLES", 25)),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(ops, min_size=1, max_size=14))
 def test_random_sequences(interpreter, op_list):
     check_sequence(interpreter, op_list)
 
 
 @pytest.mark.slow
-@settings(max_examples=200, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(ops, min_size=5, max_size=40))
 def test_random_sequences_long(interpreter, op_list):
     check_sequence(interpreter, op_list)

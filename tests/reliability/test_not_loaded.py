@@ -4,6 +4,7 @@ and setgid binaries, and (for a user other than root) binaries with file
 capabilities (secure execution). And under AT_SECURE, a shim that does get loaded
 (from a trusted directory, set-user-ID, as ld.so(8) allows) ignores its
 configuration environment: it never connects to the socket it is pointed at."""
+
 import os
 import shutil
 import socket
@@ -31,16 +32,26 @@ def memtrace_as_nobody():
     if system is None:
         pytest.skip("no system python3 that user nobody can run")
     src = str(ROOT / "src")
-    return [system, "-c", f"import sys; sys.path.insert(0, {src!r}); "
-            "from tracer.cli import main; sys.exit(main())"]
+    return [
+        system,
+        "-c",
+        f"import sys; sys.path.insert(0, {src!r}); from tracer.cli import main; sys.exit(main())",
+    ]
 
 
 def refuse(tmp_path, exe, user=None):
     t0 = time.monotonic()
     command = MEMTRACE if user is None else memtrace_as_nobody()
-    out = subprocess.run(command + ["run", "--", str(exe)], capture_output=True, text=True,
-                         timeout=30, cwd=tmp_path, user=user, group=user,
-                         extra_groups=[] if user is not None else None)
+    out = subprocess.run(
+        command + ["run", "--", str(exe)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+    )
     elapsed = time.monotonic() - t0
     assert out.returncode == 2, (out.returncode, out.stderr)
     assert one_line(out.stderr), out.stderr
@@ -77,8 +88,7 @@ def capability_binary(tmp_path, basetemp):
     d = open_to_other_users(tmp_path, basetemp)
     exe = build(TARGETS / "at_secure.c", d / "capprog")
     os.chmod(exe, 0o755)
-    done = subprocess.run(["setcap", "cap_net_bind_service+ep", str(exe)], capture_output=True,
-                          text=True)
+    done = subprocess.run(["setcap", "cap_net_bind_service+ep", str(exe)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot set file capabilities here: {done.stderr.strip()}")
     return d, exe
@@ -88,8 +98,9 @@ def test_file_capabilities_binary_refused_for_other_users(tmp_path, tmp_path_fac
     need_root_and_setcap()
     d, exe = capability_binary(tmp_path, tmp_path_factory.getbasetemp())
     # the kernel does mark it secure for nobody (the premise of the refusal)
-    plain = subprocess.run([str(exe)], capture_output=True, text=True, user=NOBODY, group=NOBODY,
-                           extra_groups=[], timeout=30)
+    plain = subprocess.run(
+        [str(exe)], capture_output=True, text=True, user=NOBODY, group=NOBODY, extra_groups=[], timeout=30
+    )
     if not plain.stdout.startswith("secure 1"):
         pytest.skip(f"file capabilities do not make a secure exec here: {plain.stdout}")
     err = refuse(d, exe, user=NOBODY)
@@ -121,12 +132,24 @@ def test_shim_ignores_its_environment_under_at_secure(tmp_path, tmp_path_factory
         os.chmod(sock_path, 0o777)
         listener.listen(8)
         listener.settimeout(0.2)
-        env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": name, "MEMTRACE_SOCKET": sock_path,
-               "MEMTRACE_COLLECTOR_PID": str(os.getpid())}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "LD_PRELOAD": name,
+            "MEMTRACE_SOCKET": sock_path,
+            "MEMTRACE_COLLECTOR_PID": str(os.getpid()),
+        }
 
         def run_as_nobody(program):
-            out = subprocess.run([str(program)], capture_output=True, text=True, env=env,
-                                 user=NOBODY, group=NOBODY, extra_groups=[], timeout=30)
+            out = subprocess.run(
+                [str(program)],
+                capture_output=True,
+                text=True,
+                env=env,
+                user=NOBODY,
+                group=NOBODY,
+                extra_groups=[],
+                timeout=30,
+            )
             connected = False  # a traced process connects twice: hello, and a wake at exit
             while True:
                 try:

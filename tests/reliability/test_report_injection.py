@@ -12,6 +12,7 @@ bidi override and ANSI/OSC escapes (`ESC]8;;…BEL` hyperlinks, `ESC[2J`). Then:
   its JSON block has `\\u003c`, and in Chromium nothing runs, no element is added,
   whichever view is shown, and the strings appear as text.
 """
+
 import html.parser
 import json
 import os
@@ -24,11 +25,11 @@ from helpers import TARGETS, build, memtrace, terminal_safe
 
 ANSI = "\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\x1b[2J\x1b[31m"
 HOSTILE = "</script><img src=x onerror=alert(1)>\"'&<>\u2028\u2029\u202e" + ANSI
-THREAD = "<img>\x1b]0;x\x07\u2028"[:11]      # 15 bytes at most (prctl)
+THREAD = "<img>\x1b]0;x\x07\u2028"[:11]  # 15 bytes at most (prctl)
 LIBNAME = "lib<img src=x onerror=alert(2)>\x1b[31m\u2028.so"
 REALFILE = "h<img src=x onerror=alert(3)>\"'&\u2028\x1b]8;;x\x07.py"
 
-PROGRAM = r'''
+PROGRAM = r"""
 import ctypes, runpy, sys, types
 HOSTILE, LIB, REALFILE, THREAD = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 src = "def f():\n    return bytearray(3_000_000)\n"
@@ -39,7 +40,7 @@ hostile = types.FunctionType(code, scope)
 kept = [hostile()]
 kept.append(runpy.run_path(REALFILE)["data"])
 ctypes.CDLL(LIB).spawn_named(THREAD.encode())
-'''
+"""
 
 REAL_SOURCE = 'data = [bytearray(1_000_000) for i in range(20)]   # "\x1b[31m" <img src=x>\n'
 
@@ -52,8 +53,9 @@ def hostile_run(tmp_path_factory):
     script = tmp / "prog.py"
     script.write_text(PROGRAM)
     cap = tmp / "h.mtrace"
-    run = memtrace("run", "-o", cap, "--", sys.executable, script, HOSTILE, lib, tmp / REALFILE,
-                   THREAD, cwd=tmp)
+    run = memtrace(
+        "run", "-o", cap, "--", sys.executable, script, HOSTILE, lib, tmp / REALFILE, THREAD, cwd=tmp
+    )
     assert run.returncode == 0, run.stderr
     return tmp, cap, run
 
@@ -61,16 +63,23 @@ def hostile_run(tmp_path_factory):
 def test_terminal_reports_have_no_control_characters(hostile_run):
     _tmp, cap, run = hostile_run
     outputs = {"run summary": run.stderr}
-    for command in (["summary"], ["tree"], ["tree", "--total", "--min-share", "0"], ["lines"],
-                    ["log", "--min-size", "700000"], ["reconcile"], ["diff", cap]):
+    for command in (
+        ["summary"],
+        ["tree"],
+        ["tree", "--total", "--min-share", "0"],
+        ["lines"],
+        ["log", "--min-size", "700000"],
+        ["reconcile"],
+        ["diff", cap],
+    ):
         out = memtrace(command[0], cap, *command[1:])
         assert out.returncode == 0, (command, out.stderr)
         outputs[" ".join(map(str, command))] = out.stdout + out.stderr
     # the hostile strings did reach these reports (as '?'s), so the check means something
     assert "</script><img src=x onerror=alert(1)>" in outputs["tree"]
-    assert "<img>" in outputs["tree --total --min-share 0"]           # the thread name
+    assert "<img>" in outputs["tree --total --min-share 0"]  # the thread name
     assert "lib<img src=x onerror=alert(2)>" in outputs["log --min-size 700000"]  # the library name
-    assert "h<img src=x onerror=alert(3)>" in outputs["lines"]         # the real file
+    assert "h<img src=x onerror=alert(3)>" in outputs["lines"]  # the real file
     for name, text in outputs.items():
         bad = sorted({repr(c) for c in text if not terminal_safe(c)})
         assert terminal_safe(text), (name, bad)
@@ -115,7 +124,7 @@ def test_html_parses_to_the_template_elements(hostile_run):
     assert p.tags == template_tags()
     assert p.tags.get("img", 0) == 0 and p.tags["script"] == 2
     start = page.index('id="memtrace-data"')
-    block = page[start:page.index("</script>", start)]
+    block = page[start : page.index("</script>", start)]
     assert "\\u003c/script\\u003e\\u003cimg" in block and "<img" not in block
     assert "\u2028" not in page and "\x1b" not in page
 
@@ -129,8 +138,10 @@ def test_html_in_chromium(hostile_run):
     page_path = cap.parent / "h.mtrace.html"
     problems = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("dialog", lambda d: (problems.append("dialog " + d.message), d.dismiss()))
@@ -144,8 +155,10 @@ def test_html_in_chromium(hostile_run):
                 # sweep the mouse over the flame graph: every tooltip is drawn
                 box = page.locator("#flame").bounding_box()
                 for i in range(12):
-                    page.mouse.move(box["x"] + 5 + i * (box["width"] - 10) / 11,
-                                    box["y"] + min(box["height"] - 5, 15 + 17 * i))
+                    page.mouse.move(
+                        box["x"] + 5 + i * (box["width"] - 10) / 11,
+                        box["y"] + min(box["height"] - 5, 15 + 17 * i),
+                    )
                 assert page.evaluate("document.querySelectorAll('img').length") == 0
                 assert page.evaluate("document.scripts.length") == 2
             page.fill("#search", "<img")

@@ -6,13 +6,14 @@ coroutines, exceptions unwinding frames, deep recursion, threads and greenlet
 switches cannot leave it with a stale stack. Each allocation below has a unique
 size; the test checks the exact innermost lines (and callers) of its stack.
 """
+
 import sys
 
 import pytest
 
 from helpers import memtrace
 
-PROGRAM = r'''
+PROGRAM = r"""
 import asyncio, ctypes, sys, threading
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -98,7 +99,7 @@ if greenlet is not None:
     m(100_016)                                       # BACK-IN-MAIN
     g.switch()                                       # SWITCH-AGAIN
 print("done", greenlet is not None)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +128,13 @@ def stacks_of(proc, size):
     the interpreter specialised it.)"""
     out = []
     for site in proc.sites:
-        if int(site["alloc_bytes"]) % size == 0 and int(site["alloc_bytes"]) // size == int(site["n_allocs"]) \
-                and int(site["n_allocs"]) > 0:
+        if (
+            int(site["alloc_bytes"]) % size == 0
+            and int(site["alloc_bytes"]) // size == int(site["n_allocs"])
+            and int(site["n_allocs"]) > 0
+        ):
             frames = proc.stack(int(site["stack"]))
-            stack = [(f.function.rsplit(".", 1)[-1], f.line) for f in frames
-                     if f.file.endswith("frames.py")]
+            stack = [(f.function.rsplit(".", 1)[-1], f.line) for f in frames if f.file.endswith("frames.py")]
             if stack not in out:
                 out.append(stack)
     return out
@@ -140,8 +143,9 @@ def stacks_of(proc, size):
 def test_generator(model):
     proc, L, _ = model
     # three yields, one site: the generator's frame sits under its consumer each time
-    assert stacks_of(proc, 100_001) == [[("m", L["M"]), ("gen", L["GEN"]), ("consume", L["CONSUME"]),
-                                         ("<module>", L["CALL-CONSUME"])]]
+    assert stacks_of(proc, 100_001) == [
+        [("m", L["M"]), ("gen", L["GEN"]), ("consume", L["CONSUME"]), ("<module>", L["CALL-CONSUME"])]
+    ]
 
 
 def test_coroutine(model):
@@ -167,7 +171,7 @@ def test_deep_recursion_keeps_innermost_frames(model):
     (s,) = stacks_of(proc, 100_008)
     assert s[:2] == [("m", L["M"]), ("deep", L["LEAF"])]
     assert set(s[2:]) == {("deep", L["RECURSE"])}
-    assert len(s) == 128            # the documented cap: the innermost 128 frames
+    assert len(s) == 128  # the documented cap: the innermost 128 frames
 
 
 def test_thread(model):
@@ -195,6 +199,6 @@ def test_greenlet_switches(model):
     (s,) = stacks_of(proc, 100_014)
     assert s[:2] == [("m", L["M"]), ("green", L["GREEN"])]
     (s,) = stacks_of(proc, 100_016)
-    assert s == [("m", L["M"]), ("<module>", L["BACK-IN-MAIN"])]   # no greenlet frame left
+    assert s == [("m", L["M"]), ("<module>", L["BACK-IN-MAIN"])]  # no greenlet frame left
     (s,) = stacks_of(proc, 100_015)
     assert s[:2] == [("m", L["M"]), ("green", L["GREEN-AGAIN"])]

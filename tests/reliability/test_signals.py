@@ -1,6 +1,7 @@
 """Signals: allocation inside a 10 kHz SIGALRM handler, an application that routes
 signals to its own sigtimedwait thread, and a Python fork with
 -W always::DeprecationWarning (3.12+ warns when the process has other threads)."""
+
 import os
 import re
 import signal
@@ -20,18 +21,18 @@ def alarm_run(cbuild, tmp_path_factory):
     # malloc in a signal handler is undefined behaviour in glibc itself: a handler
     # interrupting glibc's own malloc (not the shim) can corrupt its tcache, traced or
     # not. Such a run (glibc's abort message) is retried; any other failure is not.
-    for attempt in range(3):
+    for _attempt in range(3):
         run = traced([exe, 1.0], cap, timeout=120)
         glibc_heap = run.returncode != 0 and any(
-            m in run.stderr for m in ("double free or corruption", "malloc():", "free():",
-                                      "corrupted"))
+            m in run.stderr for m in ("double free or corruption", "malloc():", "free():", "corrupted")
+        )
         if not glibc_heap:
             break
         cap.unlink(missing_ok=True)
     assert run.returncode == 0, run.stderr
     handled, main = map(int, re.search(r"handler (\d+) main (\d+)", run.stdout).groups())
     raw = Raw(cap)
-    (sd, ev), = raw.streams.values()
+    ((sd, ev),) = raw.streams.values()
     return raw, sd, ev, handled, main
 
 
@@ -60,7 +61,8 @@ def test_sigalrm_handler_allocations_recorded_or_counted(alarm_run):
     missing = handled - recorded
     assert missing <= unrecorded, (
         f"{handled} handler mallocs: {recorded} recorded, {unrecorded} calls counted "
-        f"as unrecorded, {missing} missing")
+        f"as unrecorded, {missing} missing"
+    )
     assert (missing == 0) == (unrecorded == 0), (missing, unrecorded)
     st = stats(raw.capture.path)
     assert st["processes"][0]["unrecorded_calls"] == unrecorded
@@ -68,9 +70,9 @@ def test_sigalrm_handler_allocations_recorded_or_counted(alarm_run):
 
 # ---- signals routed to the application's own thread --------------------------------
 
+
 def _sigwait_run(argv):
-    proc = subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready = proc.stdout.readline()
         m = re.match(r"ready (\d+) (\d+)", ready)
@@ -134,8 +136,7 @@ def test_python312_fork_warning_not_triggered(tmp_path):
     the warning inside os.fork, so only a printed warning is observable.) A control run
     with one extra thread proves the warning would be seen."""
     if sys.version_info < (3, 12):
-        pytest.skip(f"the fork-with-threads warning exists from 3.12; this is "
-                    f"{sys.version.split()[0]}")
+        pytest.skip(f"the fork-with-threads warning exists from 3.12; this is {sys.version.split()[0]}")
     script = tmp_path / "fork.py"
     script.write_text(FORK_SCRIPT)
     cap = tmp_path / "fork312.mtrace"
@@ -145,9 +146,11 @@ def test_python312_fork_warning_not_triggered(tmp_path):
     st = stats(cap)
     assert st["processes"][0]["python"], "traced without frames: memtrace not installed here?"
     control = tmp_path / "control.py"
-    control.write_text("import threading, time\n"
-                       "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n"
-                       + FORK_SCRIPT)
-    run = traced([sys.executable, "-W", "always::DeprecationWarning", control],
-                 tmp_path / "control.mtrace", timeout=60)
+    control.write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n" + FORK_SCRIPT
+    )
+    run = traced(
+        [sys.executable, "-W", "always::DeprecationWarning", control], tmp_path / "control.mtrace", timeout=60
+    )
     assert run.returncode == 0 and "is multi-threaded, use of fork()" in run.stderr

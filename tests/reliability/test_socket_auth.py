@@ -8,6 +8,7 @@ and runs a real shim-preloaded program pointed at the socket: the collector refu
 both through SO_PEERCRED (counted in the capture's end record), and no stream from
 them reaches the capture.
 """
+
 import glob
 import os
 import shutil
@@ -21,7 +22,7 @@ from helpers import MEMTRACE, TARGETS, build, open_to_other_users, shim_so, stat
 
 NOBODY = 65534
 
-FORGER = r'''
+FORGER = r"""
 import os, socket, struct, sys
 path = sys.argv[1]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -43,12 +44,13 @@ for name in ("\0" + path, "\0memtrace", "\0collector.sock"):
         a.connect(name); print("abstract-connected", repr(name))
     except OSError as e:
         print("abstract", e.errno)
-'''
+"""
 
 
 def as_nobody(argv, **kw):
-    return subprocess.run(argv, capture_output=True, text=True, user=NOBODY, group=NOBODY,
-                          extra_groups=[], timeout=30, **kw)
+    return subprocess.run(
+        argv, capture_output=True, text=True, user=NOBODY, group=NOBODY, extra_groups=[], timeout=30, **kw
+    )
 
 
 @pytest.fixture
@@ -66,13 +68,29 @@ def running(tmp_path, tmp_path_factory):
     forger.write_text(FORGER)
     cap = tmp_path / "s.mtrace"
     env = dict(os.environ, TMPDIR=str(sessions))
-    proc = subprocess.Popen(MEMTRACE + ["run", "-q", "--no-report", "-o", str(cap), "--",
-                                        sys.executable, "-c",
-                                        "import time\nfor i in range(60):\n"
-                                        "    b = bytearray(100_000); time.sleep(0.1)"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    socks = wait_for(lambda: glob.glob(str(sessions / "memtrace-*" / "collector.sock")),
-                     timeout=20, what="the collector's socket")
+    proc = subprocess.Popen(
+        MEMTRACE
+        + [
+            "run",
+            "-q",
+            "--no-report",
+            "-o",
+            str(cap),
+            "--",
+            sys.executable,
+            "-c",
+            "import time\nfor i in range(60):\n    b = bytearray(100_000); time.sleep(0.1)",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    socks = wait_for(
+        lambda: glob.glob(str(sessions / "memtrace-*" / "collector.sock")),
+        timeout=20,
+        what="the collector's socket",
+    )
     yield proc, socks[0], cap, system_python, forger, shared
     if proc.poll() is None:
         proc.kill()
@@ -92,22 +110,28 @@ def test_socket_refuses_other_users(running):
     assert not [p for p in paths if p.startswith("@") and "memtrace" in p]
     # nobody cannot reach it at all
     out = as_nobody([python, str(forger), sock])
-    assert out.stdout.strip() == "connect 13", out    # EACCES
+    assert out.stdout.strip() == "connect 13", out  # EACCES
     # defence in depth: even with the permissions gone, the collector refuses them
     os.chmod(folder, 0o711)
     os.chmod(sock, 0o777)
     out = as_nobody([python, str(forger), sock])
-    assert out.stdout.splitlines()[:1] in (["sent"], ["closed 32"], ["closed 104"]), \
-        (out.stdout, out.stderr)
-    assert "abstract-connected" not in out.stdout       # nothing listens in the abstract namespace
+    assert out.stdout.splitlines()[:1] in (["sent"], ["closed 32"], ["closed 104"]), (out.stdout, out.stderr)
+    assert "abstract-connected" not in out.stdout  # nothing listens in the abstract namespace
     prog = build(TARGETS / "at_secure.c", shared / "victim")
     os.chmod(prog, 0o755)
     # a copy nobody can read (an installed shim may sit under a private folder)
     shim = shutil.copy(shim_so(), shared / "memtrace_shim.so")
     os.chmod(shim, 0o755)
-    out = as_nobody([str(prog)], env={"LD_PRELOAD": str(shim), "MEMTRACE_SOCKET": sock,
-                                      "MEMTRACE_COLLECTOR_PID": str(proc.pid), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out                      # the shim's refusal costs the program nothing
+    out = as_nobody(
+        [str(prog)],
+        env={
+            "LD_PRELOAD": str(shim),
+            "MEMTRACE_SOCKET": sock,
+            "MEMTRACE_COLLECTOR_PID": str(proc.pid),
+            "PATH": "/usr/bin:/bin",
+        },
+    )
+    assert out.returncode == 0, out  # the shim's refusal costs the program nothing
     assert " shim 1" in out.stdout, out
     # the shim's hello is sent only if the collector has not hung up on it first (it
     # refuses on accept, before reading): then its stream opened and it wakes the

@@ -1,5 +1,6 @@
 """Start-up and thread teardown, and the load test: 8 threads x 1,000,000 allocations
 with nothing dropped."""
+
 import os
 import re
 
@@ -12,8 +13,7 @@ from helpers import Raw, build, library_row, live_model_check, stats, traced
 def boot_program(tmp_path_factory):
     out = tmp_path_factory.mktemp("boot")
     build("boot_lib.c", out / "libbootctor.so", "-shared", "-fPIC", opt="-O1")
-    exe = build("boot_main.c", out / "boot_main", f"-L{out}", "-lbootctor", f"-Wl,-rpath,{out}",
-                opt="-O1")
+    exe = build("boot_main.c", out / "boot_main", f"-L{out}", "-lbootctor", f"-Wl,-rpath,{out}", opt="-O1")
     return exe
 
 
@@ -51,7 +51,7 @@ def test_ten_thousand_threads_with_allocating_teardown(cbuild, tmp_path):
     assert a2 - a1 < 256 << 10, f"RssAnon grew {a2 - a1} bytes over 9,000 threads"
     raw = Raw(cap)
     raw.assert_valid()
-    (sd, ev), = raw.streams.values()
+    ((sd, ev),) = raw.streams.values()
     for size in (1111, 2222, 2223, 3333):
         assert raw.count(ev, "malloc", size) == 10_000, size
     live, problems = live_model_check(ev)
@@ -70,7 +70,7 @@ def test_eight_threads_one_million_allocations_each_nothing_dropped(cbuild, tmp_
     assert run.returncode == 0 and run.stdout == "ok\n", run.stderr
     raw = Raw(cap)
     raw.assert_valid()
-    (sd, ev), = raw.streams.values()
+    ((sd, ev),) = raw.streams.values()
     counts = [raw.count(ev, "malloc", 5000 + i) for i in range(8)]
     assert counts == [1_000_000] * 8
     # each of the 8 sizes on exactly one thread

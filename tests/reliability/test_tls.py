@@ -9,6 +9,7 @@ loader mallocs and frees the TLS blocks and DTVs through the shim) while 8 threa
 malloc and free: no recursion, no crash, no hang, and every malloc of the program
 is recorded exactly once.
 """
+
 import re
 import shutil
 import subprocess
@@ -22,8 +23,7 @@ from helpers import TARGETS, build, live_model_check, shim_so, stats, streams, t
 def readelf(*args):
     if shutil.which("readelf") is None:
         pytest.skip("readelf (binutils) is not installed")
-    return subprocess.run(["readelf", "-W", *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["readelf", "-W", *args], capture_output=True, text=True, check=True).stdout
 
 
 def test_shim_uses_initial_exec_tls_only():
@@ -71,15 +71,16 @@ def test_dlopen_dlclose_big_tls_while_allocating(churn):
     assert proc["live_at_exit_bytes"] >= 0
     # every malloc of the allocating threads is one record (filed under the program,
     # or under "unknown" while dladdr waits for the loader lock: see the xfail below)
-    (p, events), = streams(cap)
+    ((p, events),) = streams(cap)
     exe = {lid for lid, path in p.libs.items() if path.endswith("/tls_churn")}
     mine = events[np.isin(events["lib"], list(exe) + [0]) & (events["kind"] == 1)]
     assert len(mine) == mallocs
     # the loader's TLS blocks (256 KiB, from ld.so) went through the hooks too, and were
     # all freed: the record replays cleanly, and every free is of a block it holds
     loader = {lid for lid, path in p.libs.items() if "ld-linux" in path or "/ld-" in path}
-    big = events[(events["kind"] == 1) & np.isin(events["lib"], list(loader))
-                 & (events["size"] >= 256 * 1024)]
+    big = events[
+        (events["kind"] == 1) & np.isin(events["lib"], list(loader)) & (events["size"] >= 256 * 1024)
+    ]
     assert len(big) >= 1 and set(big["size"].tolist()) == {256 * 1024}
     live, problems = live_model_check(events)
     assert problems == []
@@ -87,21 +88,24 @@ def test_dlopen_dlclose_big_tls_while_allocating(churn):
     assert proc["unknown_frees"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "csrc/shim/intern.c mt_caller_lib_lookup(): while the thread that first meets a caller address waits "
-    "in dladdr() for the loader lock (held by a dlopen running a slow constructor, or by "
-    "dlopen/dlclose churn), every other call from that address is filed under library 0 "
-    "(<unknown>) instead of its caller: here 1000 of 1001 mallocs of one call site"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "csrc/shim/intern.c mt_caller_lib_lookup(): while the thread that first meets a caller address waits "
+        "in dladdr() for the loader lock (held by a dlopen running a slow constructor, or by "
+        "dlopen/dlclose churn), every other call from that address is filed under library 0 "
+        "(<unknown>) instead of its caller: here 1000 of 1001 mallocs of one call site"
+    ),
+)
 def test_every_malloc_is_filed_under_its_caller(tmp_path):
     exe = build(TARGETS / "dladdr_wait.c", tmp_path / "dladdr_wait", "-pthread", "-rdynamic", "-ldl")
-    slow = build(TARGETS / "dladdr_wait.c", tmp_path / "libslow.so", "-shared", "-fPIC",
-                 "-DSLOW_LIB")
+    slow = build(TARGETS / "dladdr_wait.c", tmp_path / "libslow.so", "-shared", "-fPIC", "-DSLOW_LIB")
     cap = tmp_path / "dw.mtrace"
     run = traced([exe, slow], cap, "--no-report", timeout=60)
     assert run.returncode == 0, run.stderr
-    (p, events), = streams(cap)
+    ((p, events),) = streams(cap)
     exe_ids = {lid for lid, path in p.libs.items() if path.endswith("/dladdr_wait")}
     site = events[(events["kind"] == 1) & ((events["size"] == 11) | (events["size"] == 13))]
-    assert len(site) == 1001                              # every call recorded...
+    assert len(site) == 1001  # every call recorded...
     unnamed = int((~np.isin(site["lib"], list(exe_ids))).sum())
     assert unnamed == 0, f"{unnamed} of 1001 mallocs filed under no library"  # ...under its caller

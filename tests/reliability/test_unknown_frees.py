@@ -2,6 +2,7 @@
 stand-in for memory allocated before the shim), blocks allocated inside an
 RTLD_DEEPBIND library, and pre-fork blocks freed by a forked child. No crash; each is
 counted as an unknown free; live bytes never go negative, at any moment."""
+
 import numpy as np
 import pytest
 
@@ -28,8 +29,10 @@ def test_unknown_frees_counted_never_negative(unknown_run):
     _run, cap = unknown_run
     st = stats(cap)
     assert st["complete"]
-    parent, child = sorted(st["processes"], key=lambda p: p["pid"] != p["ppid"] and p["ppid"] in
-                           [q["pid"] for q in st["processes"]])
+    parent, child = sorted(
+        st["processes"],
+        key=lambda p: p["pid"] != p["ppid"] and p["ppid"] in [q["pid"] for q in st["processes"]],
+    )
     assert parent["unknown_frees"] >= 20 + 20
     assert child["unknown_frees"] >= 30
     for p in st["processes"]:
@@ -49,7 +52,7 @@ def test_heap_never_negative_at_any_event(unknown_run):
     for proc, events in streams(cap):
         agg = Aggregator()
         for start in range(0, len(events), 7):
-            agg.feed(np.ascontiguousarray(events[start:start + 7]), 0.0)
+            agg.feed(np.ascontiguousarray(events[start : start + 7]), 0.0)
             totals = agg.totals()
             assert totals["heap"] >= 0, (proc.pid, start)
         assert (agg.sites()["live_bytes"] >= 0).all()

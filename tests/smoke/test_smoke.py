@@ -1,4 +1,5 @@
 """The smoke test CI runs on every supported CPython: the bundled NumPy example, exact."""
+
 import json
 import sys
 from pathlib import Path

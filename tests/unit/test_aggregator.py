@@ -1,4 +1,5 @@
 """The C aggregator against hand-made event streams (no LD_PRELOAD needed)."""
+
 import numpy as np
 
 from tracer import _format as fmt
@@ -33,12 +34,16 @@ def by_stack(agg):
 
 def test_peak_snapshot_is_exact():
     agg = Aggregator()
-    agg.feed(events((MALLOC, 0x1000, 100, 1), (MALLOC, 0x2000, 300, 2),
-                    (FREE, 0x1000, 0, 0), (MALLOC, 0x3000, 50, 1)), 1.0)
+    agg.feed(
+        events(
+            (MALLOC, 0x1000, 100, 1), (MALLOC, 0x2000, 300, 2), (FREE, 0x1000, 0, 0), (MALLOC, 0x3000, 50, 1)
+        ),
+        1.0,
+    )
     t = agg.totals()
     assert t["peak_heap"] == 400 and t["heap"] == 350
     table = by_stack(agg)
-    assert table[1] == [150, 50, 100, 2]   # held 100 at the peak, 50 now
+    assert table[1] == [150, 50, 100, 2]  # held 100 at the peak, 50 now
     assert table[2] == [300, 300, 300, 1]
     # a later, higher peak replaces the snapshot
     agg.feed(events((MALLOC, 0x4000, 1000, 3)), 2.0)
@@ -49,9 +54,15 @@ def test_peak_snapshot_is_exact():
 
 def test_realloc_pair_and_unknown_free():
     agg = Aggregator()
-    agg.feed(events((MALLOC, 0x1000, 100, 1),
-                    (FREE, 0x1000, 0, 0, fmt.FLAG_REMAP), (REALLOC, 0x5000, 900, 1),
-                    (FREE, 0xdead, 0, 0)), 0.5)
+    agg.feed(
+        events(
+            (MALLOC, 0x1000, 100, 1),
+            (FREE, 0x1000, 0, 0, fmt.FLAG_REMAP),
+            (REALLOC, 0x5000, 900, 1),
+            (FREE, 0xDEAD, 0, 0),
+        ),
+        0.5,
+    )
     t = agg.totals()
     assert t["heap"] == 900 and t["unknown_frees"] == 1 and t["n_frees"] == 1
     assert t["total_allocated"] == 1000 and t["n_allocations"] == 2
@@ -73,10 +84,15 @@ def test_partial_munmap_splits_and_counts():
 def test_file_mappings_are_not_heap_and_mremap_keeps_kind():
     agg = Aggregator()
     p = PAGE_SIZE
-    agg.feed(events((MMAP, 0x200000, 3 * p, 1, 0),                 # file-backed
-                    (MMAP, 0x400000, 2 * p, 2, fmt.FLAG_ANON),
-                    (MUNMAP, 0x400000, 2 * p, 0, fmt.FLAG_REMAP),   # mremap moves it
-                    (MREMAP, 0x800000, 5 * p, 2)), 0.1)
+    agg.feed(
+        events(
+            (MMAP, 0x200000, 3 * p, 1, 0),  # file-backed
+            (MMAP, 0x400000, 2 * p, 2, fmt.FLAG_ANON),
+            (MUNMAP, 0x400000, 2 * p, 0, fmt.FLAG_REMAP),  # mremap moves it
+            (MREMAP, 0x800000, 5 * p, 2),
+        ),
+        0.1,
+    )
     t = agg.totals()
     assert t["mapped_file"] == 3 * p
     assert t["heap"] == 5 * p
@@ -96,6 +112,6 @@ def test_many_blocks_grow_the_table_and_balance():
     agg.feed(alloc, 1.0)
     assert agg.totals()["live_blocks"] == n
     agg.feed(free[: n // 2], 2.0)
-    agg.feed(free[n // 2:], 3.0)
+    agg.feed(free[n // 2 :], 3.0)
     t = agg.totals()
     assert t["heap"] == 0 and t["live_blocks"] == 0 and t["peak_heap"] == 10 * n

@@ -1,4 +1,5 @@
 """The capture's event encoding round-trips exactly and rejects malformed bytes."""
+
 import numpy as np
 import pytest
 
@@ -10,8 +11,7 @@ from tracer.errors import CaptureError
 
 def encode(events):
     out = bytearray(len(events) * lib.MT_ENCODED_MAX)
-    n = lib.mt_encode(ffi.cast("mt_event *", ffi.from_buffer(events)), len(events),
-                      ffi.from_buffer(out))
+    n = lib.mt_encode(ffi.cast("mt_event *", ffi.from_buffer(events)), len(events), ffi.from_buffer(out))
     return bytes(out[:n])
 
 
@@ -79,17 +79,17 @@ def test_truncated_or_garbled_bytes_are_rejected(cut):
     with pytest.raises(CaptureError):
         decode_events(data[:-cut], len(ev))
     with pytest.raises(CaptureError):
-        decode_events(b"\x00" + data[1:], len(ev))     # kind 0 never appears
+        decode_events(b"\x00" + data[1:], len(ev))  # kind 0 never appears
     with pytest.raises(CaptureError):
-        decode_events(data, len(ev) - 1)                # more events than announced
+        decode_events(data, len(ev) - 1)  # more events than announced
 
 
 def test_region_marks_round_trip_among_events():
     ev = random_events(20_000, seed=5)
     marks = np.arange(0, len(ev), 7)
     ev["kind"][marks] = fmt.REGION
-    ev["addr"][marks] = np.arange(len(marks)) % 1000 + 1      # region ids
-    ev["size"][marks] = np.arange(len(marks)) % 2             # enter / leave
+    ev["addr"][marks] = np.arange(len(marks)) % 1000 + 1  # region ids
+    ev["size"][marks] = np.arange(len(marks)) % 2  # enter / leave
     ev["stack"][marks], ev["lib"][marks] = 0, 0
     back = decode_events(encode(ev), len(ev))
     ev["seq"] = 0

@@ -1,6 +1,7 @@
 """What the collector keeps of a stream's metadata for live views and censuses
 (tracer.record.names, mt_meta_sift): names kept, repeated statistics not, records cut
 between two drains put together."""
+
 import struct
 
 from tracer import _format as fmt
@@ -28,8 +29,15 @@ CENSUS = text(fmt.TEXT_CENSUS, b'{"reason":"peak","position":9}')
 
 def test_names_kept_statistics_not():
     # GIVEN names, glibc and pymalloc statistics and a census, as the shim sends them
-    stream = (CODE + heapstats(10, 4096, 8192) + NODE + text(fmt.TEXT_PYMALLOC, b"arenas = 3\n")
-              + CENSUS + heapstats(20, 1 << 20, 1 << 21) + text(fmt.TEXT_WARNING, b"w"))
+    stream = (
+        CODE
+        + heapstats(10, 4096, 8192)
+        + NODE
+        + text(fmt.TEXT_PYMALLOC, b"arenas = 3\n")
+        + CENSUS
+        + heapstats(20, 1 << 20, 1 << 21)
+        + text(fmt.TEXT_WARNING, b"w")
+    )
     kept = Kept()
     kept.add(stream)
     # THEN the names stay in order, the statistics do not, the latest glibc answer is

@@ -1,11 +1,12 @@
 """Region numbers of the C aggregator against hand-made event streams: exact peaks,
 nesting, other threads, frees after a region ended, re-entry, repeated instances,
 mappings, and the table staying small however many instances come and go."""
+
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.record.aggregate import PAGE_SIZE, Aggregator
 from tracer.analyze.regions import merge
+from tracer.record.aggregate import PAGE_SIZE, Aggregator
 
 MALLOC, FREE, REGION = 1, 10, fmt.REGION
 ENTER, LEAVE = 1, 0
@@ -22,8 +23,7 @@ def events(*rows):
 
 def regions(agg):
     rows, sites = agg.region_records()
-    return (np.frombuffer(rows, fmt.REGION_ROW_DTYPE),
-            np.frombuffer(sites, fmt.REGION_SITE_DTYPE))
+    return (np.frombuffer(rows, fmt.REGION_ROW_DTYPE), np.frombuffer(sites, fmt.REGION_SITE_DTYPE))
 
 
 def region(agg, rid):
@@ -42,19 +42,24 @@ def by_stack(agg, m, column):
 
 def test_peak_allocated_and_left_live_are_exact():
     agg = Aggregator()
-    agg.feed(events((MALLOC, 0x9000, 999, 9, 1),          # before: not the region's
-                    (REGION, 1, ENTER, 0, 1),
-                    (MALLOC, 0x1000, 4000, 1, 1),
-                    (FREE, 0x1000, 0, 0, 1),
-                    (MALLOC, 0x2000, 2500, 2, 1),
-                    (MALLOC, 0x3000, 1000, 3, 1),
-                    (FREE, 0x9000, 0, 0, 1),                 # freed inside, made before
-                    (REGION, 1, LEAVE, 0, 1),
-                    (FREE, 0x3000, 0, 0, 1),                 # after: still left live at the end
-                    (MALLOC, 0x4000, 7000, 4, 1)), 1.0)
+    agg.feed(
+        events(
+            (MALLOC, 0x9000, 999, 9, 1),  # before: not the region's
+            (REGION, 1, ENTER, 0, 1),
+            (MALLOC, 0x1000, 4000, 1, 1),
+            (FREE, 0x1000, 0, 0, 1),
+            (MALLOC, 0x2000, 2500, 2, 1),
+            (MALLOC, 0x3000, 1000, 3, 1),
+            (FREE, 0x9000, 0, 0, 1),  # freed inside, made before
+            (REGION, 1, LEAVE, 0, 1),
+            (FREE, 0x3000, 0, 0, 1),  # after: still left live at the end
+            (MALLOC, 0x4000, 7000, 4, 1),
+        ),
+        1.0,
+    )
     m = region(agg, 1)
     assert (m.instances, m.open) == (1, 0)
-    assert m.peak_bytes == 4000                      # 2500 + 1000 = 3500 never beat it
+    assert m.peak_bytes == 4000  # 2500 + 1000 = 3500 never beat it
     assert m.alloc_bytes == 7500 and m.n_allocs == 3
     assert m.live_at_end_bytes == 3500
     assert by_stack(agg, m, "peak_bytes") == {1: 4000, 2: 0, 3: 0}
@@ -64,14 +69,19 @@ def test_peak_allocated_and_left_live_are_exact():
 
 def test_nested_regions_count_in_both_and_frees_follow_the_block():
     agg = Aggregator()
-    agg.feed(events((REGION, 1, ENTER, 0, 1),
-                    (MALLOC, 0x1000, 100, 1, 1),
-                    (REGION, 2, ENTER, 0, 1),
-                    (MALLOC, 0x2000, 1000, 2, 1),
-                    (REGION, 2, LEAVE, 0, 1),
-                    (FREE, 0x2000, 0, 0, 1),                 # inner ended: outer gives it back
-                    (MALLOC, 0x3000, 500, 3, 1),
-                    (REGION, 1, LEAVE, 0, 1)), 1.0)
+    agg.feed(
+        events(
+            (REGION, 1, ENTER, 0, 1),
+            (MALLOC, 0x1000, 100, 1, 1),
+            (REGION, 2, ENTER, 0, 1),
+            (MALLOC, 0x2000, 1000, 2, 1),
+            (REGION, 2, LEAVE, 0, 1),
+            (FREE, 0x2000, 0, 0, 1),  # inner ended: outer gives it back
+            (MALLOC, 0x3000, 500, 3, 1),
+            (REGION, 1, LEAVE, 0, 1),
+        ),
+        1.0,
+    )
     outer, inner = region(agg, 1), region(agg, 2)
     assert inner.peak_bytes == 1000 and inner.live_at_end_bytes == 1000
     assert outer.peak_bytes == 1100 and outer.alloc_bytes == 1600
@@ -82,12 +92,17 @@ def test_nested_regions_count_in_both_and_frees_follow_the_block():
 
 def test_other_threads_do_not_count_but_their_frees_do():
     agg = Aggregator()
-    agg.feed(events((REGION, 1, ENTER, 0, 1),
-                    (MALLOC, 0x1000, 800, 1, 1),
-                    (MALLOC, 0x2000, 5000, 2, 2),            # thread 2: outside the region
-                    (FREE, 0x1000, 0, 0, 2),                 # thread 2 frees the region's block
-                    (MALLOC, 0x3000, 300, 1, 1),
-                    (REGION, 1, LEAVE, 0, 1)), 1.0)
+    agg.feed(
+        events(
+            (REGION, 1, ENTER, 0, 1),
+            (MALLOC, 0x1000, 800, 1, 1),
+            (MALLOC, 0x2000, 5000, 2, 2),  # thread 2: outside the region
+            (FREE, 0x1000, 0, 0, 2),  # thread 2 frees the region's block
+            (MALLOC, 0x3000, 300, 1, 1),
+            (REGION, 1, LEAVE, 0, 1),
+        ),
+        1.0,
+    )
     m = region(agg, 1)
     assert m.peak_bytes == 800 and m.alloc_bytes == 1100 and m.live_at_end_bytes == 300
 
@@ -97,8 +112,13 @@ def test_repeated_instances_keep_the_highest_peak_with_its_breakdown():
     rows = []
     for i, size in enumerate((1000, 3000, 2000)):
         addr = 0x1000 * (i + 1)
-        rows += [(REGION, 5, ENTER, 0, 1), (MALLOC, addr, size, 10 + i, 1),
-                 (FREE, addr, 0, 0, 1), (MALLOC, addr + 8, 10, 20, 1), (REGION, 5, LEAVE, 0, 1)]
+        rows += [
+            (REGION, 5, ENTER, 0, 1),
+            (MALLOC, addr, size, 10 + i, 1),
+            (FREE, addr, 0, 0, 1),
+            (MALLOC, addr + 8, 10, 20, 1),
+            (REGION, 5, LEAVE, 0, 1),
+        ]
     agg.feed(events(*rows), 1.0)
     m = region(agg, 5)
     assert m.instances == 3 and m.peak_bytes == 3000
@@ -109,24 +129,36 @@ def test_repeated_instances_keep_the_highest_peak_with_its_breakdown():
 
 def test_reentered_region_is_one_instance_and_unmatched_leaves_are_ignored():
     agg = Aggregator()
-    agg.feed(events((REGION, 3, LEAVE, 0, 1),                # never entered: ignored
-                    (REGION, 1, ENTER, 0, 1),
-                    (REGION, 1, ENTER, 0, 1),                # recursion
-                    (MALLOC, 0x1000, 100, 1, 1),
-                    (REGION, 1, LEAVE, 0, 1),
-                    (MALLOC, 0x2000, 100, 1, 1),
-                    (REGION, 1, LEAVE, 0, 1),
-                    (MALLOC, 0x3000, 100, 1, 1)), 1.0)
+    agg.feed(
+        events(
+            (REGION, 3, LEAVE, 0, 1),  # never entered: ignored
+            (REGION, 1, ENTER, 0, 1),
+            (REGION, 1, ENTER, 0, 1),  # recursion
+            (MALLOC, 0x1000, 100, 1, 1),
+            (REGION, 1, LEAVE, 0, 1),
+            (MALLOC, 0x2000, 100, 1, 1),
+            (REGION, 1, LEAVE, 0, 1),
+            (MALLOC, 0x3000, 100, 1, 1),
+        ),
+        1.0,
+    )
     m = region(agg, 1)
     assert m.instances == 1 and m.alloc_bytes == 200 and m.peak_bytes == 200
 
 
 def test_open_instance_at_the_end_and_leaving_an_outer_region_closes_inner_ones():
     agg = Aggregator()
-    agg.feed(events((REGION, 1, ENTER, 0, 1), (REGION, 2, ENTER, 0, 1),
-                    (MALLOC, 0x1000, 100, 1, 1),
-                    (REGION, 1, LEAVE, 0, 1),                # region 2 never left: closes too
-                    (REGION, 4, ENTER, 0, 2), (MALLOC, 0x2000, 70, 1, 2)), 1.0)
+    agg.feed(
+        events(
+            (REGION, 1, ENTER, 0, 1),
+            (REGION, 2, ENTER, 0, 1),
+            (MALLOC, 0x1000, 100, 1, 1),
+            (REGION, 1, LEAVE, 0, 1),  # region 2 never left: closes too
+            (REGION, 4, ENTER, 0, 2),
+            (MALLOC, 0x2000, 70, 1, 2),
+        ),
+        1.0,
+    )
     assert (region(agg, 2).instances, region(agg, 2).open) == (1, 0)
     still = region(agg, 4)
     assert (still.instances, still.open, still.t_leave) == (1, 1, None)
@@ -136,10 +168,13 @@ def test_open_instance_at_the_end_and_leaving_an_outer_region_closes_inner_ones(
 def test_mappings_count_in_pages_and_partial_unmaps():
     agg = Aggregator()
     anon = fmt.FLAG_ANON
-    ev = events((REGION, 1, ENTER, 0, 1), (fmt.MMAP, 0x100000, 4 * PAGE_SIZE, 1, 1),
-                (fmt.MUNMAP, 0x100000 + PAGE_SIZE, PAGE_SIZE, 0, 1),   # a hole: split in two
-                (REGION, 1, LEAVE, 0, 1),
-                (fmt.MUNMAP, 0x100000, 4 * PAGE_SIZE, 0, 1))
+    ev = events(
+        (REGION, 1, ENTER, 0, 1),
+        (fmt.MMAP, 0x100000, 4 * PAGE_SIZE, 1, 1),
+        (fmt.MUNMAP, 0x100000 + PAGE_SIZE, PAGE_SIZE, 0, 1),  # a hole: split in two
+        (REGION, 1, LEAVE, 0, 1),
+        (fmt.MUNMAP, 0x100000, 4 * PAGE_SIZE, 0, 1),
+    )
     ev["flags"][1] = anon
     agg.feed(ev, 1.0)
     m = region(agg, 1)
@@ -152,8 +187,12 @@ def test_instances_that_come_and_go_do_not_grow_the_tables():
         rows = []
         for i in range(500):
             addr = 0x10000 + 16 * i
-            rows += [(REGION, 1 + i % 7, ENTER, 0, 1 + i % 3), (MALLOC, addr, 64, 1 + i % 5, 1 + i % 3),
-                     (REGION, 1 + i % 7, LEAVE, 0, 1 + i % 3), (FREE, addr, 0, 0, 1)]
+            rows += [
+                (REGION, 1 + i % 7, ENTER, 0, 1 + i % 3),
+                (MALLOC, addr, 64, 1 + i % 5, 1 + i % 3),
+                (REGION, 1 + i % 7, LEAVE, 0, 1 + i % 3),
+                (FREE, addr, 0, 0, 1),
+            ]
         agg.feed(events(*rows), float(batch))
     rows, sites = regions(agg)
     n_sites = len(agg.sites())  # (stack, thread) pairs: 15

@@ -7,6 +7,7 @@ without Python frames, libraries sharing a file name and several processes;
 WHEN each report is made; THEN it equals the straightforward reference of
 tests/report_reference.py: every number, every row and the order of ties.
 """
+
 import io
 import json
 import random
@@ -18,15 +19,22 @@ import pytest
 import report_reference as ref
 from tracer import _format as fmt
 from tracer.analyze import stacks as st
-from tracer.record.capture_writer import CaptureWriter
 from tracer.analyze.model import load
+from tracer.record.capture_writer import CaptureWriter
 from tracer.reports import export, flame, jsontext, lines, tables, tree
 from tracer.reports.flame import METRIC_TITLES
 
 LIBRARY_PATHS = ["/usr/lib/python3.11", "/site/"]
-FILES = ["/usr/lib/python3.11/json/decoder.py", "<frozen importlib._bootstrap>",
-         "/srv/app/main.py", "/srv/app/util.py", "<string>", "/site/pkg/mod.py",
-         "/srv/app/données.py", "/sitepackages/not_a_library.py"]
+FILES = [
+    "/usr/lib/python3.11/json/decoder.py",
+    "<frozen importlib._bootstrap>",
+    "/srv/app/main.py",
+    "/srv/app/util.py",
+    "<string>",
+    "/site/pkg/mod.py",
+    "/srv/app/données.py",
+    "/sitepackages/not_a_library.py",
+]
 NAMES = ["<module>", "load", "decode", "run", "f", "_find_and_load", "g"]
 LIBS = {1: "/a/libx.so.1", 2: "/usr/lib/libpython3.11.so", 3: "/b/libx.so.1"}  # 4: never named
 
@@ -50,16 +58,18 @@ def make_meta(rnd: random.Random, pid: int, n_nodes: int) -> bytes:
         nodes.append(record(fmt.META_NODE, struct.pack("<IIIi", nid, parent, code, rnd.randrange(1, 5))))
     # a few nodes described twice (the later record counts), records in any order
     for nid in rnd.sample(range(1, n_nodes + 1), 5):
-        nodes.append(record(fmt.META_NODE, struct.pack("<IIIi", nid, rnd.randrange(0, nid),
-                                                       rnd.choice(codes), 7)))
+        nodes.append(
+            record(fmt.META_NODE, struct.pack("<IIIi", nid, rnd.randrange(0, nid), rnd.choice(codes), 7))
+        )
     rnd.shuffle(nodes)
     recs += nodes
     for lid, path in LIBS.items():
         recs.append(record(fmt.META_LIB, struct.pack("<HHIQ", lid, 0, 0, 0) + path.encode()))
     for tid, name in ((pid, "python"), (pid + 1, "worker")):
         recs.append(record(fmt.META_THREAD, struct.pack("<I", tid) + name.encode()))
-    recs.append(record(fmt.META_TEXT, struct.pack("<H", fmt.TEXT_LIBRARY_PATHS)
-                       + "\n".join(LIBRARY_PATHS).encode()))
+    recs.append(
+        record(fmt.META_TEXT, struct.pack("<H", fmt.TEXT_LIBRARY_PATHS) + "\n".join(LIBRARY_PATHS).encode())
+    )
     return b"".join(recs)
 
 
@@ -88,14 +98,20 @@ def write_capture(path, seed: int, processes) -> str:
     """processes: (sid, pid, nodes, sites) of each traced process."""
     rnd = random.Random(seed)
     writer = CaptureWriter(str(path))
-    writer.json_chunk(fmt.CHUNK_INFO, 0, {"command": ["python", "app.py"], "cwd": "/srv/app",
-                                          "start_time": 1700000000.5})
+    writer.json_chunk(
+        fmt.CHUNK_INFO, 0, {"command": ["python", "app.py"], "cwd": "/srv/app", "start_time": 1700000000.5}
+    )
     for sid, pid, n_nodes, n_sites in processes:
         writer.json_chunk(fmt.CHUNK_PROCESS, sid, {"pid": pid, "ppid": 1, "argv": ["python", f"p{sid}"]})
         writer.chunk(fmt.CHUNK_META, sid, make_meta(rnd, pid, n_nodes))
         head = json.dumps({k: 0 for k in fmt.TOTALS_FIELDS}).encode()
-        writer.chunk(fmt.CHUNK_AGGREGATE, sid, len(head).to_bytes(4, "little"), head,
-                     make_sites(rnd, pid, n_nodes, n_sites).tobytes())
+        writer.chunk(
+            fmt.CHUNK_AGGREGATE,
+            sid,
+            len(head).to_bytes(4, "little"),
+            head,
+            make_sites(rnd, pid, n_nodes, n_sites).tobytes(),
+        )
         writer.json_chunk(fmt.CHUNK_PROCESS_END, sid, {"how": "exit", "exit_code": 0})
     writer.json_chunk(fmt.CHUNK_END, 0, {"exit_code": 0, "main_pid": processes[0][1], "duration": 2.5})
     writer.close()
@@ -172,8 +188,10 @@ def test_speedscope(model, metric):
     export.speedscope(model, out, metric)
     doc = json.loads(out.getvalue())
     frames, samples, weights = ref.speedscope_samples(ref.refs(model), metric)
-    assert [tuple(f.get(k, d) for k, d in (("name", ""), ("file", ""), ("line", 0)))
-            for f in doc["shared"]["frames"]] == frames
+    assert [
+        tuple(f.get(k, d) for k, d in (("name", ""), ("file", ""), ("line", 0)))
+        for f in doc["shared"]["frames"]
+    ] == frames
     assert doc["profiles"][0]["samples"] == samples and doc["profiles"][0]["weights"] == weights
     assert out.getvalue() == json.dumps(doc)  # the standard library's text, exactly
 
@@ -219,9 +237,16 @@ def test_cyclic_parents_end_in_a_lost_frame():
 
 
 def test_indented_json_text_is_the_standard_librarys():
-    doc = {"a": [], "b": {}, "c": [1.5, float("nan"), float("inf"), -float("inf"), True, False, None,
-                                  "\u2028</script>\"\\é"], 5: {"x": [[], [{}]]}, 1.5: 1, None: 2,
-           True: [{"k": (1, 2)}], "rows": [{"file": "x", "line": 3, "alloc": {"malloc": 12}}] * 3}
+    doc = {
+        "a": [],
+        "b": {},
+        "c": [1.5, float("nan"), float("inf"), -float("inf"), True, False, None, '\u2028</script>"\\é'],
+        5: {"x": [[], [{}]]},
+        1.5: 1,
+        None: 2,
+        True: [{"k": (1, 2)}],
+        "rows": [{"file": "x", "line": 3, "alloc": {"malloc": 12}}] * 3,
+    }
     for indent in (1, 2):
         assert jsontext.dumps(doc, indent) == json.dumps(doc, indent=indent)
     with pytest.raises(TypeError):

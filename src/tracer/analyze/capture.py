@@ -4,6 +4,7 @@ a capture cut off at any point reads up to its last complete chunk.
 A capture is a file header followed by chunks, each `type, stream, length,
 payload` (see docs/capture-format.md and _format.py).
 """
+
 import json
 import os
 from collections.abc import Mapping
@@ -15,9 +16,9 @@ import zstandard
 
 from tracer import _format as fmt
 from tracer._native import ffi, lib
-from tracer.record.capture_writer import CaptureWriter, EventPacker, prefix_dict  # noqa: F401 (writer re-exported)
-from tracer.errors import CaptureError
 from tracer.analyze.progress import Progress
+from tracer.errors import CaptureError
+from tracer.record.capture_writer import CaptureWriter, EventPacker, prefix_dict  # noqa: F401 (writer re-exported)
 
 
 @dataclass
@@ -35,7 +36,7 @@ class StreamData:
     snapshots: List["Snapshot"] = field(default_factory=list)
     totals: Optional[dict] = None
     sites: Optional[np.ndarray] = None
-    exit_totals: Optional[dict] = None   # the aggregate at the program's exit point
+    exit_totals: Optional[dict] = None  # the aggregate at the program's exit point
     exit_sites: Optional[np.ndarray] = None
     end: Optional[dict] = None
     # the latest regions chunk: (REGION_ROW_DTYPE rows, REGION_SITE_DTYPE records)
@@ -67,8 +68,7 @@ class Capture:
                         codec = ffi.new("mt_codec *")
                         at = 0
                         for bt, _bfirst, bcount, blen in batches:
-                            yield bt, decode_events(raw[at:at + blen], bcount, self.path, offset,
-                                                    codec)
+                            yield bt, decode_events(raw[at : at + blen], bcount, self.path, offset, codec)
                             at += blen
                     progress.update(count)
         finally:
@@ -111,8 +111,10 @@ def _check_file_header(path: str, f: BinaryIO) -> None:
         raise CaptureError(f"{path} is not a memtrace capture")
     _, version, _ = fmt.FILE_HEADER.unpack(head)
     if version not in fmt.READABLE_VERSIONS:
-        raise CaptureError(f"{path} was written in capture format {version}; this memtrace "
-                           f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}")
+        raise CaptureError(
+            f"{path} was written in capture format {version}; this memtrace "
+            f"reads formats {fmt.READABLE_VERSIONS[0]} to {fmt.FORMAT_VERSION}"
+        )
 
 
 class _Indexer:
@@ -140,8 +142,9 @@ class _Indexer:
             ctype, sid, length = fmt.CHUNK_HEADER.unpack(header)
             body_at = pos + fmt.CHUNK_HEADER.size
             if length > fmt.MAX_CHUNK or ctype not in fmt.CHUNK_NAMES:
-                raise CaptureError(f"{self.path} is corrupt at byte {pos} "
-                                   f"(chunk type {ctype}, length {length})")
+                raise CaptureError(
+                    f"{self.path} is corrupt at byte {pos} (chunk type {ctype}, length {length})"
+                )
             if body_at + length > size:
                 truncated = pos
                 break
@@ -180,8 +183,7 @@ class _Indexer:
         one, read now (each the base of its stream's next delta); (type, None) for
         the others, which _chunk reads (or only locates) itself."""
         if ctype in (fmt.CHUNK_Z, fmt.CHUNK_ZD):
-            ctype, body = _unwrap(self.path, pos, self.f.read(length), ctype, sid, self.previous,
-                                  self.plain)
+            ctype, body = _unwrap(self.path, pos, self.f.read(length), ctype, sid, self.previous, self.plain)
         elif ctype in fmt.DELTA_TYPES:
             body = self.f.read(length)
         else:
@@ -201,12 +203,15 @@ def _unwrap(path, pos, data, outer, sid, previous, plain) -> tuple:
             prefix = previous.get((ctype, sid)) if ctype in fmt.DELTA_TYPES else None
             usable = bool(prefix)
         else:
-            prefix, usable = None, ctype in fmt.CHUNK_NAMES and ctype not in (
-                fmt.CHUNK_Z, fmt.CHUNK_ZD, fmt.CHUNK_ZEVENTS, fmt.CHUNK_EVENTS)
+            prefix, usable = (
+                None,
+                ctype in fmt.CHUNK_NAMES
+                and ctype not in (fmt.CHUNK_Z, fmt.CHUNK_ZD, fmt.CHUNK_ZEVENTS, fmt.CHUNK_EVENTS),
+            )
         if usable and length <= fmt.MAX_CHUNK:
             try:
                 d = zstandard.ZstdDecompressor(dict_data=prefix_dict(prefix)) if prefix else plain
-                body = d.decompress(data[fmt.ZCHUNK_HEADER.size:], max_output_size=length)
+                body = d.decompress(data[fmt.ZCHUNK_HEADER.size :], max_output_size=length)
             except (zstandard.ZstdError, MemoryError):  # a corrupt length can be absurd
                 body = None
             if body is not None and len(body) == length:
@@ -228,6 +233,7 @@ def _events_index(path, pos, f, length) -> tuple:
 
 def _zevents_index(path, pos, f, length) -> tuple:
     """Index entry of a compressed events chunk, from its uncompressed headers."""
+
     def corrupt(why):
         return CaptureError(f"{path} is corrupt at byte {pos} ({why})")
 
@@ -236,12 +242,10 @@ def _zevents_index(path, pos, f, length) -> tuple:
     first, raw_len, n, columns_len = fmt.ZEVENTS_HEADER.unpack(f.read(fmt.ZEVENTS_HEADER.size))
     heads = fmt.ZEVENTS_HEADER.size + columns_len
     # (an event index near 2^64 cannot be counted to: a flipped bit)
-    if not 0 < n <= fmt.MAX_BATCHES or heads > length or raw_len > fmt.MAX_ZEVENTS_RAW \
-            or first >= 1 << 62:
+    if not 0 < n <= fmt.MAX_BATCHES or heads > length or raw_len > fmt.MAX_ZEVENTS_RAW or first >= 1 << 62:
         raise corrupt("bad events chunk header")
     try:
-        columns = zstandard.ZstdDecompressor().decompress(f.read(columns_len),
-                                                          max_output_size=16 * n)
+        columns = zstandard.ZstdDecompressor().decompress(f.read(columns_len), max_output_size=16 * n)
     except zstandard.ZstdError:
         columns = b""
     if len(columns) != 16 * n:
@@ -251,16 +255,14 @@ def _zevents_index(path, pos, f, length) -> tuple:
     lengths = np.frombuffer(columns, "<u4", n, 12 * n).astype(np.int64)
     # every event takes at least one byte; a mark covers 10 ms of drains, so more
     # than MAX_MARK_EVENTS in one (400 M events/s) is a corrupt count
-    if int(lengths.sum()) != raw_len or (counts > lengths).any() or \
-            (counts > fmt.MAX_MARK_EVENTS).any():
+    if int(lengths.sum()) != raw_len or (counts > lengths).any() or (counts > fmt.MAX_MARK_EVENTS).any():
         raise corrupt("bad event count")
     firsts = first + np.concatenate(([0], np.cumsum(counts)[:-1]))
     batches = list(zip(times.tolist(), firsts.tolist(), counts.tolist(), lengths.tolist()))
     return (f.tell(), length - heads, int(counts.sum()), batches[0][0], first, batches)
 
 
-def decode_events(data: bytes, count: int, path: str = "capture", offset: int = 0,
-                  codec=None) -> np.ndarray:
+def decode_events(data: bytes, count: int, path: str = "capture", offset: int = 0, codec=None) -> np.ndarray:
     """Decode encoded events (mt_encode's format) into EVENT_DTYPE records; with a
     codec, continuing the encoded stream its earlier calls decoded."""
     try:
@@ -287,20 +289,25 @@ _VMA_TYPES = (int, int, int, int, int, str, str, int, int, int, int, int)
 
 def _vma_rows(rows) -> bool:
     # values decoded from JSON have exact types (a bool is not an int here)
-    return type(rows) is list and all(
-        type(r) is list and tuple(map(type, r)) == _VMA_TYPES for r in rows)
+    return type(rows) is list and all(type(r) is list and tuple(map(type, r)) == _VMA_TYPES for r in rows)
 
 
 def _snapshot_ok(snap: dict) -> bool:
     """The fields the reconciliation reads have their types (a time is required)."""
     if not _is_number(snap.get("t")) or ("vmas" in snap and not _vma_rows(snap["vmas"])):
         return False
-    if not all(_is_number(snap[k]) for k in ("position", "heap", "peak_heap", "peak_time",
-                                             "events", "peak_event", "cost") if k in snap):
+    if not all(
+        _is_number(snap[k])
+        for k in ("position", "heap", "peak_heap", "peak_time", "events", "peak_event", "cost")
+        if k in snap
+    ):
         return False
     status, sps = snap.get("status"), snap.get("stack_pointers", [])
-    return (status is None or (isinstance(status, dict) and all(map(_is_number, status.values())))) \
-        and isinstance(sps, list) and all(isinstance(x, int) for x in sps)
+    return (
+        (status is None or (isinstance(status, dict) and all(map(_is_number, status.values()))))
+        and isinstance(sps, list)
+        and all(isinstance(x, int) for x in sps)
+    )
 
 
 class Snapshot(Mapping):
@@ -316,7 +323,7 @@ class Snapshot(Mapping):
         if head is None or "t" not in head:
             head = _json(path, pos, body)
         else:
-            self._rest = b"{" + body[cut + 1:]
+            self._rest = b"{" + body[cut + 1 :]
         self._fields = self._checked(head)
 
     def _checked(self, fields: dict) -> dict:
@@ -388,15 +395,16 @@ def _load_chunk(path, pos, ctype, body, stream):
         dtype = fmt.RSS_DTYPE if ctype == fmt.CHUNK_RSS else fmt.HEAP_DTYPE
         usable = len(body) - len(body) % dtype.itemsize
         (stream.rss if ctype == fmt.CHUNK_RSS else stream.heap).append(
-            np.frombuffer(body[:usable], dtype=dtype))
+            np.frombuffer(body[:usable], dtype=dtype)
+        )
     elif ctype == fmt.CHUNK_AGGREGATE:
         if len(body) < 4:
             raise CaptureError(f"{path} is corrupt at byte {pos} (short aggregate)")
         n = int.from_bytes(body[:4], "little")
-        totals = _json(path, pos, body[4:4 + n])
+        totals = _json(path, pos, body[4 : 4 + n])
         if not all(_is_number(totals.get(k)) for k in fmt.TOTALS_FIELDS):
             raise CaptureError(f"{path} is corrupt at byte {pos} (bad aggregate)")
-        sites = body[4 + n:]
+        sites = body[4 + n :]
         if len(sites) % fmt.SITE_DTYPE.itemsize:
             raise CaptureError(f"{path} is corrupt at byte {pos} (bad aggregate)")
         sites = np.frombuffer(sites, dtype=fmt.SITE_DTYPE)

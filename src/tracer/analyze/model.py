@@ -4,6 +4,7 @@ Built from a capture alone. Aggregates written by the collector are used as
 they are; a stream that never got its final aggregate (the collector itself
 was killed) is rebuilt by replaying its events through the C aggregator.
 """
+
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -12,8 +13,8 @@ import numpy as np
 
 from tracer import _format as fmt
 from tracer.analyze import stacks as st
-from tracer.record.aggregate import Aggregator
 from tracer.analyze.capture import Capture, Snapshot, StreamData, read_capture
+from tracer.record.aggregate import Aggregator
 
 LOST_FRAME = ("<unknown>", 0, "<stack lost>")  # file, line, function
 
@@ -68,8 +69,12 @@ class Process:
     def nodes(self) -> Dict[int, Tuple[int, int, int]]:
         """{node id: (parent id, code id, line)} of the stack trie."""
         records = self.stacks.records
-        return dict(zip(records["id"].tolist(), zip(records["parent"].tolist(), records["code"].tolist(),
-                                                    records["line"].tolist())))
+        return dict(
+            zip(
+                records["id"].tolist(),
+                zip(records["parent"].tolist(), records["code"].tolist(), records["line"].tolist()),
+            )
+        )
 
     def frame_of_row(self, row: int) -> Frame:
         """The frame of a StackTable row (LOST: the lost frame)."""
@@ -154,8 +159,10 @@ class Model:
         rate = self.sample_rate
         if not rate:
             return None
-        return (f"sampled run (--sample-rate {rate:,} B): byte figures are unbiased estimates; "
-                "allocation counts are of the sampled blocks")
+        return (
+            f"sampled run (--sample-rate {rate:,} B): byte figures are unbiased estimates; "
+            "allocation counts are of the sampled blocks"
+        )
 
     @property
     def command(self) -> List[str]:
@@ -203,7 +210,7 @@ def _parse_meta(data: bytes):
         head = fmt.PAYLOADS[rtype]
         if len(payload) < head.size:
             continue
-        ident, text = head.unpack_from(payload)[0], payload[head.size:].decode("utf-8", "replace")
+        ident, text = head.unpack_from(payload)[0], payload[head.size :].decode("utf-8", "replace")
         if rtype == fmt.META_LIB:
             libs[ident] = text
         elif rtype == fmt.META_THREAD:
@@ -228,8 +235,9 @@ def _replay(capture: Capture, sd: StreamData):
     for t, events in capture.events(sd.stream):
         agg.feed(np.ascontiguousarray(events), t)
     totals = agg.totals()
-    totals.update({"rss_peak": 0, "dropped": 0, "unattributed": 0, "lost": 0,
-                   "size_histogram": agg.size_histogram()})
+    totals.update(
+        {"rss_peak": 0, "dropped": 0, "unattributed": 0, "lost": 0, "size_histogram": agg.size_histogram()}
+    )
     return totals, agg.sites()
 
 
@@ -259,8 +267,9 @@ def build_model(capture: Capture, live: bool = False) -> Model:
     model = Model(capture)
     model.live = live
     if not live and (capture.truncated_at is not None or capture.end is None):
-        model.warnings.append("the capture is incomplete (the run was cut short); "
-                              "numbers cover what was recorded up to its end")
+        model.warnings.append(
+            "the capture is incomplete (the run was cut short); numbers cover what was recorded up to its end"
+        )
     for sid in sorted(capture.streams):
         sd = capture.streams[sid]
         if not sd.info:
@@ -285,18 +294,38 @@ def build_model(capture: Capture, live: bool = False) -> Model:
                 text[key] = value
         rss = np.concatenate(sd.rss) if sd.rss else np.zeros(0, dtype=fmt.RSS_DTYPE)
         heap = np.concatenate(sd.heap) if sd.heap else np.zeros(0, dtype=fmt.HEAP_DTYPE)
-        model.processes.append(Process(
-            sid=sid, pid=int(sd.info.get("pid", 0)), ppid=int(sd.info.get("ppid", 0)),
-            argv=_argv(text) or [str(a) for a in sd.info.get("argv", [])],
-            exe=text.get(fmt.TEXT_EXE) or sd.info.get("exe"),
-            python=text.get(fmt.TEXT_PYTHON_VERSION), frames_off=text.get(fmt.TEXT_FRAMES_OFF),
-            numpy=text.get(fmt.TEXT_NUMPY), warnings=warnings, totals=totals, sites=sites,
-            codes=codes, stacks=table, libs=libs, threads=threads, rss=rss, heap=heap,
-            library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
-            texts=texts, heapstats=heapstats, meta=meta, snapshots=sd.snapshots, end=sd.end or {},
-            t_start=float(sd.info.get("t_start", 0.0)), replayed=replayed,
-            sample_rate=_sample_rate(sd), stacks_read=text.get(fmt.TEXT_STACKS),
-            labels=dict(sd.info.get("labels") or {})))
+        model.processes.append(
+            Process(
+                sid=sid,
+                pid=int(sd.info.get("pid", 0)),
+                ppid=int(sd.info.get("ppid", 0)),
+                argv=_argv(text) or [str(a) for a in sd.info.get("argv", [])],
+                exe=text.get(fmt.TEXT_EXE) or sd.info.get("exe"),
+                python=text.get(fmt.TEXT_PYTHON_VERSION),
+                frames_off=text.get(fmt.TEXT_FRAMES_OFF),
+                numpy=text.get(fmt.TEXT_NUMPY),
+                warnings=warnings,
+                totals=totals,
+                sites=sites,
+                codes=codes,
+                stacks=table,
+                libs=libs,
+                threads=threads,
+                rss=rss,
+                heap=heap,
+                library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
+                texts=texts,
+                heapstats=heapstats,
+                meta=meta,
+                snapshots=sd.snapshots,
+                end=sd.end or {},
+                t_start=float(sd.info.get("t_start", 0.0)),
+                replayed=replayed,
+                sample_rate=_sample_rate(sd),
+                stacks_read=text.get(fmt.TEXT_STACKS),
+                labels=dict(sd.info.get("labels") or {}),
+            )
+        )
     return model
 
 
@@ -305,6 +334,7 @@ def load(path: str, live: bool = False, snapshots: bool = True) -> Model:
 
 
 # ---- views shared by the reports ------------------------------------------
+
 
 def heap_mask(sites: np.ndarray) -> np.ndarray:
     """Sites that count towards the heap: malloc family and anonymous mappings."""
@@ -328,8 +358,9 @@ def site_frame(proc: Process, site, user_code: bool = False) -> Frame:
     return frame or Frame(*LOST_FRAME)
 
 
-def site_frame_keys(proc: Process, sites: np.ndarray, functions: st.Interner,
-                    user_code: bool = False) -> np.ndarray:
+def site_frame_keys(
+    proc: Process, sites: np.ndarray, functions: st.Interner, user_code: bool = False
+) -> np.ndarray:
     """site_frame of every site at once, as stacks.frame_key values over
     `functions`, an interner of (file, function) pairs shared across processes."""
     table = proc.stacks
@@ -351,5 +382,5 @@ def site_frame_keys(proc: Process, sites: np.ndarray, functions: st.Interner,
 
 def display_path(path: str, cwd: Optional[str]) -> str:
     if cwd and path.startswith(cwd + os.sep):
-        return path[len(cwd) + 1:]
+        return path[len(cwd) + 1 :]
     return path

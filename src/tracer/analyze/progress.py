@@ -1,4 +1,5 @@
 """A progress line on stderr for long reads (only when stderr is a terminal)."""
+
 import sys
 import time
 
@@ -18,8 +19,9 @@ class Progress:
             self._last = now
             share = 100.0 * self.done_count / max(self.total, 1)
             bar = "#" * int(share / 4)
-            sys.stderr.write(f"\r{self.label} [{bar:<25}] {share:5.1f}% "
-                             f"({self.done_count:,} of {self.total:,} events)")
+            sys.stderr.write(
+                f"\r{self.label} [{bar:<25}] {share:5.1f}% ({self.done_count:,} of {self.total:,} events)"
+            )
             sys.stderr.flush()
 
     def close(self) -> None:

@@ -19,18 +19,26 @@ and, apart, `untouched`: traced bytes allocated but not resident. A row whose
 number cannot be had is None ("unknown") with the reason; its bytes then stay in
 the residual, so the table still adds up.
 """
+
 import bisect
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.errors import CaptureError
 from tracer.analyze.model import Model, Process
+from tracer.errors import CaptureError
 
-ROWS = ("heap_resident_bytes", "tracer_bytes", "allocator_free_bytes",
-        "allocator_overhead_bytes", "pymalloc_free_bytes", "file_backed_bytes",
-        "stacks_and_other_anon_bytes", "untracked_bytes")
+ROWS = (
+    "heap_resident_bytes",
+    "tracer_bytes",
+    "allocator_free_bytes",
+    "allocator_overhead_bytes",
+    "pymalloc_free_bytes",
+    "file_backed_bytes",
+    "stacks_and_other_anon_bytes",
+    "untracked_bytes",
+)
 ROW_TITLES = {
     "heap_resident_bytes": "live traced heap, resident",
     "tracer_bytes": "memtrace itself (ring, tables, code)",
@@ -45,8 +53,20 @@ ROW_TITLES = {
 TRACER_FILES = ("/tracer/_preload", "/tracer/_pyframes", "memfd:memtrace")
 
 
-VMA_COLUMNS = ("start", "end", "rss", "anon", "swap", "perms", "path", "blocks", "anon_map",
-               "file_map", "top_site", "top_bytes")
+VMA_COLUMNS = (
+    "start",
+    "end",
+    "rss",
+    "anon",
+    "swap",
+    "perms",
+    "path",
+    "blocks",
+    "anon_map",
+    "file_map",
+    "top_site",
+    "top_bytes",
+)
 # blocks: traced malloc-family bytes starting in the mapping; anon_map / file_map:
 # traced anonymous / file-backed mmap bytes overlapping it; top_site and top_bytes:
 # the site of its largest traced block and that block's bytes
@@ -198,15 +218,17 @@ def reconcile_snapshot(proc: Process, snap: Mapping[str, Any], exit_: bool = Fal
     small_resident = min(small_live, arena_rss)
     mapped = _traced_mappings(v, kinds)
     out["untouched_bytes"] = mapped["untouched"]
-    allocator_free, allocator_overhead_arena = _glibc_rows(proc, snap, exit_, out, small_live,
-                                                           arena_rss - small_resident)
+    allocator_free, allocator_overhead_arena = _glibc_rows(
+        proc, snap, exit_, out, small_live, arena_rss - small_resident
+    )
     pymalloc_free = _pymalloc_row(proc, snap, exit_, out, mapped["resident"])
     rows = {
         "rss_bytes": rss,
         "heap_resident_bytes": small_resident + mapped["resident"] - (pymalloc_free or 0),
         "tracer_bytes": sums.get("tracer", 0),
         "allocator_free_bytes": allocator_free,
-        "allocator_overhead_bytes": None if allocator_overhead_arena is None
+        "allocator_overhead_bytes": None
+        if allocator_overhead_arena is None
         else allocator_overhead_arena + mapped["bigblock_overhead"],
         "pymalloc_free_bytes": pymalloc_free,
         "file_backed_bytes": sums.get("file", 0),
@@ -235,38 +257,51 @@ def _traced_mappings(v: Dict[str, np.ndarray], kinds: np.ndarray) -> Dict[str, A
     named = either & (gap != 0) & (v["top_site"] >= 0)
     for site, bytes_ in zip(v["top_site"][named].tolist(), gap[named].tolist()):
         untouched_sites[site] = untouched_sites.get(site, 0) + bytes_
-    return {"resident": int(resident[either].sum()), "untouched": int(gap[either].sum()),
-            "bigblock_overhead": int(left[bigblock].sum()),  # the chunk header's page
-            "unexplained": int(left[mapped].sum()), "untouched_sites": untouched_sites}
+    return {
+        "resident": int(resident[either].sum()),
+        "untouched": int(gap[either].sum()),
+        "bigblock_overhead": int(left[bigblock].sum()),  # the chunk header's page
+        "unexplained": int(left[mapped].sum()),
+        "untouched_sites": untouched_sites,
+    }
 
 
 def _nearest_books(books: list, snap: Mapping[str, Any], exit_: bool) -> Optional[dict]:
     """The statistics nearest the snapshot (at exit, those the exit sent, if any)."""
     position = snap.get("position", 0)
-    return ((_nearest(books, position, fmt.STATS_EXIT) if exit_ else None)
-            or _nearest(books, position))
+    return (_nearest(books, position, fmt.STATS_EXIT) if exit_ else None) or _nearest(books, position)
 
 
-def _glibc_rows(proc: Process, snap: Mapping[str, Any], exit_: bool, out: Dict[str, Any],
-                small_live: int, arena_unexplained: int) -> Tuple[Optional[int], Optional[int]]:
+def _glibc_rows(
+    proc: Process,
+    snap: Mapping[str, Any],
+    exit_: bool,
+    out: Dict[str, Any],
+    small_live: int,
+    arena_unexplained: int,
+) -> Tuple[Optional[int], Optional[int]]:
     """glibc's books at the nearest moment: (free bytes it holds, its overhead in arenas)."""
     mi = _nearest_books(heap_stats(proc), snap, exit_)
     if mi is None:
-        out["unknown"]["allocator_free_bytes"] = out["unknown"]["allocator_overhead_bytes"] = \
-            "no glibc statistics from this process (not glibc's malloc, or it never allocated after the request)"
+        out["unknown"]["allocator_free_bytes"] = out["unknown"]["allocator_overhead_bytes"] = (
+            "no glibc statistics from this process (not glibc's malloc, or it never allocated "
+            "after the request)"
+        )
         return None, None
     out["mallinfo"] = mi
     overhead = max(0, mi["uordblks"] - small_live)
     return max(0, min(arena_unexplained - overhead, mi["fordblks"])), overhead
 
 
-def _pymalloc_row(proc: Process, snap: Mapping[str, Any], exit_: bool, out: Dict[str, Any],
-                  mapped_resident: int) -> Optional[int]:
+def _pymalloc_row(
+    proc: Process, snap: Mapping[str, Any], exit_: bool, out: Dict[str, Any], mapped_resident: int
+) -> Optional[int]:
     """Free bytes in pymalloc's arenas at the nearest moment (0 without pymalloc)."""
     py = _nearest_books(pymalloc_stats(proc), snap, exit_)
     if py is not None and not py.get("pymalloc", 1):
-        out["notes"].append("this Python does not use pymalloc (PYTHONMALLOC=malloc?): "
-                            "its objects are in glibc's rows")
+        out["notes"].append(
+            "this Python does not use pymalloc (PYTHONMALLOC=malloc?): its objects are in glibc's rows"
+        )
         return 0
     if py is None:
         if proc.python:
@@ -322,8 +357,12 @@ def peak_distances(proc: Process, snap: Mapping[str, Any], row: dict, marks: Lis
     # (they differ by the ring slots that held no event, counted at the snapshot)
     offset = snap.get("position", 0) - snap.get("events", snap.get("position", 0))
     out: Dict[str, Optional[dict]]
-    out = {"snapshot": {"events": int(snap.get("events", snap.get("position", 0))) - peak_event,
-                        "seconds": float(snap["t"]) - peak_time}}
+    out = {
+        "snapshot": {
+            "events": int(snap.get("events", snap.get("position", 0))) - peak_event,
+            "seconds": float(snap["t"]) - peak_time,
+        }
+    }
     for part, key in (("glibc", "mallinfo"), ("pymalloc", "pymalloc")):
         answer = row.get(key)
         if answer is None:
@@ -331,8 +370,7 @@ def peak_distances(proc: Process, snap: Mapping[str, Any], row: dict, marks: Lis
             continue
         event = int(answer["position"]) - offset
         t = _event_time(marks, event)
-        out[part] = {"events": event - peak_event,
-                     "seconds": None if t is None else t - peak_time}
+        out[part] = {"events": event - peak_event, "seconds": None if t is None else t - peak_time}
     return out
 
 
@@ -367,22 +405,23 @@ def reconcile_process(proc: Process, marks: Optional[List[tuple]] = None) -> dic
     elif usable:
         last = usable[-1]
         result["at_exit"] = reconcile_snapshot(proc, last)
-        result["at_exit"]["notes"].append(
-            "the process ended without exit(): this is its last snapshot")
+        result["at_exit"]["notes"].append("the process ended without exit(): this is its last snapshot")
     else:
         result["at_exit"] = {"error": "the process ended before any snapshot"}
     mi = result["at_exit"].get("mallinfo")
     if mi is not None:
         result["at_exit"]["notes"].append(
             f"glibc statistics taken {abs(mi['position'] - last.get('position', 0)):,} "
-            "events from the snapshot")
+            "events from the snapshot"
+        )
     return result
 
 
 def statistics_cost(proc: Process) -> float:
     """Seconds the target spent producing heap statistics (glibc's and pymalloc's)."""
-    return (sum(r["cost_ns"] for r in heap_stats(proc))
-            + sum(r.get("cost_ns", 0) for r in pymalloc_stats(proc))) / 1e9
+    return (
+        sum(r["cost_ns"] for r in heap_stats(proc)) + sum(r.get("cost_ns", 0) for r in pymalloc_stats(proc))
+    ) / 1e9
 
 
 def process_key(proc: Process) -> str:
@@ -398,8 +437,8 @@ def reconcile(model: Model) -> Dict[str, dict]:
     cached = model.__dict__.get("_reconciled")
     if cached is None:
         cached = model.__dict__["_reconciled"] = {
-            process_key(p): reconcile_process(p, model.capture.marks(p.sid))
-            for p in model.processes}
+            process_key(p): reconcile_process(p, model.capture.marks(p.sid)) for p in model.processes
+        }
     return cached
 
 
@@ -412,10 +451,17 @@ def timeline(model: Model, proc: Process) -> List[list]:
     times = [float(t) for _first, t in marks] + [0.0]  # [-1]: before the first mark
     # time of a position: that of the last mark before the first mark past it
     # (np.maximum.accumulate keeps this exact however the marks are ordered)
-    past = np.searchsorted(np.maximum.accumulate(firsts), proc.heapstats["position"],
-                           side="right") if len(firsts) else np.zeros(len(proc.heapstats), np.int64)
-    held = sorted(zip([times[i - 1] for i in past.tolist()],
-                      (proc.heapstats["arena"] + proc.heapstats["hblkhd"]).tolist()))
+    past = (
+        np.searchsorted(np.maximum.accumulate(firsts), proc.heapstats["position"], side="right")
+        if len(firsts)
+        else np.zeros(len(proc.heapstats), np.int64)
+    )
+    held = sorted(
+        zip(
+            [times[i - 1] for i in past.tolist()],
+            (proc.heapstats["arena"] + proc.heapstats["hblkhd"]).tolist(),
+        )
+    )
     out, h, m = [], 0, 0
     heap_t, heap = proc.heap["t"].tolist(), proc.heap["heap"].tolist()
     for t, rss in zip(proc.rss["t"].tolist(), proc.rss["rss"].tolist()):
@@ -435,10 +481,13 @@ def json_rows(rec: dict) -> dict:
     keys = ("rss_bytes",) + ROWS + ("untouched_bytes", "residual_bytes")
     out = {k: rec.get(k) for k in keys}
     out["t"] = rec.get("t")
-    for key, name in (("peak_heap", "peak_heap_bytes"), ("heap_at_snapshot", "heap_at_snapshot_bytes"),
-                      ("resident_peak_bytes", "resident_peak_bytes"),
-                      ("resident_peak_unknown_bytes", "resident_peak_unknown_bytes"),
-                      ("distance", "distance")):
+    for key, name in (
+        ("peak_heap", "peak_heap_bytes"),
+        ("heap_at_snapshot", "heap_at_snapshot_bytes"),
+        ("resident_peak_bytes", "resident_peak_bytes"),
+        ("resident_peak_unknown_bytes", "resident_peak_unknown_bytes"),
+        ("distance", "distance"),
+    ):
         if key in rec:
             out[name] = rec[key]
     return out

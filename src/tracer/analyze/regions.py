@@ -7,6 +7,7 @@ site's numbers inside them (csrc/collector/regions.c). A region's numbers merge 
 instances add up, its peak is its highest instance's (with that instance's
 breakdown by site), allocated bytes and what each instance left live add up.
 """
+
 import dataclasses
 import fnmatch
 import struct
@@ -15,12 +16,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.record.aggregate import Aggregator
-from tracer.errors import MemtraceError
 from tracer.analyze.model import Model, Process
+from tracer.errors import MemtraceError
+from tracer.record.aggregate import Aggregator
 
-SITE_COLUMNS = ("alloc_bytes", "n_allocs", "live_bytes", "live_count", "temp_bytes",
-                "temp_count")
+SITE_COLUMNS = ("alloc_bytes", "n_allocs", "live_bytes", "live_count", "temp_bytes", "temp_count")
 
 
 _names: Dict[int, tuple] = {}  # id(metadata bytes) -> (those bytes, their regions)
@@ -36,8 +36,7 @@ def names(proc: Process) -> Dict[int, Tuple[str, str]]:
     for rtype, payload in fmt.iter_meta(bytes(proc.meta)):
         if rtype == fmt.META_REGION and len(payload) >= 8:
             rid, kind = struct.unpack_from("<II", payload)
-            out[rid] = (payload[8:].decode("utf-8", "replace"),
-                        fmt.REGION_KINDS.get(kind, "region"))
+            out[rid] = (payload[8:].decode("utf-8", "replace"), fmt.REGION_KINDS.get(kind, "region"))
     _names[id(proc.meta)] = (proc.meta, out)
     return out
 
@@ -61,16 +60,20 @@ def records(model: Model, proc: Process) -> Optional[Tuple[np.ndarray, np.ndarra
         for t, events in model.capture.events(proc.sid, "reading regions"):
             agg.feed(np.ascontiguousarray(events), t)
         rows, sites = agg.region_records()
-        _replayed[key] = (np.frombuffer(rows, fmt.REGION_ROW_DTYPE),
-                          np.frombuffer(sites, fmt.REGION_SITE_DTYPE)) if rows else None
+        _replayed[key] = (
+            (np.frombuffer(rows, fmt.REGION_ROW_DTYPE), np.frombuffer(sites, fmt.REGION_SITE_DTYPE))
+            if rows
+            else None
+        )
     return _replayed[key]
 
 
 @dataclasses.dataclass
 class Merged:
     """One region (or several merged) of one process."""
+
     instances: int
-    open: int              # instances still open when the stream ended
+    open: int  # instances still open when the stream ended
     peak_bytes: int
     peak_time: float
     alloc_bytes: int
@@ -94,20 +97,27 @@ def _merge(rows: np.ndarray, sites: Optional[np.ndarray], picked: np.ndarray) ->
     best = picked[int(np.argmax(sel["peak_bytes"]))]
     open_rows = sel["instances"] == 0
     return Merged(
-        instances=int(sel["instances"].sum()) + int(open_rows.sum()), open=int(open_rows.sum()),
-        peak_bytes=int(rows["peak_bytes"][best]), peak_time=float(rows["peak_time"][best]),
-        alloc_bytes=int(sel["alloc_bytes"].sum()), n_allocs=int(sel["n_allocs"].sum()),
-        live_at_end_bytes=int(sel["live_bytes"].sum()), t_enter=float(sel["t_enter"].min()),
+        instances=int(sel["instances"].sum()) + int(open_rows.sum()),
+        open=int(open_rows.sum()),
+        peak_bytes=int(rows["peak_bytes"][best]),
+        peak_time=float(rows["peak_time"][best]),
+        alloc_bytes=int(sel["alloc_bytes"].sum()),
+        n_allocs=int(sel["n_allocs"].sum()),
+        live_at_end_bytes=int(sel["live_bytes"].sum()),
+        t_enter=float(sel["t_enter"].min()),
         t_leave=None if open_rows.any() else float(sel["t_leave"].max()),
-        sites=None if sites is None else _merge_sites(sites, picked, best))
+        sites=None if sites is None else _merge_sites(sites, picked, best),
+    )
 
 
 def _merge_sites(sites: np.ndarray, picked: np.ndarray, best: int) -> np.ndarray:
     """Per site: the rows' columns added up, the peak ones from the best row only."""
     recs = sites[np.isin(sites["row"], picked)]
     index, inverse = np.unique(recs["site"], return_inverse=True)
-    per_site = np.zeros(len(index), dtype=[("site", "<u4")] + [
-        (c, "<i8") for c in SITE_COLUMNS + ("peak_bytes", "peak_count")])
+    per_site = np.zeros(
+        len(index),
+        dtype=[("site", "<u4")] + [(c, "<i8") for c in SITE_COLUMNS + ("peak_bytes", "peak_count")],
+    )
     per_site["site"] = index
     for column in SITE_COLUMNS:
         np.add.at(per_site[column], inverse, recs[column].astype(np.int64))
@@ -130,19 +140,28 @@ def table(model: Model) -> List[dict]:
         order = np.argsort(inverse, kind="stable")  # the rows of each region, together
         starts = np.searchsorted(inverse[order], np.arange(len(ids)))
         for k, rid in enumerate(ids.tolist()):
-            picked = order[starts[k]:starts[k + 1] if k + 1 < len(ids) else len(order)]
+            picked = order[starts[k] : starts[k + 1] if k + 1 < len(ids) else len(order)]
             m = _merge(rows, None, picked)
             assert m is not None  # (picked is never empty)
             name, kind = named.get(rid, (f"<region {rid}>", "region"))
             parent = rows["parent"][picked[0]]
-            out.append({
-                "pid": proc.pid, "name": name, "kind": kind, "instances": m.instances,
-                "open_at_end": m.open,
-                "parent": named.get(int(parent), (None,))[0] if parent else None,
-                "peak_bytes": m.peak_bytes, "peak_time": m.peak_time,
-                "allocated_bytes": m.alloc_bytes, "n_allocations": m.n_allocs,
-                "live_at_end_bytes": m.live_at_end_bytes,
-                "t_enter": m.t_enter, "t_leave": m.t_leave})
+            out.append(
+                {
+                    "pid": proc.pid,
+                    "name": name,
+                    "kind": kind,
+                    "instances": m.instances,
+                    "open_at_end": m.open,
+                    "parent": named.get(int(parent), (None,))[0] if parent else None,
+                    "peak_bytes": m.peak_bytes,
+                    "peak_time": m.peak_time,
+                    "allocated_bytes": m.alloc_bytes,
+                    "n_allocations": m.n_allocs,
+                    "live_at_end_bytes": m.live_at_end_bytes,
+                    "t_enter": m.t_enter,
+                    "t_leave": m.t_leave,
+                }
+            )
     return out
 
 
@@ -150,15 +169,18 @@ def _matching(model: Model, pattern: str) -> Dict[int, list]:
     """Region ids per process named `pattern` exactly, else matching it as a glob."""
     named = {proc.sid: names(proc) for proc in model.processes}
     for match in (lambda n: n == pattern, lambda n: fnmatch.fnmatchcase(n, pattern)):
-        found = {sid: [rid for rid, (name, _kind) in ids.items() if match(name)]
-                 for sid, ids in named.items()}
+        found = {
+            sid: [rid for rid, (name, _kind) in ids.items() if match(name)] for sid, ids in named.items()
+        }
         found = {sid: ids for sid, ids in found.items() if ids}
         if found:
             return found
     every = sorted({name for ids in named.values() for name, _kind in ids.values()})
     listed = ", ".join(repr(n) for n in every[:8]) + (", …" if len(every) > 8 else "")
-    raise MemtraceError(f"{model.capture.path} has no region {pattern!r}"
-                        + (f" (its regions: {listed})" if every else " (it has no regions)"))
+    raise MemtraceError(
+        f"{model.capture.path} has no region {pattern!r}"
+        + (f" (its regions: {listed})" if every else " (it has no regions)")
+    )
 
 
 def focus(model: Model, pattern: str) -> Model:
@@ -189,9 +211,15 @@ def _focused(proc: Process, m: Merged) -> Process:
     for column in SITE_COLUMNS + ("peak_bytes", "peak_count"):
         sites[column] = keep[column]
     totals = dict(proc.totals)
-    totals.update(peak_heap=m.peak_bytes, peak_time=m.peak_time, heap=m.live_at_end_bytes,
-                  total_allocated=m.alloc_bytes, n_allocations=m.n_allocs,
-                  live_blocks=int(keep["live_count"].sum()), rss_peak=0)
+    totals.update(
+        peak_heap=m.peak_bytes,
+        peak_time=m.peak_time,
+        heap=m.live_at_end_bytes,
+        total_allocated=m.alloc_bytes,
+        n_allocations=m.n_allocs,
+        live_blocks=int(keep["live_count"].sum()),
+        rss_peak=0,
+    )
     end = m.t_leave if m.t_leave is not None else float("inf")
     # the region's own heap at the moments it is known exactly: nothing at its
     # start, its peak, and what it left live at its end
@@ -199,8 +227,13 @@ def _focused(proc: Process, m: Merged) -> Process:
     points = sorted({(m.t_enter, 0), (m.peak_time, m.peak_bytes), (last, m.live_at_end_bytes)})
     heap = np.array([(t, v, v) for t, v in points], dtype=fmt.HEAP_DTYPE)
     return dataclasses.replace(
-        proc, sites=sites, totals=totals, snapshots=[], heap=heap,
-        rss=proc.rss[(proc.rss["t"] >= m.t_enter) & (proc.rss["t"] <= end)])
+        proc,
+        sites=sites,
+        totals=totals,
+        snapshots=[],
+        heap=heap,
+        rss=proc.rss[(proc.rss["t"] >= m.t_enter) & (proc.rss["t"] <= end)],
+    )
 
 
 def describe(model: Model) -> Optional[str]:
@@ -208,8 +241,10 @@ def describe(model: Model) -> Optional[str]:
     pattern = getattr(model, "region", None)
     if pattern is None:
         return None
-    return (f"region {pattern!r}: only what was allocated inside it; peak = its highest "
-            "instance's, live at exit = what its instances left live as they ended")
+    return (
+        f"region {pattern!r}: only what was allocated inside it; peak = its highest "
+        "instance's, live at exit = what its instances left live as they ended"
+    )
 
 
 class EventFilter:

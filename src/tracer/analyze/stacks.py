@@ -10,6 +10,7 @@ A node id that the capture never described ends its stack in a "lost" frame (the
 reports' `<stack lost>`); so does, in a corrupt capture, a parent link that goes
 round in a cycle or more than MAX_STACK_DEPTH frames deep.
 """
+
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -31,8 +32,14 @@ def meta_index(data: bytes) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     offsets = np.zeros(n, np.uint64)
     lengths = np.zeros(n, np.uint16)
     if n:
-        lib.mt_meta_index(buf, len(data), ffi.from_buffer("uint16_t[]", types),
-                          ffi.from_buffer("uint64_t[]", offsets), ffi.from_buffer("uint16_t[]", lengths), n)
+        lib.mt_meta_index(
+            buf,
+            len(data),
+            ffi.from_buffer("uint16_t[]", types),
+            ffi.from_buffer("uint64_t[]", offsets),
+            ffi.from_buffer("uint16_t[]", lengths),
+            n,
+        )
     return types, offsets.astype(np.int64), lengths.astype(np.int64)
 
 
@@ -64,8 +71,8 @@ def code_records(data: bytes, offsets, lengths) -> Dict[int, Tuple[str, str, int
             continue
         cid, first, flen, nlen = head.unpack_from(data, at)
         end, text = at + length, at + head.size
-        file = data[text:min(text + flen, end)].decode("utf-8", "replace")
-        name = data[text + flen:min(text + flen + nlen, end)].decode("utf-8", "replace")
+        file = data[text : min(text + flen, end)].decode("utf-8", "replace")
+        name = data[text + flen : min(text + flen + nlen, end)].decode("utf-8", "replace")
         codes[cid] = (file, name, first)
     return codes
 
@@ -179,9 +186,12 @@ def nearest_flagged(parent: np.ndarray, flag: np.ndarray, rows) -> np.ndarray:
     rows_now = np.arange(len(parent))
     if (parent < rows_now).all():  # parents first (the shim numbers them so): one pass
         step = np.empty(len(parent), np.int64)
-        lib.mt_nearest_flagged(ffi.from_buffer("int64_t[]", np.ascontiguousarray(parent, np.int64)),
-                               ffi.from_buffer("uint8_t[]", np.ascontiguousarray(flag, np.uint8)),
-                               len(parent), ffi.from_buffer("int64_t[]", step))
+        lib.mt_nearest_flagged(
+            ffi.from_buffer("int64_t[]", np.ascontiguousarray(parent, np.int64)),
+            ffi.from_buffer("uint8_t[]", np.ascontiguousarray(flag, np.uint8)),
+            len(parent),
+            ffi.from_buffer("int64_t[]", step),
+        )
         return take(step, rows)
     step = np.where(flag, rows_now, parent)
     # pointer doubling: flagged rows point at themselves, others jump up
@@ -294,5 +304,4 @@ def group_sum(ids: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
 def meta_text_records(data: bytes, types, offsets, lengths) -> List[Tuple[int, bytes]]:
     """(type, payload) of the libraries', threads' and text records (few)."""
     pick = np.flatnonzero((types == fmt.META_LIB) | (types == fmt.META_THREAD) | (types == fmt.META_TEXT))
-    return [(int(types[i]), data[int(offsets[i]):int(offsets[i]) + int(lengths[i])])
-            for i in pick.tolist()]
+    return [(int(types[i]), data[int(offsets[i]) : int(offsets[i]) + int(lengths[i])]) for i in pick.tolist()]

@@ -6,6 +6,7 @@ which Python this is — or why it gets no frames — and then steps aside: it
 takes its folder off sys.path and imports the sitecustomize that would have
 run without it.
 """
+
 import os
 import sys
 
@@ -20,6 +21,7 @@ def _note_without_reader(key, text):
     """Send a note through the shim directly (when the reader cannot load)."""
     try:
         import ctypes
+
         fn = ctypes.CDLL(None).mt_meta_text
     except (ImportError, OSError, AttributeError):
         return
@@ -33,6 +35,7 @@ def _reader_path():
     passed if its ABI tag matches, else one from memtrace installed here."""
     import importlib.machinery
     import importlib.util
+
     tag = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
     path = os.environ.get("MEMTRACE_PYFRAMES", "")
     if path.endswith(tag):
@@ -48,6 +51,7 @@ def _reader_path():
 
 def _installed_here():
     import importlib.util
+
     try:
         return importlib.util.find_spec("tracer._preload") is not None
     except Exception:
@@ -63,12 +67,17 @@ def frames_unavailable(version_info, abiflags):
     if "t" in abiflags:
         # mimalloc inside libpython serves objects (not interposable), and code runs
         # from per-thread bytecode copies: docs/how-it-works.md says what support takes
-        return ("free-threaded CPython %d.%d%s is traced native-only (Python frames and "
-                "object allocations need a GIL build)" % (version_info[0], version_info[1],
-                                                          abiflags))
+        return (
+            "free-threaded CPython %d.%d%s is traced native-only (Python frames and "
+            "object allocations need a GIL build)" % (version_info[0], version_info[1], abiflags)
+        )
     if not SUPPORTED[0] <= tuple(version_info[:2]) <= SUPPORTED[1]:
         return "CPython %d.%d is not supported (%d.%d to %d.%d are): traced native-only" % (
-            version_info[0], version_info[1], *SUPPORTED[0], *SUPPORTED[1])
+            version_info[0],
+            version_info[1],
+            *SUPPORTED[0],
+            *SUPPORTED[1],
+        )
     return None
 
 
@@ -76,16 +85,22 @@ def _load_reader():
     """The frame reader module, or the reason it cannot be used here."""
     import importlib.machinery
     import importlib.util
+
     why = frames_unavailable(sys.version_info, getattr(sys, "abiflags", ""))
     if why:
         return why
     path = _reader_path()
     if path is None:
         if _installed_here():
-            return ("memtrace's frame reader was not built for this Python (%d.%d): the "
-                    "install printed why" % sys.version_info[:2])
-        return ("memtrace is not installed in this Python (%d.%d, %s): install it here for "
-                "Python frames" % (sys.version_info[0], sys.version_info[1], sys.executable))
+            return (
+                "memtrace's frame reader was not built for this Python (%d.%d): the "
+                "install printed why" % sys.version_info[:2]
+            )
+        return "memtrace is not installed in this Python (%d.%d, %s): install it here for Python frames" % (
+            sys.version_info[0],
+            sys.version_info[1],
+            sys.executable,
+        )
     try:
         loader = importlib.machinery.ExtensionFileLoader("_pyframes", path)
         spec = importlib.util.spec_from_file_location("_pyframes", path, loader=loader)
@@ -138,8 +153,9 @@ def _label_numpy(reader, core):
 
 def _library_paths():
     """Folders whose code is not the user's: the stdlib and installed packages."""
-    paths = {os.path.join(p, "lib") for p in
-             (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    paths = {
+        os.path.join(p, "lib") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
+    }
     paths.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
     paths.add(os.path.dirname(os.path.abspath(__file__)))  # this bootstrap
     return sorted(paths)
@@ -156,6 +172,7 @@ def _start():
     if not installed:
         return  # no shim in this process (e.g. an untraced child kept PYTHONPATH)
     import atexit
+
     # Frames stop being read before the interpreter tears thread states down.
     atexit.register(reader.uninstall)
     # The program's exit point, after its own atexit handlers and before the
@@ -165,13 +182,13 @@ def _start():
         # --objects: the census calls these as they are now, before the program
         # could rebind them (docs/objects.md)
         import gc
+
         reader.census_setup(sys.getsizeof, gc.get_objects, gc.isenabled, gc.disable, gc.enable)
     if installed is True:
         reader.meta_text(_TEXT_PYTHON_VERSION, "%d.%d.%d" % sys.version_info[:3])
         reader.meta_text(_TEXT_STACKS, reader.pins())
     else:  # a reason: this interpreter's frames cannot be read (statistics still come)
-        reader.meta_text(_TEXT_FRAMES_OFF, "CPython %d.%d.%d: %s" % (*sys.version_info[:3],
-                                                                  installed))
+        reader.meta_text(_TEXT_FRAMES_OFF, "CPython %d.%d.%d: %s" % (*sys.version_info[:3], installed))
     reader.meta_text(_TEXT_LIBRARY_PATHS, "\n".join(_library_paths()))
     core = next((sys.modules[m] for m in _NUMPY_CORE if m in sys.modules), None)
     if core is not None:

@@ -16,6 +16,7 @@ Anything that is not a subcommand is a program to run: `memtrace python x.py`
 is `memtrace run -- python x.py`. Errors are one line on stderr and a
 non-zero exit; the target's own exit code passes through.
 """
+
 import os
 import sys
 from typing import List, Optional, Type
@@ -23,9 +24,18 @@ from typing import List, Optional, Type
 from tracer import __version__
 from tracer.cli import run as run_command
 from tracer.cli.common import CaptureCommand, Command, _Parser, parse_bytes
-from tracer.cli.reports import (DiffCommand, ExportCommand, FlamegraphCommand, LinesCommand,
-                                LogCommand, ReconcileCommand, RegionsCommand, StatsCommand,
-                                SummaryCommand, TreeCommand)
+from tracer.cli.reports import (
+    DiffCommand,
+    ExportCommand,
+    FlamegraphCommand,
+    LinesCommand,
+    LogCommand,
+    ReconcileCommand,
+    RegionsCommand,
+    StatsCommand,
+    SummaryCommand,
+    TreeCommand,
+)
 from tracer.cli.run import LiveCommand, RunCommand, write_reports
 from tracer.cli.tools import ClusterCommand, JupyterCommand, MergeCommand, PytestCommand
 from tracer.errors import MemtraceError
@@ -34,18 +44,36 @@ __all__ = ["main", "entry", "parse_bytes", "write_reports"]
 
 
 _COMMANDS: List[Type[Command]]
-_COMMANDS = [RunCommand, LiveCommand, SummaryCommand, StatsCommand, ReconcileCommand, FlamegraphCommand,
-             TreeCommand, LinesCommand, LogCommand, DiffCommand, ExportCommand, RegionsCommand,
-             MergeCommand, ClusterCommand, PytestCommand, JupyterCommand]
+_COMMANDS = [
+    RunCommand,
+    LiveCommand,
+    SummaryCommand,
+    StatsCommand,
+    ReconcileCommand,
+    FlamegraphCommand,
+    TreeCommand,
+    LinesCommand,
+    LogCommand,
+    DiffCommand,
+    ExportCommand,
+    RegionsCommand,
+    MergeCommand,
+    ClusterCommand,
+    PytestCommand,
+    JupyterCommand,
+]
 
 
 def _parser(command) -> _Parser:
     p = _Parser(prog=f"memtrace {command.name}", description=command.__doc__)
     command.prepare_parser(p)
     if isinstance(command, (CaptureCommand, DiffCommand)) and not isinstance(command, RegionsCommand):
-        p.add_argument("--region", metavar="NAME",
-                       help="only what was allocated inside the region NAME (exact, else a glob; "
-                            "`memtrace regions` lists them)")
+        p.add_argument(
+            "--region",
+            metavar="NAME",
+            help="only what was allocated inside the region NAME (exact, else a glob; "
+            "`memtrace regions` lists them)",
+        )
     elif isinstance(command, RegionsCommand):
         p.set_defaults(region=None)
     return p

@@ -1,5 +1,6 @@
 """What every command shares: the one-line argparse, sizes in bytes, loading a
 capture (with its warning line and exit status), --region, and writing outputs."""
+
 import argparse
 import sys
 from typing import Any, Protocol
@@ -14,8 +15,19 @@ class _Parser(argparse.ArgumentParser):
         raise MemtraceError(f"{message} (see `memtrace {self.prog.split()[-1]} --help`)")
 
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
-          "MB": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KB": 1 << 10,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MB": 1 << 20,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GB": 1 << 30,
+    "GIB": 1 << 30,
+}
 
 
 def parse_bytes(text: str) -> int:
@@ -66,12 +78,19 @@ def _focus(model, region):
 
 def _metric_options(p) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--leaks", dest="metric", action="store_const", const="leaks",
-                       help="memory still live at exit")
-    group.add_argument("--temporary", dest="metric", action="store_const", const="temporary",
-                       help="allocations freed before the next allocation on their thread")
-    group.add_argument("--total", dest="metric", action="store_const", const="total",
-                       help="every byte allocated")
+    group.add_argument(
+        "--leaks", dest="metric", action="store_const", const="leaks", help="memory still live at exit"
+    )
+    group.add_argument(
+        "--temporary",
+        dest="metric",
+        action="store_const",
+        const="temporary",
+        help="allocations freed before the next allocation on their thread",
+    )
+    group.add_argument(
+        "--total", dest="metric", action="store_const", const="total", help="every byte allocated"
+    )
     p.set_defaults(metric="peak")
 
 

@@ -6,6 +6,7 @@ test's call a region. Once pytest is done, the tests with the highest peak and
 the most memory left live are read from the capture and printed after pytest's
 own report; the exit status is pytest's.
 """
+
 import os
 import sys
 from typing import List, Optional
@@ -21,7 +22,7 @@ def _option(args: List[str], name: str) -> Optional[str]:
         if arg == name and i + 1 < len(args):
             return args[i + 1]
         if arg.startswith(name + "="):
-            return arg[len(name) + 1:]
+            return arg[len(name) + 1 :]
     return None
 
 
@@ -37,9 +38,15 @@ def run(args: List[str]) -> int:
         top = int(top_text) if top_text is not None else 10
     except ValueError:
         raise MemtraceError(f"--memtrace-top takes a number of tests, not {top_text!r}") from None
-    result = launcher.run(launcher.RunOptions(
-        argv=[sys.executable, "-m", "pytest", *args], output=output, force=chosen is not None,
-        quiet=True, no_report=True))
+    result = launcher.run(
+        launcher.RunOptions(
+            argv=[sys.executable, "-m", "pytest", *args],
+            output=output,
+            force=chosen is not None,
+            quiet=True,
+            no_report=True,
+        )
+    )
     from tracer.analyze.model import load
     from tracer.reports import regions
 

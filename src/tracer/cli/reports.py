@@ -1,8 +1,16 @@
 """The report commands: each reads one capture (two for `diff`) and writes one report."""
+
 import sys
 
-from tracer.cli.common import (CaptureCommand, _focus, _incomplete_status, _keep_freed_memory,
-                               _load, _metric_options, _write_output)
+from tracer.cli.common import (
+    CaptureCommand,
+    _focus,
+    _incomplete_status,
+    _keep_freed_memory,
+    _load,
+    _metric_options,
+    _write_output,
+)
 from tracer.errors import MemtraceError
 
 
@@ -56,9 +64,11 @@ class ReconcileCommand(CaptureCommand):
 
         if getattr(model, "region", None) is not None:  # RSS is a process's, never a region's
             pids = {p.pid for p in model.processes}
-            sys.stdout.write(f"RSS belongs to processes, not regions: the reconciliation of the "
-                             f"process{'es' if len(pids) > 1 else ''} where region "
-                             f"{model.region!r} ran\n")
+            sys.stdout.write(
+                f"RSS belongs to processes, not regions: the reconciliation of the "
+                f"process{'es' if len(pids) > 1 else ''} where region "
+                f"{model.region!r} ran\n"
+            )
             model = _load(args.capture)
             model.processes = [p for p in model.processes if p.pid in pids]
         reconciliation.render(model, sys.stdout)
@@ -90,8 +100,13 @@ class TreeCommand(CaptureCommand):
         p.add_argument("--raw", action="store_true", help="exact byte counts")
         p.add_argument("capture")
         _metric_options(p)
-        p.add_argument("--min-share", type=float, default=1.0, metavar="PERCENT",
-                       help="hide subtrees under this share of the total (default 1)")
+        p.add_argument(
+            "--min-share",
+            type=float,
+            default=1.0,
+            metavar="PERCENT",
+            help="hide subtrees under this share of the total (default 1)",
+        )
 
     def report(self, model, args) -> None:
         from tracer.reports import tree

@@ -1,4 +1,5 @@
 """`memtrace run` and `memtrace live`, and the reports written at the end of a run."""
+
 import argparse
 import os
 import sys
@@ -17,29 +18,55 @@ class RunCommand:
     name = "run"
 
     def prepare_parser(self, p):
-        p.add_argument("-o", "--output", help="capture file (default: memtrace-<program>-<pid>.mtrace); a folder (DIR/ or an "
-                            "existing one): that name, inside it")
+        p.add_argument(
+            "-o",
+            "--output",
+            help="capture file (default: memtrace-<program>-<pid>.mtrace); a folder (DIR/ or an "
+            "existing one): that name, inside it",
+        )
         p.add_argument("-f", "--force", action="store_true", help="overwrite an existing capture file")
         p.add_argument("-q", "--quiet", action="store_true", help="print no summary at exit")
         p.add_argument("--no-report", action="store_true", help="write the capture only (no reports)")
-        p.add_argument("--sample-interval", type=float, default=0.01, metavar="SECONDS",
-                       help="how often to sample RSS and glibc's statistics (default 0.01)")
-        p.add_argument("--sample-rate", type=parse_bytes, default=0, metavar="BYTES",
-                       help="record a byte-weighted sample: each allocated byte is a sample point "
-                            "with probability 1/BYTES (e.g. 512K); numbers become unbiased "
-                            "estimates (default: record every event)")
-        p.add_argument("--redact-argv", action="store_true",
-                       help="keep only argv[0] of each traced process (its arguments become "
-                            "<redacted>) in the capture and every report")
-        p.add_argument("--objects", action="store_true",
-                       help="census of live Python objects by type (count, sys.getsizeof, NumPy "
-                            "nbytes owned or viewed, allocating lines) at the heap peak and at "
-                            "exit, taken on the main thread (docs/objects.md)")
-        p.add_argument("--live", action="store_true",
-                       help="watch the run in a terminal view (heap, RSS, top lines, threads, "
-                            "processes); the program's output goes to CAPTURE.out (docs/live.md)")
-        p.add_argument("--no-heap-stats", action="store_true",
-                       help="no RSS sampling, heap statistics or snapshots (no reconciliation)")
+        p.add_argument(
+            "--sample-interval",
+            type=float,
+            default=0.01,
+            metavar="SECONDS",
+            help="how often to sample RSS and glibc's statistics (default 0.01)",
+        )
+        p.add_argument(
+            "--sample-rate",
+            type=parse_bytes,
+            default=0,
+            metavar="BYTES",
+            help="record a byte-weighted sample: each allocated byte is a sample point "
+            "with probability 1/BYTES (e.g. 512K); numbers become unbiased "
+            "estimates (default: record every event)",
+        )
+        p.add_argument(
+            "--redact-argv",
+            action="store_true",
+            help="keep only argv[0] of each traced process (its arguments become "
+            "<redacted>) in the capture and every report",
+        )
+        p.add_argument(
+            "--objects",
+            action="store_true",
+            help="census of live Python objects by type (count, sys.getsizeof, NumPy "
+            "nbytes owned or viewed, allocating lines) at the heap peak and at "
+            "exit, taken on the main thread (docs/objects.md)",
+        )
+        p.add_argument(
+            "--live",
+            action="store_true",
+            help="watch the run in a terminal view (heap, RSS, top lines, threads, "
+            "processes); the program's output goes to CAPTURE.out (docs/live.md)",
+        )
+        p.add_argument(
+            "--no-heap-stats",
+            action="store_true",
+            help="no RSS sampling, heap statistics or snapshots (no reconciliation)",
+        )
         p.add_argument("program", nargs=argparse.REMAINDER, help="the program and its arguments")
 
     def run(self, args) -> int:
@@ -52,11 +79,21 @@ class RunCommand:
             raise MemtraceError("--sample-interval must be positive")
         if not args.no_report:
             _preload_reports()
-        result = launcher.run(launcher.RunOptions(
-            argv=argv, output=args.output, force=args.force, quiet=args.quiet,
-            no_report=args.no_report, sample_interval=args.sample_interval,
-            heap_stats=not args.no_heap_stats, sample_rate=args.sample_rate,
-            redact_argv=args.redact_argv, objects=args.objects, live=args.live))
+        result = launcher.run(
+            launcher.RunOptions(
+                argv=argv,
+                output=args.output,
+                force=args.force,
+                quiet=args.quiet,
+                no_report=args.no_report,
+                sample_interval=args.sample_interval,
+                heap_stats=not args.no_heap_stats,
+                sample_rate=args.sample_rate,
+                redact_argv=args.redact_argv,
+                objects=args.objects,
+                live=args.live,
+            )
+        )
         if not args.no_report:
             write_reports(result.capture, args.quiet, result.view)
         elif result.view is not None:
@@ -72,8 +109,10 @@ class LiveCommand:
     name = "live"
 
     def prepare_parser(self, p):
-        p.add_argument("target", help="the PID of a program traced by memtrace (or of memtrace "
-                                      "itself), or a run's live socket")
+        p.add_argument(
+            "target",
+            help="the PID of a program traced by memtrace (or of memtrace itself), or a run's live socket",
+        )
         p.add_argument("--output-log", help=argparse.SUPPRESS)  # run --live: the program's output
 
     def run(self, args) -> int:
@@ -127,6 +166,7 @@ def _preload_reports() -> None:
 
     def load():
         import time
+
         time.sleep(REPORTS_PRELOAD_DELAY)
         from tracer.reports import html, summary  # noqa: F401 (model, NumPy and the rest)
 

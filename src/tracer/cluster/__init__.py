@@ -4,6 +4,7 @@ engine's own mechanisms (tracer.cluster.dask), one capture per worker, merged in
 
 Nothing here is imported by the tracer itself: `import tracer` stays cheap.
 """
+
 import json
 import os
 import threading
@@ -49,8 +50,7 @@ def note(record: dict) -> Optional[int]:
     fn, position = calls
     with _note_lock:
         pos = int(position())
-        data = json.dumps({**record, "position": pos}, separators=(",", ":"),
-                          default=str).encode("utf-8")
+        data = json.dumps({**record, "position": pos}, separators=(",", ":"), default=str).encode("utf-8")
         if len(data) > 60000:  # a metadata record holds at most 64 KiB
             return None
         fn(fmt.TEXT_CLUSTER, data, len(data))

@@ -16,6 +16,7 @@ each task it runs as a region of kind `task` named by the task's key — entered
 on the thread that runs the task — and Dask's managed memory each time it changes.
 Outside memtrace the plugin does nothing.
 """
+
 import asyncio
 import os
 import shlex
@@ -25,8 +26,8 @@ import threading
 import time
 from typing import List, Optional
 
-from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.deploy.spec import ProcessInterface
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from tracer import _regions
 from tracer.cluster import note, traced
@@ -77,17 +78,30 @@ class MemtracePlugin(WorkerPlugin):
             return
         import distributed
 
-        note({"what": "worker", "engine": "dask", "engine_version": distributed.__version__,
-              "host": socket.gethostname(), "address": worker.address,
-              "name": str(worker.name), "pid": os.getpid(), "nthreads": worker.state.nthreads,
-              "memory_limit": getattr(worker.memory_manager, "memory_limit", None),
-              "t": time.time()})
-        if isinstance(worker.active_threads, dict) and not isinstance(worker.active_threads,
-                                                                      _TaskRegions):
+        note(
+            {
+                "what": "worker",
+                "engine": "dask",
+                "engine_version": distributed.__version__,
+                "host": socket.gethostname(),
+                "address": worker.address,
+                "name": str(worker.name),
+                "pid": os.getpid(),
+                "nthreads": worker.state.nthreads,
+                "memory_limit": getattr(worker.memory_manager, "memory_limit", None),
+                "t": time.time(),
+            }
+        )
+        if isinstance(worker.active_threads, dict) and not isinstance(worker.active_threads, _TaskRegions):
             worker.active_threads = _TaskRegions(worker.active_threads)
         else:
-            note({"what": "warning", "text": "this distributed's worker has no active_threads "
-                  "dict: tasks are not marked as regions"})
+            note(
+                {
+                    "what": "warning",
+                    "text": "this distributed's worker has no active_threads "
+                    "dict: tasks are not marked as regions",
+                }
+            )
         self.managed("setup")
 
     def managed(self, why: str, key=None) -> None:
@@ -97,8 +111,7 @@ class MemtracePlugin(WorkerPlugin):
         if (nbytes, keys) == self.last:
             return
         self.last = (nbytes, keys)
-        record = {"what": "managed", "managed": nbytes, "keys": keys, "t": time.time(),
-                  "why": why}
+        record = {"what": "managed", "managed": nbytes, "keys": keys, "t": time.time(), "why": why}
         if key is not None:
             record["key"] = key_name(key)
         fast = getattr(self.worker.data, "fast", None)
@@ -121,7 +134,7 @@ async def dask_setup(worker):
 
 
 START_TIMEOUT = 120.0  # seconds for a traced worker to say where it listens
-CLOSE_TIMEOUT = 60.0   # seconds for it to exit (and memtrace to write its capture)
+CLOSE_TIMEOUT = 60.0  # seconds for it to exit (and memtrace to write its capture)
 
 
 class MemtraceWorker(ProcessInterface):
@@ -134,30 +147,58 @@ class MemtraceWorker(ProcessInterface):
     Options: capture_dir (default "."), memtrace_args (more `memtrace run` options, e.g.
     ["--sample-rate", "512K"]), nanny (False: the worker is memtrace's child; True: a
     nanny and its worker, one process tree in one capture), python (the interpreter),
-    trace (False: the same worker, untraced), and the worker's own: nthreads, memory_limit, host, protocol, interface,
-    dashboard_address, local_directory, resources, death_timeout."""
+    trace (False: the same worker, untraced), and the worker's own: nthreads, memory_limit,
+    host, protocol, interface, dashboard_address, local_directory, resources, death_timeout."""
 
-    def __init__(self, scheduler: str, name=None, *, capture_dir: str = ".",
-                 memtrace_args=(), nanny: bool = False, python: Optional[str] = None,
-                 nthreads: int = 1, memory_limit="auto", host: Optional[str] = None,
-                 protocol: Optional[str] = None, interface: Optional[str] = None,
-                 dashboard: bool = False, dashboard_address: Optional[str] = None,
-                 local_directory: Optional[str] = None, resources: Optional[dict] = None,
-                 death_timeout=None, security=None, env: Optional[dict] = None,
-                 trace: bool = True, **ignored):
+    def __init__(
+        self,
+        scheduler: str,
+        name=None,
+        *,
+        capture_dir: str = ".",
+        memtrace_args=(),
+        nanny: bool = False,
+        python: Optional[str] = None,
+        nthreads: int = 1,
+        memory_limit="auto",
+        host: Optional[str] = None,
+        protocol: Optional[str] = None,
+        interface: Optional[str] = None,
+        dashboard: bool = False,
+        dashboard_address: Optional[str] = None,
+        local_directory: Optional[str] = None,
+        resources: Optional[dict] = None,
+        death_timeout=None,
+        security=None,
+        env: Optional[dict] = None,
+        trace: bool = True,
+        **ignored,
+    ):
         super().__init__(scheduler, name)
         if security is not None and getattr(security, "require_encryption", False):
-            raise ValueError("MemtraceWorker starts workers with `dask worker`: TLS "
-                             "security objects are not passed on (give the TLS files "
-                             "through dask's configuration)")
+            raise ValueError(
+                "MemtraceWorker starts workers with `dask worker`: TLS "
+                "security objects are not passed on (give the TLS files "
+                "through dask's configuration)"
+            )
         self.scheduler = scheduler
         self.name = name
         self.capture_dir = os.path.abspath(capture_dir)
         self.env = env
         python = python or sys.executable
-        worker = [python, "-m", "distributed.cli.dask_worker", scheduler,
-                  "--nthreads", str(nthreads), "--memory-limit", str(memory_limit),
-                  "--preload", "tracer.cluster.dask", "--nanny" if nanny else "--no-nanny"]
+        worker = [
+            python,
+            "-m",
+            "distributed.cli.dask_worker",
+            scheduler,
+            "--nthreads",
+            str(nthreads),
+            "--memory-limit",
+            str(memory_limit),
+            "--preload",
+            "tracer.cluster.dask",
+            "--nanny" if nanny else "--no-nanny",
+        ]
         if name is not None:
             worker += ["--name", str(name)]
         if host:
@@ -177,19 +218,37 @@ class MemtraceWorker(ProcessInterface):
         if death_timeout:
             worker += ["--death-timeout", str(death_timeout)]
         # trace=False: the same worker without memtrace (to measure what tracing costs)
-        self.command: List[str] = [
-            python, "-m", "tracer", "run", "-q", "--no-report", "-o",
-            self.capture_dir + os.sep, *map(str, memtrace_args), "--", *worker] if trace else worker
+        self.command: List[str] = (
+            [
+                python,
+                "-m",
+                "tracer",
+                "run",
+                "-q",
+                "--no-report",
+                "-o",
+                self.capture_dir + os.sep,
+                *map(str, memtrace_args),
+                "--",
+                *worker,
+            ]
+            if trace
+            else worker
+        )
         self.proc = None
-        self.pid = None        # the worker's (memtrace's child)
+        self.pid = None  # the worker's (memtrace's child)
         self.capture = None
         self._stderr_task = None
 
     async def start(self):
         env = dict(os.environ if self.env is None else self.env)
         self.proc = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            env=env, start_new_session=True)
+            *self.command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         seen = []
         try:
             while True:
@@ -199,7 +258,8 @@ class MemtraceWorker(ProcessInterface):
                     raise RuntimeError(
                         f"the traced worker exited with status {self.proc.returncode} before "
                         f"it started ({shlex.join(self.command)}): "
-                        + " | ".join(s.strip() for s in seen[-5:]))
+                        + " | ".join(s.strip() for s in seen[-5:])
+                    )
                 text = line.decode("utf-8", "replace")
                 seen.append(text)
                 if "Start worker at:" in text:
@@ -211,8 +271,7 @@ class MemtraceWorker(ProcessInterface):
         self._stderr_task = asyncio.ensure_future(self._drain())
         self.pid = _child_of(self.proc.pid) if trace_of(self.command) else self.proc.pid
         if self.pid and trace_of(self.command):
-            self.capture = os.path.join(self.capture_dir,
-                                        f"memtrace-dask_worker-{self.pid}.mtrace")
+            self.capture = os.path.join(self.capture_dir, f"memtrace-dask_worker-{self.pid}.mtrace")
         await super().start()
 
     async def _drain(self):

@@ -18,6 +18,7 @@ chunks are rewritten:
 Times stay relative to each input's own start (`labels.start_time` is that start,
 in epoch seconds): the workers' clocks are not one clock.
 """
+
 import json
 import os
 import socket
@@ -28,8 +29,8 @@ import zstandard
 from tracer import __version__
 from tracer import _format as fmt
 from tracer.analyze.capture import read_capture
-from tracer.record.capture_writer import CaptureWriter
 from tracer.errors import CaptureError
+from tracer.record.capture_writer import CaptureWriter
 
 COPY_BLOCK = 1 << 20
 
@@ -41,8 +42,11 @@ def cluster_notes(meta: bytes) -> List[dict]:
 
     out = []
     for rtype, payload in fmt.iter_meta(meta):
-        if rtype == fmt.META_TEXT and len(payload) >= 2 and \
-                struct.unpack_from("<H", payload)[0] == fmt.TEXT_CLUSTER:
+        if (
+            rtype == fmt.META_TEXT
+            and len(payload) >= 2
+            and struct.unpack_from("<H", payload)[0] == fmt.TEXT_CLUSTER
+        ):
             try:
                 value = json.loads(bytes(payload[2:]).decode("utf-8", "replace"))
             except ValueError:
@@ -63,7 +67,7 @@ def _check_events(path: str, capture) -> None:
     fails its checksum now, not in a report of the merged capture."""
     d = zstandard.ZstdDecompressor()
     with open(path, "rb") as f:
-        for sid, sd in capture.streams.items():
+        for _sid, sd in capture.streams.items():
             for offset, length, _count, _t, _first, batches in sd.event_chunks:
                 if batches is None:
                     continue
@@ -79,12 +83,17 @@ def _check_events(path: str, capture) -> None:
 
 def _labels(i: int, path: str, capture, sd, keys: Dict[str, int]) -> dict:
     info = capture.info
-    labels = {"source": os.path.basename(path), "source_index": i,
-              "host": info.get("host"), "start_time": info.get("start_time")}
+    labels = {
+        "source": os.path.basename(path),
+        "source_index": i,
+        "host": info.get("host"),
+        "start_time": info.get("start_time"),
+    }
     worker = worker_label(cluster_notes(bytes(sd.meta)))
     if worker is not None:
-        labels.update(worker=worker.get("address"), worker_name=worker.get("name"),
-                      engine=worker.get("engine"))
+        labels.update(
+            worker=worker.get("address"), worker_name=worker.get("name"), engine=worker.get("engine")
+        )
         labels["host"] = worker.get("host") or labels["host"]
     key = f"{sd.info.get('pid', 0)}@{labels['host'] or i}"
     keys[key] = keys.get(key, 0) + 1
@@ -110,51 +119,88 @@ def merge(inputs: List[str], output: str, force: bool = False, log=None) -> dict
         _check_events(path, capture)
         end = capture.end or {}
         info = capture.info
-        sources.append({
-            "source": os.path.basename(path), "index": i, "host": info.get("host"),
-            "command": info.get("command"), "start_time": info.get("start_time"),
-            "main_pid": info.get("main_pid"), "exit_code": end.get("exit_code"),
-            "signal": end.get("signal"), "duration": end.get("duration"),
-            "main_max_rss": end.get("main_max_rss"),
-            "complete": capture.end is not None and capture.truncated_at is None,
-            "bytes": os.path.getsize(path), "cwd": info.get("cwd"),
-            "page_size": info.get("page_size"), "sample_interval": info.get("sample_interval"),
-            "sample_rate": int(info.get("sample_rate") or 0), "python": info.get("python")})
-        plans.append(({sid: _labels(i, path, capture, sd, keys)
-                       for sid, sd in capture.streams.items() if sd.info}, capture.truncated_at))
+        sources.append(
+            {
+                "source": os.path.basename(path),
+                "index": i,
+                "host": info.get("host"),
+                "command": info.get("command"),
+                "start_time": info.get("start_time"),
+                "main_pid": info.get("main_pid"),
+                "exit_code": end.get("exit_code"),
+                "signal": end.get("signal"),
+                "duration": end.get("duration"),
+                "main_max_rss": end.get("main_max_rss"),
+                "complete": capture.end is not None and capture.truncated_at is None,
+                "bytes": os.path.getsize(path),
+                "cwd": info.get("cwd"),
+                "page_size": info.get("page_size"),
+                "sample_interval": info.get("sample_interval"),
+                "sample_rate": int(info.get("sample_rate") or 0),
+                "python": info.get("python"),
+            }
+        )
+        plans.append(
+            (
+                {sid: _labels(i, path, capture, sd, keys) for sid, sd in capture.streams.items() if sd.info},
+                capture.truncated_at,
+            )
+        )
         del capture
     first = sources[0]
     cwds = {s["cwd"] for s in sources}
     writer = CaptureWriter(output, force)
     try:
-        writer.json_chunk(fmt.CHUNK_INFO, 0, {
-            "command": ["memtrace", "merge", *[os.path.basename(p) for p in inputs]],
-            "program": "memtrace merge", "memtrace_version": __version__,
-            "start_time": min((s["start_time"] or 0) for s in sources),
-            "page_size": first["page_size"], "main_pid": None,
-            "sample_interval": first["sample_interval"],
-            "sample_rate": max(s["sample_rate"] for s in sources),
-            "cwd": cwds.pop() if len(cwds) == 1 else None, "python": first["python"],
-            "host": socket.gethostname(), "merged": sources})
+        writer.json_chunk(
+            fmt.CHUNK_INFO,
+            0,
+            {
+                "command": ["memtrace", "merge", *[os.path.basename(p) for p in inputs]],
+                "program": "memtrace merge",
+                "memtrace_version": __version__,
+                "start_time": min((s["start_time"] or 0) for s in sources),
+                "page_size": first["page_size"],
+                "main_pid": None,
+                "sample_interval": first["sample_interval"],
+                "sample_rate": max(s["sample_rate"] for s in sources),
+                "cwd": cwds.pop() if len(cwds) == 1 else None,
+                "python": first["python"],
+                "host": socket.gethostname(),
+                "merged": sources,
+            },
+        )
         base = 0
         for path, (labels, truncated_at) in zip(inputs, plans):
             top = _copy(path, truncated_at, writer, base, labels)
             base += top + 1
-        writer.json_chunk(fmt.CHUNK_END, 0, {
-            "merged": len(inputs), "exit_code": None, "signal": None,
-            "duration": max((s["duration"] or 0) for s in sources), "main_pid": None,
-            "main_max_rss": 0, "refused_connections": 0})
+        writer.json_chunk(
+            fmt.CHUNK_END,
+            0,
+            {
+                "merged": len(inputs),
+                "exit_code": None,
+                "signal": None,
+                "duration": max((s["duration"] or 0) for s in sources),
+                "main_pid": None,
+                "main_max_rss": 0,
+                "refused_connections": 0,
+            },
+        )
     except BaseException:
         writer.close()
         os.unlink(output)
         raise
     writer.close()
-    return {"sources": sources, "streams": sum(len(labels) for labels, _ in plans),
-            "bytes": os.path.getsize(output)}
+    return {
+        "sources": sources,
+        "streams": sum(len(labels) for labels, _ in plans),
+        "bytes": os.path.getsize(output),
+    }
 
 
-def _copy(path: str, truncated_at: Optional[int], writer: CaptureWriter, base: int,
-          labels: Dict[int, dict]) -> int:
+def _copy(
+    path: str, truncated_at: Optional[int], writer: CaptureWriter, base: int, labels: Dict[int, dict]
+) -> int:
     """Copy an input's stream chunks to the writer, stream ids + base; returns the
     highest stream id seen."""
     top = 0
@@ -180,7 +226,7 @@ def _copy(path: str, truncated_at: Optional[int], writer: CaptureWriter, base: i
             if inner == fmt.CHUNK_PROCESS:
                 body = f.read(length)
                 if ctype == fmt.CHUNK_Z:
-                    body = zstandard.ZstdDecompressor().decompress(body[fmt.ZCHUNK_HEADER.size:])
+                    body = zstandard.ZstdDecompressor().decompress(body[fmt.ZCHUNK_HEADER.size :])
                 process = json.loads(body)
                 process["labels"] = labels.get(sid, {})
                 writer.json_chunk(fmt.CHUNK_PROCESS, base + sid, process)

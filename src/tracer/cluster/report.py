@@ -11,6 +11,7 @@ The tasks live at a worker's peak come from reading that worker's events up to i
 peak, one chunk at a time (only blocks of MIN_BLOCK bytes or more are followed):
 memory follows the blocks live, not the length of the run.
 """
+
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -18,8 +19,8 @@ import numpy as np
 from tracer import _format as fmt
 from tracer.analyze import reconcile as rec
 from tracer.analyze import regions
-from tracer.cluster.merge import cluster_notes, worker_label
 from tracer.analyze.model import Model, Process, display_path
+from tracer.cluster.merge import cluster_notes, worker_label
 from tracer.reports import tables
 from tracer.reports.text import clean, human
 
@@ -62,7 +63,7 @@ def tasks_at_peak(model: Model, proc: Process, min_block: int = MIN_BLOCK) -> Di
     for _t, events in model.capture.events(proc.sid, "tasks at the peak"):
         if seen >= end:
             break
-        events = events[:end - seen]
+        events = events[: end - seen]
         seen += len(events)
         kind = events["kind"]
         addr = events["addr"]
@@ -81,7 +82,7 @@ def tasks_at_peak(model: Model, proc: Process, min_block: int = MIN_BLOCK) -> Di
                 if int(events["size"][i]):
                     stack.append(a)
                 elif a in stack:
-                    del stack[len(stack) - 1 - stack[::-1].index(a):]
+                    del stack[len(stack) - 1 - stack[::-1].index(a) :]
             elif k in (fmt.FREE, fmt.MUNMAP):
                 live.pop(a, None)
             else:
@@ -104,8 +105,11 @@ def worker_rows(model: Model) -> List[dict]:
         notes = cluster_notes(proc.meta)
         worker = worker_label(notes) or {}
         labels = dict(proc.labels)
-        for k, v in (("host", worker.get("host")), ("worker", worker.get("address")),
-                     ("worker_name", worker.get("name"))):
+        for k, v in (
+            ("host", worker.get("host")),
+            ("worker", worker.get("address")),
+            ("worker_name", worker.get("name")),
+        ):
             labels.setdefault(k, v)
         result = results.get(rec.process_key(proc), {})
         peak_row = result.get("at_peak") or {}
@@ -115,8 +119,11 @@ def worker_rows(model: Model) -> List[dict]:
         managed_exit = managed_at(notes, None)
         tasks = [r for r in task_table if r["pid"] == proc.pid]
         row = {
-            "key": rec.process_key(proc), "pid": proc.pid, "labels": labels,
-            "argv": proc.argv, "is_worker": bool(worker),
+            "key": rec.process_key(proc),
+            "pid": proc.pid,
+            "labels": labels,
+            "argv": proc.argv,
+            "is_worker": bool(worker),
             "peak_heap_bytes": int(proc.totals.get("peak_heap", 0)),
             "peak_heap_time": float(proc.totals.get("peak_time", 0.0)),
             "peak_rss_bytes": proc.peak_rss,
@@ -154,15 +161,17 @@ def _split(row: dict, managed: Optional[dict]) -> dict:
     return out
 
 
-PARTS = (("heap_not_managed_bytes", "traced heap Dask does not count (temporaries, leaks, objects)"),
-         ("allocator_free_bytes", "glibc-held: freed memory glibc keeps"),
-         ("allocator_overhead_bytes", "glibc: chunk headers and rounding"),
-         ("pymalloc_free_bytes", "pymalloc: arena space without live objects"),
-         ("file_backed_bytes", "libraries and mapped files"),
-         ("stacks_and_other_anon_bytes", "thread stacks"),
-         ("tracer_bytes", "memtrace itself"),
-         ("untracked_bytes", "untracked (never seen allocated)"),
-         ("residual_bytes", "residual (unexplained)"))
+PARTS = (
+    ("heap_not_managed_bytes", "traced heap Dask does not count (temporaries, leaks, objects)"),
+    ("allocator_free_bytes", "glibc-held: freed memory glibc keeps"),
+    ("allocator_overhead_bytes", "glibc: chunk headers and rounding"),
+    ("pymalloc_free_bytes", "pymalloc: arena space without live objects"),
+    ("file_backed_bytes", "libraries and mapped files"),
+    ("stacks_and_other_anon_bytes", "thread stacks"),
+    ("tracer_bytes", "memtrace itself"),
+    ("untracked_bytes", "untracked (never seen allocated)"),
+    ("residual_bytes", "residual (unexplained)"),
+)
 
 
 def render(model: Model, out, top: int = 10) -> None:
@@ -170,9 +179,11 @@ def render(model: Model, out, top: int = 10) -> None:
     rows = worker_rows(model)
     merged = model.capture.info.get("merged") or []
     workers = [r for r in rows if r["is_worker"]]
-    w(f"memtrace cluster: {len(workers)} worker{'s' if len(workers) != 1 else ''}"
-      f" in {max(len(merged), 1)} capture{'s' if len(merged) > 1 else ''}"
-      f" ({len(rows)} processes)\n")
+    w(
+        f"memtrace cluster: {len(workers)} worker{'s' if len(workers) != 1 else ''}"
+        f" in {max(len(merged), 1)} capture{'s' if len(merged) > 1 else ''}"
+        f" ({len(rows)} processes)\n"
+    )
     for s in merged:
         if not s.get("complete"):
             w(f"  warning: {clean(s['source'])} is incomplete (its run was cut short)\n")
@@ -184,27 +195,35 @@ def render(model: Model, out, top: int = 10) -> None:
 
 def _write_worker_table(w, workers: List[dict]) -> None:
     """One line per worker: peak heap, peak RSS, Dask's managed memory, explained share."""
-    w("  worker                       host          pid      peak heap   peak RSS  Dask managed"
-      "  explained\n")
+    w("  worker                       host          pid      peak heap   peak RSS  Dask managed  explained\n")
     for r in workers:
         a = r["at_peak"]
         managed = r["dask_managed_at_peak_bytes"]
         share = a.get("explained_share")
-        w(f"  {clean(r['labels'].get('worker') or '?'):28} {clean(r['labels'].get('host') or '?')[:12]:12}"
-          f" {r['pid']:>7} {human(r['peak_heap_bytes']):>12} {human(r['peak_rss_bytes'] or 0):>10}"
-          f" {human(managed) if managed is not None else 'unknown':>13}"
-          f"  {f'{100 * share:.1f}%' if share is not None else 'unknown':>9}\n")
+        w(
+            f"  {clean(r['labels'].get('worker') or '?'):28} {clean(r['labels'].get('host') or '?')[:12]:12}"
+            f" {r['pid']:>7} {human(r['peak_heap_bytes']):>12} {human(r['peak_rss_bytes'] or 0):>10}"
+            f" {human(managed) if managed is not None else 'unknown':>13}"
+            f"  {f'{100 * share:.1f}%' if share is not None else 'unknown':>9}\n"
+        )
 
 
 def _write_process(w, r: dict, top: int) -> None:
     """A process's section: who it is, its numbers, RSS at its peak, its tasks."""
     labels = r["labels"]
-    what = (f"worker {clean(labels.get('worker') or '?')} (name {clean(labels.get('worker_name'))})"
-            if r["is_worker"] else clean(" ".join(r["argv"]))[:60])
-    w(f"\n{what} · host {clean(labels.get('host') or '?')} · pid {r['pid']}"
-      f" · {clean(labels.get('source') or '')}\n")
-    w(f"  peak heap {human(r['peak_heap_bytes'])} at {r['peak_heap_time']:.2f} s · peak RSS "
-      f"{human(r['peak_rss_bytes'] or 0)} · live at exit {human(r['live_at_exit_bytes'])}\n")
+    what = (
+        f"worker {clean(labels.get('worker') or '?')} (name {clean(labels.get('worker_name'))})"
+        if r["is_worker"]
+        else clean(" ".join(r["argv"]))[:60]
+    )
+    w(
+        f"\n{what} · host {clean(labels.get('host') or '?')} · pid {r['pid']}"
+        f" · {clean(labels.get('source') or '')}\n"
+    )
+    w(
+        f"  peak heap {human(r['peak_heap_bytes'])} at {r['peak_heap_time']:.2f} s · peak RSS "
+        f"{human(r['peak_rss_bytes'] or 0)} · live at exit {human(r['live_at_exit_bytes'])}\n"
+    )
     a = r["at_peak"]
     if "error" in a:
         w(f"  at the peak: {clean(a['error'])}\n")
@@ -221,22 +240,27 @@ def _write_rss_at_peak(w, r: dict, a: dict) -> None:
     explained = f"{100 * share:.1f}%" if share is not None else "unknown: no RSS was read"
     w(f"  RSS at the heap peak {human(a['rss_bytes'] or 0)} (explained {explained})\n")
     if "dask_managed_bytes" in a:
-        w(f"    {human(a['dask_managed_bytes']):>12} {100 * a['dask_managed_bytes'] / rss:5.1f}%"
-          f"  Dask managed ({r['dask_keys_at_peak']} keys in memory, Dask's sizeof)\n")
-        w(f"    {human(a['dask_unmanaged_bytes']):>12} {100 * a['dask_unmanaged_bytes'] / rss:5.1f}%"
-          "  Dask unmanaged (RSS - managed) =\n")
+        w(
+            f"    {human(a['dask_managed_bytes']):>12} {100 * a['dask_managed_bytes'] / rss:5.1f}%"
+            f"  Dask managed ({r['dask_keys_at_peak']} keys in memory, Dask's sizeof)\n"
+        )
+        w(
+            f"    {human(a['dask_unmanaged_bytes']):>12} {100 * a['dask_unmanaged_bytes'] / rss:5.1f}%"
+            "  Dask unmanaged (RSS - managed) =\n"
+        )
         parts = PARTS
     else:
-        w(f"    {'':>12}        (no Dask managed memory noted: not a Dask worker, or "
-          "its plugin did not run)\n")
+        w(
+            f"    {'':>12}        (no Dask managed memory noted: not a Dask worker, or "
+            "its plugin did not run)\n"
+        )
         parts = (("heap_resident_bytes", "live traced heap, resident"),) + PARTS[1:]
     for key, title in parts:
         v = a.get(key)
         shown = human(v) if v is not None else "unknown"
         pct = f"{100 * v / rss:5.1f}%" if v is not None else "     "
         w(f"    {'  ' if 'dask_managed_bytes' in a else ''}{shown:>12} {pct}  {title}\n")
-    w(f"    {human(a['untouched_bytes'] or 0):>12}         allocated but never touched "
-      "(not in RSS)\n")
+    w(f"    {human(a['untouched_bytes'] or 0):>12}         allocated but never touched (not in RSS)\n")
 
 
 def _write_tasks(w, r: dict, top: int) -> None:
@@ -249,8 +273,10 @@ def _write_tasks(w, r: dict, top: int) -> None:
     if r["tasks_by_peak"]:
         w(f"  tasks: {r['n_tasks']} run; highest peaks (peak / allocated / left live):\n")
         for t in r["tasks_by_peak"]:
-            w(f"    {human(t['peak_bytes']):>12} {human(t['allocated_bytes']):>12} "
-              f"{human(t['live_at_end_bytes']):>12}  {clean(t['name'])}\n")
+            w(
+                f"    {human(t['peak_bytes']):>12} {human(t['allocated_bytes']):>12} "
+                f"{human(t['live_at_end_bytes']):>12}  {clean(t['name'])}\n"
+            )
 
 
 def _write_top_lines(w, model: Model, top: int) -> None:
@@ -266,8 +292,17 @@ def _write_top_lines(w, model: Model, top: int) -> None:
 def stats(model: Model, top: int = 10) -> dict:
     """The same as JSON (`memtrace cluster --json`)."""
     cwd = model.capture.info.get("cwd")
-    return {"merged": model.capture.info.get("merged"), "workers": worker_rows(model),
-            "top_lines": [{"file": display_path(r["file"], cwd), "line": r["line"],
-                           "function": r["function"], "peak_bytes": r["peak_bytes"],
-                           "allocated_bytes": r["allocated_bytes"]}
-                          for r in tables.by_line(model, user_code=True)[:top]]}
+    return {
+        "merged": model.capture.info.get("merged"),
+        "workers": worker_rows(model),
+        "top_lines": [
+            {
+                "file": display_path(r["file"], cwd),
+                "line": r["line"],
+                "function": r["function"],
+                "peak_bytes": r["peak_bytes"],
+                "allocated_bytes": r["allocated_bytes"],
+            }
+            for r in tables.by_line(model, user_code=True)[:top]
+        ],
+    }

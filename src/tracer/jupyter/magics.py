@@ -11,6 +11,7 @@ capture, and render memtrace's own reports from it: the summary as text, the fla
 graph as memtrace's HTML report embedded in an iframe's srcdoc (self-contained: no
 network, no file beside the notebook).
 """
+
 import html
 import io
 import linecache
@@ -24,8 +25,10 @@ from tracer import _regions
 
 FRAME_HEIGHT = 560
 TOP_LINES = 8
-NOT_TRACED = ("memtrace: this kernel does not run under memtrace; run `memtrace jupyter install` "
-              "and choose the kernel \"Python 3 (memtrace)\"")
+NOT_TRACED = (
+    "memtrace: this kernel does not run under memtrace; run `memtrace jupyter install` "
+    'and choose the kernel "Python 3 (memtrace)"'
+)
 
 
 def load(ipython) -> None:
@@ -97,8 +100,9 @@ def _where(row: dict, cells: dict) -> str:
     from tracer.reports.text import clean
 
     source = linecache.getline(row["file"], row["line"]).strip()
-    if source.startswith(("get_ipython().run_cell_magic('memtrace'",
-                          "get_ipython().run_line_magic('memtrace_report'")):
+    if source.startswith(
+        ("get_ipython().run_cell_magic('memtrace'", "get_ipython().run_line_magic('memtrace_report'")
+    ):
         source = "%%memtrace, IPython and memtrace's own work in the cell"
     source = f": {clean(source)[:80]}" if source else ""
     count = cells.get(row["file"])
@@ -117,9 +121,11 @@ def summary(model, title: str, cells: dict) -> str:
     tree = peaks.tree_peak(model)
     peak = tree["bytes"] if tree else 0
     left = "left live" if getattr(model, "region", None) else "live now"
-    out = [f"memtrace: {clean(title)} — peak {human(peak)} ({peak:,} bytes) · allocated "
-           f"{human(t['total_allocated'])} in {t['n_allocations']:,} allocations · {left} "
-           f"{human(t['heap'])}"]
+    out = [
+        f"memtrace: {clean(title)} — peak {human(peak)} ({peak:,} bytes) · allocated "
+        f"{human(t['total_allocated'])} in {t['n_allocations']:,} allocations · {left} "
+        f"{human(t['heap'])}"
+    ]
     rows = [r for r in tables.by_line(model, user_code=True) if r["peak_bytes"] > 0]
     if rows:
         out.append("  lines holding the most at the peak:")
@@ -139,5 +145,7 @@ def frame(model) -> str:
 
     buf = io.StringIO()
     html_report.render(model, buf)
-    return (f'<iframe srcdoc="{html.escape(buf.getvalue(), quote=True)}" sandbox="allow-scripts" '
-            f'style="width:100%;height:{FRAME_HEIGHT}px;border:1px solid #ccc"></iframe>')
+    return (
+        f'<iframe srcdoc="{html.escape(buf.getvalue(), quote=True)}" sandbox="allow-scripts" '
+        f'style="width:100%;height:{FRAME_HEIGHT}px;border:1px solid #ccc"></iframe>'
+    )

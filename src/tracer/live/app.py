@@ -5,6 +5,7 @@ Keys: s sorts the lines by the next column, [ and ] switch process, q leaves.
 Strings from the traced program are shown as plain text (never Rich markup) with
 control characters replaced (tracer.reports.text.clean), like every other report.
 """
+
 import time
 from typing import BinaryIO, List, Optional
 
@@ -15,14 +16,13 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Footer, RichLog, Sparkline
 
-from tracer.live.client import SORT_TITLES, SORTS, LiveClient, StreamView
 from tracer.analyze.model import display_path
+from tracer.live.client import SORT_TITLES, SORTS, LiveClient, StreamView
 from tracer.reports.text import clean, human
 
 REFRESH_SECONDS = 0.5
 LINES_SHOWN = 30
-LINE_COLUMNS = ["live", "blocks", "held at peak", "allocated", "allocations", "line (your code)",
-                "function"]
+LINE_COLUMNS = ["live", "blocks", "held at peak", "allocated", "allocations", "line (your code)", "function"]
 THREAD_COLUMNS = ["tid", "CPU s", "live, no Python frame", "state", "thread"]
 PROCESS_COLUMNS = ["", "pid", "parent", "heap", "peak heap", "RSS", "state", "command"]
 CHART_POINTS = 120  # the last minute at the view's rate
@@ -35,8 +35,9 @@ def grid(headers: List[str], rows: List[List[str]], numeric: int) -> Text:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i < numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i < numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     out = Text(line(headers), style="bold", no_wrap=True, overflow="crop")
     for r in rows:
@@ -53,9 +54,17 @@ def line_rows(client: LiveClient, stream: StreamView, sort: str, now: float) -> 
     rows, cwd = [], client.head.get("cwd")
     for r in stream.lines(sort, now, inherited=client.inherited_paths(stream, now))[:LINES_SHOWN]:
         where = f"{display_path(r['file'], cwd)}:{r['line']}" if r["file"] != "<native>" else ""
-        rows.append([human(r["live_bytes"]), f"{r['live_count']:,}", human(r["peak_bytes"]),
-                     human(r["alloc_bytes"]), f"{r['n_allocs']:,}", clean(where),
-                     clean(r["function"])])
+        rows.append(
+            [
+                human(r["live_bytes"]),
+                f"{r['live_count']:,}",
+                human(r["peak_bytes"]),
+                human(r["alloc_bytes"]),
+                f"{r['n_allocs']:,}",
+                clean(where),
+                clean(r["function"]),
+            ]
+        )
     return rows
 
 
@@ -96,9 +105,13 @@ class LiveApp(App):
     #threads, #procs { width: 1fr; padding: 0 1; }
     #output { height: 5; border-top: solid $primary; }
     """
-    BINDINGS = [Binding("s", "sort", "sort lines"), Binding("[", "process(-1)", "previous process"),
-                Binding("]", "process(1)", "next process"), Binding("q", "quit", "quit"),
-                Binding("ctrl+c", "quit", "quit", show=False)]
+    BINDINGS = [
+        Binding("s", "sort", "sort lines"),
+        Binding("[", "process(-1)", "previous process"),
+        Binding("]", "process(1)", "next process"),
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False),
+    ]
 
     def __init__(self, socket_path: str, output_log: Optional[str] = None):
         super().__init__()
@@ -153,8 +166,11 @@ class LiveApp(App):
         except (OSError, ConnectionError, ValueError) as exc:
             if self.client is None and time.monotonic() < getattr(self, "_patience", 0):
                 return  # the collector is still starting
-            self.gone = f"the memtrace run is over ({exc.__class__.__name__})" \
-                if self.client else f"cannot reach {self.socket_path}: {exc}"
+            self.gone = (
+                f"the memtrace run is over ({exc.__class__.__name__})"
+                if self.client
+                else f"cannot reach {self.socket_path}: {exc}"
+            )
 
     def refresh_view(self, fetch: bool = True) -> None:
         if not hasattr(self, "_patience"):
@@ -172,8 +188,7 @@ class LiveApp(App):
         now = time.monotonic()
         self._status(client, stream, now)
         self._charts(stream)
-        self.query_one("#lines", Board).show(grid(LINE_COLUMNS, line_rows(client, stream, self.sort,
-                                                                          now), 5))
+        self.query_one("#lines", Board).show(grid(LINE_COLUMNS, line_rows(client, stream, self.sort, now), 5))
         self._threads(stream, now)
         self._processes(streams, now)
 
@@ -193,36 +208,57 @@ class LiveApp(App):
         if not (end or self.gone):
             state = f"{head.get('t', 0):.1f} s, {state}"
         first.append(f"  ·  {state}")
-        second = Text(f"heap {human(t.get('heap', 0))}  peak {human(t.get('peak_heap', 0))} at "
-                      f"{t.get('peak_time', 0):.2f} s  ·  {t.get('n_allocations', 0):,} allocations, "
-                      f"{human(t.get('total_allocated', 0))}  ·  lines sorted by "
-                      f"{SORT_TITLES[self.sort]} (s)  ·  process {self.selected + 1} of "
-                      f"{len(client.streams)} ([ ])")
+        second = Text(
+            f"heap {human(t.get('heap', 0))}  peak {human(t.get('peak_heap', 0))} at "
+            f"{t.get('peak_time', 0):.2f} s  ·  {t.get('n_allocations', 0):,} allocations, "
+            f"{human(t.get('total_allocated', 0))}  ·  lines sorted by "
+            f"{SORT_TITLES[self.sort]} (s)  ·  process {self.selected + 1} of "
+            f"{len(client.streams)} ([ ])"
+        )
         self.query_one("#status", Board).show(Text("\n").join([first, second]))
 
     def _charts(self, stream: StreamView) -> None:
         points = stream.history
-        series = {"heap": (chart(points, 2), stream.totals.get("heap", 0), "heap"),
-                  "rss": (chart(points, 3), stream.rss, "RSS"),
-                  "held": (chart(points, 5), stream.held, "allocator-held")}
+        series = {
+            "heap": (chart(points, 2), stream.totals.get("heap", 0), "heap"),
+            "rss": (chart(points, 3), stream.rss, "RSS"),
+            "held": (chart(points, 5), stream.held, "allocator-held"),
+        }
         for name, (data, now_value, title) in series.items():
             top = max(data) if data else 0
-            label = f"{title} {human(now_value) if now_value is not None else 'unknown'}" \
-                    f" · chart max {human(top)}"
+            label = (
+                f"{title} {human(now_value) if now_value is not None else 'unknown'} · chart max {human(top)}"
+            )
             self.query_one(f"#{name}-label", Board).show(Text(label))
             self.query_one(f"#{name}-chart", Sparkline).data = data or [0.0]
 
     def _threads(self, stream: StreamView, now: float) -> None:
-        rows = [[str(th["tid"]), f"{th['cpu_seconds']:.1f}", human(th["native_live_bytes"]),
-                 th["state"], clean(th["name"] + (" (main)" if th["main"] else ""))]
-                for th in stream.threads(now)[:50]]
+        rows = [
+            [
+                str(th["tid"]),
+                f"{th['cpu_seconds']:.1f}",
+                human(th["native_live_bytes"]),
+                th["state"],
+                clean(th["name"] + (" (main)" if th["main"] else "")),
+            ]
+            for th in stream.threads(now)[:50]
+        ]
         self.query_one("#threads", Board).show(grid(THREAD_COLUMNS, rows, 3))
 
     def _processes(self, streams: List[StreamView], now: float) -> None:
-        rows = [["▶" if i == self.selected else " ", str(s.pid), str(s.ppid),
-                 human(s.totals.get("heap", 0)), human(s.totals.get("peak_heap", 0)), human(s.rss),
-                 "running" if s.alive else "ended", command(s.argv(now))[:60]]
-                for i, s in enumerate(streams)]
+        rows = [
+            [
+                "▶" if i == self.selected else " ",
+                str(s.pid),
+                str(s.ppid),
+                human(s.totals.get("heap", 0)),
+                human(s.totals.get("peak_heap", 0)),
+                human(s.rss),
+                "running" if s.alive else "ended",
+                command(s.argv(now))[:60],
+            ]
+            for i, s in enumerate(streams)
+        ]
         self.query_one("#procs", Board).show(grid(PROCESS_COLUMNS, rows, 6))
 
     def _tail_output(self) -> None:

@@ -6,6 +6,7 @@ it makes names stack nodes. That Process is made again only when a node it does
 not know comes up (at most every REBUILD_SECONDS): metadata is interned, so a
 running program sends few new nodes once it is under way.
 """
+
 import json
 import os
 import socket
@@ -16,14 +17,18 @@ import numpy as np
 
 from tracer import _format as fmt
 from tracer.analyze.capture import Capture, StreamData
+from tracer.analyze.model import Process, build_model, heap_mask, native_bucket
 from tracer.errors import MemtraceError
 from tracer.live.server import FRAME, SOCKET_NAME
-from tracer.analyze.model import Process, build_model, heap_mask, native_bucket
 
 REBUILD_SECONDS = 1.0
 SORTS = ("live_bytes", "peak_bytes", "alloc_bytes", "n_allocs")
-SORT_TITLES = {"live_bytes": "live bytes", "peak_bytes": "held at peak",
-               "alloc_bytes": "allocated", "n_allocs": "allocations"}
+SORT_TITLES = {
+    "live_bytes": "live bytes",
+    "peak_bytes": "held at peak",
+    "alloc_bytes": "allocated",
+    "n_allocs": "allocations",
+}
 
 
 def find_socket(target: str) -> str:
@@ -33,8 +38,10 @@ def find_socket(target: str) -> str:
         if os.path.isdir(target):
             target = os.path.join(target, SOCKET_NAME)
         if not os.path.exists(target):
-            raise MemtraceError(f"{target}: no such socket (give the PID of a traced program "
-                                "or the live socket of a memtrace run)")
+            raise MemtraceError(
+                f"{target}: no such socket (give the PID of a traced program "
+                "or the live socket of a memtrace run)"
+            )
         return target
     pid = int(target)
     env = _environ(pid)
@@ -42,9 +49,14 @@ def find_socket(target: str) -> str:
         raise MemtraceError(f"no process {pid} of yours is running")
     path = env.get("MEMTRACE_SOCKET")
     if path is None:  # memtrace itself? its targets name it as their collector
-        path = next((e["MEMTRACE_SOCKET"] for e in map(_environ, _pids())
-                     if e and e.get("MEMTRACE_COLLECTOR_PID") == str(pid)
-                     and "MEMTRACE_SOCKET" in e), None)
+        path = next(
+            (
+                e["MEMTRACE_SOCKET"]
+                for e in map(_environ, _pids())
+                if e and e.get("MEMTRACE_COLLECTOR_PID") == str(pid) and "MEMTRACE_SOCKET" in e
+            ),
+            None,
+        )
     if path is None:
         raise MemtraceError(f"process {pid} is not traced by memtrace (run it with `memtrace run`)")
     live = os.path.join(os.path.dirname(path), SOCKET_NAME)
@@ -107,14 +119,19 @@ class StreamView:
         inherited: the library folders of its parent (a forked child does not send
         them again), so that its lines are the user's too."""
         orphan = inherited and self.process is not None and not self.process.library_paths
-        if self.process is None or orphan or (self.built_length != len(self.meta) and
-                                              now - self.built_at >= REBUILD_SECONDS and
-                                              self._stale):
+        if (
+            self.process is None
+            or orphan
+            or (
+                self.built_length != len(self.meta) and now - self.built_at >= REBUILD_SECONDS and self._stale
+            )
+        ):
             info = {"pid": self.pid, "ppid": self.ppid, "t_start": 0.0}
             totals = {name: 0 for name in fmt.TOTALS_FIELDS}
             totals.update(self.totals)
-            stream = StreamData(self.sid, info=info, meta=bytearray(self.meta), totals=totals,
-                                sites=self.sites, end={})
+            stream = StreamData(
+                self.sid, info=info, meta=bytearray(self.meta), totals=totals, sites=self.sites, end={}
+            )
             self.process = build_model(Capture("<live>", {}, {self.sid: stream}, None)).processes[0]
             if not self.process.library_paths:
                 self.process.library_paths = inherited
@@ -149,15 +166,20 @@ class StreamView:
         unique, inverse = np.unique(keys, return_inverse=True)
         columns = {}
         for name in ("live_bytes", "live_count", "peak_bytes", "alloc_bytes", "n_allocs"):
-            columns[name] = np.bincount(inverse, weights=sites[name].astype(np.float64),
-                                        minlength=len(unique))
+            columns[name] = np.bincount(
+                inverse, weights=sites[name].astype(np.float64), minlength=len(unique)
+            )
         rows: Dict[tuple, dict] = {}
         for i, key in enumerate(unique.tolist()):
             frame = self.frame_of(proc, key >> 32, key & 0xFFFFFFFF)
             row = rows.get(frame)
             if row is None:
-                row = rows[frame] = {"file": frame[0], "line": frame[1], "function": frame[2],
-                                     **{name: 0 for name in columns}}
+                row = rows[frame] = {
+                    "file": frame[0],
+                    "line": frame[1],
+                    "function": frame[2],
+                    **{name: 0 for name in columns},
+                }
             for name, values in columns.items():
                 row[name] += int(values[i])
         out = sorted(rows.values(), key=lambda r: (-r[sort], -r["live_bytes"]))
@@ -176,9 +198,16 @@ class StreamView:
             stat = _task_stat(self.pid, tid)
             if stat is None:
                 continue
-            out.append({"tid": tid, "name": proc.threads.get(tid) or stat["comm"],
-                        "state": stat["state"], "cpu_seconds": stat["cpu"],
-                        "native_live_bytes": live.get(tid, 0), "main": tid == self.pid})
+            out.append(
+                {
+                    "tid": tid,
+                    "name": proc.threads.get(tid) or stat["comm"],
+                    "state": stat["state"],
+                    "cpu_seconds": stat["cpu"],
+                    "native_live_bytes": live.get(tid, 0),
+                    "main": tid == self.pid,
+                }
+            )
         return out
 
     def argv(self, now: float) -> List[str]:
@@ -201,10 +230,9 @@ def _task_stat(pid: int, tid: int) -> Optional[dict]:
             text = f.read().decode(errors="replace")
     except OSError:
         return None
-    comm = text[text.find("(") + 1:text.rfind(")")]
-    fields = text[text.rfind(")") + 2:].split()
-    return {"comm": comm, "state": fields[0],
-            "cpu": (int(fields[11]) + int(fields[12])) / _TICKS}
+    comm = text[text.find("(") + 1 : text.rfind(")")]
+    fields = text[text.rfind(")") + 2 :].split()
+    return {"comm": comm, "state": fields[0], "cpu": (int(fields[11]) + int(fields[12])) / _TICKS}
 
 
 class LiveClient:
@@ -223,9 +251,10 @@ class LiveClient:
         self.sock.close()
 
     def fetch(self) -> dict:
-        request = {"meta": {str(s.sid): len(s.meta) for s in self.streams.values()},
-                   "history": {str(s.sid): [s.generation, len(s.history)]
-                               for s in self.streams.values()}}
+        request = {
+            "meta": {str(s.sid): len(s.meta) for s in self.streams.values()},
+            "history": {str(s.sid): [s.generation, len(s.history)] for s in self.streams.values()},
+        }
         self.sock.sendall(json.dumps(request).encode() + b"\n")
         head_len, body_len = FRAME.unpack(self._read(FRAME.size))
         head = json.loads(self._read(head_len))
@@ -235,9 +264,9 @@ class LiveClient:
             view = self.streams.get(entry["sid"])
             if view is None:
                 view = self.streams[entry["sid"]] = StreamView(entry["sid"])
-            sites = body[at:at + entry["sites_length"]]
+            sites = body[at : at + entry["sites_length"]]
             at += entry["sites_length"]
-            meta = body[at:at + entry["meta_length"]]
+            meta = body[at : at + entry["meta_length"]]
             at += entry["meta_length"]
             view.update(entry, bytes(sites), bytes(meta))
         self.head = head

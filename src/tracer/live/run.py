@@ -7,6 +7,7 @@ reads no terminal input (the view's keys are the view's). When the program ends
 the view stays, with the final numbers, until the user leaves it; the summary is
 printed after that.
 """
+
 import os
 import subprocess
 import sys
@@ -24,11 +25,13 @@ class LiveRun:
         self.renamed = output is None  # the capture's name comes with the program's pid
         self.log_path = (output + ".out") if output else f"memtrace-{os.getpid()}.out"
         try:
-            self.log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                               os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self.log = os.open(
+                self.log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
         except OSError as exc:
-            raise MemtraceError(f"cannot write the program's output to {self.log_path}: "
-                                f"{exc.strerror}") from None
+            raise MemtraceError(
+                f"cannot write the program's output to {self.log_path}: {exc.strerror}"
+            ) from None
         self.proc: Optional[subprocess.Popen] = None
         self.server: Optional[LiveServer] = None
 
@@ -37,8 +40,9 @@ class LiveRun:
 
     def start(self) -> None:
         os.close(self.log)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tracer", "live", "--output-log",
-                                      self.log_path, self.socket])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracer", "live", "--output-log", self.log_path, self.socket]
+        )
 
     def capture_written(self, capture: str) -> None:
         """Name the program's output after the capture (the view keeps the file open)."""

@@ -13,6 +13,7 @@ view polling twice a second cannot make the collector fall behind. Once the
 collector is done, serve_until_closed() answers from a thread with the final
 numbers until the view leaves.
 """
+
 import json
 import os
 import selectors
@@ -24,7 +25,7 @@ from typing import Dict, Optional, cast
 FRAME = struct.Struct("<II")  # answer: JSON length, blob length; then JSON, then blobs
 POLL_SECONDS = 0.05
 HISTORY_STEP = 0.5
-HISTORY_MAX = 4096            # points kept per stream; past it, halved (pairs merged)
+HISTORY_MAX = 4096  # points kept per stream; past it, halved (pairs merged)
 MAX_REQUEST = 1 << 16
 SOCKET_NAME = "live.sock"
 
@@ -58,7 +59,7 @@ class _History:
             merged = []
             for a, b in zip(self.points[0::2], self.points[1::2]):
                 merged.append([b[0], b[1], max(a[2], b[2]), b[3], b[4], b[5]])
-            self.points = merged + self.points[len(merged) * 2:]
+            self.points = merged + self.points[len(merged) * 2 :]
             self.generation += 1
 
 
@@ -91,8 +92,14 @@ class LiveServer:
             history = self.histories[stream.sid] = _History()
         totals = stream.agg.totals()  # (every round: the highest heap between two points)
         held = stream.kept.held
-        history.note(t, totals["heap"], max(stream.timeline.max, totals["feed_max"]),
-                     stream.rss.recent[-1], totals["n_events"], held[1] if held else None)
+        history.note(
+            t,
+            totals["heap"],
+            max(stream.timeline.max, totals["feed_max"]),
+            stream.rss.recent[-1],
+            totals["n_events"],
+            held[1] if held else None,
+        )
 
     def poll(self, t: float) -> None:
         """Accept views and answer their requests, without waiting for anything."""
@@ -207,17 +214,35 @@ class LiveServer:
             history = self.histories.get(stream.sid) or _History()
             seen = generations.get(sid) or [-1, 0]
             first = seen[1] if seen[0] == history.generation else 0
-            streams.append({
-                "sid": stream.sid, "pid": stream.pid, "ppid": stream.ppid,
-                "t_start": stream.t_start, "alive": stream.alive, "totals": stream.agg.totals(),
-                "rss": stream.rss.recent[-1], "rss_peak": stream.rss.peak,
-                "held": stream.kept.held[1] if stream.kept.held else None,
-                "sites_length": len(sites), "meta_from": start, "meta_length": len(meta),
-                "history_generation": history.generation, "history_from": first,
-                "history": history.points[first:]})
+            streams.append(
+                {
+                    "sid": stream.sid,
+                    "pid": stream.pid,
+                    "ppid": stream.ppid,
+                    "t_start": stream.t_start,
+                    "alive": stream.alive,
+                    "totals": stream.agg.totals(),
+                    "rss": stream.rss.recent[-1],
+                    "rss_peak": stream.rss.peak,
+                    "held": stream.kept.held[1] if stream.kept.held else None,
+                    "sites_length": len(sites),
+                    "meta_from": start,
+                    "meta_length": len(meta),
+                    "history_generation": history.generation,
+                    "history_from": first,
+                    "history": history.points[first:],
+                }
+            )
             blobs += [sites, meta]
-        head = json.dumps({"t": col.now(), "main_pid": col.main_pid, "end": self.run_end,
-                           "cwd": os.getcwd(), "streams": streams}, separators=(",", ":")).encode()
+        head = json.dumps(
+            {
+                "t": col.now(),
+                "main_pid": col.main_pid,
+                "end": self.run_end,
+                "cwd": os.getcwd(),
+                "streams": streams,
+            },
+            separators=(",", ":"),
+        ).encode()
         body = b"".join(blobs)
         return bytearray(FRAME.pack(len(head), len(body)) + head + body)
-

@@ -1,5 +1,6 @@
 """Python face of the C aggregator (csrc/collector/aggregate.c): batches in, totals and sites out.
 No NumPy at import: the collector uses it through cffi buffers only."""
+
 import json
 import os
 
@@ -7,8 +8,6 @@ from tracer import _format as fmt
 from tracer._native import ffi, lib
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
 
 
 class Aggregator:
@@ -54,6 +53,7 @@ class Aggregator:
     def sites(self):
         """Every site, as a (read-only) NumPy array of SITE_DTYPE."""
         import numpy as np
+
         return np.frombuffer(self.site_records(), dtype=fmt.SITE_DTYPE)
 
     def size_histogram(self) -> dict:
@@ -62,7 +62,7 @@ class Aggregator:
         out = ffi.new("uint64_t[]", 2 * lib.MT_SIZE_BUCKETS)
         lib.mt_agg_size_histogram(self._agg, out)
         n = lib.MT_SIZE_BUCKETS
-        return {"count": list(out[0:n]), "bytes": list(out[n:2 * n])}
+        return {"count": list(out[0:n]), "bytes": list(out[n : 2 * n])}
 
     def region_records(self) -> tuple:
         """(rows, site records) of the regions, as packed mt_region_row and
@@ -87,6 +87,7 @@ class Aggregator:
 
     def chunk_payload(self, extra: dict) -> list:
         """The aggregate chunk: u32 JSON length, JSON (totals + extra), site records."""
-        head = json.dumps({**self.totals(), "size_histogram": self.size_histogram(), **extra},
-                          separators=(",", ":")).encode()
+        head = json.dumps(
+            {**self.totals(), "size_histogram": self.size_histogram(), **extra}, separators=(",", ":")
+        ).encode()
         return [len(head).to_bytes(4, "little"), head, self.site_records()]

@@ -8,6 +8,7 @@ question with details also names the stacks that hold the most; the collector
 reads each stream's kept metadata (names.Kept: what names things) for that, only
 when such a question comes. No NumPy: this runs in the collector.
 """
+
 import json
 import os
 from typing import Dict, List, Tuple
@@ -31,7 +32,7 @@ class Names:
     def update(self, kept) -> None:
         """Read the records added to `kept` (whole records only) since the last call."""
         end = len(kept)
-        for rtype, payload in fmt.iter_meta(bytes(kept[self.parsed:end])):
+        for rtype, payload in fmt.iter_meta(bytes(kept[self.parsed : end])):
             self._record(rtype, payload)
             self.parsed += fmt.meta_record_size(len(payload))
 
@@ -39,23 +40,25 @@ class Names:
         head = fmt.PAYLOADS.get(rtype)
         if head is None or len(p) < head.size:
             return
-        fields, text = head.unpack_from(p), p[head.size:]
+        fields, text = head.unpack_from(p), p[head.size :]
         if rtype == fmt.META_CODE:
             flen, nlen = fields[2], fields[3]
-            self.codes[fields[0]] = (text[:flen].decode("utf-8", "replace"),
-                                     text[flen:flen + nlen].decode("utf-8", "replace"))
+            self.codes[fields[0]] = (
+                text[:flen].decode("utf-8", "replace"),
+                text[flen : flen + nlen].decode("utf-8", "replace"),
+            )
         elif rtype == fmt.META_NODE:
             self.nodes[fields[0]] = fields[1:]  # parent, code, line
         elif rtype in (fmt.META_LIB, fmt.META_THREAD, fmt.META_REGION):
-            names = {fmt.META_LIB: self.libs, fmt.META_THREAD: self.threads,
-                     fmt.META_REGION: self.regions}[rtype]
+            names = {fmt.META_LIB: self.libs, fmt.META_THREAD: self.threads, fmt.META_REGION: self.regions}[
+                rtype
+            ]
             names[fields[0]] = text.decode("utf-8", "replace")
 
     def frames(self, stack: int, tid: int) -> list:
         """[function, file, line] of a stack, innermost first."""
         if stack == 0:
-            return [[f"[no Python frame] thread {self.threads.get(tid, '?')} (tid {tid})",
-                     "<native>", 0]]
+            return [[f"[no Python frame] thread {self.threads.get(tid, '?')} (tid {tid})", "<native>", 0]]
         out: List[list]
         out, seen = [], set()
         while stack and stack not in seen and len(out) < MAX_FRAMES:
@@ -106,14 +109,22 @@ class Questions:
         if found == 0:
             return {"found": False}
         names = self._names(stream)
-        out = {"found": True, "open": found == 1, "region": row.region,
-               "name": names.regions.get(row.region)}
+        out = {"found": True, "open": found == 1, "region": row.region, "name": names.regions.get(row.region)}
         if found == 1:  # the instance open on the thread, so far
-            out.update(live=row.live_bytes, peak=row.peak_bytes, allocated=row.alloc_bytes,
-                       n_allocations=row.n_allocs, instances=None)
+            out.update(
+                live=row.live_bytes,
+                peak=row.peak_bytes,
+                allocated=row.alloc_bytes,
+                n_allocations=row.n_allocs,
+                instances=None,
+            )
         else:  # the last instance that ended
-            out.update(live=row.last_live_bytes, peak=row.last_peak_bytes,
-                       allocated=row.last_alloc_bytes, instances=row.instances)
+            out.update(
+                live=row.last_live_bytes,
+                peak=row.last_peak_bytes,
+                allocated=row.last_alloc_bytes,
+                instances=row.instances,
+            )
         if found == 1 and q.what in (fmt.ASK_AT_PEAK, fmt.ASK_LIVE):
             column = "peak" if q.what == fmt.ASK_AT_PEAK else "live"
             out["lines"] = self._top(stream, names, q.tid, row.region, column)
@@ -145,7 +156,12 @@ class Questions:
             entry[1] += getattr(r, column + "_count")
             entry[2][s.lib] = entry[2].get(s.lib, 0) + held
         top = sorted(by_stack.items(), key=lambda kv: -kv[1][0])[:TOP_STACKS]
-        return [{"bytes": held, "count": count,
-                 "library": names.libs.get(max(libs, key=libs.get), "").rsplit("/", 1)[-1],
-                 "stack": names.frames(stack, thread)}
-                for (stack, thread), (held, count, libs) in top]
+        return [
+            {
+                "bytes": held,
+                "count": count,
+                "library": names.libs.get(max(libs, key=libs.get), "").rsplit("/", 1)[-1],
+                "stack": names.frames(stack, thread),
+            }
+            for (stack, thread), (held, count, libs) in top
+        ]

@@ -6,6 +6,7 @@ payload` (see docs/capture-format.md and _format.py). The writer appends
 chunks as they arrive and never rewrites earlier bytes, so a capture cut off
 at any point reads up to its last complete chunk.
 """
+
 import collections
 import concurrent.futures
 import json
@@ -63,7 +64,8 @@ class CaptureWriter:
             compressor, outer = self._compressor, fmt.CHUNK_Z
             if previous:
                 compressor = zstandard.ZstdCompressor(
-                    level=self.LEVEL, dict_data=prefix_dict(previous), write_checksum=True)
+                    level=self.LEVEL, dict_data=prefix_dict(previous), write_checksum=True
+                )
                 outer = fmt.CHUNK_ZD
             frame = compressor.compress(raw if raw is not None else b"".join(bytes(p) for p in parts))
             parts = (fmt.ZCHUNK_HEADER.pack(ctype, length), frame)
@@ -101,7 +103,7 @@ class EventPacker:
 
     FLUSH_BYTES = 4 << 20
     MARK_SECONDS = 0.01  # batches drained closer together share one time mark
-    MAX_PENDING = 4      # groups being compressed before the collector waits for them
+    MAX_PENDING = 4  # groups being compressed before the collector waits for them
     # Level 1: twice level 3's speed for 5% more bytes. zstd releases the GIL, so
     # one worker thread compresses while the collector drains and aggregates.
     _compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
@@ -150,10 +152,13 @@ class EventPacker:
         if self.times:
             if EventPacker._worker is None:
                 EventPacker._worker = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="memtrace-zstd")
-            self.pending.append(EventPacker._worker.submit(
-                self._compress, self.first, self.times, self.counts, self.lengths,
-                bytes(self.data)))
+                    1, thread_name_prefix="memtrace-zstd"
+                )
+            self.pending.append(
+                EventPacker._worker.submit(
+                    self._compress, self.first, self.times, self.counts, self.lengths, bytes(self.data)
+                )
+            )
             self.times, self.counts, self.lengths = [], [], []
             self.data = bytearray()
             self.codec = ffi.new("mt_codec *")
@@ -168,8 +173,7 @@ class EventPacker:
     def _compress(cls, first, times, counts, lengths, data) -> tuple:
         n = len(times)
         columns = cls._compressor.compress(
-            struct.pack(f"<{n}d", *times) + struct.pack(f"<{n}I", *counts) +
-            struct.pack(f"<{n}I", *lengths))
+            struct.pack(f"<{n}d", *times) + struct.pack(f"<{n}I", *counts) + struct.pack(f"<{n}I", *lengths)
+        )
         frame = cls._compressor.compress(data)
-        return (fmt.ZEVENTS_HEADER.pack(first, len(data), len(times), len(columns)),
-                columns, frame)
+        return (fmt.ZEVENTS_HEADER.pack(first, len(data), len(times), len(columns)), columns, frame)

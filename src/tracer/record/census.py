@@ -6,6 +6,7 @@ census can be freed meanwhile, so looking its blocks up in the live table now is
 exact. The collector writes what it found as a TEXT_CENSUS_LINES record of its
 own into the stream's metadata, then lets the target go on. No NumPy here.
 """
+
 import json
 import struct
 from typing import Dict, List
@@ -35,8 +36,7 @@ def join(collector, stream) -> None:
     collector._drain(stream, everything=True)
     for record in _new_records(stream):
         lines = _lines(stream, record, collector.now())
-        payload = struct.pack("<H", fmt.TEXT_CENSUS_LINES) + json.dumps(
-            lines, separators=(",", ":")).encode()
+        payload = struct.pack("<H", fmt.TEXT_CENSUS_LINES) + json.dumps(lines, separators=(",", ":")).encode()
         entry = struct.pack("<HH", fmt.META_TEXT, len(payload)) + payload
         entry += b"\0" * (-len(entry) % 4)
         # the drain above took every committed record: the metadata ends at a
@@ -80,11 +80,20 @@ def _lines(stream, record, t: float) -> dict:
                 entry = by_site.setdefault(sites[i], [0, 0])
                 entry[0] += 1
                 entry[1] += int(blocks[i][1])
-        types.append({"type": index, "blocks": n, "block_bytes": sum(int(b[1]) for b in blocks),
-                      "sites": sorted(([s, c, b] for s, (c, b) in by_site.items()),
-                                      key=lambda e: -e[2])})
+        types.append(
+            {
+                "type": index,
+                "blocks": n,
+                "block_bytes": sum(int(b[1]) for b in blocks),
+                "sites": sorted(([s, c, b] for s, (c, b) in by_site.items()), key=lambda e: -e[2]),
+            }
+        )
     totals = stream.agg.totals()
     # the target is still waiting: the traced heap now is the heap at its census
-    return {"position": record.get("position"), "t": t, "events": totals["n_events"],
-            "heap": totals["heap"],
-            "types": types}
+    return {
+        "position": record.get("position"),
+        "t": t,
+        "events": totals["n_events"],
+        "heap": totals["heap"],
+        "types": types,
+    }

@@ -8,6 +8,7 @@ Python), appends them to the capture as they arrive, feeds the aggregator,
 and samples each process's RSS. A process's end is seen through its pidfd;
 whatever it committed before dying is still in the mapping and is drained.
 """
+
 import array
 import mmap
 import os
@@ -18,13 +19,12 @@ import time
 from typing import TYPE_CHECKING, Dict, Optional, Set
 
 from tracer import _format as fmt
-from tracer.record import census
-from tracer.record import procfs, snapshots
 from tracer._native import ffi, lib
+from tracer.record import census, procfs, snapshots
 from tracer.record.answers import Questions
 from tracer.record.capture_writer import CaptureWriter, EventPacker
-from tracer.record.stream import Stream
 from tracer.record.session import Session
+from tracer.record.stream import Stream
 
 if TYPE_CHECKING:
     from tracer.live.server import LiveServer
@@ -43,9 +43,16 @@ BATCH_TARGET = 16384  # while events flow, wait about as long as this many take 
 class Collector:
     _round_t: float  # when the round began (set by run())
 
-    def __init__(self, session: Session, writer: CaptureWriter, t0: float,
-                 sample_interval: float = 0.01, heap_stats: bool = True, sample_rate: int = 0,
-                 objects: bool = False):
+    def __init__(
+        self,
+        session: Session,
+        writer: CaptureWriter,
+        t0: float,
+        sample_interval: float = 0.01,
+        heap_stats: bool = True,
+        sample_rate: int = 0,
+        objects: bool = False,
+    ):
         self.writer = writer
         self.objects = objects  # --objects: a census of Python objects at peak and exit
         self.sample_rate = sample_rate
@@ -101,7 +108,7 @@ class Collector:
             return
         for level, ctype, data in anc:
             if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
         try:
             if len(msg) != fmt.HELLO.size or len(fds) != 1:
                 return
@@ -139,9 +146,11 @@ class Collector:
         self.by_pid[pid] = stream
         # argv and the executable come with the stream's metadata (the shim reads its
         # own /proc/self at start: the process may be gone by the time we look)
-        self.writer.json_chunk(fmt.CHUNK_PROCESS, stream.sid, {
-            "pid": pid, "ppid": ppid, "t_start": stream.t_start,
-            "sample_rate": self.sample_rate})
+        self.writer.json_chunk(
+            fmt.CHUNK_PROCESS,
+            stream.sid,
+            {"pid": pid, "ppid": ppid, "t_start": stream.t_start, "sample_rate": self.sample_rate},
+        )
         try:
             stream.pidfd = os.pidfd_open(pid)
             self.selector.register(stream.pidfd, selectors.EVENT_READ, stream)
@@ -196,8 +205,7 @@ class Collector:
             self.writer.chunk(fmt.CHUNK_META, stream.sid, stream.meta_pending)
             stream.meta_pending = bytearray()
 
-    def _note_heap(self, stream: Stream, t: float, drained: bool = True,
-                   at_once: bool = False) -> None:
+    def _note_heap(self, stream: Stream, t: float, drained: bool = True, at_once: bool = False) -> None:
         """Keep a heap timeline point per sample interval, with the max in between;
         also when no events came (drained=False) if the heap is not yet recorded as
         it stands, so that the timelines of several processes can be added up;
@@ -217,10 +225,13 @@ class Collector:
         """Write the pending RSS samples and heap timeline points."""
         if final:
             totals = stream.agg.totals()
-            stream.timeline.pending.append((self.now(), totals["heap"],
-                                        max(stream.timeline.max, totals["heap"])))
-        for pending, ctype, row in ((stream.rss.pending, fmt.CHUNK_RSS, fmt.RSS_ROW),
-                                    (stream.timeline.pending, fmt.CHUNK_HEAP, fmt.HEAP_ROW)):
+            stream.timeline.pending.append(
+                (self.now(), totals["heap"], max(stream.timeline.max, totals["heap"]))
+            )
+        for pending, ctype, row in (
+            (stream.rss.pending, fmt.CHUNK_RSS, fmt.RSS_ROW),
+            (stream.timeline.pending, fmt.CHUNK_HEAP, fmt.HEAP_ROW),
+        ):
             if pending:
                 self.writer.chunk(ctype, stream.sid, b"".join(row.pack(*r) for r in pending))
                 pending.clear()
@@ -229,8 +240,13 @@ class Collector:
         """checkpoint: "exit" (the program's exit point: what it left live), or
         "latest" (refreshed while it runs, and the final one)."""
         counters = stream.counters()
-        extra = {"rss_peak": stream.rss.peak, "dropped": counters.dropped + stream.lost,
-                 "unattributed": counters.unattributed, "lost": stream.lost, "checkpoint": checkpoint}
+        extra = {
+            "rss_peak": stream.rss.peak,
+            "dropped": counters.dropped + stream.lost,
+            "unattributed": counters.unattributed,
+            "lost": stream.lost,
+            "checkpoint": checkpoint,
+        }
         # Events go to disk in large compressed groups (the ratio depends on it);
         # an aggregate refreshed while the process runs flushes them every
         # EVENTS_FLUSH_SECONDS at least, and the final ones flush everything.
@@ -256,12 +272,23 @@ class Collector:
         self._write_aggregate(stream)
         counters = stream.counters()
         state = counters.state
-        how = ("exec" if stream.ended_by_exec else
-               "running" if still_running else
-               "exit" if state == fmt.STATE_EXITED else "killed_or_exit")
+        how = (
+            "exec"
+            if stream.ended_by_exec
+            else "running"
+            if still_running
+            else "exit"
+            if state == fmt.STATE_EXITED
+            else "killed_or_exit"
+        )
         stream.forks = counters.forks
-        ending = {"how": how, "t_end": self.now(), "dropped": counters.dropped + stream.lost,
-                  "unrecorded_reentrant": counters.reentrant, "forks": counters.forks}
+        ending = {
+            "how": how,
+            "t_end": self.now(),
+            "dropped": counters.dropped + stream.lost,
+            "unrecorded_reentrant": counters.reentrant,
+            "forks": counters.forks,
+        }
         if how not in ("exec", "running"):
             ending.update(self._exit_status(stream))
             if how == "killed_or_exit" and "signal" in ending:
@@ -288,7 +315,7 @@ class Collector:
         while it is a zombie (a signal); {} if neither can be known."""
         status = stream.counters().exit_status
         if status & 0x100:
-            return {"exit_code": status & 0xff}
+            return {"exit_code": status & 0xFF}
         wait_status = procfs.zombie_wait_status(stream.pid)
         if wait_status is None:
             return {}
@@ -370,8 +397,7 @@ class Collector:
         if self._drained:
             wait = BATCH_TARGET / self._rate
         else:
-            wait = IDLE_WAIT_MIN if idle_rounds < 20 else \
-                IDLE_WAIT_MIN * 2 ** min(idle_rounds - 19, 3)
+            wait = IDLE_WAIT_MIN if idle_rounds < 20 else IDLE_WAIT_MIN * 2 ** min(idle_rounds - 19, 3)
         wait = min(IDLE_WAIT_MAX, max(IDLE_WAIT_MIN, wait))
         if self.heap_stats:
             wait = min(wait, max(0.0, self._next_sample - self.now()))
@@ -391,8 +417,7 @@ class Collector:
                 self.step(0)  # connections queued just before the end
             if done_at is not None:
                 alive = [s for s in self.streams.values() if s.alive]
-                if not alive and (not self._children_pending() or
-                                  time.monotonic() - done_at > grace):
+                if not alive and (not self._children_pending() or time.monotonic() - done_at > grace):
                     break
                 if time.monotonic() - done_at > grace:
                     for stream in alive:

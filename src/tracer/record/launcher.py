@@ -3,10 +3,11 @@
 The target keeps its stdin, stdout and stderr; memtrace exits with its exit
 code (128 + N when signal N killed it, as shells do).
 """
+
 import importlib.util
 import os
-import shutil
 import resource
+import shutil
 import signal
 import socket
 import stat
@@ -78,14 +79,14 @@ def _elf_interp(path: str) -> Optional[bool]:
             ident = f.read(64)
             if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:
                 return None
-            phoff, = struct.unpack_from("<Q", ident, 32)
+            (phoff,) = struct.unpack_from("<Q", ident, 32)
             phentsize, phnum = struct.unpack_from("<HH", ident, 54)
             f.seek(phoff)
             table = f.read(phentsize * phnum)
     except OSError:
         return None
     for i in range(phnum):
-        ptype, = struct.unpack_from("<I", table, i * phentsize)
+        (ptype,) = struct.unpack_from("<I", table, i * phentsize)
         if ptype == 3:  # PT_INTERP
             return True
     return False
@@ -105,15 +106,19 @@ def check_traceable(path: str, depth: int = 0) -> None:
     """Refuse, in one line, programs the loader will not preload the shim into."""
     mode = os.stat(path).st_mode
     if mode & (stat.S_ISUID | stat.S_ISGID):
-        raise MemtraceError(f"{path} is setuid/setgid: the loader ignores LD_PRELOAD for it, "
-                            "so memtrace cannot trace it")
+        raise MemtraceError(
+            f"{path} is setuid/setgid: the loader ignores LD_PRELOAD for it, so memtrace cannot trace it"
+        )
     if os.geteuid() != 0 and _has_file_capabilities(path):
-        raise MemtraceError(f"{path} has file capabilities (secure execution): the loader "
-                            "ignores LD_PRELOAD for it, so memtrace cannot trace it")
+        raise MemtraceError(
+            f"{path} has file capabilities (secure execution): the loader "
+            "ignores LD_PRELOAD for it, so memtrace cannot trace it"
+        )
     interp = _elf_interp(path)
     if interp is False:
-        raise MemtraceError(f"{path} is statically linked: LD_PRELOAD cannot hook its "
-                            "allocator, so memtrace cannot trace it")
+        raise MemtraceError(
+            f"{path} is statically linked: LD_PRELOAD cannot hook its allocator, so memtrace cannot trace it"
+        )
     if interp is None and depth == 0:
         try:
             with open(path, "rb") as f:
@@ -145,8 +150,9 @@ def program_label(argv: List[str]) -> str:
     return base
 
 
-def target_env(socket_path: str, sample_rate: int = 0, capture: Optional[str] = None,
-               objects: bool = False) -> dict:
+def target_env(
+    socket_path: str, sample_rate: int = 0, capture: Optional[str] = None, objects: bool = False
+) -> dict:
     env = dict(os.environ)
     env.pop("MEMTRACE_CAPTURE", None)
     if capture:  # where the program's own capture goes (the pytest plugin and notebooks say so)
@@ -202,11 +208,14 @@ def _redacting_writer(base):
                 size = fmt.meta_record_size(length)
                 if pos + size > len(data):
                     break  # completed by the stream's next chunk
-                record = data[pos:pos + size]
+                record = data[pos : pos + size]
                 body = pos + head.size
-                if rtype == fmt.META_TEXT and length >= text.size and \
-                        text.unpack_from(data, body)[0] == fmt.TEXT_ARGV:
-                    args = data[body + text.size:body + length].rstrip(b"\0").split(b"\0")
+                if (
+                    rtype == fmt.META_TEXT
+                    and length >= text.size
+                    and text.unpack_from(data, body)[0] == fmt.TEXT_ARGV
+                ):
+                    args = data[body + text.size : body + length].rstrip(b"\0").split(b"\0")
                     kept = args[:1] + ([REDACTED.encode()] if len(args) > 1 else [])
                     payload = text.pack(fmt.TEXT_ARGV) + b"\0".join(kept) + b"\0"
                     record = head.pack(rtype, len(payload)) + payload
@@ -242,8 +251,9 @@ class _Reaper:
 
 def _output_folder(opts: RunOptions) -> Optional[str]:
     """-o DIR/ (or an existing folder): the capture goes inside it, with the usual name."""
-    folder = opts.output if opts.output and (opts.output.endswith(os.sep) or
-                                             os.path.isdir(opts.output)) else None
+    folder = (
+        opts.output if opts.output and (opts.output.endswith(os.sep) or os.path.isdir(opts.output)) else None
+    )
     if folder is not None:
         try:
             os.makedirs(folder, 0o700, exist_ok=True)
@@ -254,8 +264,9 @@ def _output_folder(opts: RunOptions) -> Optional[str]:
 
 def _start_target(opts: RunOptions, program: str, env: dict, view) -> subprocess.Popen:
     try:
-        proc = subprocess.Popen(opts.argv, executable=program, env=env,
-                                **(view.target_stdio() if view else {}))
+        proc = subprocess.Popen(
+            opts.argv, executable=program, env=env, **(view.target_stdio() if view else {})
+        )
     except OSError as exc:
         raise MemtraceError(f"cannot start {opts.argv[0]}: {exc.strerror}", exit_code=126) from None
     if view is not None:
@@ -270,15 +281,28 @@ def _write_info(writer, opts: RunOptions, program: str, pid: int) -> None:
     from tracer import _format as fmt
     from tracer.record.aggregate import PAGE_SIZE
 
-    writer.json_chunk(fmt.CHUNK_INFO, 0, {
-        "command": redact(opts.argv) if opts.redact_argv else opts.argv, "program": program,
-        "memtrace_version": __version__, "start_time": time.time(), "page_size": PAGE_SIZE,
-        "main_pid": pid, "sample_interval": opts.sample_interval, "sample_rate": opts.sample_rate,
-        "cwd": os.getcwd(), "python": sys.version.split()[0], "host": socket.gethostname()})
+    writer.json_chunk(
+        fmt.CHUNK_INFO,
+        0,
+        {
+            "command": redact(opts.argv) if opts.redact_argv else opts.argv,
+            "program": program,
+            "memtrace_version": __version__,
+            "start_time": time.time(),
+            "page_size": PAGE_SIZE,
+            "main_pid": pid,
+            "sample_interval": opts.sample_interval,
+            "sample_rate": opts.sample_rate,
+            "cwd": os.getcwd(),
+            "python": sys.version.split()[0],
+            "host": socket.gethostname(),
+        },
+    )
 
 
-def _write_end(writer, collector, reaper: "_Reaper", pid: int,
-               t0: float) -> Tuple[Optional[int], Optional[int]]:
+def _write_end(
+    writer, collector, reaper: "_Reaper", pid: int, t0: float
+) -> Tuple[Optional[int], Optional[int]]:
     """The run's end chunk: the target's exit status and what memtrace itself cost."""
     from tracer import _format as fmt
 
@@ -287,12 +311,21 @@ def _write_end(writer, collector, reaper: "_Reaper", pid: int,
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     own = resource.getrusage(resource.RUSAGE_SELF)  # memtrace's own cost, for the record
-    writer.json_chunk(fmt.CHUNK_END, 0, {
-        "exit_code": code, "signal": sig, "duration": time.monotonic() - t0,
-        "main_pid": pid, "main_max_rss": reaper.max_rss, "main_cpu_seconds": reaper.cpu,
-        "refused_connections": collector.refused,
-        "collector_cpu_seconds": own.ru_utime + own.ru_stime,
-        "collector_max_rss": own.ru_maxrss * 1024})
+    writer.json_chunk(
+        fmt.CHUNK_END,
+        0,
+        {
+            "exit_code": code,
+            "signal": sig,
+            "duration": time.monotonic() - t0,
+            "main_pid": pid,
+            "main_max_rss": reaper.max_rss,
+            "main_cpu_seconds": reaper.cpu,
+            "refused_connections": collector.refused,
+            "collector_cpu_seconds": own.ru_utime + own.ru_stime,
+            "collector_max_rss": own.ru_maxrss * 1024,
+        },
+    )
     return code, sig
 
 
@@ -313,25 +346,30 @@ def run(opts: RunOptions) -> RunResult:
         t0 = time.monotonic()
         if opts.live:
             from tracer.live.run import LiveRun
+
             view = LiveRun(session.directory, opts.output)
         proc = _start_target(opts, program, env, view)
         # The collector's imports (NumPy, cffi) load while the target starts; its
         # first connection waits in the socket's backlog meanwhile.
         from tracer.record.capture_writer import CaptureWriter
         from tracer.record.collector import Collector
+
         label = os.path.basename(opts.argv[0]) if opts.redact_argv else program_label(opts.argv)
         path = opts.output or os.path.join(folder or "", f"memtrace-{label}-{proc.pid}.mtrace")
         try:
             writer = (_redacting_writer(CaptureWriter) if opts.redact_argv else CaptureWriter)(
-                path, opts.force)
+                path, opts.force
+            )
         except MemtraceError:
             proc.kill()
             proc.wait()
             raise
-        collector = Collector(session, writer, t0, opts.sample_interval, opts.heap_stats,
-                              opts.sample_rate, opts.objects)
+        collector = Collector(
+            session, writer, t0, opts.sample_interval, opts.heap_stats, opts.sample_rate, opts.objects
+        )
         collector.main_pid = proc.pid
         from tracer.live.server import LiveServer
+
         collector.live = LiveServer(session.directory, collector)  # `memtrace live` can attach
         _write_info(writer, opts, program, proc.pid)
         reaper = _Reaper(proc.pid)
@@ -339,8 +377,7 @@ def run(opts: RunOptions) -> RunResult:
         assert reaper.status is not None
         proc.returncode = os.waitstatus_to_exitcode(reaper.status)
         code, sig = _write_end(writer, collector, reaper, proc.pid, t0)
-        collector.live.finish({"exit_code": code, "signal": sig,
-                               "duration": time.monotonic() - t0})
+        collector.live.finish({"exit_code": code, "signal": sig, "duration": time.monotonic() - t0})
         if view is not None:
             view.capture_written(writer.path)
         return RunResult(writer.path, code, sig, view)

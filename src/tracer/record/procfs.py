@@ -3,6 +3,7 @@
 Every reader returns None when the number cannot be had (the process is gone,
 /proc is hidden): callers report "unknown", never a guess.
 """
+
 import os
 from typing import Dict, List, Optional
 
@@ -45,7 +46,7 @@ def parse_smaps(text: bytes) -> List[list]:
     lib.mt_parse_smaps(buf, len(text), out, n)
     rows = []
     for v in out:
-        path = text[v.path_at:v.path_at + v.path_len].decode("utf-8", "replace")
+        path = text[v.path_at : v.path_at + v.path_len].decode("utf-8", "replace")
         rows.append([v.start, v.end, v.rss, v.anon, v.swap, ffi.string(v.perms).decode(), path])
     return rows
 
@@ -102,7 +103,7 @@ def zombie_wait_status(pid: int) -> Optional[int]:
             text = f.read()
     except OSError:
         return None
-    fields = text[text.rfind(b")") + 2:].split()
+    fields = text[text.rfind(b")") + 2 :].split()
     if len(fields) < 50 or fields[0] != b"Z":
         return None
     return int(fields[49])

@@ -5,6 +5,7 @@ umask 077 so there is no moment when another user could connect. Kept free of
 heavy imports: the launcher makes it and starts the target first, and loads
 the collector (NumPy, cffi) while the target starts up.
 """
+
 import os
 import socket
 import tempfile

@@ -1,6 +1,7 @@
 """Heap-level snapshots (docs/reconciliation.md): RSS samples, glibc's statistics on
 request, and /proc/PID/smaps read by the collector itself the moment a heap peak is
 over (never waiting for the program), now and then, and as a process exits."""
+
 import time
 from typing import TYPE_CHECKING, Optional
 
@@ -27,7 +28,7 @@ PEAK_DROP, PEAK_DROP_MIN = 0.01, 64 << 10
 GROWTH_SNAPSHOT_SECONDS = 1.0
 SNAPSHOT_SHARE = 0.10
 SNAPSHOT_BURST = 0.5
-SMALL_PROCESS = 4 << 20         # heap peak under which a child's exit snapshot is skipped
+SMALL_PROCESS = 4 << 20  # heap peak under which a child's exit snapshot is skipped
 PERIODIC_SNAPSHOT_SECONDS = 10.0
 # glibc's statistics walk its free lists (mallinfo2 is O(free chunks)): ask for them
 # at most so often that the walks take this share of the program's time
@@ -45,14 +46,14 @@ def sample_rss(collector: "Collector", t: float) -> None:
             rss = st["RssAnon"] + st["RssFile"] + st["RssShmem"]
             stream.rss.recent = stream.rss.recent[1:] + [rss]
             stream.rss.peak = max(stream.rss.peak, rss)
-            stream.rss.pending.append((t, rss, st["RssAnon"], st["RssFile"], st["RssShmem"],
-                                       st["VmSwap"]))
+            stream.rss.pending.append((t, rss, st["RssAnon"], st["RssFile"], st["RssShmem"], st["VmSwap"]))
         # glibc's books, spaced so that walking its free lists costs the target
         # at most ~2% (mallinfo2 is O(free chunks))
         if t >= stream.snaps.next_stats:
             lib.mt_shm_request_stats(stream.ptr, 0)
             cost = stream.counters().stats_cost_ns / 1e9
             stream.snaps.next_stats = t + max(collector.sample_interval, cost / STATS_COST_SHARE)
+
 
 def take(collector: "Collector", stream: Stream, kind: str) -> None:
     """Mappings with their resident bytes and the traced bytes inside each, now."""
@@ -62,10 +63,17 @@ def take(collector: "Collector", stream: Stream, kind: str) -> None:
     totals = stream.agg.totals()
     # position: the ring's event index (heap statistics carry one too); events: the
     # aggregator's count, the peak's index space; cost: seconds smaps took to read
-    record = {"kind": kind, "t": t, "position": stream.counters().consumed,
-              "events": totals["n_events"], "heap": totals["heap"],
-              "peak_heap": totals["peak_heap"], "peak_time": totals["peak_time"],
-              "peak_event": totals["peak_event"], "status": procfs.status(stream.pid)}
+    record = {
+        "kind": kind,
+        "t": t,
+        "position": stream.counters().consumed,
+        "events": totals["n_events"],
+        "heap": totals["heap"],
+        "peak_heap": totals["peak_heap"],
+        "peak_time": totals["peak_time"],
+        "peak_event": totals["peak_event"],
+        "status": procfs.status(stream.pid),
+    }
     if vmas is None:
         record["error"] = f"/proc/{stream.pid}/smaps could not be read"
     else:
@@ -75,24 +83,27 @@ def take(collector: "Collector", stream: Stream, kind: str) -> None:
         ends = ffi.new("uint64_t[]", [v[1] for v in vmas])
         blocks, anon, filemap, top = (ffi.new("int64_t[]", n) for _ in range(4))
         top_site = ffi.new("uint32_t[]", n)
-        lib.mt_agg_bytes_in_ranges(stream.agg._agg, starts, ends, n, blocks, anon, filemap,
-                                   top_site, top)
-        record["vmas"] = [v + [blocks[i], anon[i], filemap[i],
-                               top_site[i] if top_site[i] != 0xFFFFFFFF else -1, top[i]]
-                          for i, v in enumerate(vmas)]
+        lib.mt_agg_bytes_in_ranges(stream.agg._agg, starts, ends, n, blocks, anon, filemap, top_site, top)
+        record["vmas"] = [
+            v + [blocks[i], anon[i], filemap[i], top_site[i] if top_site[i] != 0xFFFFFFFF else -1, top[i]]
+            for i, v in enumerate(vmas)
+        ]
         record["stack_pointers"] = procfs.thread_stack_pointers(stream.pid)
     stream.snaps.t = t
     stream.snaps.peak = totals["peak_heap"]
     collector.writer.json_chunk(fmt.CHUNK_SNAPSHOT, stream.sid, record)
     collector.snap_budget -= time.perf_counter() - started
 
+
 def may_snapshot(collector: "Collector", t: float, floor: float) -> bool:
     """Whether the snapshots' share of the collector's time allows one now (the
     budget is above `floor`)."""
-    collector.snap_budget = min(SNAPSHOT_BURST,
-                           collector.snap_budget + (t - collector.snap_budget_t) * SNAPSHOT_SHARE)
+    collector.snap_budget = min(
+        SNAPSHOT_BURST, collector.snap_budget + (t - collector.snap_budget_t) * SNAPSHOT_SHARE
+    )
     collector.snap_budget_t = t
     return collector.snap_budget > floor
+
 
 def watch(collector: "Collector", stream: Stream, t: float) -> None:
     """Snapshots: at each new heap peak, now and then, and as the process exits."""
@@ -123,6 +134,7 @@ def watch(collector: "Collector", stream: Stream, t: float) -> None:
         take(collector, stream, "peak")
     elif since >= PERIODIC_SNAPSHOT_SECONDS:
         take(collector, stream, "periodic")
+
 
 def peak_due(stream: Stream, t: float) -> Optional[float]:
     """Whether a peak with no snapshot yet should be read now (never waiting for

@@ -1,5 +1,6 @@
 """One traced process image as the collector holds it: its shared-memory stream and
 aggregator, plus four small pieces of state, each owned by one part of the collector."""
+
 import mmap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Tuple
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 @dataclass
 class RssSamples:
     """RSS read from /proc (record/snapshots.py), waiting to be written."""
+
     pending: List[tuple] = field(default_factory=list)
     peak: int = 0
     recent: List[int] = field(default_factory=lambda: [0, 0, 0])  # the last three samples
@@ -25,6 +27,7 @@ class RssSamples:
 class HeapTimeline:
     """The heap timeline: a point per sample interval with the highest heap since the
     point before (the collector's _note_heap)."""
+
     pending: List[tuple] = field(default_factory=list)
     last_t: float = -1.0
     max: int = 0
@@ -34,25 +37,26 @@ class HeapTimeline:
 @dataclass
 class SnapshotState:
     """When the heap-level snapshots were taken (record/snapshots.py)."""
-    t: float                      # the last snapshot (the first comes once the heap has a peak)
-    peak: int = 0                 # the heap peak the last snapshot was for
-    next_stats: float = 0.0       # no glibc statistics asked for before then
+
+    t: float  # the last snapshot (the first comes once the heap has a peak)
+    peak: int = 0  # the heap peak the last snapshot was for
+    next_stats: float = 0.0  # no glibc statistics asked for before then
     exit_seen: bool = False
 
 
 @dataclass
 class CensusState:
     """The object census's pacing (--objects, record/census.py)."""
-    next: float = 0.0             # no census asked for before then
-    heap: int = 0                 # the traced heap at the last census
-    spent: float = 0.0            # seconds the process spent in censuses so far
+
+    next: float = 0.0  # no census asked for before then
+    heap: int = 0  # the traced heap at the last census
+    spent: float = 0.0  # seconds the process spent in censuses so far
 
 
 class Stream:
     """One traced process image: its mapping, aggregator, samples and snapshots."""
 
-    def __init__(self, sid: int, pid: int, ppid: int, shm: mmap.mmap, t: float,
-                 sample_rate: int = 0):
+    def __init__(self, sid: int, pid: int, ppid: int, shm: mmap.mmap, t: float, sample_rate: int = 0):
         self.sid, self.pid, self.ppid = sid, pid, ppid
         self.shm = shm
         self.ptr = ffi.from_buffer(shm)

@@ -4,6 +4,7 @@ speedscope and pprof get one sample per allocation site (stack + library), weigh
 by the chosen metric, made from all sites at once (NumPy, and C for the encoding);
 CSV lists every allocation event.
 """
+
 import csv
 import gzip
 import json
@@ -13,8 +14,8 @@ import numpy as np
 
 from tracer import __version__
 from tracer import _format as fmt
-from tracer.analyze import stacks as st
 from tracer._native import ffi, lib
+from tracer.analyze import stacks as st
 from tracer.analyze.model import LOST_FRAME, Model, heap_mask
 from tracer.analyze.regions import event_filter
 from tracer.reports.flame import METRICS
@@ -49,8 +50,9 @@ class Samples:
         rank[order] = np.arange(len(frames))
         self.ids = rank[ids]
         fn, lines = st.frame_key_parts(np.array(frames.keys, np.int64)[order])
-        self.frames: List[Frame] = [functions.keys[f] + (line,)
-                                    for f, line in zip(fn.tolist(), lines.tolist())]
+        self.frames: List[Frame] = [
+            functions.keys[f] + (line,) for f, line in zip(fn.tolist(), lines.tolist())
+        ]
         self.sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
         self.counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
 
@@ -83,8 +85,10 @@ def _process_samples(proc, sites, functions: st.Interner, frames: st.Interner):
     libraries = st.Interner()
     pair = lib_name_ids(proc, sites["lib"], libraries) * 256 + sites["kind"]
     pairs, inverse = np.unique(pair, return_inverse=True)
-    leaf = functions.many((f"{libraries.keys[p // 256]} → {fmt.KIND_NAMES[p % 256]}",
-                           libraries.keys[p // 256]) for p in pairs.tolist())
+    leaf = functions.many(
+        (f"{libraries.keys[p // 256]} → {fmt.KIND_NAMES[p % 256]}", libraries.keys[p // 256])
+        for p in pairs.tolist()
+    )
     ids[starts[1:] - 1] = frames.many(st.frame_key(leaf, 0).tolist())[inverse]
     return starts, ids
 
@@ -94,7 +98,7 @@ def site_samples(model: Model, metric: str = "peak"):
     samples = Samples(model, metric)
     starts, ids = samples.starts.tolist(), samples.ids.tolist()
     for i, (size, count) in enumerate(zip(samples.sizes.tolist(), samples.counts.tolist())):
-        yield [samples.frames[f] for f in ids[starts[i]:starts[i + 1]]], size, count
+        yield [samples.frames[f] for f in ids[starts[i] : starts[i + 1]]], size, count
 
 
 def speedscope(model: Model, out, metric: str = "peak") -> None:
@@ -103,12 +107,24 @@ def speedscope(model: Model, out, metric: str = "peak") -> None:
     token = "\0memtrace-samples\0"
     doc: Dict[str, Any] = {
         "$schema": "https://www.speedscope.app/file-format-schema.json",
-        "shared": {"frames": [{"name": n, "file": f, "line": l} if f else {"name": n}
-                              for (n, f, l) in samples.frames]},
-        "profiles": [{"type": "sampled", "name": f"memtrace: {metric}", "unit": "bytes",
-                      "startValue": 0, "endValue": sum(weights), "samples": token,
-                      "weights": weights}],
-        "name": " ".join(model.command), "activeProfileIndex": 0,
+        "shared": {
+            "frames": [
+                {"name": n, "file": f, "line": ln} if f else {"name": n} for (n, f, ln) in samples.frames
+            ]
+        },
+        "profiles": [
+            {
+                "type": "sampled",
+                "name": f"memtrace: {metric}",
+                "unit": "bytes",
+                "startValue": 0,
+                "endValue": sum(weights),
+                "samples": token,
+                "weights": weights,
+            }
+        ],
+        "name": " ".join(model.command),
+        "activeProfileIndex": 0,
         "exporter": f"memtrace {__version__}",
     }
     # the samples, most of the file, are written from the arrays directly
@@ -135,6 +151,7 @@ def _json_lists(values: np.ndarray, starts: np.ndarray) -> str:
 
 # ---- pprof (profile.proto), written by hand: varints and length-delimited fields ----
 
+
 def _varint(n: int) -> bytes:
     n &= (1 << 64) - 1  # int64 values are two's complement
     out = bytearray()
@@ -159,10 +176,18 @@ def _u64(a) -> "ffi.CData":
 
 def pprof(model: Model, out, metric: str = "peak") -> None:
     samples = Samples(model, metric)
-    count_name = {"peak": "inuse_objects", "leaks": "leaked_objects", "total": "alloc_objects",
-                  "temporary": "temporary_objects"}[metric]
-    bytes_name = {"peak": "inuse_space", "leaks": "leaked_space", "total": "alloc_space",
-                  "temporary": "temporary_space"}[metric]
+    count_name = {
+        "peak": "inuse_objects",
+        "leaks": "leaked_objects",
+        "total": "alloc_objects",
+        "temporary": "temporary_objects",
+    }[metric]
+    bytes_name = {
+        "peak": "inuse_space",
+        "leaks": "leaked_space",
+        "total": "alloc_space",
+        "temporary": "temporary_space",
+    }[metric]
     strings = st.Interner()
     strings("")
     body = bytearray()
@@ -205,16 +230,21 @@ def _pprof_samples(ids, starts, counts, sizes) -> bytes:
     counts, sizes = np.ascontiguousarray(counts, np.int64), np.ascontiguousarray(sizes, np.int64)
     n = len(counts)
     buf = ffi.new("uint8_t[]", 10 * len(ids) + 48 * n + 1)
-    size = lib.mt_pprof_samples(_u64(ids), _u64(starts), n, ffi.from_buffer("int64_t[]", counts),
-                                ffi.from_buffer("int64_t[]", sizes), buf)
+    size = lib.mt_pprof_samples(
+        _u64(ids),
+        _u64(starts),
+        n,
+        ffi.from_buffer("int64_t[]", counts),
+        ffi.from_buffer("int64_t[]", sizes),
+        buf,
+    )
     return ffi.buffer(buf, size)[:]
 
 
 def _pprof_locations(functions, lines) -> bytes:
     functions, lines = np.ascontiguousarray(functions), np.ascontiguousarray(lines)
     buf = ffi.new("uint8_t[]", 48 * len(lines) + 1)
-    size = lib.mt_pprof_locations(_u64(functions), ffi.from_buffer("int64_t[]", lines),
-                                  len(lines), buf)
+    size = lib.mt_pprof_locations(_u64(functions), ffi.from_buffer("int64_t[]", lines), len(lines), buf)
     return ffi.buffer(buf, size)[:]
 
 
@@ -229,8 +259,22 @@ def csv_events(model: Model, out) -> int:
     """Every allocation (not frees) as a CSV row; `heap` says whether it counts in the
     heap (malloc family, anonymous mappings) or is a file-backed mapping."""
     writer = csv.writer(out)
-    writer.writerow(["time_s", "pid", "tid", "allocator", "size", "address", "numpy", "heap",
-                     "library", "file", "line", "function"])
+    writer.writerow(
+        [
+            "time_s",
+            "pid",
+            "tid",
+            "allocator",
+            "size",
+            "address",
+            "numpy",
+            "heap",
+            "library",
+            "file",
+            "line",
+            "function",
+        ]
+    )
     rows = 0
     for proc in model.processes:
         libs = {lid: path.rsplit("/", 1)[-1] for lid, path in proc.libs.items()}
@@ -246,8 +290,11 @@ def csv_events(model: Model, out) -> int:
                 if kind in (fmt.FREE, fmt.REGION):
                     continue
                 if kind == fmt.MUNMAP:
-                    anon = mapping_anon.pop(addr, True) if not flags & fmt.FLAG_KEEP \
+                    anon = (
+                        mapping_anon.pop(addr, True)
+                        if not flags & fmt.FLAG_KEEP
                         else mapping_anon.get(addr, True)
+                    )
                     if flags & fmt.FLAG_REMAP:
                         moved_anon = anon
                     continue
@@ -264,9 +311,21 @@ def csv_events(model: Model, out) -> int:
                     f = proc.frame(stack) if stack else None
                     frames[stack] = (f.file, f.line, f.function) if f else ("<native>", 0, "")
                 file, line, function = frames[stack]
-                writer.writerow([f"{t:.6f}", proc.pid, int(e["tid"]), fmt.KIND_NAMES[kind],
-                                 int(e["size"]), f"0x{addr:x}",
-                                 int(bool(flags & fmt.FLAG_NUMPY)), int(in_heap),
-                                 libs.get(int(e["lib"]), ""), file, line, function])
+                writer.writerow(
+                    [
+                        f"{t:.6f}",
+                        proc.pid,
+                        int(e["tid"]),
+                        fmt.KIND_NAMES[kind],
+                        int(e["size"]),
+                        f"0x{addr:x}",
+                        int(bool(flags & fmt.FLAG_NUMPY)),
+                        int(in_heap),
+                        libs.get(int(e["lib"]), ""),
+                        file,
+                        line,
+                        function,
+                    ]
+                )
                 rows += 1
     return rows

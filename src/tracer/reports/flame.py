@@ -9,13 +9,14 @@ metric, the bytes and count of its whole subtree.
 The tree is made from all sites at once (NumPy, and C for merging frames into
 nodes), never by walking each site's stack in Python.
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from tracer import _format as fmt
-from tracer.analyze import stacks as st
 from tracer._native import ffi, lib
+from tracer.analyze import stacks as st
 from tracer.analyze.model import Model, Process, heap_mask
 from tracer.reports.tables import lib_name_ids
 
@@ -42,8 +43,14 @@ THREAD_KEY, LEAF_KEY, PROCESS_KEY, IMPORTS_KEY = -1, -(1 << 40), -(1 << 50), -(1
 IMPORTS_NAME = "[import machinery]"
 # Python's own code that imports modules and runs them (`python -m`): frozen
 # modules (importlib._bootstrap, zipimport, runpy...) and their source files.
-IMPORT_FILES = ("/importlib/_bootstrap.py", "/importlib/_bootstrap_external.py",
-                "/importlib/__init__.py", "/runpy.py", "/zipimport.py", "/pkgutil.py")
+IMPORT_FILES = (
+    "/importlib/_bootstrap.py",
+    "/importlib/_bootstrap_external.py",
+    "/importlib/__init__.py",
+    "/runpy.py",
+    "/zipimport.py",
+    "/pkgutil.py",
+)
 
 
 def _i64(a) -> np.ndarray:
@@ -103,16 +110,28 @@ class Tree:
         tree = Tree({c: getattr(self, c) for c in self.COLUMNS}, self.names, self.files)
         tree.shape = self.shape
         tree.bytes, tree.count, tree.numpy, tree.first = (np.empty(n, np.int64) for _ in range(4))
-        lib.mt_tree_leaf_values(_ptr(leaf), len(leaf), _ptr(size), _ptr(count), _ptr(numpy), _ptr(first), n,
-                                _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy), _ptr(tree.first))
-        lib.mt_tree_sum_up(_ptr(self.parent), n, _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy),
-                           _ptr(tree.first))
+        lib.mt_tree_leaf_values(
+            _ptr(leaf),
+            len(leaf),
+            _ptr(size),
+            _ptr(count),
+            _ptr(numpy),
+            _ptr(first),
+            n,
+            _ptr(tree.bytes),
+            _ptr(tree.count),
+            _ptr(tree.numpy),
+            _ptr(tree.first),
+        )
+        lib.mt_tree_sum_up(
+            _ptr(self.parent), n, _ptr(tree.bytes), _ptr(tree.count), _ptr(tree.numpy), _ptr(tree.first)
+        )
         return tree
 
     def children(self, i: int, threshold: float = 0) -> List[int]:
         """Children of node i of at least `threshold` bytes, biggest first."""
         start, kids = self.child_index(threshold)
-        return kids[start[i]:start[i + 1]].tolist()
+        return kids[start[i] : start[i + 1]].tolist()
 
     def child_index(self, threshold: float):
         """(start, kids): the children of node i of at least `threshold` bytes are
@@ -129,8 +148,15 @@ class Tree:
         """Per node: its number of children, their bytes, count and NumPy bytes,
         and those of its children under threshold: (n, [3 totals], [3 totals])."""
         out = [np.empty(len(self), np.int64) for _ in range(7)]
-        lib.mt_tree_child_sums(_ptr(self.parent), len(self), _ptr(self.bytes), _ptr(self.count),
-                               _ptr(self.numpy), threshold, *map(_ptr, out))
+        lib.mt_tree_child_sums(
+            _ptr(self.parent),
+            len(self),
+            _ptr(self.bytes),
+            _ptr(self.count),
+            _ptr(self.numpy),
+            threshold,
+            *map(_ptr, out),
+        )
         return out[0], out[1:4], out[4:]
 
     def subset(self, keep: np.ndarray):
@@ -167,8 +193,9 @@ class Tree:
             shape._folded = shape._fold_shape()
         new, folded = shape._folded
         leaf = np.flatnonzero(shape.kind == NATIVE)  # the nodes that hold the sites' values
-        return folded.with_values(new[leaf], self.first[leaf], self.bytes[leaf], self.count[leaf],
-                                  self.numpy[leaf])
+        return folded.with_values(
+            new[leaf], self.first[leaf], self.bytes[leaf], self.count[leaf], self.numpy[leaf]
+        )
 
     def _fold_shape(self):
         """(the folded node of each node, the folded tree without values)."""
@@ -176,17 +203,29 @@ class Tree:
         fold = (machinery[self.file] & (self.kind == PYTHON)).astype(np.uint8)
         index = ffi.gc(lib.mt_tree_new(), lib.mt_tree_free)
         new = np.empty(len(self), np.int64)
-        made = lib.mt_tree_fold(index, _ptr(self.parent), _ptr(self.key),
-                                ffi.from_buffer("uint8_t[]", fold), len(self), IMPORTS_KEY,
-                                _ptr(new))
+        made = lib.mt_tree_fold(
+            index,
+            _ptr(self.parent),
+            _ptr(self.key),
+            ffi.from_buffer("uint8_t[]", fold),
+            len(self),
+            IMPORTS_KEY,
+            _ptr(new),
+        )
         parent, source = _made(index, made)
         source = np.concatenate(([0], source))
         columns = {c: getattr(self, c)[source] for c in self.COLUMNS}
         columns["parent"] = np.concatenate(([-1], parent))
         folded = fold[source] != 0
         names = list(self.names) + [IMPORTS_NAME]
-        for column, value in (("name", len(names) - 1), ("file", self.files.index("")), ("line", 0),
-                              ("kind", IMPORTS), ("key", IMPORTS_KEY), ("user", False)):
+        for column, value in (
+            ("name", len(names) - 1),
+            ("file", self.files.index("")),
+            ("line", 0),
+            ("kind", IMPORTS),
+            ("key", IMPORTS_KEY),
+            ("user", False),
+        ):
             columns[column][folded] = value
         return new, Tree(columns, names, self.files)
 
@@ -229,16 +268,22 @@ class _Nodes:
 
     def add(self, parent, names, files, lines, kind, key, user=False) -> np.ndarray:
         """New nodes, names and files as strings."""
-        return self.add_ids(parent, self.names.many(names), self.files.many(files), lines, kind,
-                            key, user)
+        return self.add_ids(parent, self.names.many(names), self.files.many(files), lines, kind, key, user)
 
     def add_ids(self, parent, name_ids, file_ids, lines, kind, key, user=False) -> np.ndarray:
         """New nodes, names and files as ids of `names` and `files`."""
         parent = np.asarray(parent, np.int64)
         ids = np.arange(self.n, self.n + len(parent))
         self.n += len(parent)
-        values = {"parent": parent, "name": name_ids, "file": file_ids, "line": lines, "kind": kind,
-                  "key": key, "user": user}
+        values = {
+            "parent": parent,
+            "name": name_ids,
+            "file": file_ids,
+            "line": lines,
+            "kind": kind,
+            "key": key,
+            "user": user,
+        }
         for column, value in values.items():
             dtype = bool if column == "user" else np.int64
             self.columns[column].append(np.broadcast_to(np.asarray(value, dtype), (len(parent),)))
@@ -249,8 +294,17 @@ class _Nodes:
         (parent node, row) of each node this made; the caller adds those next."""
         parent, frame, base, rows = (_i64(a) for a in (parent, frame, base, rows))
         node = np.empty(len(rows), np.int64)
-        made = lib.mt_tree_frames(self.index, _ptr(parent), _ptr(frame), len(parent), _ptr(base),
-                                  _ptr(rows), len(rows), self.n, _ptr(node))
+        made = lib.mt_tree_frames(
+            self.index,
+            _ptr(parent),
+            _ptr(frame),
+            len(parent),
+            _ptr(base),
+            _ptr(rows),
+            len(rows),
+            self.n,
+            _ptr(node),
+        )
         return node, *_made(self.index, made)
 
     def add_children(self, parent, key, names, files, kind) -> np.ndarray:
@@ -269,16 +323,16 @@ class _Nodes:
         return Tree(columns, self.names.keys, self.files.keys)
 
 
-def build_tree(model: Model, metric: str = "peak", by_thread: bool = False,
-               pid: Optional[int] = None) -> Tree:
+def build_tree(
+    model: Model, metric: str = "peak", by_thread: bool = False, pid: Optional[int] = None
+) -> Tree:
     """The call tree of one metric over all processes (or one pid). A node is a
     frame (function, file, line) under its caller's node; below the innermost
     frame, a leaf per calling library and allocator."""
     return Trees(model, (metric,), by_thread, pid).tree(metric)
 
 
-def build_trees(model: Model, metrics, by_thread: bool = False,
-                pid: Optional[int] = None) -> Dict[str, Tree]:
+def build_trees(model: Model, metrics, by_thread: bool = False, pid: Optional[int] = None) -> Dict[str, Tree]:
     """build_tree of several metrics, their nodes made once."""
     trees = Trees(model, metrics, by_thread, pid)
     return {metric: trees.tree(metric) for metric in metrics}
@@ -297,8 +351,9 @@ class Trees:
         leaves, self.picked = [], []  # per process: its leaf nodes, its picked sites' indexes
         for proc in self.processes:
             heap = heap_mask(proc.sites)
-            picked = np.flatnonzero(heap & np.logical_or.reduce(
-                [proc.sites[METRICS[m][0]] > 0 for m in metrics]))
+            picked = np.flatnonzero(
+                heap & np.logical_or.reduce([proc.sites[METRICS[m][0]] > 0 for m in metrics])
+            )
             self.picked.append(picked)
             if len(picked) == 0:
                 continue
@@ -306,8 +361,9 @@ class Trees:
             if many:
                 label = f"pid {proc.pid}: {' '.join(proc.argv)[:80]}"
                 top = int(nodes.add([0], [label], [""], 0, PROCESS, PROCESS_KEY - proc.sid)[0])
-            leaves.append(_process_leaves(nodes, proc, proc.sites[picked], top, by_thread, libraries,
-                                          functions))
+            leaves.append(
+                _process_leaves(nodes, proc, proc.sites[picked], top, by_thread, libraries, functions)
+            )
         self.shape = nodes.tree()
         self.leaf = np.concatenate(leaves) if leaves else np.zeros(0, np.int64)
 
@@ -319,8 +375,9 @@ class Trees:
         if metric not in self.metrics and not self._covers(bytes_col):
             return Trees(self.model, (metric,), self.by_thread, self.pid).tree(metric)
         column = lambda name: np.concatenate(
-            [np.zeros(0, fmt.SITE_DTYPE)[name]] +
-            [p.sites[name][picked] for p, picked in zip(self.processes, self.picked)])
+            [np.zeros(0, fmt.SITE_DTYPE)[name]]
+            + [p.sites[name][picked] for p, picked in zip(self.processes, self.picked)]
+        )
         size, count = column(bytes_col), column(count_col)
         mine = np.flatnonzero(size > 0)
         size = size[mine].astype(np.int64)
@@ -337,8 +394,15 @@ class Trees:
         return True
 
 
-def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bool,
-                    libraries: st.Interner, functions: st.Interner) -> np.ndarray:
+def _process_leaves(
+    nodes: _Nodes,
+    proc: Process,
+    sites,
+    top: int,
+    by_thread: bool,
+    libraries: st.Interner,
+    functions: st.Interner,
+) -> np.ndarray:
     """Add one process's nodes under top; the leaf node of each site."""
     rows = proc.stacks.rows(sites["stack"])
     base = np.full(len(sites), top, np.int64)
@@ -346,8 +410,9 @@ def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bo
     if threaded.any():
         tids, inverse = np.unique(sites["tid"][threaded], return_inverse=True)
         names = nodes.names.many(f"[thread {proc.thread_name(t)}]" for t in tids.tolist())
-        base[threaded] = nodes.add_children(np.full(len(tids), top), THREAD_KEY - tids.astype(np.int64),
-                                            names, nodes.files(""), THREAD)[inverse]
+        base[threaded] = nodes.add_children(
+            np.full(len(tids), top), THREAD_KEY - tids.astype(np.int64), names, nodes.files(""), THREAD
+        )[inverse]
     node = base.copy()
     framed = rows != st.ROOT
     if framed.any():
@@ -355,16 +420,18 @@ def _process_leaves(nodes: _Nodes, proc: Process, sites, top: int, by_thread: bo
     # leaves: one per (node, library, allocator)
     pair = lib_name_ids(proc, sites["lib"], libraries) * 256 + sites["kind"]
     pairs, pair_of = np.unique(pair, return_inverse=True)
-    labels = nodes.names.many(f"{libraries.keys[p // 256]} → {fmt.KIND_NAMES[p % 256]}"
-                              for p in pairs.tolist())
+    labels = nodes.names.many(
+        f"{libraries.keys[p // 256]} → {fmt.KIND_NAMES[p % 256]}" for p in pairs.tolist()
+    )
     leaves, inverse = np.unique(node * len(pairs) + pair_of, return_inverse=True)
     node, pair_of = leaves // len(pairs), leaves % len(pairs)
     made = nodes.add_children(node, LEAF_KEY - pairs[pair_of], labels[pair_of], nodes.files(""), NATIVE)
     return made[inverse]
 
 
-def _frame_nodes(nodes: _Nodes, proc: Process, base: np.ndarray, rows: np.ndarray,
-                 functions: st.Interner) -> np.ndarray:
+def _frame_nodes(
+    nodes: _Nodes, proc: Process, base: np.ndarray, rows: np.ndarray, functions: st.Interner
+) -> np.ndarray:
     """The frame node of each (base node, stack row): frames equal in function,
     file and line under one node are one node (in every process)."""
     table = proc.stacks
@@ -385,8 +452,9 @@ def _frame_nodes(nodes: _Nodes, proc: Process, base: np.ndarray, rows: np.ndarra
     return node
 
 
-def flatten(tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000,
-            focus: Optional[int] = None) -> dict:
+def flatten(
+    tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000, focus: Optional[int] = None
+) -> dict:
     """Preorder arrays for the HTML page; subtrees under min_share of the root
     (or beyond max_nodes) fold into one "[other]" node per parent. With a focus
     node, "focus" is its entry (or its nearest shown ancestor's)."""
@@ -399,8 +467,16 @@ def flatten(tree: Tree, min_share: float = 0.0005, max_nodes: int = 20000,
     shown_tree, nodes = tree.subset(keep)
     start, kids = shown_tree.child_index(threshold)
     order, parents, shown = (np.empty(2 * len(shown_tree) + 2, np.int64) for _ in range(3))
-    count = lib.mt_tree_preorder(_ptr(start), _ptr(kids), _ptr(n_kids[nodes]),
-                                 len(shown_tree), max_nodes, _ptr(order), _ptr(parents), _ptr(shown))
+    count = lib.mt_tree_preorder(
+        _ptr(start),
+        _ptr(kids),
+        _ptr(n_kids[nodes]),
+        len(shown_tree),
+        max_nodes,
+        _ptr(order),
+        _ptr(parents),
+        _ptr(shown),
+    )
     if count == 0:
         raise MemoryError("memtrace: out of memory laying out a call tree")
     order, parents, shown = order[:count], parents[:count], shown[:count]

@@ -4,6 +4,7 @@ Every string from the traced program reaches the page only inside the JSON data
 block, with <, > and & escaped, and the page's script writes it with textContent;
 a Content-Security-Policy forbids any fetch.
 """
+
 import json
 import os
 import threading
@@ -31,8 +32,7 @@ def _size_rows(model: Model) -> list:
     for i in range(65):
         if count[i]:
             lo, hi = (0, 0) if i == 0 else (1 << (i - 1), (1 << i) - 1)
-            rows.append({"range": f"{lo:,} – {hi:,} B" if i else "0 B", "count": count[i],
-                         "bytes": size[i]})
+            rows.append({"range": f"{lo:,} – {hi:,} B" if i else "0 B", "count": count[i], "bytes": size[i]})
     return rows
 
 
@@ -56,20 +56,30 @@ def report_data(model: Model, default_view: str = "peak", temporary: bool = Fals
     if replay is not None:
         replay.join()
         trees["temporary"] = shared.tree("temporary")
-    views = {view: {"title": flame.METRIC_TITLES[view], "trees": _trees(trees[view])}
-             for view in VIEW_ORDER if view in trees}
+    views = {
+        view: {"title": flame.METRIC_TITLES[view], "trees": _trees(trees[view])}
+        for view in VIEW_ORDER
+        if view in trees
+    }
     return {
-        "command": model.command, "ending": describe_end(model), "warnings": model.warnings,
+        "command": model.command,
+        "ending": describe_end(model),
+        "warnings": model.warnings,
         "notes": [model.estimate_note] if model.estimate_note else [],
-        "peak_heap": tree["bytes"] if tree else 0, "peak_text": " · ".join(
-            line.strip() for line in head),
+        "peak_heap": tree["bytes"] if tree else 0,
+        "peak_text": " · ".join(line.strip() for line in head),
         "sum_of_process_peaks": peaks.sum_of_peaks(model),
         "total_allocated": t["total_allocated"],
-        "n_allocations": t["n_allocations"], "numpy_bytes": t["numpy_bytes"],
+        "n_allocations": t["n_allocations"],
+        "numpy_bytes": t["numpy_bytes"],
         "peak_time": tree["t"] if tree else None,
-        "default_view": default_view, "views": views, "timeline": timeline,
-        "lines": lines, "libraries": libraries,
-        "sizes": _size_rows(model), "processes": stats_processes,
+        "default_view": default_view,
+        "views": views,
+        "timeline": timeline,
+        "lines": lines,
+        "libraries": libraries,
+        "sizes": _size_rows(model),
+        "processes": stats_processes,
         "reconciliation": reconciliation,
         "objects": objects.html_rows(model),
     }
@@ -81,13 +91,23 @@ def _timeline(model: Model) -> list:
     for proc in model.processes:
         label = f" (pid {proc.pid})" if len(model.processes) > 1 else ""
         if len(proc.heap):
-            timeline.append({"name": "heap" + label, "colour": "#e4803a",
-                             "points": _thin([list(r) for r in zip(proc.heap["t"].tolist(),
-                                                                   proc.heap["max"].tolist())])})
+            timeline.append(
+                {
+                    "name": "heap" + label,
+                    "colour": "#e4803a",
+                    "points": _thin(
+                        [list(r) for r in zip(proc.heap["t"].tolist(), proc.heap["max"].tolist())]
+                    ),
+                }
+            )
         if len(proc.rss):
-            timeline.append({"name": "RSS" + label, "colour": "#1565c0",
-                             "points": _thin([list(r) for r in zip(proc.rss["t"].tolist(),
-                                                                   proc.rss["rss"].tolist())])})
+            timeline.append(
+                {
+                    "name": "RSS" + label,
+                    "colour": "#1565c0",
+                    "points": _thin([list(r) for r in zip(proc.rss["t"].tolist(), proc.rss["rss"].tolist())]),
+                }
+            )
         held = [[t, h] for t, _rss, _heap, h in reconcile.timeline(model, proc) if h is not None]
         if held:
             timeline.append({"name": "glibc-held" + label, "colour": "#2e7d32", "points": _thin(held)})
@@ -103,28 +123,38 @@ def _process_tables(model: Model, results: dict, cwd: Optional[str]) -> Tuple[li
         result = results[reconcile.process_key(proc)]
         _add_reconciliation(reconciliation, proc, result, cwd)
         peak = peaks.process_peak(proc, result.get("at_peak"), cwd)
-        stats_processes.append({
-            "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv,
-            "peak_heap_bytes": peak["bytes"], "peak_heap_resident_bytes": peak["resident_bytes"],
-            "peak_rss_bytes": proc.peak_rss,
-            "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)),
-            "ending": tables.describe_process_end(model, proc)})
+        stats_processes.append(
+            {
+                "pid": proc.pid,
+                "ppid": proc.ppid,
+                "argv": proc.argv,
+                "peak_heap_bytes": peak["bytes"],
+                "peak_heap_resident_bytes": peak["resident_bytes"],
+                "peak_rss_bytes": proc.peak_rss,
+                "total_allocated_bytes": int(proc.totals.get("total_allocated", 0)),
+                "ending": tables.describe_process_end(model, proc),
+            }
+        )
     return reconciliation, stats_processes
 
 
-def _add_reconciliation(reconciliation: list, proc: Process, result: dict,
-                        cwd: Optional[str]) -> None:
+def _add_reconciliation(reconciliation: list, proc: Process, result: dict, cwd: Optional[str]) -> None:
     """A process's tables, those without an error; the advice goes with its last one."""
     for moment in ("at_peak", "at_exit"):
         row = result[moment]
         if "error" in row:
             continue
-        reconciliation.append({
-            "pid": proc.pid, "moment": moment.replace("_", " "),
-            "rows": [[reconcile.ROW_TITLES[k], row.get(k)] for k in reconcile.ROWS + ("residual_bytes",)],
-            "rss": row["rss_bytes"], "untouched": row["untouched_bytes"],
-            "notes": reconciliation_report.peak_notes(row) if moment == "at_peak" else [],
-            "advice": []})
+        reconciliation.append(
+            {
+                "pid": proc.pid,
+                "moment": moment.replace("_", " "),
+                "rows": [[reconcile.ROW_TITLES[k], row.get(k)] for k in reconcile.ROWS + ("residual_bytes",)],
+                "rss": row["rss_bytes"],
+                "untouched": row["untouched_bytes"],
+                "notes": reconciliation_report.peak_notes(row) if moment == "at_peak" else [],
+                "advice": [],
+            }
+        )
     if reconciliation and reconciliation[-1]["pid"] == proc.pid:  # each piece once
         reconciliation[-1]["advice"] = reconciliation_report.merged_advice(proc, result, cwd)
 
@@ -166,7 +196,7 @@ def _thin(points: list, limit: int = 2000) -> list:
     if len(points) <= limit:
         return points
     step = -(-len(points) // limit)
-    return [max(points[i:i + step], key=lambda p: p[1]) for i in range(0, len(points), step)]
+    return [max(points[i : i + step], key=lambda p: p[1]) for i in range(0, len(points), step)]
 
 
 def embed_json(obj) -> str:

@@ -5,6 +5,7 @@ per value; `stats --json` of a real program has hundreds of thousands of values.
 This writes the same text (ensure_ascii, the default separators) with the C string
 escaper and one join per container.
 """
+
 import json
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any, Iterable, List

@@ -1,6 +1,7 @@
 """`memtrace lines`: a source file listed line by line with the memory each line
 allocated (memory_profiler style). A line owns every allocation made while it was
 the innermost frame of that file on the stack, calls it made included."""
+
 import os
 from typing import Dict, List, Optional
 
@@ -26,8 +27,9 @@ def line_table(model: Model, source: str) -> Dict[int, dict]:
         table = proc.stacks
         mine = np.array([is_source(f) for f in table.files], bool)
         chosen = proc.sites[heap_mask(proc.sites)]
-        owner = table.nearest(table.rows(chosen["stack"]), mine[table.code],
-                              lost_flag=is_source(LOST_FRAME[0]))
+        owner = table.nearest(
+            table.rows(chosen["stack"]), mine[table.code], lost_flag=is_source(LOST_FRAME[0])
+        )
         found = owner != st.ROOT
         line_parts.append(st.take(table.line, owner, LOST_FRAME[1])[found])
         site_parts.append(chosen[found])
@@ -37,10 +39,12 @@ def line_table(model: Model, source: str) -> Dict[int, dict]:
     sites = np.concatenate(site_parts)
     numbers, row = np.unique(lines, return_inverse=True)
     numpy = (sites["flags"] & 1) != 0
-    cols = {"allocated": st.group_sum(row, sites["alloc_bytes"], len(numbers)),
-            "peak": st.group_sum(row, sites["peak_bytes"], len(numbers)),
-            "count": st.group_sum(row, sites["n_allocs"], len(numbers)),
-            "numpy": st.group_sum(row[numpy], sites["alloc_bytes"][numpy], len(numbers))}
+    cols = {
+        "allocated": st.group_sum(row, sites["alloc_bytes"], len(numbers)),
+        "peak": st.group_sum(row, sites["peak_bytes"], len(numbers)),
+        "count": st.group_sum(row, sites["n_allocs"], len(numbers)),
+        "numpy": st.group_sum(row[numpy], sites["alloc_bytes"][numpy], len(numbers)),
+    }
     cols = {k: v.tolist() for k, v in cols.items()}
     return {line: {k: cols[k][i] for k in cols} for i, line in enumerate(numbers.tolist())}
 
@@ -88,7 +92,9 @@ def render(model: Model, out, source: Optional[str] = None) -> None:
             row = table.get(number)
             code = clean(text[number - 1]) if number <= len(text) else ""
             if row:
-                out.write(f"{number:>6} {human(row['allocated']):>11} {human(row['peak']):>11} "
-                          f"{row['count']:>9,} {human(row['numpy']) if row['numpy'] else '':>11}  {code}\n")
+                out.write(
+                    f"{number:>6} {human(row['allocated']):>11} {human(row['peak']):>11} "
+                    f"{row['count']:>9,} {human(row['numpy']) if row['numpy'] else '':>11}  {code}\n"
+                )
             else:
                 out.write(f"{number:>6} {'':>11} {'':>11} {'':>9} {'':>11}  {code}\n")

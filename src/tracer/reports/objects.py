@@ -5,6 +5,7 @@ Each Python process of an --objects run sends censuses of its live objects by ty
 (TEXT_CENSUS_LINES, joined by the census's stream position). The reports show two:
 the one nearest the heap peak and the one at the exit point.
 """
+
 import json
 from typing import Dict, List, Optional, Tuple
 
@@ -12,8 +13,8 @@ from tracer import _format as fmt
 from tracer.analyze.model import Model, Process, display_path, site_frame
 from tracer.reports.text import clean, human
 
-TOP_TYPES = 20   # types per census in the HTML report (stats --json: all the census lists)
-TOP_LINES = 3    # allocating lines per type
+TOP_TYPES = 20  # types per census in the HTML report (stats --json: all the census lists)
+TOP_LINES = 3  # allocating lines per type
 
 
 def censuses(proc: Process) -> List[dict]:
@@ -48,8 +49,11 @@ def pick(proc: Process) -> dict:
     all_ = censuses(proc)
     at_exit = next((c for c in reversed(all_) if c.get("reason") == "exit"), None)
     peak_time = float(proc.totals.get("peak_time", 0.0))
-    at_peak = max((c for c in all_ if c.get("reason") == "peak"), default=None, key=lambda c: (
-        _heap(c), -abs(float((c.get("joined") or {}).get("t") or 0.0) - peak_time)))
+    at_peak = max(
+        (c for c in all_ if c.get("reason") == "peak"),
+        default=None,
+        key=lambda c: (_heap(c), -abs(float((c.get("joined") or {}).get("t") or 0.0) - peak_time)),
+    )
     return {"at_peak": at_peak, "at_exit": at_exit}
 
 
@@ -61,8 +65,16 @@ def _lines(proc: Process, joined_type: Optional[dict], cwd: Optional[str]) -> Li
             continue
         frame = site_frame(proc, proc.sites[site_index], user_code=True)
         key = (frame.file, frame.line, frame.function)
-        row = rows.setdefault(key, {"file": display_path(frame.file, cwd), "line": frame.line,
-                                    "function": frame.function, "count": 0, "bytes": 0})
+        row = rows.setdefault(
+            key,
+            {
+                "file": display_path(frame.file, cwd),
+                "line": frame.line,
+                "function": frame.function,
+                "count": 0,
+                "bytes": 0,
+            },
+        )
         row["count"] += count
         row["bytes"] += nbytes
     return sorted(rows.values(), key=lambda r: -r["bytes"])[:TOP_LINES]
@@ -78,31 +90,45 @@ def view(proc: Process, census: Optional[dict], cwd: Optional[str]) -> Optional[
     for index, row in enumerate(census.get("types", [])):
         j = by_type.get(index)
         lines = _lines(proc, j, cwd)
-        out = {"type": row.get("type"), "count": row.get("count", 0), "bytes": row.get("bytes", 0),
-               "sizes_estimated": bool(row.get("sizes_estimated")), "numpy": row.get("numpy"),
-               "lines": lines,
-               # of the type's largest objects in a traced block of their own, how
-               # many were looked up and found live in the trace
-               "traced_blocks": {"looked_up": j["blocks"] if j else 0,
-                                 "looked_up_bytes": j["block_bytes"] if j else 0,
-                                 "found": sum(s[1] for s in j["sites"]) if j else 0,
-                                 "found_bytes": sum(s[2] for s in j["sites"]) if j else 0}}
+        out = {
+            "type": row.get("type"),
+            "count": row.get("count", 0),
+            "bytes": row.get("bytes", 0),
+            "sizes_estimated": bool(row.get("sizes_estimated")),
+            "numpy": row.get("numpy"),
+            "lines": lines,
+            # of the type's largest objects in a traced block of their own, how
+            # many were looked up and found live in the trace
+            "traced_blocks": {
+                "looked_up": j["blocks"] if j else 0,
+                "looked_up_bytes": j["block_bytes"] if j else 0,
+                "found": sum(s[1] for s in j["sites"]) if j else 0,
+                "found_bytes": sum(s[2] for s in j["sites"]) if j else 0,
+            },
+        }
         types.append(out)
     peak_event = int(proc.totals.get("peak_event", 0))
     t = joined.get("t")
     return {
-        "reason": census.get("reason"), "position": census.get("position"),
+        "reason": census.get("reason"),
+        "position": census.get("position"),
         "distance_events": int(census.get("position", 0)) - peak_event
-        if census.get("reason") == "peak" else None,
+        if census.get("reason") == "peak"
+        else None,
         "distance_seconds": round(t - float(proc.totals.get("peak_time", 0.0)), 4)
-        if census.get("reason") == "peak" and t is not None else None,
+        if census.get("reason") == "peak" and t is not None
+        else None,
         "cost_seconds": census.get("cost_ns", 0) / 1e9,
         # the traced heap when it was taken (the program waited for the collector)
         "heap_bytes": joined.get("heap"),
         "peak_heap_bytes": int(proc.totals.get("peak_heap", 0)),
-        "objects": census.get("objects", 0), "bytes": census.get("bytes", 0),
-        "untracked_objects": census.get("untracked", 0), "n_types": census.get("n_types", 0),
-        "types": types, "other": census.get("other"), "joined": bool(joined),
+        "objects": census.get("objects", 0),
+        "bytes": census.get("bytes", 0),
+        "untracked_objects": census.get("untracked", 0),
+        "n_types": census.get("n_types", 0),
+        "types": types,
+        "other": census.get("other"),
+        "joined": bool(joined),
     }
 
 
@@ -118,8 +144,10 @@ def process_views(model: Model, proc: Process) -> Optional[dict]:
 def numpy_text(numpy: Optional[dict]) -> str:
     if not numpy:
         return ""
-    return (f"owning {human(numpy['owning_nbytes'])} in {numpy['owning_count']:,}, "
-            f"views {human(numpy['view_nbytes'])} in {numpy['view_count']:,}")
+    return (
+        f"owning {human(numpy['owning_nbytes'])} in {numpy['owning_count']:,}, "
+        f"views {human(numpy['view_nbytes'])} in {numpy['view_count']:,}"
+    )
 
 
 def heading(moment: str, v: dict) -> str:
@@ -127,10 +155,14 @@ def heading(moment: str, v: dict) -> str:
     cost = f"took {v['cost_seconds'] * 1e3:.1f} ms of the main thread"
     if moment == "at_peak" and v["distance_seconds"] is not None:
         after = v["distance_seconds"]
-        cost += (f", {abs(after) * 1e3:.0f} ms {'after' if after >= 0 else 'before'} the peak, "
-                 f"heap then {human(v['heap_bytes'] or 0)} of {human(v['peak_heap_bytes'])}")
-    return (f"Python objects {where}: {v['objects']:,} objects, {human(v['bytes'])} "
-            f"(sys.getsizeof) in {v['n_types']:,} types; census {cost}")
+        cost += (
+            f", {abs(after) * 1e3:.0f} ms {'after' if after >= 0 else 'before'} the peak, "
+            f"heap then {human(v['heap_bytes'] or 0)} of {human(v['peak_heap_bytes'])}"
+        )
+    return (
+        f"Python objects {where}: {v['objects']:,} objects, {human(v['bytes'])} "
+        f"(sys.getsizeof) in {v['n_types']:,} types; census {cost}"
+    )
 
 
 def render_summary(model: Model, w, top: int = 8) -> None:
@@ -148,11 +180,18 @@ def render_summary(model: Model, w, top: int = 8) -> None:
             for row in v["types"][:top]:
                 extra = numpy_text(row["numpy"])
                 line = row["lines"][0] if row["lines"] else None
-                where = "" if not line else "  ← no Python frame" if line["file"] == "<native>" \
+                where = (
+                    ""
+                    if not line
+                    else "  ← no Python frame"
+                    if line["file"] == "<native>"
                     else f"  ← {clean(line['file'])}:{line['line']}"
+                )
                 est = " (estimated)" if row["sizes_estimated"] else ""
-                w(f"    {row['count']:>10,}  {human(row['bytes']):>10}{est}  {clean(row['type'])}"
-                  f"{'  [' + extra + ']' if extra else ''}{where}\n")
+                w(
+                    f"    {row['count']:>10,}  {human(row['bytes']):>10}{est}  {clean(row['type'])}"
+                    f"{'  [' + extra + ']' if extra else ''}{where}\n"
+                )
 
 
 def html_rows(model: Model) -> List[dict]:
@@ -163,8 +202,22 @@ def html_rows(model: Model) -> List[dict]:
         for moment, v in (views or {}).items():
             if v is None:
                 continue
-            out.append({"pid": proc.pid, "title": heading(moment, v), "rows": [
-                [row["count"], row["bytes"], row["type"], numpy_text(row["numpy"]),
-                 "; ".join(f"{ln['file']}:{ln['line']} ({human(ln['bytes'])})" for ln in row["lines"])]
-                for row in v["types"][:TOP_TYPES]]})
+            out.append(
+                {
+                    "pid": proc.pid,
+                    "title": heading(moment, v),
+                    "rows": [
+                        [
+                            row["count"],
+                            row["bytes"],
+                            row["type"],
+                            numpy_text(row["numpy"]),
+                            "; ".join(
+                                f"{ln['file']}:{ln['line']} ({human(ln['bytes'])})" for ln in row["lines"]
+                            ),
+                        ]
+                        for row in v["types"][:TOP_TYPES]
+                    ],
+                }
+            )
     return out

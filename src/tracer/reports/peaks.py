@@ -1,5 +1,6 @@
 """The headline peaks: the process tree's heap at its highest, the resident part of a
 process's peak, and who made the address space that was never touched."""
+
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -25,8 +26,12 @@ def tree_peak(model: Model) -> Optional[dict]:
     if len(model.processes) == 1:
         p = model.processes[0]
         peak = int(p.totals.get("peak_heap", 0))
-        return {"bytes": peak, "upper_bytes": peak, "t": float(p.totals.get("peak_time", 0.0)),
-                "resolution": 0.0}
+        return {
+            "bytes": peak,
+            "upper_bytes": peak,
+            "t": float(p.totals.get("peak_time", 0.0)),
+            "resolution": 0.0,
+        }
     width = float(model.capture.info.get("sample_interval") or 0.01)
     times = np.unique(np.concatenate([p.heap["t"] for p in procs]))
     total = np.zeros(len(times))
@@ -44,8 +49,7 @@ def tree_peak(model: Model) -> Optional[dict]:
     upper = np.zeros(len(times))
     for p in procs:
         upper += _highest_around(p, times)
-    return {"bytes": seen, "upper_bytes": max(seen, int(upper.max())), "t": when,
-            "resolution": width}
+    return {"bytes": seen, "upper_bytes": max(seen, int(upper.max())), "t": when, "resolution": width}
 
 
 def _highest_around(proc: Process, times: np.ndarray) -> np.ndarray:
@@ -94,13 +98,14 @@ def untouched_causes(proc: Process, row: dict, cwd: Optional[str]) -> List[dict]
             continue
         site = proc.sites[int(site_index)]
         frame = site_frame(proc, site, user_code=True)
-        where = (f"{display_path(frame.file, cwd)}:{frame.line}" if frame.line
-                 else frame.function)
+        where = f"{display_path(frame.file, cwd)}:{frame.line}" if frame.line else frame.function
         lib = proc.lib_name(int(site["lib"])).rsplit("/", 1)[-1]
         key = (cause(proc, site), lib, where)
         groups[key] = groups.get(key, 0) + int(gap)
-    return [{"bytes": b, "cause": c, "library": lib, "where": w}
-            for (c, lib, w), b in sorted(groups.items(), key=lambda kv: -kv[1])]
+    return [
+        {"bytes": b, "cause": c, "library": lib, "where": w}
+        for (c, lib, w), b in sorted(groups.items(), key=lambda kv: -kv[1])
+    ]
 
 
 def process_peak(proc: Process, at_peak: Optional[dict], cwd: Optional[str]) -> dict:
@@ -109,10 +114,14 @@ def process_peak(proc: Process, at_peak: Optional[dict], cwd: Optional[str]) -> 
     what was in RAM: `resident_unknown_bytes` of it were freed before the snapshot
     was read (or allocated after it), so their residency is not known."""
     out: Dict[str, Any]
-    out = {"bytes": int(proc.totals.get("peak_heap", 0)),
-           "t": float(proc.totals.get("peak_time", 0.0)),
-           "resident_bytes": None, "resident_unknown_bytes": None, "untouched_bytes": None,
-           "untouched": []}
+    out = {
+        "bytes": int(proc.totals.get("peak_heap", 0)),
+        "t": float(proc.totals.get("peak_time", 0.0)),
+        "resident_bytes": None,
+        "resident_unknown_bytes": None,
+        "untouched_bytes": None,
+        "untouched": [],
+    }
     if at_peak and "error" not in at_peak and "resident_peak_bytes" in at_peak:
         out["resident_bytes"] = int(at_peak["resident_peak_bytes"])
         out["resident_unknown_bytes"] = int(at_peak["resident_peak_unknown_bytes"])
@@ -128,8 +137,10 @@ def describe_resident(peak: dict) -> str:
     high, unknown = peak["resident_bytes"], peak["resident_unknown_bytes"] or 0
     if unknown <= max(1 << 20, peak["bytes"] // 100):
         return f", resident {human(high)}"
-    return (f", resident {human(max(0, high - unknown))} to {human(high)} ({human(unknown)} "
-            "of it was freed before memtrace could read the peak)")
+    return (
+        f", resident {human(max(0, high - unknown))} to {human(high)} ({human(unknown)} "
+        "of it was freed before memtrace could read the peak)"
+    )
 
 
 def headline(model: Model, results: dict) -> List[str]:
@@ -140,30 +151,42 @@ def headline(model: Model, results: dict) -> List[str]:
     merged = model.capture.info.get("merged")
     if merged:
         hosts = sorted({str(s.get("host")) for s in merged})
-        return [f"merged capture of {len(merged)} captures ({len(hosts)} host"
-                f"{'s' if len(hosts) > 1 else ''}): no moment is shared across them, so each "
-                f"process's own peak below (`memtrace cluster` for the table per worker) · sum "
-                f"of each process's own peak {human(sum_of_peaks(model))}"]
+        return [
+            f"merged capture of {len(merged)} captures ({len(hosts)} host"
+            f"{'s' if len(hosts) > 1 else ''}): no moment is shared across them, so each "
+            f"process's own peak below (`memtrace cluster` for the table per worker) · sum "
+            f"of each process's own peak {human(sum_of_peaks(model))}"
+        ]
     if len(model.processes) > 1:
         tree = tree_peak(model)
         if tree is None:
             return [f"sum of each process's own peak heap {human(sum_of_peaks(model))}"]
-        exact = ("" if tree["upper_bytes"] == tree["bytes"] else
-                 f"; at most {human(tree['upper_bytes'])}, from each process's highest heap "
-                 f"between the collector's reads")
-        return [f"peak heap of the process tree {human(tree['bytes'])} at {tree['t']:.2f} s "
-                f"({len({p.pid for p in model.processes})} processes at one moment{exact}) · sum of each "
-                f"process's own peak {human(sum_of_peaks(model))} (at different moments)"]
+        exact = (
+            ""
+            if tree["upper_bytes"] == tree["bytes"]
+            else f"; at most {human(tree['upper_bytes'])}, from each process's highest heap "
+            f"between the collector's reads"
+        )
+        return [
+            f"peak heap of the process tree {human(tree['bytes'])} at {tree['t']:.2f} s "
+            f"({len({p.pid for p in model.processes})} processes at one moment{exact}) · sum of each "
+            f"process's own peak {human(sum_of_peaks(model))} (at different moments)"
+        ]
     proc = model.processes[0] if model.processes else None
     if proc is None:
         return ["peak heap 0 B"]
     peak = process_peak(proc, results.get(process_key(proc), {}).get("at_peak"), cwd)
-    lines = [f"peak heap {human(peak['bytes'])} at {peak['t']:.2f} s in pid {proc.pid}"
-             f"{describe_resident(peak)}"]
+    lines = [
+        f"peak heap {human(peak['bytes'])} at {peak['t']:.2f} s in pid {proc.pid}{describe_resident(peak)}"
+    ]
     untouched = peak["untouched_bytes"] or 0
     if untouched >= max(UNTOUCHED_WORTH_A_LINE, peak["bytes"] // 100):
-        who = "; ".join(f"{human(c['bytes'])} {c['cause'].split(' (')[0]} ({clean(c['library'])}, "
-                        f"{clean(c['where'])})" for c in peak["untouched"][:3])
-        lines.append(f"  never touched at the peak: {human(untouched)} of it (address space, not "
-                     f"RAM){': ' + who if who else ''}")
+        who = "; ".join(
+            f"{human(c['bytes'])} {c['cause'].split(' (')[0]} ({clean(c['library'])}, {clean(c['where'])})"
+            for c in peak["untouched"][:3]
+        )
+        lines.append(
+            f"  never touched at the peak: {human(untouched)} of it (address space, not "
+            f"RAM){': ' + who if who else ''}"
+        )
     return lines

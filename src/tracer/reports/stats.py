@@ -1,8 +1,8 @@
 """`memtrace stats --json`: the capture's numbers as one JSON document."""
+
 from typing import Optional
 
-from tracer.analyze import reconcile
-from tracer.analyze import regions
+from tracer.analyze import reconcile, regions
 from tracer.analyze.model import Model, Process
 from tracer.reports import jsontext, objects, peaks, tables
 
@@ -51,15 +51,18 @@ def stats(model: Model) -> dict:
     }
 
 
-def _process_stats(model: Model, proc: Process, results: dict, cwd: Optional[str],
-                   end: dict) -> dict:
+def _process_stats(model: Model, proc: Process, results: dict, cwd: Optional[str], end: dict) -> dict:
     """One process's numbers (`end`: the run's end, model.end)."""
     tot = proc.totals
     peak = peaks.process_peak(proc, results[reconcile.process_key(proc)].get("at_peak"), cwd)
     return {
-        "pid": proc.pid, "ppid": proc.ppid, "argv": proc.argv, "exe": proc.exe,
+        "pid": proc.pid,
+        "ppid": proc.ppid,
+        "argv": proc.argv,
+        "exe": proc.exe,
         "labels": proc.labels or None,  # merged captures: source, host, worker, key
-        "python": proc.python, "frames": proc.python is not None,
+        "python": proc.python,
+        "frames": proc.python is not None,
         "frames_off_reason": proc.frames_off,
         "stacks_read": proc.stacks_read,
         "peak_heap_bytes": int(tot.get("peak_heap", 0)),
@@ -69,8 +72,11 @@ def _process_stats(model: Model, proc: Process, results: dict, cwd: Optional[str
         "peak_heap_resident_unknown_bytes": peak["resident_unknown_bytes"],
         "peak_heap_untouched_bytes": peak["untouched_bytes"],
         "untouched_at_peak": peak["untouched"],
-        "peak_rss_bytes": (max(proc.peak_rss or 0, int(end.get("main_max_rss", 0)))
-                           if proc.pid == end.get("main_pid") else proc.peak_rss),
+        "peak_rss_bytes": (
+            max(proc.peak_rss or 0, int(end.get("main_max_rss", 0)))
+            if proc.pid == end.get("main_pid")
+            else proc.peak_rss
+        ),
         "total_allocated_bytes": int(tot.get("total_allocated", 0)),
         "n_allocations": int(tot.get("n_allocations", 0)),
         "n_frees": int(tot.get("n_frees", 0)),
@@ -88,15 +94,18 @@ def _process_stats(model: Model, proc: Process, results: dict, cwd: Optional[str
 
 def _reconciliation(results: dict) -> dict:
     """Each process's reconciliation at its heap peak and at exit, by its key."""
-    return {pid: {"at_peak": reconcile.json_rows(r["at_peak"]),
-                  "at_exit": reconcile.json_rows(r["at_exit"])}
-            for pid, r in results.items()}
+    return {
+        pid: {"at_peak": reconcile.json_rows(r["at_peak"]), "at_exit": reconcile.json_rows(r["at_exit"])}
+        for pid, r in results.items()
+    }
 
 
 def _timelines(model: Model) -> dict:
     """Each process's timeline, by pid (by its key when it has labels: a merged capture's)."""
-    return {str(p.pid) if not p.labels else reconcile.process_key(p):
-            reconcile.timeline(model, p) for p in model.processes}
+    return {
+        str(p.pid) if not p.labels else reconcile.process_key(p): reconcile.timeline(model, p)
+        for p in model.processes
+    }
 
 
 def render(model: Model, out) -> None:

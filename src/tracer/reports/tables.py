@@ -2,6 +2,7 @@
 
 Sites are grouped with NumPy (a row per distinct frame); only the rows
 themselves are made in Python."""
+
 from typing import Dict, List
 
 import numpy as np
@@ -18,8 +19,9 @@ def totals(model: Model) -> dict:
     out = {k: sum(int(p.totals.get(k, 0)) for p in model.processes) for k in keys}
     out["sum_of_process_peaks"] = sum(int(p.totals.get("peak_heap", 0)) for p in model.processes)
     out["dropped"] = sum(int(p.totals.get("dropped", 0)) for p in model.processes)
-    out["numpy_bytes"] = sum(int(p.sites["alloc_bytes"][(p.sites["flags"] & fmt.FLAG_NUMPY) != 0].sum())
-                             for p in model.processes)
+    out["numpy_bytes"] = sum(
+        int(p.sites["alloc_bytes"][(p.sites["flags"] & fmt.FLAG_NUMPY) != 0].sum()) for p in model.processes
+    )
     return out
 
 
@@ -32,8 +34,9 @@ def lib_name_ids(proc, libs: np.ndarray, names: st.Interner) -> np.ndarray:
 def heap_sites(model: Model):
     """The heap sites of every process, with their process (copies, made once: the
     temporary columns in them are those of the first call)."""
-    return memo(model, "heap_sites",
-                lambda: [(proc, proc.sites[heap_mask(proc.sites)]) for proc in model.processes])
+    return memo(
+        model, "heap_sites", lambda: [(proc, proc.sites[heap_mask(proc.sites)]) for proc in model.processes]
+    )
 
 
 def memo(model: Model, key, make):
@@ -67,14 +70,21 @@ def _by_line(model: Model, user_code: bool) -> List[dict]:
     n = len(uniq)
     first = st.first_of_each(row, n)
     fn, lines = st.frame_key_parts(uniq)
-    sums = {col: st.group_sum(row, sites[col], n).tolist()
-            for col in ("alloc_bytes", "n_allocs", "peak_bytes", "live_bytes")}
+    sums = {
+        col: st.group_sum(row, sites[col], n).tolist()
+        for col in ("alloc_bytes", "n_allocs", "peak_bytes", "live_bytes")
+    }
     numpy_site = (sites["flags"] & fmt.FLAG_NUMPY) != 0
     numpy_bytes = st.group_sum(row[numpy_site], sites["alloc_bytes"][numpy_site], n).tolist()
     kinds = [fmt.KIND_NAMES.get(k, str(k)) for k in range(256)]
     allocators = _breakdown(row, sites["kind"].astype(np.int64), sites["alloc_bytes"], n, kinds)
-    numpy_allocators = _breakdown(row[numpy_site], sites["kind"][numpy_site].astype(np.int64),
-                                  sites["alloc_bytes"][numpy_site], n, kinds)
+    numpy_allocators = _breakdown(
+        row[numpy_site],
+        sites["kind"][numpy_site].astype(np.int64),
+        sites["alloc_bytes"][numpy_site],
+        n,
+        kinds,
+    )
     library_rows = _breakdown(row, libs, sites["alloc_bytes"], n, libraries.keys)
     files = [functions.keys[f][0] for f in fn.tolist()]
     names = [functions.keys[f][1] for f in fn.tolist()]
@@ -82,12 +92,22 @@ def _by_line(model: Model, user_code: bool) -> List[dict]:
     peak, allocated, lines, first = sums["peak_bytes"], sums["alloc_bytes"], lines.tolist(), first.tolist()
     # ties keep the order in which the sites first show each row
     order = sorted(range(n), key=lambda i: (-peak[i], -allocated[i], rank[files[i]], lines[i], first[i]))
-    return [{"file": files[i], "line": lines[i], "function": names[i],
-             "allocated_bytes": sums["alloc_bytes"][i], "n_allocations": sums["n_allocs"][i],
-             "peak_bytes": sums["peak_bytes"][i], "live_at_exit_bytes": sums["live_bytes"][i],
-             "numpy_bytes": numpy_bytes[i], "allocators": allocators[i],
-             "numpy_allocators": numpy_allocators[i], "libraries": library_rows[i]}
-            for i in order]
+    return [
+        {
+            "file": files[i],
+            "line": lines[i],
+            "function": names[i],
+            "allocated_bytes": sums["alloc_bytes"][i],
+            "n_allocations": sums["n_allocs"][i],
+            "peak_bytes": sums["peak_bytes"][i],
+            "live_at_exit_bytes": sums["live_bytes"][i],
+            "numpy_bytes": numpy_bytes[i],
+            "allocators": allocators[i],
+            "numpy_allocators": numpy_allocators[i],
+            "libraries": library_rows[i],
+        }
+        for i in order
+    ]
 
 
 def _breakdown(row: np.ndarray, what: np.ndarray, size: np.ndarray, n: int, labels) -> List[dict]:
@@ -112,14 +132,24 @@ def by_library(model: Model) -> List[dict]:
         if len(sites) == 0:
             continue
         ids, inverse = np.unique(sites["lib"], return_inverse=True)
-        sums = {col: st.group_sum(inverse, sites[col], len(ids)).tolist()
-                for col in ("alloc_bytes", "n_allocs", "peak_bytes", "live_bytes")}
+        sums = {
+            col: st.group_sum(inverse, sites[col], len(ids)).tolist()
+            for col in ("alloc_bytes", "n_allocs", "peak_bytes", "live_bytes")
+        }
         for i, lib in enumerate(ids.tolist()):
             path = proc.lib_name(lib)
             name = path.rsplit("/", 1)[-1]
-            row = rows.setdefault(name, {"library": name, "path": path, "allocated_bytes": 0,
-                                         "n_allocations": 0, "peak_bytes": 0,
-                                         "live_at_exit_bytes": 0})
+            row = rows.setdefault(
+                name,
+                {
+                    "library": name,
+                    "path": path,
+                    "allocated_bytes": 0,
+                    "n_allocations": 0,
+                    "peak_bytes": 0,
+                    "live_at_exit_bytes": 0,
+                },
+            )
             row["allocated_bytes"] += sums["alloc_bytes"][i]
             row["n_allocations"] += sums["n_allocs"][i]
             row["peak_bytes"] += sums["peak_bytes"][i]
@@ -139,9 +169,14 @@ def process_end(model: Model, proc) -> dict:
     return out
 
 
-HOW = {"exit": "called exit()", "_exit": "called _exit()", "signal": "killed by a signal",
-       "killed_or_exit": "ended by _exit or a signal", "exec": "exec'd",
-       "running": "still running when the trace ended"}
+HOW = {
+    "exit": "called exit()",
+    "_exit": "called _exit()",
+    "signal": "killed by a signal",
+    "killed_or_exit": "ended by _exit or a signal",
+    "exec": "exec'd",
+    "running": "still running when the trace ended",
+}
 
 
 def describe_process_end(model: Model, proc) -> str:

@@ -1,5 +1,6 @@
 """What every report writes with: the traced program's strings made safe for a
 terminal, byte counts for people (or exact, with --raw), and how a run ended."""
+
 import unicodedata
 
 from tracer.analyze.model import Model

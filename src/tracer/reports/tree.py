@@ -1,11 +1,11 @@
 """`memtrace tree`: the biggest stacks as a terminal call tree."""
+
 from tracer.analyze.model import Model
 from tracer.reports import flame
 from tracer.reports.text import clean, human
 
 
-def render(model: Model, out, metric: str = "peak", min_share: float = 0.01,
-           max_depth: int = 40) -> None:
+def render(model: Model, out, metric: str = "peak", min_share: float = 0.01, max_depth: int = 40) -> None:
     tree = flame.build_tree(model, metric)
     size, count, numpy = tree.bytes.tolist(), tree.count.tolist(), tree.numpy.tolist()
     total = size[0] or 1
@@ -19,8 +19,10 @@ def render(model: Model, out, metric: str = "peak", min_share: float = 0.01,
             share = 100.0 * size[node] / total
             numpy_part = f", NumPy {human(numpy[node])}" if numpy[node] else ""
             branch = "└─ " if last else "├─ "
-            out.write(f"{prefix}{branch}{human(size[node]):>10} {share:5.1f}%  "
-                      f"{clean(tree.label(node))}  ({count[node]:,} blocks{numpy_part})\n")
+            out.write(
+                f"{prefix}{branch}{human(size[node]):>10} {share:5.1f}%  "
+                f"{clean(tree.label(node))}  ({count[node]:,} blocks{numpy_part})\n"
+            )
             prefix += "   " if last else "│  "
         if depth >= max_depth:
             continue
