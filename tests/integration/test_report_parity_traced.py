@@ -17,7 +17,7 @@ import pytest
 import report_reference as ref
 from helpers import line_of, memtrace
 from tracer.analyze.model import load
-from tracer.reports import export, flame, lines, tables, tree
+from tracer.reports import export, flame, flame_layout, lines, tables, tree
 from tracer.reports.flame import METRIC_TITLES
 
 PROGRAM = """
@@ -100,7 +100,7 @@ def test_numbers_are_the_programs(traced):
 def test_flame_graph_data(traced, metric, by_thread):
     _script, model = traced
     expected = ref.flatten(ref.build_tree(ref.refs(model), metric, by_thread), 0.001, 4000)
-    got = flame.flatten(flame.build_tree(model, metric, by_thread), 0.001, 4000)
+    got = flame_layout.flatten(flame.build_tree(model, metric, by_thread), 0.001, 4000)
     assert len(got["parent"]) > 50
     assert ref.as_json(got) == ref.as_json(expected)
 

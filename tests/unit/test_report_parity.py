@@ -21,7 +21,7 @@ from tracer import _format as fmt
 from tracer.analyze import stacks as st
 from tracer.analyze.model import load
 from tracer.record.capture_writer import CaptureWriter
-from tracer.reports import export, flame, jsontext, lines, tables, tree
+from tracer.reports import export, flame, flame_layout, jsontext, lines, tables, tree
 from tracer.reports.flame import METRIC_TITLES
 
 LIBRARY_PATHS = ["/usr/lib/python3.11", "/site/"]
@@ -160,7 +160,7 @@ def test_by_library(model):
 @pytest.mark.parametrize("min_share, max_nodes", [(0.0005, 20000), (0.05, 20000), (0.001, 15)])
 def test_flame_graph_data(model, metric, by_thread, min_share, max_nodes):
     expected = ref.flatten(ref.build_tree(ref.refs(model), metric, by_thread), min_share, max_nodes)
-    got = flame.flatten(flame.build_tree(model, metric, by_thread), min_share, max_nodes)
+    got = flame_layout.flatten(flame.build_tree(model, metric, by_thread), min_share, max_nodes)
     assert len(got["parent"]) > (20 if min_share < 0.01 and max_nodes > 100 else 1)
     assert ref.as_json(got) == ref.as_json(expected)
 
@@ -169,7 +169,7 @@ def test_trees_made_together_equal_trees_made_alone(model):
     together = flame.build_trees(model, ("peak", "leaks", "total"))
     for metric, made in together.items():
         alone = flame.build_tree(model, metric)
-        assert flame.flatten(made, 0.0, 10**6) == flame.flatten(alone, 0.0, 10**6)
+        assert flame_layout.flatten(made, 0.0, 10**6) == flame_layout.flatten(alone, 0.0, 10**6)
 
 
 @pytest.mark.parametrize("metric", ["peak", "total"])

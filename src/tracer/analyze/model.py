@@ -274,59 +274,63 @@ def build_model(capture: Capture, live: bool = False) -> Model:
         sd = capture.streams[sid]
         if not sd.info:
             continue  # chunks of a stream whose announcement was lost
-        replayed = sd.totals is None or (sd.end is None and not live)
-        if replayed:
-            totals, sites = _replay(capture, sd)
-        elif sd.exit_totals is not None:
-            totals, sites = _live_at_exit_point(sd)
-        else:
-            totals, sites = sd.totals, sd.sites
-        if not sites.flags.writeable:
-            sites = sites.copy()  # track_temporary fills in its temporary columns
-        meta = bytes(sd.meta)
-        codes, table, libs, threads, texts, heapstats = _parse_meta(meta)
-        text = {}
-        warnings = []
-        for key, value in texts:
-            if key == fmt.TEXT_WARNING:
-                warnings.append(value)
-            else:
-                text[key] = value
-        rss = np.concatenate(sd.rss) if sd.rss else np.zeros(0, dtype=fmt.RSS_DTYPE)
-        heap = np.concatenate(sd.heap) if sd.heap else np.zeros(0, dtype=fmt.HEAP_DTYPE)
-        model.processes.append(
-            Process(
-                sid=sid,
-                pid=int(sd.info.get("pid", 0)),
-                ppid=int(sd.info.get("ppid", 0)),
-                argv=_argv(text) or [str(a) for a in sd.info.get("argv", [])],
-                exe=text.get(fmt.TEXT_EXE) or sd.info.get("exe"),
-                python=text.get(fmt.TEXT_PYTHON_VERSION),
-                frames_off=text.get(fmt.TEXT_FRAMES_OFF),
-                numpy=text.get(fmt.TEXT_NUMPY),
-                warnings=warnings,
-                totals=totals,
-                sites=sites,
-                codes=codes,
-                stacks=table,
-                libs=libs,
-                threads=threads,
-                rss=rss,
-                heap=heap,
-                library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
-                texts=texts,
-                heapstats=heapstats,
-                meta=meta,
-                snapshots=sd.snapshots,
-                end=sd.end or {},
-                t_start=float(sd.info.get("t_start", 0.0)),
-                replayed=replayed,
-                sample_rate=_sample_rate(sd),
-                stacks_read=text.get(fmt.TEXT_STACKS),
-                labels=dict(sd.info.get("labels") or {}),
-            )
-        )
+        model.processes.append(_process(capture, sid, sd, live))
     return model
+
+
+def _process(capture: Capture, sid: int, sd: StreamData, live: bool) -> Process:
+    """One stream's process: its aggregate (replayed from its events when none is
+    usable), its metadata's names and texts, and its timelines."""
+    replayed = sd.totals is None or (sd.end is None and not live)
+    if replayed:
+        totals, sites = _replay(capture, sd)
+    elif sd.exit_totals is not None:
+        totals, sites = _live_at_exit_point(sd)
+    else:
+        totals, sites = sd.totals, sd.sites
+    if not sites.flags.writeable:
+        sites = sites.copy()  # track_temporary fills in its temporary columns
+    meta = bytes(sd.meta)
+    codes, table, libs, threads, texts, heapstats = _parse_meta(meta)
+    text = {}
+    warnings = []
+    for key, value in texts:
+        if key == fmt.TEXT_WARNING:
+            warnings.append(value)
+        else:
+            text[key] = value
+    rss = np.concatenate(sd.rss) if sd.rss else np.zeros(0, dtype=fmt.RSS_DTYPE)
+    heap = np.concatenate(sd.heap) if sd.heap else np.zeros(0, dtype=fmt.HEAP_DTYPE)
+    return Process(
+        sid=sid,
+        pid=int(sd.info.get("pid", 0)),
+        ppid=int(sd.info.get("ppid", 0)),
+        argv=_argv(text) or [str(a) for a in sd.info.get("argv", [])],
+        exe=text.get(fmt.TEXT_EXE) or sd.info.get("exe"),
+        python=text.get(fmt.TEXT_PYTHON_VERSION),
+        frames_off=text.get(fmt.TEXT_FRAMES_OFF),
+        numpy=text.get(fmt.TEXT_NUMPY),
+        warnings=warnings,
+        totals=totals,
+        sites=sites,
+        codes=codes,
+        stacks=table,
+        libs=libs,
+        threads=threads,
+        rss=rss,
+        heap=heap,
+        library_paths=tuple(p for p in text.get(fmt.TEXT_LIBRARY_PATHS, "").split("\n") if p),
+        texts=texts,
+        heapstats=heapstats,
+        meta=meta,
+        snapshots=sd.snapshots,
+        end=sd.end or {},
+        t_start=float(sd.info.get("t_start", 0.0)),
+        replayed=replayed,
+        sample_rate=_sample_rate(sd),
+        stacks_read=text.get(fmt.TEXT_STACKS),
+        labels=dict(sd.info.get("labels") or {}),
+    )
 
 
 def load(path: str, live: bool = False, snapshots: bool = True) -> Model:

@@ -137,6 +137,43 @@ START_TIMEOUT = 120.0  # seconds for a traced worker to say where it listens
 CLOSE_TIMEOUT = 60.0  # seconds for it to exit (and memtrace to write its capture)
 
 
+def _worker_options(
+    name,
+    nthreads,
+    memory_limit,
+    nanny,
+    host,
+    protocol,
+    interface,
+    dashboard_address,
+    local_directory,
+    resources,
+    death_timeout,
+) -> List[str]:
+    """`dask worker`'s options for a MemtraceWorker's arguments (the plugin preloaded)."""
+    options = ["--nthreads", str(nthreads), "--memory-limit", str(memory_limit)]
+    options += ["--preload", "tracer.cluster.dask", "--nanny" if nanny else "--no-nanny"]
+    if name is not None:
+        options += ["--name", str(name)]
+    if host:
+        options += ["--host", host]
+    if protocol:
+        options += ["--protocol", protocol.replace("://", "")]
+    if interface:
+        options += ["--interface", interface]
+    if dashboard_address:
+        options += ["--dashboard-address", str(dashboard_address)]
+    else:
+        options += ["--no-dashboard"]
+    if local_directory:
+        options += ["--local-directory", local_directory]
+    if resources:
+        options += ["--resources", " ".join(f"{k}={v}" for k, v in resources.items())]
+    if death_timeout:
+        options += ["--death-timeout", str(death_timeout)]
+    return options
+
+
 class MemtraceWorker(ProcessInterface):
     """A Dask worker started under memtrace, for SpecCluster and LocalCluster
     (`worker_class=MemtraceWorker`, with `processes=True`): the process
@@ -186,37 +223,19 @@ class MemtraceWorker(ProcessInterface):
         self.capture_dir = os.path.abspath(capture_dir)
         self.env = env
         python = python or sys.executable
-        worker = [
-            python,
-            "-m",
-            "distributed.cli.dask_worker",
-            scheduler,
-            "--nthreads",
-            str(nthreads),
-            "--memory-limit",
-            str(memory_limit),
-            "--preload",
-            "tracer.cluster.dask",
-            "--nanny" if nanny else "--no-nanny",
-        ]
-        if name is not None:
-            worker += ["--name", str(name)]
-        if host:
-            worker += ["--host", host]
-        if protocol:
-            worker += ["--protocol", protocol.replace("://", "")]
-        if interface:
-            worker += ["--interface", interface]
-        if dashboard and dashboard_address:
-            worker += ["--dashboard-address", str(dashboard_address)]
-        else:
-            worker += ["--no-dashboard"]
-        if local_directory:
-            worker += ["--local-directory", local_directory]
-        if resources:
-            worker += ["--resources", " ".join(f"{k}={v}" for k, v in resources.items())]
-        if death_timeout:
-            worker += ["--death-timeout", str(death_timeout)]
+        worker = [python, "-m", "distributed.cli.dask_worker", scheduler] + _worker_options(
+            name=name,
+            nthreads=nthreads,
+            memory_limit=memory_limit,
+            nanny=nanny,
+            host=host,
+            protocol=protocol,
+            interface=interface,
+            dashboard_address=dashboard_address if dashboard else None,
+            local_directory=local_directory,
+            resources=resources,
+            death_timeout=death_timeout,
+        )
         # trace=False: the same worker without memtrace (to measure what tracing costs)
         self.command: List[str] = (
             [

@@ -22,7 +22,7 @@ in epoch seconds): the workers' clocks are not one clock.
 import json
 import os
 import socket
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import zstandard
 
@@ -107,68 +107,10 @@ def merge(inputs: List[str], output: str, force: bool = False, log=None) -> dict
         raise CaptureError("nothing to merge (give one or more captures)")
     if any(os.path.abspath(p) == os.path.abspath(output) for p in inputs):
         raise CaptureError(f"{output} is also an input")
-    # first pass, one input at a time (nothing of one is kept but its summary):
-    # check it, and make its streams' labels
-    sources: List[Dict[str, Any]]
-    keys: Dict[str, int]
-    sources, plans, keys = [], [], {}
-    for i, path in enumerate(inputs):
-        capture = read_capture(path, snapshots=False)
-        if capture.info.get("merged"):
-            raise CaptureError(f"{path} is a merged capture: merge the original captures")
-        _check_events(path, capture)
-        end = capture.end or {}
-        info = capture.info
-        sources.append(
-            {
-                "source": os.path.basename(path),
-                "index": i,
-                "host": info.get("host"),
-                "command": info.get("command"),
-                "start_time": info.get("start_time"),
-                "main_pid": info.get("main_pid"),
-                "exit_code": end.get("exit_code"),
-                "signal": end.get("signal"),
-                "duration": end.get("duration"),
-                "main_max_rss": end.get("main_max_rss"),
-                "complete": capture.end is not None and capture.truncated_at is None,
-                "bytes": os.path.getsize(path),
-                "cwd": info.get("cwd"),
-                "page_size": info.get("page_size"),
-                "sample_interval": info.get("sample_interval"),
-                "sample_rate": int(info.get("sample_rate") or 0),
-                "python": info.get("python"),
-            }
-        )
-        plans.append(
-            (
-                {sid: _labels(i, path, capture, sd, keys) for sid, sd in capture.streams.items() if sd.info},
-                capture.truncated_at,
-            )
-        )
-        del capture
-    first = sources[0]
-    cwds = {s["cwd"] for s in sources}
+    sources, plans = _survey(inputs)
     writer = CaptureWriter(output, force)
     try:
-        writer.json_chunk(
-            fmt.CHUNK_INFO,
-            0,
-            {
-                "command": ["memtrace", "merge", *[os.path.basename(p) for p in inputs]],
-                "program": "memtrace merge",
-                "memtrace_version": __version__,
-                "start_time": min((s["start_time"] or 0) for s in sources),
-                "page_size": first["page_size"],
-                "main_pid": None,
-                "sample_interval": first["sample_interval"],
-                "sample_rate": max(s["sample_rate"] for s in sources),
-                "cwd": cwds.pop() if len(cwds) == 1 else None,
-                "python": first["python"],
-                "host": socket.gethostname(),
-                "merged": sources,
-            },
-        )
+        writer.json_chunk(fmt.CHUNK_INFO, 0, _merged_info(inputs, sources))
         base = 0
         for path, (labels, truncated_at) in zip(inputs, plans):
             top = _copy(path, truncated_at, writer, base, labels)
@@ -195,6 +137,72 @@ def merge(inputs: List[str], output: str, force: bool = False, log=None) -> dict
         "sources": sources,
         "streams": sum(len(labels) for labels, _ in plans),
         "bytes": os.path.getsize(output),
+    }
+
+
+def _survey(inputs: List[str]) -> Tuple[List[Dict[str, Any]], list]:
+    """The first pass, one input at a time (nothing of one is kept but its summary):
+    check each, and make its streams' labels."""
+    sources: List[Dict[str, Any]] = []
+    plans: list = []
+    keys: Dict[str, int] = {}
+    for i, path in enumerate(inputs):
+        capture = read_capture(path, snapshots=False)
+        if capture.info.get("merged"):
+            raise CaptureError(f"{path} is a merged capture: merge the original captures")
+        _check_events(path, capture)
+        sources.append(_source(i, path, capture))
+        plans.append(
+            (
+                {sid: _labels(i, path, capture, sd, keys) for sid, sd in capture.streams.items() if sd.info},
+                capture.truncated_at,
+            )
+        )
+        del capture
+    return sources, plans
+
+
+def _source(i: int, path: str, capture) -> Dict[str, Any]:
+    """What the merged capture says of one input."""
+    end = capture.end or {}
+    info = capture.info
+    return {
+        "source": os.path.basename(path),
+        "index": i,
+        "host": info.get("host"),
+        "command": info.get("command"),
+        "start_time": info.get("start_time"),
+        "main_pid": info.get("main_pid"),
+        "exit_code": end.get("exit_code"),
+        "signal": end.get("signal"),
+        "duration": end.get("duration"),
+        "main_max_rss": end.get("main_max_rss"),
+        "complete": capture.end is not None and capture.truncated_at is None,
+        "bytes": os.path.getsize(path),
+        "cwd": info.get("cwd"),
+        "page_size": info.get("page_size"),
+        "sample_interval": info.get("sample_interval"),
+        "sample_rate": int(info.get("sample_rate") or 0),
+        "python": info.get("python"),
+    }
+
+
+def _merged_info(inputs: List[str], sources: List[Dict[str, Any]]) -> dict:
+    first = sources[0]
+    cwds = {s["cwd"] for s in sources}
+    return {
+        "command": ["memtrace", "merge", *[os.path.basename(p) for p in inputs]],
+        "program": "memtrace merge",
+        "memtrace_version": __version__,
+        "start_time": min((s["start_time"] or 0) for s in sources),
+        "page_size": first["page_size"],
+        "main_pid": None,
+        "sample_interval": first["sample_interval"],
+        "sample_rate": max(s["sample_rate"] for s in sources),
+        "cwd": cwds.pop() if len(cwds) == 1 else None,
+        "python": first["python"],
+        "host": socket.gethostname(),
+        "merged": sources,
     }
 
 

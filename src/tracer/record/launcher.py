@@ -354,16 +354,7 @@ def run(opts: RunOptions) -> RunResult:
         from tracer.record.capture_writer import CaptureWriter
         from tracer.record.collector import Collector
 
-        label = os.path.basename(opts.argv[0]) if opts.redact_argv else program_label(opts.argv)
-        path = opts.output or os.path.join(folder or "", f"memtrace-{label}-{proc.pid}.mtrace")
-        try:
-            writer = (_redacting_writer(CaptureWriter) if opts.redact_argv else CaptureWriter)(
-                path, opts.force
-            )
-        except MemtraceError:
-            proc.kill()
-            proc.wait()
-            raise
+        writer = _open_capture(opts, folder, proc, CaptureWriter)
         collector = Collector(
             session, writer, t0, opts.sample_interval, opts.heap_stats, opts.sample_rate, opts.objects
         )
@@ -382,15 +373,33 @@ def run(opts: RunOptions) -> RunResult:
             view.capture_written(writer.path)
         return RunResult(writer.path, code, sig, view)
     finally:
-        if collector is not None:
-            collector.close()
-            if collector.live is not None:
-                if view is not None and view.open():
-                    view.keep_serving(collector.live)  # until the view leaves
-                else:
-                    collector.live.close()
-        session.close()
-        if writer is not None:
-            writer.close()
+        _close(collector, view, session, writer)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _open_capture(opts: RunOptions, folder: Optional[str], proc: subprocess.Popen, writer_class):
+    """The capture's writer, at -o PATH or memtrace-<program>-<pid>.mtrace (in -o DIR/);
+    the target is stopped if it cannot be written."""
+    label = os.path.basename(opts.argv[0]) if opts.redact_argv else program_label(opts.argv)
+    path = opts.output or os.path.join(folder or "", f"memtrace-{label}-{proc.pid}.mtrace")
+    try:
+        return (_redacting_writer(writer_class) if opts.redact_argv else writer_class)(path, opts.force)
+    except MemtraceError:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _close(collector, view, session: Session, writer) -> None:
+    """Whatever the run got to open, closed (a live view kept serving until it leaves)."""
+    if collector is not None:
+        collector.close()
+        if collector.live is not None:
+            if view is not None and view.open():
+                view.keep_serving(collector.live)  # until the view leaves
+            else:
+                collector.live.close()
+    session.close()
+    if writer is not None:
+        writer.close()

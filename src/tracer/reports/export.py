@@ -8,7 +8,7 @@ CSV lists every allocation event.
 import csv
 import gzip
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -255,77 +255,91 @@ def _pprof_functions(names, files) -> bytes:
     return ffi.buffer(buf, size)[:]
 
 
+CSV_COLUMNS = [
+    "time_s",
+    "pid",
+    "tid",
+    "allocator",
+    "size",
+    "address",
+    "numpy",
+    "heap",
+    "library",
+    "file",
+    "line",
+    "function",
+]
+
+
 def csv_events(model: Model, out) -> int:
     """Every allocation (not frees) as a CSV row; `heap` says whether it counts in the
     heap (malloc family, anonymous mappings) or is a file-backed mapping."""
     writer = csv.writer(out)
-    writer.writerow(
-        [
-            "time_s",
-            "pid",
-            "tid",
-            "allocator",
-            "size",
-            "address",
-            "numpy",
-            "heap",
-            "library",
-            "file",
-            "line",
-            "function",
-        ]
-    )
+    writer.writerow(CSV_COLUMNS)
     rows = 0
     for proc in model.processes:
-        libs = {lid: path.rsplit("/", 1)[-1] for lid, path in proc.libs.items()}
-        frames = {}
-        mapping_anon: Dict[int, bool] = {}  # start of each traced mapping -> anonymous?
-        moved_anon = True  # the kind of the mapping an mremap moves (as the aggregator rules)
-        inside = event_filter(model, proc)  # --region: only what happened inside it
-        for t, events in model.capture.events(proc.sid):
-            if inside is not None:
-                events = events[inside.mask(events)]
-            for e in events:
-                kind, flags, addr = int(e["kind"]), int(e["flags"]), int(e["addr"])
-                if kind in (fmt.FREE, fmt.REGION):
-                    continue
-                if kind == fmt.MUNMAP:
-                    anon = (
-                        mapping_anon.pop(addr, True)
-                        if not flags & fmt.FLAG_KEEP
-                        else mapping_anon.get(addr, True)
-                    )
-                    if flags & fmt.FLAG_REMAP:
-                        moved_anon = anon
-                    continue
-                if kind == fmt.MMAP:
-                    in_heap = bool(flags & fmt.FLAG_ANON)
-                    mapping_anon[addr] = in_heap
-                elif kind == fmt.MREMAP:
-                    in_heap = moved_anon
-                    mapping_anon[addr] = in_heap
-                else:
-                    in_heap = True
-                stack = int(e["stack"])
-                if stack not in frames:
-                    f = proc.frame(stack) if stack else None
-                    frames[stack] = (f.file, f.line, f.function) if f else ("<native>", 0, "")
-                file, line, function = frames[stack]
-                writer.writerow(
-                    [
-                        f"{t:.6f}",
-                        proc.pid,
-                        int(e["tid"]),
-                        fmt.KIND_NAMES[kind],
-                        int(e["size"]),
-                        f"0x{addr:x}",
-                        int(bool(flags & fmt.FLAG_NUMPY)),
-                        int(in_heap),
-                        libs.get(int(e["lib"]), ""),
-                        file,
-                        line,
-                        function,
-                    ]
-                )
-                rows += 1
+        for row in _event_rows(model, proc):
+            writer.writerow(row)
+            rows += 1
     return rows
+
+
+class _MappingKinds:
+    """Whether each traced mapping is anonymous (counts in the heap), followed through
+    munmap and mremap the way the aggregator rules."""
+
+    def __init__(self) -> None:
+        self.anon: Dict[int, bool] = {}  # start of each traced mapping -> anonymous?
+        self.moved = True  # the kind of the mapping an mremap moves
+
+    def in_heap(self, kind: int, flags: int, addr: int) -> Optional[bool]:
+        """For an allocation event, whether it counts in the heap; None for an munmap."""
+        if kind == fmt.MUNMAP:
+            keep = flags & fmt.FLAG_KEEP
+            anon = self.anon.get(addr, True) if keep else self.anon.pop(addr, True)
+            if flags & fmt.FLAG_REMAP:
+                self.moved = anon
+            return None
+        if kind == fmt.MMAP:
+            self.anon[addr] = bool(flags & fmt.FLAG_ANON)
+            return self.anon[addr]
+        if kind == fmt.MREMAP:
+            self.anon[addr] = self.moved
+            return self.moved
+        return True
+
+
+def _event_rows(model: Model, proc):
+    libs = {lid: path.rsplit("/", 1)[-1] for lid, path in proc.libs.items()}
+    frames = {}
+    mappings = _MappingKinds()
+    inside = event_filter(model, proc)  # --region: only what happened inside it
+    for t, events in model.capture.events(proc.sid):
+        if inside is not None:
+            events = events[inside.mask(events)]
+        for e in events:
+            kind, flags, addr = int(e["kind"]), int(e["flags"]), int(e["addr"])
+            if kind in (fmt.FREE, fmt.REGION):
+                continue
+            in_heap = mappings.in_heap(kind, flags, addr)
+            if in_heap is None:
+                continue
+            stack = int(e["stack"])
+            if stack not in frames:
+                f = proc.frame(stack) if stack else None
+                frames[stack] = (f.file, f.line, f.function) if f else ("<native>", 0, "")
+            file, line, function = frames[stack]
+            yield [
+                f"{t:.6f}",
+                proc.pid,
+                int(e["tid"]),
+                fmt.KIND_NAMES[kind],
+                int(e["size"]),
+                f"0x{addr:x}",
+                int(bool(flags & fmt.FLAG_NUMPY)),
+                int(in_heap),
+                libs.get(int(e["lib"]), ""),
+                file,
+                line,
+                function,
+            ]

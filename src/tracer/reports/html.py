@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 from tracer.analyze import reconcile
 from tracer.analyze.model import Model, Process
-from tracer.reports import flame, objects, peaks, tables
+from tracer.reports import flame, flame_layout, objects, peaks, tables
 from tracer.reports import reconciliation as reconciliation_report
 from tracer.reports.text import describe_end
 
@@ -185,9 +185,9 @@ def _trees(tree: flame.Tree) -> dict:
     starting on the user's code. (A few thousand boxes per tree keep the page a
     few MB whatever the capture.)"""
     folded = tree.fold_imports()
-    out = {"all": flame.flatten(tree, min_share=0.001, max_nodes=4000, focus=tree.focus())}
+    out = {"all": flame_layout.flatten(tree, min_share=0.001, max_nodes=4000, focus=tree.focus())}
     if len(folded) != len(tree):
-        out["folded"] = flame.flatten(folded, min_share=0.001, max_nodes=4000, focus=folded.focus())
+        out["folded"] = flame_layout.flatten(folded, min_share=0.001, max_nodes=4000, focus=folded.focus())
     return out
 
 
