@@ -10,6 +10,18 @@ import pytest
 
 from helpers import line_of, lines_of, memtrace
 
+# The bytes a bytearray(n) allocates for its buffer: n and a NUL, and since 3.15 a bytes
+# object's header too (the buffer is a bytes object: sys.getsizeof(b"") counts both).
+BYTEARRAY_EXTRA = 1 if sys.version_info < (3, 15) else sys.getsizeof(b"")
+
+
+def ba(n: int) -> int:
+    return n + BYTEARRAY_EXTRA
+
+
+STEPS = ba(1_000_000) + ba(2_000_000) + ba(3_000_000)  # the three steps' blocks
+
+
 REGIONS_PROGRAM = """
 import threading
 import tracer
@@ -62,18 +74,18 @@ def test_each_region_has_its_exact_numbers(regions_run):
     table = {r["name"]: r for r in stats(cap)["regions"]}
     load = table["load"]
     # GIVEN 4 MB freed, then 5 MB kept: the peak is the larger, never both
-    assert 5_000_001 <= load["peak_bytes"] < 5_000_001 + (1 << 20)
-    assert load["live_at_end_bytes"] >= 5_000_001
+    assert ba(5_000_000) <= load["peak_bytes"] < ba(5_000_000) + (1 << 20)
+    assert load["live_at_end_bytes"] >= ba(5_000_000)
     assert load["allocated_bytes"] >= 9_000_002
     assert (load["instances"], load["kind"], load["open_at_end"]) == (1, "region", 0)
     step = table["step"]
-    assert step["instances"] == 3 and 3_000_001 <= step["peak_bytes"] < 3_000_001 + (1 << 20)
-    assert step["allocated_bytes"] >= 6_000_003
+    assert step["instances"] == 3 and ba(3_000_000) <= step["peak_bytes"] < ba(3_000_000) + (1 << 20)
+    assert step["allocated_bytes"] >= STEPS
     outer, inner = table["outer"], table["inner"]
     assert inner["parent"] == "outer"
-    assert inner["live_at_end_bytes"] >= 1_500_001  # still live as inner ended
+    assert inner["live_at_end_bytes"] >= ba(1_500_000)  # still live as inner ended
     # inner's block was freed inside outer: outer left only `early` (and small objects)
-    assert 600_001 <= outer["live_at_end_bytes"] < 600_001 + (1 << 20)
+    assert ba(600_000) <= outer["live_at_end_bytes"] < ba(600_000) + (1 << 20)
     # the other thread's 7 MB never counts in the region open on the main thread
     assert outer["peak_bytes"] < 7_000_000 and outer["allocated_bytes"] < 7_000_000
 
@@ -82,15 +94,15 @@ def test_breakdown_at_the_region_peak_is_exact_by_line(regions_run):
     script, cap = regions_run
     load = lines_of(stats(cap, "--region", "load"), "prog.py")
     tmp, keep = line_of(script, "LINE-TMP"), line_of(script, "LINE-KEEP")
-    assert load[keep]["peak_bytes"] == 5_000_001 and load[keep]["live_at_exit_bytes"] == 5_000_001
-    assert load[tmp]["peak_bytes"] == 0 and load[tmp]["allocated_bytes"] == 4_000_001
+    assert load[keep]["peak_bytes"] == ba(5_000_000) and load[keep]["live_at_exit_bytes"] == ba(5_000_000)
+    assert load[tmp]["peak_bytes"] == 0 and load[tmp]["allocated_bytes"] == ba(4_000_000)
     assert load[tmp]["live_at_exit_bytes"] == 0
     step = lines_of(stats(cap, "--region", "step"), "prog.py")[line_of(script, "LINE-STEP")]
-    assert step["peak_bytes"] == 3_000_001 and step["allocated_bytes"] == 6_000_003
+    assert step["peak_bytes"] == ba(3_000_000) and step["allocated_bytes"] == STEPS
     outer = lines_of(stats(cap, "--region", "outer"), "prog.py")
-    assert outer[line_of(script, "LINE-INNER")]["peak_bytes"] == 1_500_001
+    assert outer[line_of(script, "LINE-INNER")]["peak_bytes"] == ba(1_500_000)
     assert outer[line_of(script, "LINE-INNER")]["live_at_exit_bytes"] == 0
-    assert outer[line_of(script, "LINE-EARLY")]["live_at_exit_bytes"] == 600_001
+    assert outer[line_of(script, "LINE-EARLY")]["live_at_exit_bytes"] == ba(600_000)
     assert (
         line_of(script, "LINE-THREAD") not in outer
         or outer[line_of(script, "LINE-THREAD")]["allocated_bytes"] < 7_000_000
@@ -129,12 +141,12 @@ def test_every_report_takes_region(regions_run, command):
     text = out.stdout
     if command[0] == "log":
         sizes = [int(x.split("(")[1].split(")")[0]) for x in text.splitlines() if "->" in x]
-        assert sizes.count(1_000_001) == sizes.count(3_000_001) == sizes.count(2_000_001) == 1
-        assert 5_000_001 not in sizes and 7_000_000 not in sizes
+        assert sizes.count(ba(1_000_000)) == sizes.count(ba(3_000_000)) == sizes.count(ba(2_000_000)) == 1
+        assert ba(5_000_000) not in sizes and 7_000_000 not in sizes
         assert text.count("enter region 'step'") == 3
     if command[0] == "export" and "csv" in command:
         sizes = [int(r.split(",")[4]) for r in text.splitlines()[1:]]
-        assert sorted(s for s in sizes if s > 100_000) == [1_000_001, 2_000_001, 3_000_001]
+        assert sorted(s for s in sizes if s > 100_000) == [ba(1_000_000), ba(2_000_000), ba(3_000_000)]
     if command == ["tree"]:
         assert "step" in text and "<module>" in text and "2.9 MiB" in text
 
@@ -186,12 +198,12 @@ def test_program_asks_the_collector(trace, tmp_path):
     out = json.loads(traced.stdout)
     inside = out["inside"]
     assert inside["name"] == "work" and inside["open"] is True
-    assert 6_000_001 <= inside["live"] < 6_000_001 + (1 << 20) and inside["peak"] >= inside["live"]
-    assert out["after_free"]["live"] < 1_000_001 + (1 << 20)
-    assert out["after_free"]["peak"] >= 6_000_001
-    assert out["top"][0] == 6_000_001 and out["top"][1][2] == 6  # the line of `a = ...`
+    assert ba(6_000_000) <= inside["live"] < ba(6_000_000) + (1 << 20) and inside["peak"] >= inside["live"]
+    assert out["after_free"]["live"] < ba(1_000_000) + (1 << 20)
+    assert out["after_free"]["peak"] >= ba(6_000_000)
+    assert out["top"][0] == ba(6_000_000) and out["top"][1][2] == 6  # the line of `a = ...`
     ended = out["ended"]
-    assert ended["open"] is False and ended["instances"] == 1 and ended["live"] >= 1_000_001
+    assert ended["open"] is False and ended["instances"] == 1 and ended["live"] >= ba(1_000_000)
     assert out["none_open"] is True
 
 
@@ -238,9 +250,9 @@ def test_ctypes_binding_records_the_same(trace):
     traced = trace(CTYPES_PROGRAM)
     assert traced.returncode == 0, traced.stderr
     out = json.loads(traced.stdout)
-    assert out["name"] == "via ctypes" and out["live"] >= 2_000_001
+    assert out["name"] == "via ctypes" and out["live"] >= ba(2_000_000)
     row = next(r for r in traced.stats()["regions"] if r["name"] == "via ctypes")
-    assert row["live_at_end_bytes"] >= 2_000_001
+    assert row["live_at_end_bytes"] >= ba(2_000_000)
 
 
 FORK_PROGRAM = """
@@ -263,8 +275,8 @@ def test_forked_child_names_its_own_regions(trace):
     rows = {
         (r["pid"] != traced.stats()["processes"][0]["pid"], r["name"]): r for r in traced.stats()["regions"]
     }
-    assert rows[(False, "parent")]["live_at_end_bytes"] >= 1_000_001
-    assert rows[(True, "child")]["live_at_end_bytes"] >= 2_000_001
+    assert rows[(False, "parent")]["live_at_end_bytes"] >= ba(1_000_000)
+    assert rows[(True, "child")]["live_at_end_bytes"] >= ba(2_000_000)
     assert (True, "parent") not in rows  # entered before the fork: not in the child's stream
 
 
