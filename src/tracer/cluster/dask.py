@@ -174,6 +174,23 @@ def _worker_options(
     return options
 
 
+def _traced(python: str, capture_dir: str, memtrace_args, worker: List[str]) -> List[str]:
+    """The worker's command under `memtrace run`, its capture in capture_dir."""
+    return [
+        python,
+        "-m",
+        "tracer",
+        "run",
+        "-q",
+        "--no-report",
+        "-o",
+        capture_dir + os.sep,
+        *map(str, memtrace_args),
+        "--",
+        *worker,
+    ]
+
+
 class MemtraceWorker(ProcessInterface):
     """A Dask worker started under memtrace, for SpecCluster and LocalCluster
     (`worker_class=MemtraceWorker`, with `processes=True`): the process
@@ -238,21 +255,7 @@ class MemtraceWorker(ProcessInterface):
         )
         # trace=False: the same worker without memtrace (to measure what tracing costs)
         self.command: List[str] = (
-            [
-                python,
-                "-m",
-                "tracer",
-                "run",
-                "-q",
-                "--no-report",
-                "-o",
-                self.capture_dir + os.sep,
-                *map(str, memtrace_args),
-                "--",
-                *worker,
-            ]
-            if trace
-            else worker
+            _traced(python, self.capture_dir, memtrace_args, worker) if trace else worker
         )
         self.proc = None
         self.pid = None  # the worker's (memtrace's child)
