@@ -203,7 +203,7 @@ HEAP_FIELDS = [("t", "<f8"), ("heap", "<i8"), ("max", "<i8")]
 
 def row_struct(fields) -> struct.Struct:
     """The struct layout of one packed record of fields (how the collector writes rows)."""
-    codes = {"<f8": "d", "<u8": "Q", "<i8": "q", "<u4": "I", "<u2": "H", "u1": "B"}
+    codes = dict(_C_TYPES.values())  # NumPy format -> struct code
     return struct.Struct("<" + "".join(codes[f] for _, f in fields))
 
 
@@ -211,35 +211,27 @@ RSS_ROW = row_struct(RSS_FIELDS)
 HEAP_ROW = row_struct(HEAP_FIELDS)
 
 
-def _dtype(fields, ctype=None):
-    """A NumPy dtype for fields; with ctype, at the exact offsets and size cffi computed."""
+# The NumPy dtypes, built on first use: a C struct's at cffi's offsets, the rows the
+# collector packs itself as they are.
+_DTYPES = {
+    "EVENT_DTYPE": lambda: c_dtype("mt_event"),
+    "SITE_DTYPE": lambda: c_dtype("mt_site"),
+    "REGION_ROW_DTYPE": lambda: c_dtype("mt_region_row"),
+    "REGION_SITE_DTYPE": lambda: c_dtype("mt_region_site"),
+    "RSS_DTYPE": lambda: _row_dtype(RSS_FIELDS),
+    "HEAP_DTYPE": lambda: _row_dtype(HEAP_FIELDS),
+}
+
+
+def _row_dtype(fields):
     import numpy as np
 
-    if ctype is None:
-        return np.dtype(fields)
-    return np.dtype(
-        {
-            "names": [name for name, _ in fields],
-            "formats": [f for _, f in fields],
-            "offsets": [ffi.offsetof(ctype, name) for name, _ in fields],
-            "itemsize": ffi.sizeof(ctype),
-        }
-    )
-
-
-_DTYPES = {
-    "EVENT_DTYPE": (EVENT_FIELDS, "mt_event"),
-    "SITE_DTYPE": (SITE_FIELDS, "mt_site"),
-    "REGION_ROW_DTYPE": (REGION_ROW_FIELDS, "mt_region_row"),
-    "REGION_SITE_DTYPE": (REGION_SITE_FIELDS, "mt_region_site"),
-    "RSS_DTYPE": (RSS_FIELDS, None),
-    "HEAP_DTYPE": (HEAP_FIELDS, None),
-}
+    return np.dtype(fields)
 
 
 def __getattr__(name):
     if name in _DTYPES:
-        value = _dtype(*_DTYPES[name])
+        value = _DTYPES[name]()
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
