@@ -32,6 +32,20 @@ MEMTRACE = [sys.executable, "-m", "tracer"]
 
 KIND = {name: code for code, name in fmt.KIND_NAMES.items()}
 
+# The bytes a bytearray(n) asks malloc for: n and a NUL, and since 3.15 a bytes object's
+# header too (the buffer is a bytes object there: sys.getsizeof(b"") counts both).
+BYTEARRAY_EXTRA = 1 if sys.version_info < (3, 15) else sys.getsizeof(b"")
+
+# What a region, a cell or a test may hold beside the blocks it made on purpose: one
+# pymalloc arena (1 MiB on 64-bit CPython since 3.10, mapped whole when the small objects
+# made on the way need a new one) and some of those small objects.
+ARENA_SLACK = (1 << 20) + (1 << 16)
+
+
+def ba(n: int) -> int:
+    """The bytes `bytearray(n)` allocates for its buffer on this Python."""
+    return n + BYTEARRAY_EXTRA
+
 
 # ---- running memtrace ----------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import memtrace
+from helpers import ARENA_SLACK, ba, memtrace
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -72,7 +72,7 @@ def test_cell_summary_counts_the_cell(notebook):
     (text,) = outputs(nb.cells[1], "text/plain")
     peak = int(re.search(r"peak [\d.]+ MiB \(([\d,]+) bytes\)", text).group(1).replace(",", ""))
     # the 40 MB and 30 MB blocks were live together; 10 MB came after the 30 MB went
-    assert 70_000_002 <= peak < 70_000_002 + (1 << 20)
+    assert ba(40_000_000) + ba(30_000_000) <= peak < ba(40_000_000) + ba(30_000_000) + ARENA_SLACK
     lines = text.split("lines holding the most at the peak:")[1].splitlines()
     assert "38.1 MiB  In [2], line 1: kept = bytearray(40_000_000)" in lines[1]
     assert "28.6 MiB  In [2], line 2: tmp = bytearray(30_000_000)" in lines[2]
@@ -91,7 +91,8 @@ def test_cell_flame_graph_is_embedded_and_offline(notebook):
     data = json.loads(
         re.search(r'<script id="memtrace-data" type="application/json">(.*?)</script>', report, re.S).group(1)
     )
-    assert 70_000_002 <= data["peak_heap"] < 70_000_002 + (1 << 20)  # the cell's own peak
+    both = ba(40_000_000) + ba(30_000_000)
+    assert both <= data["peak_heap"] < both + ARENA_SLACK  # the cell's own peak
     assert not outputs(nb.cells[2], "text/html")[0].count("<iframe")  # --no-flame
 
 
@@ -110,10 +111,10 @@ def test_kernel_capture_has_each_cell(notebook):
     assert out.returncode == 0, out.stderr  # complete: the kernel shut down cleanly
     rows = {r["name"]: r for r in json.loads(out.stdout)["regions"]}
     assert rows["In [2]"]["kind"] == rows["loading"]["kind"] == "cell"
-    assert rows["In [2]"]["live_at_end_bytes"] >= 50_000_002
+    assert rows["In [2]"]["live_at_end_bytes"] >= ba(40_000_000) + ba(10_000_000)
     by_line = json.loads(memtrace("stats", "--json", "--region", "In [2]", capture).stdout)
     held = sorted(r["peak_bytes"] for r in by_line["by_line"] if r["peak_bytes"] > 1_000_000)
-    assert held == [30_000_001, 40_000_001]
+    assert held == [ba(30_000_000), ba(40_000_000)]
 
 
 def test_magics_outside_memtrace_say_so(tmp_path):

@@ -8,16 +8,7 @@ import sys
 
 import pytest
 
-from helpers import line_of, lines_of, memtrace
-
-# The bytes a bytearray(n) allocates for its buffer: n and a NUL, and since 3.15 a bytes
-# object's header too (the buffer is a bytes object: sys.getsizeof(b"") counts both).
-BYTEARRAY_EXTRA = 1 if sys.version_info < (3, 15) else sys.getsizeof(b"")
-
-
-def ba(n: int) -> int:
-    return n + BYTEARRAY_EXTRA
-
+from helpers import ARENA_SLACK, ba, line_of, lines_of, memtrace
 
 STEPS = ba(1_000_000) + ba(2_000_000) + ba(3_000_000)  # the three steps' blocks
 
@@ -74,18 +65,19 @@ def test_each_region_has_its_exact_numbers(regions_run):
     table = {r["name"]: r for r in stats(cap)["regions"]}
     load = table["load"]
     # GIVEN 4 MB freed, then 5 MB kept: the peak is the larger, never both
-    assert ba(5_000_000) <= load["peak_bytes"] < ba(5_000_000) + (1 << 20)
+    assert ba(5_000_000) <= load["peak_bytes"] < ba(5_000_000) + ARENA_SLACK
     assert load["live_at_end_bytes"] >= ba(5_000_000)
-    assert load["allocated_bytes"] >= 9_000_002
+    assert load["allocated_bytes"] >= ba(4_000_000) + ba(5_000_000)
     assert (load["instances"], load["kind"], load["open_at_end"]) == (1, "region", 0)
     step = table["step"]
-    assert step["instances"] == 3 and ba(3_000_000) <= step["peak_bytes"] < ba(3_000_000) + (1 << 20)
+    assert step["instances"] == 3 and ba(3_000_000) <= step["peak_bytes"] < ba(3_000_000) + ARENA_SLACK
     assert step["allocated_bytes"] >= STEPS
     outer, inner = table["outer"], table["inner"]
     assert inner["parent"] == "outer"
     assert inner["live_at_end_bytes"] >= ba(1_500_000)  # still live as inner ended
-    # inner's block was freed inside outer: outer left only `early` (and small objects)
-    assert ba(600_000) <= outer["live_at_end_bytes"] < ba(600_000) + (1 << 20)
+    # inner's block was freed inside outer: outer left only `early` and small objects (and
+    # maybe the new pymalloc arena that holds them: the thread start can need one)
+    assert ba(600_000) <= outer["live_at_end_bytes"] < ba(600_000) + ARENA_SLACK
     # the other thread's 7 MB never counts in the region open on the main thread
     assert outer["peak_bytes"] < 7_000_000 and outer["allocated_bytes"] < 7_000_000
 
@@ -198,8 +190,8 @@ def test_program_asks_the_collector(trace, tmp_path):
     out = json.loads(traced.stdout)
     inside = out["inside"]
     assert inside["name"] == "work" and inside["open"] is True
-    assert ba(6_000_000) <= inside["live"] < ba(6_000_000) + (1 << 20) and inside["peak"] >= inside["live"]
-    assert out["after_free"]["live"] < ba(1_000_000) + (1 << 20)
+    assert ba(6_000_000) <= inside["live"] < ba(6_000_000) + ARENA_SLACK and inside["peak"] >= inside["live"]
+    assert out["after_free"]["live"] < ba(1_000_000) + ARENA_SLACK
     assert out["after_free"]["peak"] >= ba(6_000_000)
     assert out["top"][0] == ba(6_000_000) and out["top"][1][2] == 6  # the line of `a = ...`
     ended = out["ended"]
