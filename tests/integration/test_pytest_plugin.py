@@ -202,4 +202,4 @@ def test_other_leak_still_fails():
     )
     result.assert_outcomes(passed=1, failed=1)
     assert "test_other_leak_still_fails:" in result.stdout.str()
-    assert f"{(3 << 20) + 1:,} bytes, 1 block" in result.stdout.str()
+    assert f"{ba(3 << 20):,} bytes, 1 block" in result.stdout.str()
