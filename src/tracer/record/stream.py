@@ -2,7 +2,6 @@
 aggregator, plus four small pieces of state, each owned by one part of the collector."""
 
 import mmap
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from tracer._native import ffi, lib
@@ -14,43 +13,55 @@ if TYPE_CHECKING:
     from tracer.record.answers import Names
 
 
-@dataclass
+# Plain classes, not dataclasses: importing dataclasses (and inspect with it) cost the
+# collector's start 13 ms, which every traced run waits for.
+
+
 class RssSamples:
     """RSS read from /proc (record/snapshots.py), waiting to be written."""
 
-    pending: List[tuple] = field(default_factory=list)
-    peak: int = 0
-    recent: List[int] = field(default_factory=lambda: [0, 0, 0])  # the last three samples
+    __slots__ = ("pending", "peak", "recent")
+
+    def __init__(self) -> None:
+        self.pending: List[tuple] = []
+        self.peak = 0
+        self.recent = [0, 0, 0]  # the last three samples
 
 
-@dataclass
 class HeapTimeline:
     """The heap timeline: a point per sample interval with the highest heap since the
     point before (the collector's _note_heap)."""
 
-    pending: List[tuple] = field(default_factory=list)
-    last_t: float = -1.0
-    max: int = 0
-    last: Tuple[int, int] = (0, 0)  # (heap, max) the timeline last recorded
+    __slots__ = ("pending", "last_t", "max", "last")
+
+    def __init__(self) -> None:
+        self.pending: List[tuple] = []
+        self.last_t = -1.0
+        self.max = 0
+        self.last: Tuple[int, int] = (0, 0)  # (heap, max) the timeline last recorded
 
 
-@dataclass
 class SnapshotState:
     """When the heap-level snapshots were taken (record/snapshots.py)."""
 
-    t: float  # the last snapshot (the first comes once the heap has a peak)
-    peak: int = 0  # the heap peak the last snapshot was for
-    next_stats: float = 0.0  # no glibc statistics asked for before then
-    exit_seen: bool = False
+    __slots__ = ("t", "peak", "next_stats", "exit_seen")
+
+    def __init__(self, t: float) -> None:
+        self.t = t  # the last snapshot (the first comes once the heap has a peak)
+        self.peak = 0  # the heap peak the last snapshot was for
+        self.next_stats = 0.0  # no glibc statistics asked for before then
+        self.exit_seen = False
 
 
-@dataclass
 class CensusState:
     """The object census's pacing (--objects, record/census.py)."""
 
-    next: float = 0.0  # no census asked for before then
-    heap: int = 0  # the traced heap at the last census
-    spent: float = 0.0  # seconds the process spent in censuses so far
+    __slots__ = ("next", "heap", "spent")
+
+    def __init__(self) -> None:
+        self.next = 0.0  # no census asked for before then
+        self.heap = 0  # the traced heap at the last census
+        self.spent = 0.0  # seconds the process spent in censuses so far
 
 
 class Stream:
