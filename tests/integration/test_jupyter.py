@@ -25,6 +25,8 @@ CELLS = [
     "%%memtrace loading --no-flame\nmore = bytearray(5_000_000)",
     "%memtrace_report --no-flame",
 ]
+# In [2]'s peak: the 40 MB and 30 MB blocks, live together
+CELL_PEAK = ba(40_000_000) + ba(30_000_000)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def test_cell_summary_counts_the_cell(notebook):
     (text,) = outputs(nb.cells[1], "text/plain")
     peak = int(re.search(r"peak [\d.]+ MiB \(([\d,]+) bytes\)", text).group(1).replace(",", ""))
     # the 40 MB and 30 MB blocks were live together; 10 MB came after the 30 MB went
-    assert ba(40_000_000) + ba(30_000_000) <= peak < ba(40_000_000) + ba(30_000_000) + ARENA_SLACK
+    assert CELL_PEAK <= peak < CELL_PEAK + ARENA_SLACK
     lines = text.split("lines holding the most at the peak:")[1].splitlines()
     assert "38.1 MiB  In [2], line 1: kept = bytearray(40_000_000)" in lines[1]
     assert "28.6 MiB  In [2], line 2: tmp = bytearray(30_000_000)" in lines[2]
@@ -91,8 +93,7 @@ def test_cell_flame_graph_is_embedded_and_offline(notebook):
     data = json.loads(
         re.search(r'<script id="memtrace-data" type="application/json">(.*?)</script>', report, re.S).group(1)
     )
-    both = ba(40_000_000) + ba(30_000_000)
-    assert both <= data["peak_heap"] < both + ARENA_SLACK  # the cell's own peak
+    assert CELL_PEAK <= data["peak_heap"] < CELL_PEAK + ARENA_SLACK  # the cell's own peak
     assert not outputs(nb.cells[2], "text/html")[0].count("<iframe")  # --no-flame
 
 
