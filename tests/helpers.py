@@ -448,3 +448,32 @@ def live_model_check(events: np.ndarray, forked: bool = False):
     else:
         live = {}
     return live, problems
+
+
+# ---- HTML reports in Debian's chromium ---------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# A quiet, offline browser: nothing it does on its own (updates, sync, first-run pages)
+# shows up among the requests a report made.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def playwright_or_skip(module_level: bool = True):
+    """Playwright's sync API; skips when it or Debian's chromium is not installed."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed", allow_module_level=module_level)
+    return playwright
+
+
+def launch_chromium(p):
+    """A headless Debian chromium from a sync_playwright() context; close it after."""
+    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -10,18 +10,13 @@ per run until the page is asked to show it, and the graph is no taller than the
 window.
 """
 
-import os
-import shutil
 import sys
 
 import pytest
 
-from helpers import line_of, memtrace
+from helpers import launch_chromium, line_of, memtrace, playwright_or_skip
 
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+playwright = playwright_or_skip()
 
 WIDTH, HEIGHT = 1400, 900
 DEPTH = 15
@@ -57,10 +52,7 @@ def report(tmp_path_factory):
 def page(report):
     _prog, html = report
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
         page.problems = []
         page.on("pageerror", lambda e: page.problems.append(str(e)))

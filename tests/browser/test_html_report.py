@@ -3,18 +3,13 @@ highlights, nothing logs an error, nothing is fetched, and nothing from the trac
 program runs in the page."""
 
 import json
-import os
-import shutil
 import sys
 
 import pytest
 
-from helpers import memtrace
+from helpers import launch_chromium, memtrace, playwright_or_skip
 
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+playwright = playwright_or_skip()
 
 HOSTILE = "</script><img src=x onerror=alert(1)>\"'&\u2028<textarea>"
 
@@ -54,18 +49,7 @@ def report(tmp_path_factory):
 def page(report):
     _cap, html = report
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.problems = []
         page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))

@@ -3,19 +3,14 @@ srcdoc — in a real headless Chromium: it renders the region's frames, fetches 
 logs no error, and its script cannot reach the page around it."""
 
 import json
-import os
-import shutil
 import sys
 
 import pytest
 
-from helpers import memtrace
+from helpers import launch_chromium, memtrace, playwright_or_skip
 
-playwright = pytest.importorskip("playwright.sync_api")
+playwright = playwright_or_skip()
 pytest.importorskip("IPython")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 
 PROGRAM = """
 import tracer
@@ -51,18 +46,7 @@ def page(tmp_path_factory):
         f"<pre>{summary(model, 'cell', {})}</pre>{frame(model)}</body></html>"
     )
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.problems, page.requests = [], []
         page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))

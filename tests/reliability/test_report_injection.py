@@ -15,13 +15,11 @@ bidi override and ANSI/OSC escapes (`ESC]8;;…BEL` hyperlinks, `ESC[2J`). Then:
 
 import html.parser
 import json
-import os
-import shutil
 import sys
 
 import pytest
 
-from helpers import TARGETS, build, memtrace, terminal_safe
+from helpers import TARGETS, build, launch_chromium, memtrace, playwright_or_skip, terminal_safe
 
 ANSI = "\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07\x1b[2J\x1b[31m"
 HOSTILE = "</script><img src=x onerror=alert(1)>\"'&<>\u2028\u2029\u202e" + ANSI
@@ -130,18 +128,12 @@ def test_html_parses_to_the_template_elements(hostile_run):
 
 
 def test_html_in_chromium(hostile_run):
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(chromium):
-        pytest.skip("Debian's chromium is not installed")
+    playwright = playwright_or_skip(module_level=False)
     _tmp, cap, _run = hostile_run
     page_path = cap.parent / "h.mtrace.html"
     problems = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
-        )
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("dialog", lambda d: (problems.append("dialog " + d.message), d.dismiss()))
