@@ -78,17 +78,13 @@ def capture_rows(path) -> dict:
     return {r["name"]: r for r in data["regions"] if r["kind"] == "test"}, data
 
 
+def memtrace_pytest(pytester, *args):
+    """`memtrace pytest ARGS...` in the pytester's folder, without pytest's cache."""
+    return pytester.run(sys.executable, "-m", "tracer", "pytest", "-p", "no:cacheprovider", *args)
+
+
 def test_memtrace_pytest(suite):
-    result = suite.run(
-        sys.executable,
-        "-m",
-        "tracer",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "--memtrace-output",
-        "suite.mtrace",
-    )
+    result = memtrace_pytest(suite, "--memtrace-output", "suite.mtrace")
     text = check_failures(result, suite)
     assert result.ret == 1
     assert table_of_tests(text) == [
@@ -127,18 +123,7 @@ def test_pytest_dash_dash_memtrace_reruns_under_memtrace(suite):
 
 def test_xdist_workers_are_traced(suite):
     pytest.importorskip("xdist")
-    result = suite.run(
-        sys.executable,
-        "-m",
-        "tracer",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-n",
-        "2",
-        "--memtrace-output",
-        "workers.mtrace",
-    )
+    result = memtrace_pytest(suite, "-n", "2", "--memtrace-output", "workers.mtrace")
     check_failures(result, suite)
     rows, data = capture_rows(suite.path / "workers.mtrace")
     main_pid = data["processes"][0]["pid"]
@@ -190,16 +175,7 @@ def test_other_leak_still_fails():
     KEPT.append(bytearray(3 << 20))
 """
     )
-    result = pytester.run(
-        sys.executable,
-        "-m",
-        "tracer",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "--memtrace-output",
-        "filtered.mtrace",
-    )
+    result = memtrace_pytest(pytester, "--memtrace-output", "filtered.mtrace")
     result.assert_outcomes(passed=1, failed=1)
     assert "test_other_leak_still_fails:" in result.stdout.str()
     assert f"{ba(3 << 20):,} bytes, 1 block" in result.stdout.str()
